@@ -1,0 +1,379 @@
+"""The pure core of one conversation turn. No I/O happens here.
+
+A turn is:
+
+1. ``validate_input`` -> the validated input and the user message text;
+2. ``plan_first_turn`` (validate instruction arguments, render the instruction) or
+   ``plan_next_turn`` (take the stored history) -> a ``TurnPlan``;
+3. ``model_flow``: a generator that yields ``ModelRequest`` objects and receives
+   ``ModelResponse`` objects, parsing and validating the output and re-asking on
+   failure, and returns the ``Result``;
+4. ``next_document``: the new stored context document.
+
+``drive``/``adrive`` run such generators with a sync or async handler for what
+they yield; they are the only difference between the sync and async code paths.
+A tool loop or a streaming turn is another generator over the same pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from .context import CONTEXT_VERSION, Usage, chat_messages, utcnow
+from .errors import InputValidationError, OutputValidationError
+from .llm import ModelRequest, ModelResponse
+from .result import Result
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+T = TypeVar("T")
+InputLike = BaseModel | Mapping[str, Any] | str
+ArgsLike = BaseModel | Mapping[str, Any] | None
+
+__all__ = [
+    "TurnInput",
+    "TurnPlan",
+    "adrive",
+    "drive",
+    "model_flow",
+    "next_document",
+    "plan_first_turn",
+    "plan_next_turn",
+    "validate_input",
+]
+
+
+@dataclass(frozen=True)
+class TurnInput:
+    """A validated input and the user message it becomes."""
+
+    value: BaseModel
+    content: str
+
+
+@dataclass(frozen=True)
+class TurnPlan:
+    """Everything needed to call the model for one turn and store its outcome."""
+
+    input: BaseModel
+    user_message: dict[str, Any]
+    """The stored form of the new user message (with ``meta``)."""
+    history: list[dict[str, Any]]
+    """Stored messages before this turn; the system message first when there is one."""
+    instruction_args: dict[str, Any] | None
+    now: datetime
+
+
+# -- step 1 and 2: input, instruction, history -----------------------------------
+
+
+def validate_input(agent: Agent[Any], input: InputLike) -> TurnInput:
+    """Validate ``input`` against the agent's input schema and build the user text."""
+    schema = agent.input_schema
+    try:
+        if isinstance(input, schema):
+            value = input
+        elif isinstance(input, str):
+            if agent.single_input_field is None:
+                raise InputValidationError(
+                    f"a plain string input needs an input schema with one field; "
+                    f"{schema.__name__} has {len(schema.model_fields)}",
+                    errors=[],
+                )
+            value = schema.model_validate({agent.single_input_field: input})
+        elif isinstance(input, BaseModel):
+            raise InputValidationError(
+                f"input must be a {schema.__name__}, a dict or a string; "
+                f"got a {type(input).__name__}",
+                errors=[],
+            )
+        elif isinstance(input, Mapping):
+            value = schema.model_validate(dict(input))
+        else:
+            raise InputValidationError(
+                f"input must be a {schema.__name__}, a dict or a string; "
+                f"got {type(input).__name__}",
+                errors=[],
+            )
+    except ValidationError as exc:
+        raise InputValidationError(
+            f"invalid input for {schema.__name__}: {exc}",
+            errors=exc.errors(include_url=False),
+        ) from exc
+
+    field = agent.single_input_field
+    single = getattr(value, field) if field is not None else None
+    content = single if isinstance(single, str) else value.model_dump_json()
+    limit = agent.max_input_bytes
+    if len(content) * 4 > limit and len(content.encode("utf-8")) > limit:
+        raise InputValidationError(
+            f"input message is {len(content.encode('utf-8'))} bytes; the limit is {limit} "
+            f"(Agent(max_input_bytes=...))",
+            errors=[],
+            source="size",
+        )
+    return TurnInput(value=value, content=content)
+
+
+def _instruction_args(
+    agent: Agent[Any], args: ArgsLike
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Validate instruction arguments: (values for the template, JSON to store)."""
+    schema = agent.instruction_schema
+    if schema is not None:
+        try:
+            if isinstance(args, schema):
+                model = args
+            elif args is None or isinstance(args, Mapping):
+                model = schema.model_validate(dict(args or {}))
+            else:
+                raise InputValidationError(
+                    f"instruction_args must be a {schema.__name__} or a dict, "
+                    f"got {type(args).__name__}",
+                    errors=[],
+                    source="instruction_args",
+                )
+        except ValidationError as exc:
+            raise InputValidationError(
+                f"invalid instruction_args for {schema.__name__}: {exc}",
+                errors=exc.errors(include_url=False),
+                source="instruction_args",
+            ) from exc
+        values = {name: getattr(model, name) for name in type(model).model_fields}
+        return values, model.model_dump(mode="json")
+    if args is None:
+        return {}, None
+    if not isinstance(args, Mapping):
+        raise InputValidationError(
+            f"instruction_args must be a dict, got {type(args).__name__}",
+            errors=[],
+            source="instruction_args",
+        )
+    values = dict(args)
+    try:
+        stored = to_jsonable_python(values)
+    except PydanticSerializationError as exc:
+        raise InputValidationError(
+            f"instruction_args must be JSON-serialisable to be stored: {exc}",
+            errors=[],
+            source="instruction_args",
+        ) from exc
+    return values, stored
+
+
+def _stored(role: str, content: str, now: datetime, **meta: Any) -> dict[str, Any]:
+    meta_doc: dict[str, Any] = {"created_at": now.isoformat()}
+    meta_doc.update((k, v) for k, v in meta.items() if v is not None)
+    return {"role": role, "content": content, "meta": meta_doc}
+
+
+def plan_first_turn(
+    agent: Agent[Any],
+    input: InputLike | TurnInput,
+    instruction_args: ArgsLike,
+    *,
+    now: datetime | None = None,
+) -> TurnPlan:
+    """Plan the first turn: validate everything and render the instruction once."""
+    now = now or utcnow()
+    turn_input = input if isinstance(input, TurnInput) else validate_input(agent, input)
+    values, stored_args = _instruction_args(agent, instruction_args)
+    history: list[dict[str, Any]] = []
+    if agent.template is not None:
+        history.append(_stored("system", agent.template.render(values), now))
+    return TurnPlan(
+        input=turn_input.value,
+        user_message=_user_message(turn_input, now),
+        history=history,
+        instruction_args=stored_args,
+        now=now,
+    )
+
+
+def plan_next_turn(
+    document: Mapping[str, Any], turn_input: TurnInput, *, now: datetime | None = None
+) -> TurnPlan:
+    """Plan a later turn on a validated (current-version) stored document."""
+    now = now or utcnow()
+    return TurnPlan(
+        input=turn_input.value,
+        user_message=_user_message(turn_input, now),
+        history=document["messages"],
+        instruction_args=document.get("instruction_args"),
+        now=now,
+    )
+
+
+def _user_message(turn_input: TurnInput, now: datetime) -> dict[str, Any]:
+    return _stored("user", turn_input.content, now, input=turn_input.value.model_dump(mode="json"))
+
+
+# -- step 3: the model call, output validation and re-asks -------------------------
+
+
+def _request(agent: Agent[Any], messages: list[dict[str, Any]], structured: bool) -> ModelRequest:
+    return ModelRequest(
+        model=agent.model_name,
+        messages=messages,
+        response_format=agent.response_format if structured else None,
+        settings=agent.model_settings,
+        output_schema=agent.output_schema,
+    )
+
+
+def outgoing_messages(agent: Agent[Any], plan: TurnPlan, structured: bool) -> list[dict[str, Any]]:
+    """The chat messages to send: history, user message, and the schema hint if needed."""
+    messages = chat_messages([*plan.history, plan.user_message])
+    hint = agent.schema_hint
+    if hint is not None and not structured:
+        if messages and messages[0]["role"] == "system":
+            messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{hint}"}
+        else:
+            messages.insert(0, {"role": "system", "content": hint})
+    return messages
+
+
+def reask_feedback(exc: ValidationError | ValueError) -> str:
+    """The user message that asks the model to fix invalid output."""
+    if isinstance(exc, ValidationError):
+        details = json.dumps(exc.errors(include_url=False, include_context=False), default=str)
+    else:
+        details = str(exc)
+    return (
+        "Your previous answer was not valid for the required output schema.\n"
+        f"Validation errors: {details}\n"
+        "Answer again with only a JSON object that matches the schema."
+    )
+
+
+def model_flow(
+    agent: Agent[Any], plan: TurnPlan, structured: bool
+) -> Generator[ModelRequest, ModelResponse, Result[Any]]:
+    """Call the model, validate its output and re-ask up to ``max_retries`` times."""
+    started = time.perf_counter()
+    sent = outgoing_messages(agent, plan, structured)
+    messages = sent
+    usage = Usage()
+    cost: float | None = None
+    attempt = 0
+    while True:
+        attempt += 1
+        response = yield _request(agent, messages, structured)
+        usage = usage + response.usage
+        if response.cost is not None:
+            cost = (cost or 0.0) + response.cost
+        try:
+            output = agent.parse_output(response.text)
+        except (ValidationError, ValueError) as exc:
+            if attempt > agent.max_retries:
+                errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else []
+                raise OutputValidationError(
+                    f"output of {agent.model_name} did not match "
+                    f"{agent.output_schema.__name__ if agent.output_schema else 'str'} "
+                    f"after {attempt} attempt(s): {exc}",
+                    raw_text=response.text,
+                    errors=errors,
+                    attempts=attempt,
+                    usage=usage,
+                ) from exc
+            messages = [
+                *messages,
+                {"role": "assistant", "content": response.text},
+                {"role": "user", "content": reask_feedback(exc)},
+            ]
+            continue
+        return Result(
+            output=output,
+            text=response.text,
+            messages=[*sent, {"role": "assistant", "content": response.text}],
+            usage=usage,
+            cost=cost,
+            model=response.model or agent.model_name,
+            finish_reason=response.finish_reason,
+            attempts=attempt,
+            duration_s=time.perf_counter() - started,
+            input=plan.input,
+        )
+
+
+# -- step 4: the new stored document -----------------------------------------------
+
+
+def next_document(
+    plan: TurnPlan, result: Result[Any], previous: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The context document after this turn. ``previous`` is never modified."""
+    now = plan.now
+    assistant = _stored(
+        "assistant",
+        result.text,
+        now,
+        output=result.output_json,
+        model=result.model,
+        usage=result.usage.model_dump(),
+        cost=result.cost,
+        finish_reason=result.finish_reason,
+        attempts=result.attempts,
+    )
+    if previous is None:
+        usage, cost, turns, created = result.usage, result.cost, 1, now.isoformat()
+    else:
+        usage = Usage.model_validate(previous.get("usage") or {}) + result.usage
+        before = previous.get("cost")
+        cost = before if result.cost is None else (before or 0.0) + result.cost
+        turns = int(previous.get("turns", 0)) + 1
+        created = previous["created_at"]
+    doc: dict[str, Any] = {
+        "version": CONTEXT_VERSION,
+        "messages": [*plan.history, plan.user_message, assistant],
+        "usage": usage.model_dump(),
+        "cost": cost,
+        "turns": turns,
+        "created_at": created,
+        "updated_at": now.isoformat(),
+    }
+    if plan.instruction_args is not None:
+        doc["instruction_args"] = plan.instruction_args
+    return doc
+
+
+# -- drivers ---------------------------------------------------------------------
+
+
+def drive(flow: Generator[Any, Any, T], handle: Callable[[Any], Any]) -> T:
+    """Run a flow, answering each yielded operation with ``handle`` (blocking)."""
+    try:
+        op = next(flow)
+        while True:
+            try:
+                value = handle(op)
+            except Exception as exc:
+                op = flow.throw(exc)
+            else:
+                op = flow.send(value)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def adrive(flow: Generator[Any, Any, T], handle: Callable[[Any], Awaitable[Any]]) -> T:
+    """Run a flow, answering each yielded operation with ``await handle(op)``."""
+    try:
+        op = next(flow)
+        while True:
+            try:
+                value = await handle(op)
+            except Exception as exc:
+                op = flow.throw(exc)
+            else:
+                op = flow.send(value)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]

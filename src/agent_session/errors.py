@@ -1,0 +1,135 @@
+"""Errors raised by agent-session.
+
+Every error derives from one root, so ``except AgentSessionError`` catches all of
+them. Errors that wrap a failure of another library (Pydantic, Jinja, LiteLLM,
+SQLAlchemy) are raised ``from`` that exception, so the original stays on
+``__cause__``::
+
+    AgentSessionError
+    ├── ConfigurationError         the Agent or the model class is defined wrongly
+    ├── TemplateError              the instruction failed to render at run time
+    ├── InputValidationError       input or instruction arguments are invalid (also ValueError)
+    ├── ModelCallError             the LLM call failed: auth, rate limit, timeout, 5xx, ...
+    ├── OutputValidationError      the model's output stayed invalid after every re-ask
+    ├── ContextError               a stored context is not a valid context document
+    ├── SessionNotFoundError       no row has that primary key (also LookupError)
+    ├── StaleSessionError          another writer changed the session first; nothing written
+    ├── SessionBusyError           the session is marked running by another worker
+    └── StorageError               the database failed (connection lost, ...); nothing written
+
+The first is a mistake in the code that uses the library; the others are failures
+of one run that the caller may handle, retry or report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AgentSessionError",
+    "ConfigurationError",
+    "ContextError",
+    "InputValidationError",
+    "ModelCallError",
+    "OutputValidationError",
+    "SessionBusyError",
+    "SessionNotFoundError",
+    "StaleSessionError",
+    "StorageError",
+    "TemplateError",
+]
+
+
+class AgentSessionError(Exception):
+    """Root of every error raised by agent-session."""
+
+
+class ConfigurationError(AgentSessionError):
+    """The ``Agent`` or a model class using the mixin is defined wrongly."""
+
+
+class TemplateError(AgentSessionError):
+    """The instruction template failed to render (missing variable, sandbox, filter)."""
+
+
+class InputValidationError(AgentSessionError, ValueError):
+    """The input (or the instruction arguments) did not validate.
+
+    ``errors`` holds Pydantic's error list; ``source`` says which value failed:
+    ``"input"``, ``"instruction_args"`` or ``"size"``.
+    """
+
+    def __init__(self, message: str, *, errors: list[Any], source: str = "input") -> None:
+        super().__init__(message)
+        self.errors = errors
+        self.source = source
+
+
+class ModelCallError(AgentSessionError):
+    """The call to the LLM provider failed.
+
+    ``status_code`` is the HTTP status when there was one (401, 429, 500, ...),
+    ``None`` for timeouts and connection failures; ``model`` is the model string.
+    """
+
+    def __init__(self, message: str, *, model: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+        self.status_code = status_code
+
+
+class OutputValidationError(AgentSessionError):
+    """The model's output did not validate, even after every re-ask.
+
+    ``raw_text`` is the last text the model returned, ``errors`` the validation
+    errors for it, ``attempts`` how many model calls were made.
+    """
+
+    def __init__(
+        self, message: str, *, raw_text: str, errors: list[Any], attempts: int, usage: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.raw_text = raw_text
+        self.errors = errors
+        self.attempts = attempts
+        self.usage = usage
+
+
+class ContextError(AgentSessionError):
+    """A stored context is not a valid context document (corrupt, hand-edited, newer)."""
+
+    def __init__(self, message: str, *, key: Any = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class SessionNotFoundError(AgentSessionError, LookupError):
+    """No session row has the given primary key."""
+
+    def __init__(self, message: str, *, key: Any = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StaleSessionError(AgentSessionError):
+    """Another writer committed a turn first; this turn wrote nothing."""
+
+    def __init__(self, message: str, *, key: Any = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class SessionBusyError(AgentSessionError):
+    """The session is marked ``running`` by another worker."""
+
+    def __init__(self, message: str, *, key: Any = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StorageError(AgentSessionError):
+    """The database failed while reading or writing a session; nothing was written."""
+
+    def __init__(self, message: str, *, key: Any = None) -> None:
+        super().__init__(message)
+        self.key = key

@@ -1,0 +1,253 @@
+"""Test doubles for agents: no network, same code path as a real model.
+
+``TestModel`` replies from a script, or builds output that matches the agent's
+``output_schema``; ``FunctionModel(fn)`` lets a test compute each reply. Both are
+``Model`` implementations, so parsing, validation and re-asks run exactly as with
+LiteLLM, and both record every request they receive::
+
+    model = TestModel(replies=['{"answer": "42"}'])
+    with agent.override(model=model):
+        result = agent.run({"message": "hi"})
+    assert model.requests[0].messages[-1]["content"] == "hi"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from pydantic import BaseModel
+
+from .context import Usage
+from .llm import Model, ModelRequest, ModelResponse
+
+__all__ = ["FunctionModel", "TestModel", "sample_from_schema"]
+
+Reply = str | dict[str, Any] | list[Any] | BaseModel | ModelResponse
+
+
+def _words(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(m.get("content") or "").split()) for m in messages)
+
+
+def _to_response(
+    reply: Reply, request: ModelRequest, name: str, cost: float | None
+) -> ModelResponse:
+    if isinstance(reply, ModelResponse):
+        return reply
+    if isinstance(reply, BaseModel):
+        text = reply.model_dump_json()
+    elif isinstance(reply, dict | list):
+        text = json.dumps(reply, ensure_ascii=False)
+    else:
+        text = str(reply)
+    prompt = _words(request.messages)
+    completion = len(text.split())
+    return ModelResponse(
+        text=text,
+        usage=Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        ),
+        cost=cost,
+        model=name,
+        finish_reason="stop",
+    )
+
+
+class _RecordingModel(Model):
+    def __init__(self, name: str, cost: float | None, structured: bool) -> None:
+        self.name = name
+        self.cost = cost
+        self.structured = structured
+        self.requests: list[ModelRequest] = []
+        self._lock = threading.Lock()
+
+    def supports_structured_output(self, model: str) -> bool:
+        return self.structured
+
+    def _record(self, request: ModelRequest) -> int:
+        with self._lock:
+            self.requests.append(request)
+            return len(self.requests)
+
+    @property
+    def last_request(self) -> ModelRequest:
+        """The most recent request (``IndexError`` if none)."""
+        return self.requests[-1]
+
+
+class TestModel(_RecordingModel):
+    """A scripted model.
+
+    With ``replies``, each call returns the next one (a string, a dict or list sent
+    as JSON, a Pydantic model, or a full ``ModelResponse``); running out raises
+    ``AssertionError``. Without, it returns ``text`` for plain-text agents and a
+    value generated from the output JSON schema for structured ones. Token usage is
+    a word count, so it is deterministic; ``cost`` is reported per call if given.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        replies: Iterable[Reply] | None = None,
+        *,
+        text: str = "ok",
+        name: str = "test-model",
+        cost: float | None = None,
+        structured: bool = True,
+    ) -> None:
+        super().__init__(name, cost, structured)
+        self.replies = list(replies) if replies is not None else None
+        self.text = text
+
+    def _reply(self, request: ModelRequest) -> ModelResponse:
+        index = self._record(request) - 1
+        if self.replies is not None:
+            if index >= len(self.replies):
+                raise AssertionError(
+                    f"TestModel got call #{index + 1} but has only {len(self.replies)} replies"
+                )
+            reply: Reply = self.replies[index]
+        elif request.output_schema is not None:
+            reply = sample_from_schema(request.output_schema.model_json_schema())
+        else:
+            reply = self.text
+        return _to_response(reply, request, self.name, self.cost)
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        return self._reply(request)
+
+    async def acomplete(self, request: ModelRequest) -> ModelResponse:
+        return self._reply(request)
+
+
+class FunctionModel(_RecordingModel):
+    """A model whose replies come from ``fn(messages)`` or ``fn(messages, request)``.
+
+    ``fn`` may be sync or async and returns what ``TestModel`` accepts as a reply.
+    It may raise, e.g. ``ModelCallError``, to simulate a provider failure.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Reply | Awaitable[Reply]],
+        *,
+        name: str = "function-model",
+        cost: float | None = None,
+        structured: bool = True,
+    ) -> None:
+        super().__init__(name, cost, structured)
+        self.fn = fn
+        try:
+            params = inspect.signature(fn).parameters.values()
+            positional = [
+                p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+            self._wants_request = varargs or len(positional) >= 2
+        except (TypeError, ValueError):
+            self._wants_request = False
+
+    def _call(self, request: ModelRequest) -> Reply | Awaitable[Reply]:
+        self._record(request)
+        messages = [dict(m) for m in request.messages]
+        return self.fn(messages, request) if self._wants_request else self.fn(messages)
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        reply = self._call(request)
+        if inspect.isawaitable(reply):
+            reply = asyncio.run(_await(reply))
+        return _to_response(reply, request, self.name, self.cost)
+
+    async def acomplete(self, request: ModelRequest) -> ModelResponse:
+        reply = self._call(request)
+        if inspect.isawaitable(reply):
+            reply = await reply
+        return _to_response(reply, request, self.name, self.cost)
+
+
+async def _await(awaitable: Awaitable[Reply]) -> Reply:
+    return await awaitable
+
+
+def sample_from_schema(schema: dict[str, Any]) -> Any:
+    """Build a value that matches a Pydantic JSON schema (objects, arrays, enums, refs)."""
+    return _sample(schema, schema.get("$defs", {}), depth=0)
+
+
+def _sample(node: dict[str, Any], defs: dict[str, Any], depth: int) -> Any:
+    if depth > 20:
+        return None
+    if "$ref" in node:
+        return _sample(defs[node["$ref"].rsplit("/", 1)[-1]], defs, depth + 1)
+    if "const" in node:
+        return node["const"]
+    if "enum" in node:
+        return node["enum"][0]
+    if "default" in node:
+        return node["default"]
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        if combinator in node:
+            options = [o for o in node[combinator] if o.get("type") != "null"] or node[combinator]
+            return _sample(options[0], defs, depth + 1)
+    kind = node.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in node:
+        props = node.get("properties", {})
+        return {name: _sample(sub, defs, depth + 1) for name, sub in props.items()}
+    if kind == "array":
+        count = max(1, int(node.get("minItems", 1)))
+        item = node.get("items", {})
+        if "prefixItems" in node:
+            return [_sample(sub, defs, depth + 1) for sub in node["prefixItems"]]
+        return [_sample(item, defs, depth + 1) for _ in range(count)]
+    if kind == "string":
+        return _sample_string(node)
+    if kind == "integer":
+        return _sample_number(node, integer=True)
+    if kind == "number":
+        return _sample_number(node, integer=False)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "a"
+
+
+def _sample_string(node: dict[str, Any]) -> str:
+    fmt = node.get("format")
+    by_format = {
+        "date-time": "2026-01-01T00:00:00Z",
+        "date": "2026-01-01",
+        "time": "00:00:00",
+        "email": "user@example.com",
+        "uri": "https://example.com/",
+        "uuid": "00000000-0000-4000-8000-000000000000",
+        "duration": "P1D",
+    }
+    if fmt in by_format:
+        return by_format[fmt]
+    length = max(1, int(node.get("minLength", 1)))
+    text = "a" * length
+    if "maxLength" in node:
+        text = text[: int(node["maxLength"])]
+    return text
+
+
+def _sample_number(node: dict[str, Any], *, integer: bool) -> int | float:
+    value: float = 1
+    if "minimum" in node:
+        value = max(value, node["minimum"])
+    if "exclusiveMinimum" in node:
+        value = max(value, node["exclusiveMinimum"] + 1)
+    if "maximum" in node:
+        value = min(value, node["maximum"])
+    if "exclusiveMaximum" in node:
+        value = min(value, node["exclusiveMaximum"] - 1)
+    return int(value) if integer else float(value)

@@ -1,0 +1,156 @@
+"""Shared fixtures: the database matrix and the network guard."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import _databases
+from _databases import (
+    ALL_DATABASES,
+    ASYNC_DATABASES,
+    SERVER_DATABASES,
+    SYNC_DATABASES,
+    Database,
+    open_database,
+    server_hosts,
+)
+
+# Use the model cost map bundled with litellm instead of fetching it at import
+# time. Set here, before any test module imports litellm.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+# -- database matrix ---------------------------------------------------------
+
+
+@pytest.fixture(params=ALL_DATABASES, ids=ALL_DATABASES)
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """Each of the six databases in turn; ``-k postgresql`` (or ``-k aiomysql``...) selects."""
+    async with open_database(request.param, tmp_path) as db:
+        yield db
+
+
+@pytest.fixture(params=SYNC_DATABASES, ids=SYNC_DATABASES)
+async def sync_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """The databases reached through a sync driver: sqlite, psycopg, pymysql."""
+    async with open_database(request.param, tmp_path) as db:
+        yield db
+
+
+@pytest.fixture(params=ASYNC_DATABASES, ids=ASYNC_DATABASES)
+async def async_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """The databases reached through an async driver: aiosqlite, asyncpg, aiomysql."""
+    async with open_database(request.param, tmp_path) as db:
+        yield db
+
+
+@pytest.fixture(params=SERVER_DATABASES, ids=SERVER_DATABASES)
+async def server_database(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Database]:
+    """The real servers (PostgreSQL and MySQL/MariaDB), through their sync drivers."""
+    async with open_database(request.param, tmp_path) as db:
+        yield db
+
+
+# -- network guard -----------------------------------------------------------
+#
+# No test may open a connection beyond this machine: in particular none may
+# reach a real LLM provider. Loopback addresses, unix sockets and the hosts of
+# the configured test database servers are allowed; anything else raises
+# RuntimeError. It is deliberately not an OSError, so that HTTP clients cannot
+# mistake it for a transient connection failure and retry or fall back.
+
+_LOCAL_HOST_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
+_UNIX_FAMILY = getattr(socket, "AF_UNIX", None)
+
+
+def _host_text(host: object) -> str | None:
+    if isinstance(host, bytes):
+        return host.decode("ascii", "replace")
+    return host if isinstance(host, str) else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOCAL_HOST_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class _NetworkGuard:
+    def __init__(self, allowed_hosts: set[str]) -> None:
+        self.allowed_hosts = {host.lower() for host in allowed_hosts}
+        self.allowed_addresses: set[str] = set()
+        self.real_connect = socket.socket.connect
+        self.real_connect_ex = socket.socket.connect_ex
+        self.real_getaddrinfo = socket.getaddrinfo
+
+    def _allowed(self, host: str) -> bool:
+        return (
+            _is_loopback(host)
+            or host.lower() in self.allowed_hosts
+            or host in self.allowed_addresses
+        )
+
+    def check_address(self, family: int, address: Any) -> None:
+        if _UNIX_FAMILY is not None and family == _UNIX_FAMILY:
+            return
+        if isinstance(address, str | bytes):  # a unix socket path
+            return
+        host = _host_text(address[0]) if isinstance(address, tuple) and address else None
+        if host is None or not self._allowed(host):
+            raise RuntimeError(f"tests may not reach the network: {address!r}")
+
+    def connect(self, sock: socket.socket, address: Any) -> None:
+        self.check_address(sock.family, address)
+        self.real_connect(sock, address)
+
+    def connect_ex(self, sock: socket.socket, address: Any) -> int:
+        self.check_address(sock.family, address)
+        return self.real_connect_ex(sock, address)
+
+    def getaddrinfo(self, host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = _host_text(host)
+        if host is not None and name != "" and (name is None or not self._allowed(name)):
+            raise RuntimeError(f"tests may not reach the network: {host!r}")
+        results = self.real_getaddrinfo(host, *args, **kwargs)
+        if name is not None and name.lower() in self.allowed_hosts:
+            # A database server named in the test URLs: allow what it resolves to.
+            self.allowed_addresses.update(str(sockaddr[0]) for *_, sockaddr in results)
+        return results
+
+
+@pytest.fixture(scope="session", autouse=True)
+def network_guard() -> Iterator[None]:
+    """Refuse, for the whole run, any connection that would leave this machine."""
+    guard = _NetworkGuard(server_hosts())
+    with pytest.MonkeyPatch.context() as patch:
+
+        def connect(sock: socket.socket, address: Any) -> None:
+            guard.connect(sock, address)
+
+        def connect_ex(sock: socket.socket, address: Any) -> int:
+            return guard.connect_ex(sock, address)
+
+        patch.setattr(socket.socket, "connect", connect)
+        patch.setattr(socket.socket, "connect_ex", connect_ex)
+        patch.setattr(socket, "getaddrinfo", guard.getaddrinfo)
+        yield
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the per-run PostgreSQL and MariaDB databases."""
+    _databases.drop_run_databases()
