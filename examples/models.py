@@ -1,0 +1,70 @@
+"""Example models: a support chat stored on the application's own table.
+
+Used by the quickstart, the Alembic environment in ``migrations/`` and the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime
+
+import sqlalchemy as sa
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from agent_session import Agent, AgentSessionMixin
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CompanyArgs(BaseModel):
+    company_name: str
+    tone: str = "friendly"
+
+
+class UserMessage(BaseModel):
+    message: str = Field(min_length=1)
+
+
+class Reply(BaseModel):
+    answer: str
+    follow_up_question: str | None = None
+
+
+support_agent = Agent(
+    os.environ.get("AGENT_SESSION_MODEL", "openai/gpt-4o-mini"),
+    instruction=(
+        "You are a {{ tone }} support assistant for {{ company_name }}. "
+        "Answer briefly and suggest one follow-up question."
+    ),
+    instruction_schema=CompanyArgs,
+    input_schema=UserMessage,
+    output_schema=Reply,
+    max_retries=2,
+)
+
+
+class SupportChat(AgentSessionMixin, Base):
+    """One support conversation per row, next to the app's own columns."""
+
+    __tablename__ = "support_chats"
+    __agent__ = support_agent
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    title: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
+
+
+class TrackedChat(AgentSessionMixin, Base):
+    """The same agent with the optional status column, for multi-worker deployments."""
+
+    __tablename__ = "tracked_chats"
+    __agent__ = support_agent
+    __status_attribute__ = "status"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(sa.String(64))
