@@ -23,9 +23,8 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import Base, Reply, SupportChat, support_agent  # noqa: E402
-
-from agent_session.testing import FunctionModel  # noqa: E402
+from agent_session.testing import FunctionModel
+from models import Base, Reply, SupportChat, support_agent
 
 
 def offline_reply(messages: list[dict[str, Any]]) -> Reply:

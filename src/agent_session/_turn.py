@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from .context import CONTEXT_VERSION, Usage, chat_messages, utcnow
+from .context import CONTEXT_VERSION, Usage, chat_messages, isoformat, utcnow
 from .errors import InputValidationError, OutputValidationError
 from .llm import ModelRequest, ModelResponse
 from .result import Result
@@ -149,7 +149,15 @@ def _instruction_args(
                 source="instruction_args",
             ) from exc
         values = {name: getattr(model, name) for name in type(model).model_fields}
-        return values, model.model_dump(mode="json")
+        try:
+            stored_model: dict[str, Any] = model.model_dump(mode="json")
+        except PydanticSerializationError as exc:
+            raise InputValidationError(
+                f"instruction_args must be JSON-serialisable to be stored: {exc}",
+                errors=[],
+                source="instruction_args",
+            ) from exc
+        return values, stored_model
     if args is None:
         return {}, None
     if not isinstance(args, Mapping):
@@ -171,7 +179,7 @@ def _instruction_args(
 
 
 def _stored(role: str, content: str, now: datetime, **meta: Any) -> dict[str, Any]:
-    meta_doc: dict[str, Any] = {"created_at": now.isoformat()}
+    meta_doc: dict[str, Any] = {"created_at": isoformat(now)}
     meta_doc.update((k, v) for k, v in meta.items() if v is not None)
     return {"role": role, "content": content, "meta": meta_doc}
 
@@ -325,7 +333,7 @@ def next_document(
         attempts=result.attempts,
     )
     if previous is None:
-        usage, cost, turns, created = result.usage, result.cost, 1, now.isoformat()
+        usage, cost, turns, created = result.usage, result.cost, 1, isoformat(now)
     else:
         usage = Usage.model_validate(previous.get("usage") or {}) + result.usage
         before = previous.get("cost")
@@ -339,7 +347,7 @@ def next_document(
         "cost": cost,
         "turns": turns,
         "created_at": created,
-        "updated_at": now.isoformat(),
+        "updated_at": isoformat(now),
     }
     if plan.instruction_args is not None:
         doc["instruction_args"] = plan.instruction_args

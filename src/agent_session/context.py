@@ -51,6 +51,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def isoformat(moment: datetime) -> str:
+    """A timestamp as stored: ISO 8601, UTC as ``Z`` (what Pydantic writes too)."""
+    text = moment.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 class Usage(BaseModel):
     """Token counts of one call, one turn or a whole session."""
 

@@ -158,17 +158,50 @@ def _to_response(litellm: ModuleType, raw: Any, model: str) -> ModelResponse:
     )
 
 
+_NO_RESPONSE_KINDS = frozenset(
+    {
+        # LiteLLM and the OpenAI SDK
+        "Timeout",
+        "APITimeoutError",
+        "APIConnectionError",
+        # httpx, under the SDKs and LiteLLM's own handlers
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "WriteTimeout",
+        "PoolTimeout",
+    }
+)
+
+
+def _no_response_cause(exc: BaseException) -> BaseException | None:
+    """The link of ``exc``'s chain that says no HTTP response arrived, if any.
+
+    LiteLLM re-raises some transport failures as HTTP errors it makes up: a refused
+    connection to an OpenAI-compatible server becomes ``InternalServerError`` with
+    ``status_code`` 500. The transport error stays in the chain, so look there.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen and len(seen) < 20:
+        seen.add(id(link))
+        if type(link).__name__ in _NO_RESPONSE_KINDS or isinstance(
+            link, TimeoutError | ConnectionError
+        ):
+            return link
+        link = link.__cause__ or link.__context__
+    return None
+
+
 def _model_call_error(exc: Exception, model: str) -> ModelCallError:
     """Map a LiteLLM (or transport) exception to ``ModelCallError``."""
     kind = type(exc).__name__
-    no_response = kind in {"Timeout", "APITimeoutError", "APIConnectionError"} or isinstance(
-        exc, TimeoutError | ConnectionError
-    )
-    status = None if no_response else getattr(exc, "status_code", None)
+    transport = _no_response_cause(exc)
+    status = None if transport is not None else getattr(exc, "status_code", None)
     if not isinstance(status, int):
         status = None
     message = str(exc).strip() or kind
-    where = f"HTTP {status}" if status is not None else kind
+    where = f"HTTP {status}" if status is not None else type(transport or exc).__name__
     return ModelCallError(
         f"model call to {model} failed ({where}): {message}", model=model, status_code=status
     )

@@ -14,8 +14,10 @@ LiteLLM, and both record every request they receive::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import json
+import math
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -161,7 +163,7 @@ class FunctionModel(_RecordingModel):
     def complete(self, request: ModelRequest) -> ModelResponse:
         reply = self._call(request)
         if inspect.isawaitable(reply):
-            reply = asyncio.run(_await(reply))
+            reply = _run_awaitable(reply)
         return _to_response(reply, request, self.name, self.cost)
 
     async def acomplete(self, request: ModelRequest) -> ModelResponse:
@@ -175,13 +177,28 @@ async def _await(awaitable: Awaitable[Reply]) -> Reply:
     return await awaitable
 
 
+def _run_awaitable(awaitable: Awaitable[Reply]) -> Reply:
+    """Run an async ``fn``'s reply from sync code, even inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_await(awaitable))
+    # ``asyncio.run`` refuses to nest: run the reply on a loop of its own thread.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, _await(awaitable)).result()
+
+
 def sample_from_schema(schema: dict[str, Any]) -> Any:
     """Build a value that matches a Pydantic JSON schema (objects, arrays, enums, refs)."""
     return _sample(schema, schema.get("$defs", {}), depth=0)
 
 
+_SHALLOW = 12
+"""Past this nesting depth, prefer ``null`` options and empty lists (recursive models)."""
+
+
 def _sample(node: dict[str, Any], defs: dict[str, Any], depth: int) -> Any:
-    if depth > 20:
+    if depth > 60:
         return None
     if "$ref" in node:
         return _sample(defs[node["$ref"].rsplit("/", 1)[-1]], defs, depth + 1)
@@ -193,7 +210,11 @@ def _sample(node: dict[str, Any], defs: dict[str, Any], depth: int) -> Any:
         return node["default"]
     for combinator in ("anyOf", "oneOf", "allOf"):
         if combinator in node:
-            options = [o for o in node[combinator] if o.get("type") != "null"] or node[combinator]
+            options = node[combinator]
+            nulls = [o for o in options if o.get("type") == "null"]
+            if depth > _SHALLOW and nulls:
+                return None
+            options = [o for o in options if o.get("type") != "null"] or options
             return _sample(options[0], defs, depth + 1)
     kind = node.get("type")
     if isinstance(kind, list):
@@ -202,10 +223,13 @@ def _sample(node: dict[str, Any], defs: dict[str, Any], depth: int) -> Any:
         props = node.get("properties", {})
         return {name: _sample(sub, defs, depth + 1) for name, sub in props.items()}
     if kind == "array":
-        count = max(1, int(node.get("minItems", 1)))
-        item = node.get("items", {})
         if "prefixItems" in node:
             return [_sample(sub, defs, depth + 1) for sub in node["prefixItems"]]
+        least = int(node.get("minItems", 0))
+        count = least if depth > _SHALLOW else max(1, least)
+        if "maxItems" in node:
+            count = min(count, int(node["maxItems"]))
+        item = node.get("items", {})
         return [_sample(item, defs, depth + 1) for _ in range(count)]
     if kind == "string":
         return _sample_string(node)
@@ -233,6 +257,8 @@ def _sample_string(node: dict[str, Any]) -> str:
     }
     if fmt in by_format:
         return by_format[fmt]
+    if isinstance(fmt, str) and fmt[:4] == "uuid" and fmt[4:].isdigit():  # uuid1 ... uuid8
+        return f"00000000-0000-{fmt[4:]}000-8000-000000000000"
     length = max(1, int(node.get("minLength", 1)))
     text = "a" * length
     if "maxLength" in node:
@@ -241,13 +267,47 @@ def _sample_string(node: dict[str, Any]) -> str:
 
 
 def _sample_number(node: dict[str, Any], *, integer: bool) -> int | float:
-    value: float = 1
-    if "minimum" in node:
-        value = max(value, node["minimum"])
-    if "exclusiveMinimum" in node:
-        value = max(value, node["exclusiveMinimum"] + 1)
-    if "maximum" in node:
-        value = min(value, node["maximum"])
-    if "exclusiveMaximum" in node:
-        value = min(value, node["exclusiveMaximum"] - 1)
-    return int(value) if integer else float(value)
+    """1 when allowed, else a value inside the bounds that is a multiple of ``multipleOf``."""
+    low, low_open = _bound(node, "minimum", "exclusiveMinimum", max)
+    high, high_open = _bound(node, "maximum", "exclusiveMaximum", min)
+    step: float | None = node.get("multipleOf")
+
+    def allowed(value: float) -> bool:
+        if low is not None and (value < low or (low_open and value == low)):
+            return False
+        if high is not None and (value > high or (high_open and value == high)):
+            return False
+        if step:
+            ratio = value / step
+            return abs(ratio - round(ratio)) <= 1e-9 * max(1.0, abs(ratio))
+        return True
+
+    guesses: list[float] = [1, 0]
+    if low is not None and high is not None:
+        guesses.append((low + high) / 2)
+    for bound, away in ((low, 1), (high, -1)):
+        if bound is not None:
+            guesses += [bound, bound + away, bound + away * (step or 1)]
+    candidates: list[float] = []
+    for guess in guesses:
+        near = (
+            [math.ceil(guess / step) * step, math.floor(guess / step) * step] if step else [guess]
+        )
+        for value in near:
+            candidates += [math.ceil(value), math.floor(value)] if integer else [value]
+    for value in candidates:
+        if allowed(value):
+            return int(value) if integer else float(value)
+    fallback = low if low is not None else high if high is not None else 1
+    return int(fallback) if integer else float(fallback)
+
+
+def _bound(
+    node: dict[str, Any], inclusive: str, exclusive: str, tighter: Callable[..., float]
+) -> tuple[float | None, bool]:
+    """The tighter of an inclusive and an exclusive bound, and whether it is exclusive."""
+    found = [(node[key], key == exclusive) for key in (inclusive, exclusive) if key in node]
+    if not found:
+        return None, False
+    value = tighter(v for v, _ in found)
+    return value, any(v == value and is_open for v, is_open in found)

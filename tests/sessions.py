@@ -1,0 +1,80 @@
+"""Run the mixin's sync or async API against a ``Database`` of the matrix with one call.
+
+Tests are written once as ``async def`` and call ``api.start(...)``; for a sync
+database the sync classmethod runs, for an async one its ``a``-prefixed twin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
+from _databases import Database
+
+
+class Api:
+    """The mixin API of one model class on one database, in one mode."""
+
+    def __init__(self, database: Database, model: Any, *, maker: bool = False, **engine_kw: Any):
+        self.database = database
+        self.model = model
+        self.engine = database.engine(**engine_kw)
+        self.is_async = isinstance(self.engine, AsyncEngine)
+        self.maker: Any = None
+        if maker:
+            self.maker = (
+                async_sessionmaker(self.engine) if self.is_async else sessionmaker(self.engine)
+            )
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Any]:
+        """A caller-owned session (sync or async); closed (not committed) at exit."""
+        if self.is_async:
+            async with AsyncSession(self.engine, expire_on_commit=False) as db:
+                yield db
+        else:
+            with Session(self.engine, expire_on_commit=False) as db:
+                yield db
+
+    async def commit(self, db: Any) -> None:
+        if self.is_async:
+            await db.commit()
+        else:
+            db.commit()
+
+    async def rollback(self, db: Any) -> None:
+        if self.is_async:
+            await db.rollback()
+        else:
+            db.rollback()
+
+    def _db(self, db: Any) -> Any:
+        return self.maker if db is None else db
+
+    async def start(self, db: Any, input: Any, **kw: Any) -> Any:
+        if self.is_async:
+            return await self.model.astart_session(self._db(db), input, **kw)
+        return self.model.start_session(self._db(db), input, **kw)
+
+    async def cont(self, db: Any, key: Any, input: Any, **kw: Any) -> Any:
+        if self.is_async:
+            return await self.model.acontinue_session(self._db(db), key, input, **kw)
+        return self.model.continue_session(self._db(db), key, input, **kw)
+
+    async def context(self, db: Any, key: Any) -> Any:
+        if self.is_async:
+            return await self.model.aget_context(self._db(db), key)
+        return self.model.get_context(self._db(db), key)
+
+
+def stored_rows(database: Database, table: sa.Table) -> list[dict[str, Any]]:
+    """Every row of ``table`` as stored, read through a separate sync connection."""
+    with database.sync_engine().connect() as conn:
+        pk = list(table.primary_key.columns)
+        rows = conn.execute(sa.select(table).order_by(*pk)).mappings().all()
+        return [dict(row) for row in rows]

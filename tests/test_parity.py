@@ -1,0 +1,56 @@
+"""The async API mirrors the sync API exactly."""
+
+from __future__ import annotations
+
+import inspect
+
+from agent_session import Agent, AgentSessionMixin
+from agent_session._store import AsyncStore, SyncStore
+
+
+def _public(cls: type) -> dict[str, object]:
+    return {name: getattr(cls, name) for name in dir(cls) if not name.startswith("_")}
+
+
+def _same_parameters(sync: object, twin: object) -> None:
+    sync_params = list(inspect.signature(sync).parameters.values())  # type: ignore[arg-type]
+    async_params = list(inspect.signature(twin).parameters.values())  # type: ignore[arg-type]
+    assert [(p.name, p.kind, p.default) for p in sync_params[1:]] == [
+        (p.name, p.kind, p.default) for p in async_params[1:]
+    ], (sync, twin)
+
+
+def test_every_mixin_classmethod_has_an_async_twin() -> None:
+    methods = {
+        name: member
+        for name, member in _public(AgentSessionMixin).items()
+        if inspect.ismethod(member) and not name.startswith("a")
+    }
+    assert set(methods) == {"start_session", "continue_session", "get_context"}
+    for name, sync in methods.items():
+        twin = getattr(AgentSessionMixin, f"a{name}")
+        assert inspect.iscoroutinefunction(twin), name
+        assert not inspect.iscoroutinefunction(sync), name
+        _same_parameters(sync, twin)
+        assert twin.__doc__ and sync.__doc__
+
+
+def test_every_async_method_has_a_sync_twin() -> None:
+    for name, member in _public(AgentSessionMixin).items():
+        if inspect.iscoroutinefunction(member):
+            assert hasattr(AgentSessionMixin, name[1:]), name
+
+
+def test_agent_run_and_arun_match() -> None:
+    assert inspect.iscoroutinefunction(Agent.arun)
+    _same_parameters(Agent.run, Agent.arun)
+
+
+def test_stores_answer_the_same_operations() -> None:
+    sync_methods = {n for n in vars(SyncStore) if not n.startswith("__") or n == "__call__"}
+    async_methods = {n for n in vars(AsyncStore) if not n.startswith("__") or n == "__call__"}
+    assert sync_methods == async_methods
+    for name in sync_methods - {"__init__"}:
+        sync, twin = getattr(SyncStore, name), getattr(AsyncStore, name)
+        assert inspect.iscoroutinefunction(twin), name
+        _same_parameters(sync, twin)
