@@ -112,7 +112,12 @@ def validate_input(agent: Agent[Any], input: InputLike) -> TurnInput:
 
     field = agent.single_input_field
     single = getattr(value, field) if field is not None else None
-    content = single if isinstance(single, str) else value.model_dump_json()
+    try:
+        content = single if isinstance(single, str) else value.model_dump_json()
+    except PydanticSerializationError as exc:
+        raise InputValidationError(
+            f"input must be JSON-serialisable to be sent: {exc}", errors=[]
+        ) from exc
     limit = agent.max_input_bytes
     if len(content) * 4 > limit and len(content.encode("utf-8")) > limit:
         raise InputValidationError(

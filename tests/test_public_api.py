@@ -1,0 +1,116 @@
+"""The public surface of the package: exports, the error hierarchy, import cost."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import agent_session
+from agent_session import errors
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _error_classes() -> dict[str, type[BaseException]]:
+    return {
+        name: obj
+        for name, obj in vars(errors).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, BaseException)
+        and obj.__module__ == errors.__name__
+    }
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {
+        name
+        for name, value in vars(agent_session).items()
+        if not name.startswith("_") and not isinstance(value, ModuleType)
+    }
+    exported = set(agent_session.__all__)
+
+    assert len(agent_session.__all__) == len(exported), "duplicates in __all__"
+    assert exported - {"__version__"} == public
+    for name in agent_session.__all__:
+        assert hasattr(agent_session, name), name
+
+
+def test_version_matches_the_project_metadata() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert agent_session.__version__ == project["project"]["version"]
+
+
+def test_every_error_is_exported_and_derives_from_the_root() -> None:
+    classes = _error_classes()
+    assert set(classes) == set(errors.__all__)
+    for name, cls in classes.items():
+        assert name in agent_session.__all__, name
+        assert getattr(agent_session, name) is cls
+        assert issubclass(cls, agent_session.AgentSessionError), name
+    assert agent_session.AgentSessionError.__bases__ == (Exception,)
+
+
+def test_errors_that_are_also_builtin_errors() -> None:
+    assert issubclass(agent_session.InputValidationError, ValueError)
+    assert issubclass(agent_session.SessionNotFoundError, LookupError)
+    error = agent_session.InputValidationError("bad", errors=[{"loc": ("x",)}])
+    assert error.source == "input"
+    assert error.errors == [{"loc": ("x",)}]
+    assert str(error) == "bad"
+
+
+def test_errors_carry_their_fields() -> None:
+    call = agent_session.ModelCallError("down", model="m", status_code=503)
+    assert (call.model, call.status_code) == ("m", 503)
+    output = agent_session.OutputValidationError("no", raw_text="x", errors=[], attempts=3)
+    assert (output.raw_text, output.errors, output.attempts, output.usage) == ("x", [], 3, None)
+    for cls in (
+        agent_session.ContextError,
+        agent_session.SessionNotFoundError,
+        agent_session.StaleSessionError,
+        agent_session.SessionBusyError,
+        agent_session.StorageError,
+    ):
+        assert cls("m", key=7).key == 7
+        assert cls("m").key is None
+
+
+def test_the_docstring_tree_names_every_error_class() -> None:
+    doc = errors.__doc__
+    assert doc is not None
+    lines = [line.strip() for line in doc.splitlines()]
+    root = lines.index("AgentSessionError")
+    branches = [line for line in lines[root + 1 :] if line[:1] in {"├", "└"}]
+    named = [re.sub(r"^[├└]── ", "", line).split()[0] for line in branches]
+
+    classes = _error_classes()
+    assert sorted(named) == sorted(set(classes) - {"AgentSessionError"})
+    # The tree shows direct subclasses of the root, and the last branch closes it.
+    for name in named:
+        assert classes[name].__bases__[0] is agent_session.AgentSessionError, name
+    assert branches[-1].startswith("└──")
+    assert all(branch.startswith("├──") for branch in branches[:-1])
+
+
+def test_importing_the_package_does_not_import_litellm() -> None:
+    code = (
+        "import sys\n"
+        "import agent_session, agent_session.testing\n"
+        "loaded = sorted(m for m in sys.modules if m == 'litellm' or m.startswith('litellm.'))\n"
+        "print(loaded)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
