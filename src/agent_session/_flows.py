@@ -183,8 +183,13 @@ def continue_flow(
     """
     agent = spec.agent
     turn_input = _turn.validate_input(agent, input)
-    if conflict_retries < 0:
-        raise ValueError("conflict_retries must be >= 0")
+    is_count = isinstance(conflict_retries, int) and not isinstance(conflict_retries, bool)
+    if not is_count or conflict_retries < 0:
+        raise InputValidationError(
+            f"conflict_retries must be an int >= 0, got {conflict_retries!r}",
+            errors=[],
+            source="conflict_retries",
+        )
     lost_at: int | None = None
     attempt = 0
     while True:

@@ -11,7 +11,7 @@ Statements and results are built by ``_StoreBase``; the twins differ only in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -20,7 +20,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from ._flows import Insert, Load, SessionSpec, Snapshot, Swap
-from .errors import ConfigurationError, SessionNotFoundError, StaleSessionError, StorageError
+from .errors import (
+    ConfigurationError,
+    ContextError,
+    SessionNotFoundError,
+    StaleSessionError,
+    StorageError,
+)
 from .llm import Model, ModelRequest
 
 if TYPE_CHECKING:
@@ -31,6 +37,23 @@ T = TypeVar("T")
 __all__ = ["AsyncStore", "SyncStore"]
 
 
+# A concurrent writer won: PostgreSQL serialization failure (REPEATABLE READ and
+# SERIALIZABLE), deadlock and lock timeout; MySQL/MariaDB lock wait timeout,
+# deadlock and "record has changed since last read" (snapshot isolation).
+_LOST_RACE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+_LOST_RACE_MYSQL_CODES = frozenset({1205, 1213, 1020})
+
+
+def _lost_race(exc: sa_exc.DBAPIError, text: str) -> bool:
+    if "database is locked" in text or "database table is locked" in text:  # SQLite
+        return True
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _LOST_RACE_SQLSTATES:
+        return True
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] in _LOST_RACE_MYSQL_CODES
+
+
 @contextmanager
 def _database_errors(what: str, key: Any) -> Iterator[None]:
     """Turn driver errors into the library's errors (never a raw OperationalError)."""
@@ -38,14 +61,27 @@ def _database_errors(what: str, key: Any) -> Iterator[None]:
         yield
     except sa_exc.DBAPIError as exc:
         text = str(exc.orig) if exc.orig is not None else str(exc)
-        if "database is locked" in text or "database table is locked" in text:
+        if _lost_race(exc, text):
             raise StaleSessionError(
-                f"session {key!r}: the database was locked by another writer while {what}; "
-                "nothing was written",
+                f"session {key!r}: another writer held or changed the row while {what} "
+                f"({text.strip()}); nothing was written. In your own transaction, roll it "
+                "back before retrying",
                 key=key,
             ) from exc
         raise StorageError(
             f"session {key!r}: database error while {what}: {text}", key=key
+        ) from exc
+
+
+@contextmanager
+def _readable_row(key: Any) -> Iterator[None]:
+    """A stored value the column type cannot decode (invalid JSON text on SQLite)."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        raise ContextError(
+            f"stored row of session {key!r} cannot be read: {type(exc).__name__}: {exc}",
+            key=key,
         ) from exc
 
 
@@ -142,12 +178,22 @@ class SyncStore(_StoreBase):
                     with _database_errors(what, key):
                         raise
                 with _database_errors(what, key):
-                    session.commit()
+                    try:
+                        session.commit()
+                    except sa_exc.DBAPIError:
+                        # A failed COMMIT can leave the transaction open (SQLite's
+                        # "database is locked"): closing the session alone would pool
+                        # the connection with this write pending, and the connection's
+                        # next user would commit it. Roll it back explicitly.
+                        with suppress(sa_exc.SQLAlchemyError):
+                            session.rollback()
+                        raise
                 return value
         raise AssertionError("unreachable")
 
     def _load(self, session: Session, op: Load) -> Snapshot:
-        instance = session.get(self.cls, op.key, populate_existing=True)
+        with _readable_row(op.key):
+            instance = session.get(self.cls, op.key, populate_existing=True)
         return self.snapshot(instance, op.key)
 
     def _swap(self, session: Session, op: Swap) -> bool:
@@ -211,12 +257,18 @@ class AsyncStore(_StoreBase):
                     with _database_errors(what, key):
                         raise
                 with _database_errors(what, key):
-                    await session.commit()
+                    try:
+                        await session.commit()
+                    except sa_exc.DBAPIError:
+                        with suppress(sa_exc.SQLAlchemyError):
+                            await session.rollback()  # see SyncStore._run
+                        raise
                 return value
         raise AssertionError("unreachable")
 
     async def _load(self, session: AsyncSession, op: Load) -> Snapshot:
-        instance = await session.get(self.cls, op.key, populate_existing=True)
+        with _readable_row(op.key):
+            instance = await session.get(self.cls, op.key, populate_existing=True)
         return self.snapshot(instance, op.key)
 
     async def _swap(self, session: AsyncSession, op: Swap) -> bool:

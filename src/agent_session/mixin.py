@@ -22,6 +22,8 @@ transactions per turn and calls the model with no connection checked out). The
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -37,8 +39,6 @@ from .context import Context
 from .errors import ConfigurationError, InputValidationError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from pydantic import BaseModel
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -335,4 +335,56 @@ def _key_and_instance(cls: type, session_or_pk: Any) -> tuple[Any, Any]:
         )
     if isinstance(session_or_pk, list):
         session_or_pk = tuple(session_or_pk)
-    return session_or_pk, None
+    return _checked_key(cls, session_or_pk), None
+
+
+def _checked_key(cls: type, key: Any) -> Any:
+    """Check a primary key against the key columns before it reaches the database.
+
+    A key of the wrong shape, with a ``None`` part or of a type the column cannot hold
+    is an ``InputValidationError``; the text form of an integer or UUID key is parsed.
+    Left to the database, such keys fail differently on every backend (a raw
+    SQLAlchemy error, a ``StorageError``, a silent miss) or only at the final write.
+    """
+    mapper: Any = sa.inspect(cls)
+    columns = list(mapper.primary_key)
+    if isinstance(key, Mapping):  # ``{"id": 1}``, as ``Session.get`` accepts
+        names = [mapper.get_property_by_column(column).key for column in columns]
+        if set(key) != set(names):
+            raise _bad_key(cls, key, f"expected the keys {names}")
+        key = tuple(key[name] for name in names)
+    values = key if isinstance(key, tuple) else (key,)
+    if len(values) != len(columns):
+        raise _bad_key(cls, key, f"expected {len(columns)} value(s)")
+    checked = tuple(
+        _key_value(cls, column, value, key) for column, value in zip(columns, values, strict=True)
+    )
+    return checked if len(columns) > 1 else checked[0]
+
+
+def _key_value(cls: type, column: Any, value: Any, key: Any) -> Any:
+    if value is None:
+        raise _bad_key(cls, key, "a primary key cannot be NULL")
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return value
+    if python_type not in (int, str, uuid.UUID):
+        return value
+    wrong_type = _bad_key(cls, key, f"{column.name} holds {python_type.__name__} values")
+    if isinstance(value, str) and python_type is not str:
+        try:
+            value = int(value) if python_type is int else uuid.UUID(value)
+        except ValueError:
+            raise wrong_type from None
+    if not isinstance(value, python_type) or isinstance(value, bool):
+        raise wrong_type
+    if python_type is int and not -(2**63) <= value < 2**63:
+        raise _bad_key(cls, key, "out of the range of a 64-bit integer")
+    return value
+
+
+def _bad_key(cls: type, key: Any, why: str) -> InputValidationError:
+    return InputValidationError(
+        f"{cls.__name__}: bad primary key {key!r}: {why}", errors=[], source="key"
+    )
