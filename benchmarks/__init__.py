@@ -1,0 +1,19 @@
+"""Benchmarks for agent-session: ``python -m benchmarks`` (see docs/benchmarks.md).
+
+Each benchmark is a module here with ``NAME``, ``TITLE`` and
+``run(options, databases) -> BenchResult``. ``BENCHMARKS`` lists them in the
+order the suite runs them and the page shows them.
+"""
+
+from __future__ import annotations
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "imports": ("import_cost", "Import cost"),
+    "overhead": ("turn_overhead", "Per-turn overhead"),
+    "growth": ("growth", "Growth with the conversation"),
+    "concurrency": ("concurrency", "Concurrency"),
+    "peer": ("peer", "Peer: OpenAI Agents SDK SQLAlchemySession"),
+    "storage": ("storage", "Storage: json vs jsonb"),
+    "profile": ("profile_turn", "Where a turn spends its time"),
+}
+"""Benchmark name -> (module in this package, title)."""

@@ -1,0 +1,184 @@
+"""Import cost: wall time of a fresh interpreter that imports the package.
+
+Each variant is ``python -c "<statement>"`` in a new process, timed from spawn to
+exit, interleaved round by round (shuffled order). ``import litellm`` runs with
+``LITELLM_LOCAL_MODEL_COST_MAP=True`` (no network) and only every fourth round,
+since it takes seconds (not at all with ``--quick``). ``python -c pass`` is the
+interpreter's own start-up; "import only" columns subtract it. The baseline is the three libraries
+agent-session depends on, imported the way ``import x`` imports them (pydantic and
+SQLAlchemy load some submodules lazily); "dependencies as used" imports the
+submodules agent-session actually needs (``sqlalchemy.orm``, ``pydantic.BaseModel``,
+``jinja2.sandbox``), so the difference to it is agent-session's own code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+from ._fixtures import Databases
+from ._harness import BenchResult, Options, fmt_ms, fmt_ratio, paired_ratios, stats
+
+NAME = "imports"
+TITLE = "Import cost"
+TARGET_RATIO = 1.3
+
+VARIANTS = {
+    "python -c pass": "pass",  # interpreter start-up
+    "import sqlalchemy, pydantic, jinja2 (baseline)": "import sqlalchemy, pydantic, jinja2",
+    "dependencies as used": (
+        "import sqlalchemy.orm, jinja2.sandbox; from pydantic import BaseModel"
+    ),
+    "import agent_session": "import agent_session",
+    "import litellm": "import litellm",
+}
+BASELINE = "import sqlalchemy, pydantic, jinja2 (baseline)"
+SUBJECT = "import agent_session"
+STARTUP = "python -c pass"
+SLOW = "import litellm"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+
+
+def _spawn(statement: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", statement], check=True, env=_env())
+    return time.perf_counter() - started
+
+
+def _import_breakdown(runs: int) -> list[tuple[int, str, float]]:
+    """What ``import agent_session`` adds once the baseline is imported (``-X importtime``)."""
+    per_module: dict[tuple[int, str], list[float]] = {}
+    for _ in range(runs):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-c",
+                "import sqlalchemy, pydantic, jinja2; import agent_session",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=_env(),
+        ).stderr
+        entries = []
+        for line in out.splitlines():
+            if not line.startswith("import time:") or "self [us]" in line:
+                continue
+            _, micros, name = line.split("|")
+            depth = (len(name) - len(name.lstrip()) - 1) // 2
+            entries.append((depth, int(micros) / 1e6, name.strip()))
+        start = max(i for i, (_, _, name) in enumerate(entries) if name == "jinja2")
+        for depth, cumulative, name in entries[start + 1 :]:
+            if depth <= 2:
+                per_module.setdefault((depth, name), []).append(cumulative)
+            if depth == 0 and name == "agent_session":
+                break
+    rows = [(depth, name, statistics.median(v)) for (depth, name), v in per_module.items()]
+    return [row for row in rows if row[2] >= 0.002 or row[0] == 0]
+
+
+def run(opts: Options, dbs: Databases) -> BenchResult:
+    result = BenchResult(
+        name=NAME,
+        title=TITLE,
+        target=f"`import agent_session` <= {TARGET_RATIO}x `import sqlalchemy, pydantic, jinja2`",
+        description=__doc__ or "",
+    )
+    rounds = opts.rounds(15, 1)
+    variants = [name for name in VARIANTS if name != SLOW or not opts.quick]
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    paired: dict[str, list[float]] = {name: [] for name in variants}
+    rng = random.Random(7)
+    if not opts.quick:
+        for name in variants:  # warm the bytecode caches
+            if name != SLOW:
+                _spawn(VARIANTS[name])
+    for index in range(rounds):
+        names = [n for n in variants if n != SLOW or index % 4 == 0]
+        rng.shuffle(names)
+        for name in names:
+            samples[name].append(_spawn(VARIANTS[name]))
+        for name in variants:
+            paired[name].append(samples[name][-1] if name in names else float("nan"))
+
+    startup = stats(samples[STARTUP]).median
+    base = stats(samples[BASELINE])
+    rows = []
+    for name in variants:
+        s = stats(samples[name])
+        ratio = paired_ratios(
+            [v for v, b in zip(paired[name], paired[BASELINE], strict=True) if v == v],
+            [b for v, b in zip(paired[name], paired[BASELINE], strict=True) if v == v],
+        )
+        own = (s.median - startup) / (base.median - startup) if name != STARTUP else float("nan")
+        rows.append(
+            [
+                f"`python -c '{VARIANTS[name]}'`" + (" (baseline)" if name == BASELINE else ""),
+                s.n,
+                fmt_ms(s.median, 0),
+                f"{fmt_ms(s.p25, 0)}–{fmt_ms(s.p75, 0)}",
+                fmt_ratio(ratio.median),
+                f"{ratio.p25:.2f}–{ratio.p75:.2f}",
+                fmt_ms(s.median - startup, 0) if name != STARTUP else "",
+                fmt_ratio(own) if name != STARTUP else "",
+            ]
+        )
+    result.add_table(
+        f"Fresh interpreter, wall ms ({rounds} interleaved rounds; litellm every fourth)",
+        [
+            "command",
+            "runs",
+            "median ms",
+            "p25–p75",
+            "vs baseline",
+            "ratio p25–p75",
+            "import only ms",
+            "import only vs baseline",
+        ],
+        rows,
+    )
+
+    breakdown = _import_breakdown(1 if opts.quick else 3)
+    result.add_table(
+        "What `import agent_session` adds after `import sqlalchemy, pydantic, jinja2` "
+        "(`python -X importtime`, cumulative ms, median of runs, modules of 2 ms or more "
+        "down to depth 2; children are listed before their parent)",
+        ["depth", "module", "cumulative ms"],
+        [[depth, f"`{name}`", fmt_ms(t, 1)] for depth, name, t in breakdown],
+    )
+
+    check = subprocess.run(
+        [sys.executable, "-c", "import sys, agent_session; print('litellm' in sys.modules)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    ).stdout.strip()
+    result.notes.append(
+        "`import agent_session` leaves LiteLLM unimported: "
+        + ("yes" if check == "False" else "NO, it imports litellm")
+        + "."
+    )
+    subject = paired_ratios(samples[SUBJECT], samples[BASELINE]).median
+    litellm = (
+        f"; `import litellm` {fmt_ms(stats(samples[SLOW]).median, 0)} ms" if SLOW in samples else ""
+    )
+    result.measured = (
+        f"{fmt_ratio(subject)} ({fmt_ms(stats(samples[SUBJECT]).median, 0)} ms vs "
+        f"{fmt_ms(base.median, 0)} ms{litellm})"
+    )
+    result.headline = (
+        f"{fmt_ratio(subject)} ({fmt_ms(stats(samples[SUBJECT]).median, 0)} vs "
+        f"{fmt_ms(base.median, 0)} ms)"
+    )
+    result.met = subject <= TARGET_RATIO
+    return result
