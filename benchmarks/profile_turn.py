@@ -244,10 +244,13 @@ def _micro(url: str, quick: bool) -> list[list[str]]:
                     ).one()
                 ),
             ),
-            ("`swap_statement` (build the ORM UPDATE)", lambda: store.swap_statement(op)),
             (
-                "execute `swap_statement` (ORM-enabled UPDATE, built each time)",
-                in_session(lambda db: db.execute(store.swap_statement(op))),
+                "`swap_statement` (cached Core UPDATE + parameters)",
+                lambda: store.swap_statement(op),
+            ),
+            (
+                "execute `swap_statement` (the library's write)",
+                in_session(lambda db: db.execute(*store.swap_statement(op))),
             ),
             (
                 "execute a Core `update(table)`, built each time (the baseline's write)",

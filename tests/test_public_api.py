@@ -29,8 +29,8 @@ def _error_classes() -> dict[str, type[BaseException]]:
 def test_all_lists_exactly_the_public_names() -> None:
     public = {
         name
-        for name, value in vars(agent_session).items()
-        if not name.startswith("_") and not isinstance(value, ModuleType)
+        for name in dir(agent_session)
+        if not name.startswith("_") and not isinstance(getattr(agent_session, name), ModuleType)
     }
     exported = set(agent_session.__all__)
 
@@ -114,3 +114,16 @@ def test_importing_the_package_does_not_import_litellm() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_agent_alone_does_not_load_the_orm() -> None:
+    code = (
+        "import sys; import agent_session; a = 'sqlalchemy.orm' in sys.modules; "
+        "from agent_session import Agent; b = 'sqlalchemy.orm' in sys.modules; "
+        "from agent_session import AgentSessionMixin; c = 'sqlalchemy.orm' in sys.modules; "
+        "print(a, b, c, 'litellm' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert run.stdout.split() == ["False", "False", "True", "False"]

@@ -5,8 +5,8 @@ and output; ``AgentSessionMixin`` stores a whole conversation in a JSON column o
 any declarative model. LiteLLM is imported on the first model call, not here.
 """
 
-from .agent import DEFAULT_MAX_INPUT_BYTES, Agent, TextInput
-from .context import CONTEXT_VERSION, Context, Message, MessageMeta, Usage
+import typing as _typing
+
 from .errors import (
     AgentSessionError,
     ConfigurationError,
@@ -20,9 +20,50 @@ from .errors import (
     StorageError,
     TemplateError,
 )
-from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse
-from .mixin import AgentSessionMixin, SessionStatus
-from .result import Result
+
+if _typing.TYPE_CHECKING:
+    from .agent import DEFAULT_MAX_INPUT_BYTES, Agent, TextInput
+    from .context import CONTEXT_VERSION, Context, Message, MessageMeta, Usage
+    from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse
+    from .mixin import AgentSessionMixin, SessionStatus
+    from .result import Result
+
+# The rest of the public names are imported on first use (PEP 562), so that
+# ``import agent_session`` stays cheap and ``from agent_session import Agent``
+# does not load the SQLAlchemy ORM. Static type checkers see the imports above.
+_LAZY = {
+    "DEFAULT_MAX_INPUT_BYTES": "agent",
+    "Agent": "agent",
+    "TextInput": "agent",
+    "CONTEXT_VERSION": "context",
+    "Context": "context",
+    "Message": "context",
+    "MessageMeta": "context",
+    "Usage": "context",
+    "LiteLLMModel": "llm",
+    "Model": "llm",
+    "ModelRequest": "llm",
+    "ModelResponse": "llm",
+    "AgentSessionMixin": "mixin",
+    "SessionStatus": "mixin",
+    "Result": "result",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

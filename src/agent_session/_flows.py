@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -60,6 +60,8 @@ class SessionSpec:
     status_attr: str | None
     status_changed_attr: str | None
     running_timeout: timedelta
+    statements: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    """SQL statements the stores built for this class, reused on every turn."""
 
     @property
     def agent(self) -> Agent[Any]:
@@ -120,6 +122,11 @@ def read_document(spec: SessionSpec, snap: Snapshot, key: Any) -> dict[str, Any]
         upgraded: dict[str, Any] = context.model_dump(mode="json", exclude_none=True)
         return upgraded
     return cast("dict[str, Any]", doc)
+
+
+def written_marker(instance: Any) -> Any:
+    """The document this library last wrote on ``instance`` (``None`` if none)."""
+    return getattr(instance, _VALID_DOC, None)
 
 
 def remember(instance: Any, document: dict[str, Any], result: Any) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
-from ._flows import Insert, Load, SessionSpec, Snapshot, Swap
+from ._flows import Insert, Load, SessionSpec, Snapshot, Swap, written_marker
 from .errors import (
     ConfigurationError,
     ContextError,
@@ -88,6 +88,9 @@ def _readable_row(key: Any) -> Iterator[None]:
 class _StoreBase:
     """What both shells share: statement building and snapshotting, no I/O."""
 
+    owns_transactions = False
+    """True with a sessionmaker: the store begins and commits its own transactions."""
+
     def __init__(self, spec: SessionSpec, model: Model) -> None:
         self.spec = spec
         self.model = model
@@ -109,16 +112,104 @@ class _StoreBase:
             ),
         )
 
-    def swap_statement(self, op: Swap) -> sa.Update:
-        mapper = sa.inspect(self.cls)
-        keys = op.key if isinstance(op.key, tuple) else (op.key,)
-        criteria = [column == value for column, value in zip(mapper.primary_key, keys, strict=True)]
-        revision = getattr(self.cls, self.spec.revision_attr)
-        return (
-            sa.update(self.cls)
-            .where(*criteria, revision == op.seen_revision)
-            .values(**op.values)
-            .execution_options(synchronize_session=False)
+    # Statements are built once per class and key set, with bound parameters, and
+    # run as Core statements: no ORM bulk-update machinery on the per-turn path.
+
+    def _column(self, attr: str) -> sa.Column[Any]:
+        column: sa.Column[Any] = sa.inspect(self.cls).get_property(attr).columns[0]
+        return column
+
+    def _key_params(self, key: Any) -> dict[str, Any]:
+        keys = key if isinstance(key, tuple) else (key,)
+        return {f"pk{i}": value for i, value in enumerate(keys)}
+
+    def _key_criteria(self) -> list[sa.ColumnElement[bool]]:
+        return [
+            column == sa.bindparam(f"pk{i}", type_=column.type)
+            for i, column in enumerate(sa.inspect(self.cls).primary_key)
+        ]
+
+    def swap_statement(self, op: Swap) -> tuple[sa.Update, dict[str, Any]]:
+        """``UPDATE ... SET <values> WHERE <pk> AND <revision> = <seen>``, and its parameters."""
+        names = tuple(sorted(op.values))
+        cache = self.spec.statements
+        statement = cache.get(names)
+        if statement is None:
+            revision = self._column(self.spec.revision_attr)
+            statement = (
+                sa.update(revision.table)
+                .where(
+                    *self._key_criteria(),
+                    revision == sa.bindparam("seen", type_=revision.type),
+                )
+                .values(
+                    {
+                        self._column(name): sa.bindparam(
+                            f"set_{name}", type_=self._column(name).type
+                        )
+                        for name in names
+                    }
+                )
+            )
+            cache[names] = statement
+        params = self._key_params(op.key)
+        params["seen"] = op.seen_revision
+        params.update((f"set_{name}", value) for name, value in op.values.items())
+        return statement, params
+
+    def revision_statement(self) -> sa.Select[Any]:
+        """``SELECT revision[, status, status_changed_at] WHERE <pk>``: no document."""
+        statement = self.spec.statements.get("revision")
+        if statement is None:
+            spec = self.spec
+            attrs = [spec.revision_attr]
+            if spec.status_attr is not None and spec.status_changed_attr is not None:
+                attrs += [spec.status_attr, spec.status_changed_attr]
+            statement = sa.select(*(self._column(a) for a in attrs)).where(*self._key_criteria())
+            self.spec.statements["revision"] = statement
+        return statement
+
+    def written_document(self, op: Load, session: Session) -> tuple[Any, int] | None:
+        """The document and revision this library last wrote on ``op.instance``, if usable.
+
+        Only when the instance still holds exactly that document (not expired by a
+        rollback, not replaced) and belongs to this session (caller-owned mode) or to
+        none (sessionmaker mode, where that write was committed). The caller then
+        checks the stored revision: equal means the row is what was written.
+        """
+        instance = op.instance
+        if instance is None:
+            return None
+        state = sa.inspect(instance)
+        if state.session is not (None if self.owns_transactions else session):
+            return None
+        document = state.dict.get(self.spec.context_attr)
+        revision = state.dict.get(self.spec.revision_attr)
+        if document is None or revision is None or document is not written_marker(instance):
+            return None
+        return document, revision
+
+    def snapshot_from_revision(
+        self, op: Load, written: tuple[Any, int], row: Any
+    ) -> Snapshot | None:
+        """A snapshot without reloading the document, if the stored revision is unchanged."""
+        if row is None:
+            raise SessionNotFoundError(
+                f"no {self.cls.__name__} session with primary key {op.key!r}", key=op.key
+            )
+        document, revision = written
+        if row[0] != revision:
+            return None
+        spec = self.spec
+        if spec.status_attr is not None and spec.status_changed_attr is not None:
+            set_committed_value(op.instance, spec.status_attr, row[1])
+            set_committed_value(op.instance, spec.status_changed_attr, row[2])
+        return Snapshot(
+            instance=op.instance,
+            document=document,
+            revision=revision,
+            status=row[1] if spec.status_attr else None,
+            status_changed_at=row[2] if spec.status_attr else None,
         )
 
     def after_swap(self, op: Swap, rowcount: int) -> bool:
@@ -141,6 +232,7 @@ class SyncStore(_StoreBase):
             self.maker: sessionmaker[Session] | None = None
         elif isinstance(db, sessionmaker):
             self.session, self.maker = None, db
+            self.owns_transactions = True
         else:
             raise ConfigurationError(
                 f"{self.cls.__name__}: db must be a Session or a sessionmaker, "
@@ -192,12 +284,19 @@ class SyncStore(_StoreBase):
         raise AssertionError("unreachable")
 
     def _load(self, session: Session, op: Load) -> Snapshot:
+        written = self.written_document(op, session)
+        if written is not None:
+            row = session.execute(self.revision_statement(), self._key_params(op.key)).first()
+            snap = self.snapshot_from_revision(op, written, row)
+            if snap is not None:
+                return snap
         with _readable_row(op.key):
             instance = session.get(self.cls, op.key, populate_existing=True)
         return self.snapshot(instance, op.key)
 
     def _swap(self, session: Session, op: Swap) -> bool:
-        result = session.execute(self.swap_statement(op))
+        statement, params = self.swap_statement(op)
+        result = session.execute(statement, params)
         return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
 
     def _insert(self, session: Session, op: Insert) -> Any:
@@ -223,6 +322,7 @@ class AsyncStore(_StoreBase):
             self.maker: async_sessionmaker[AsyncSession] | None = None
         elif isinstance(db, async_sessionmaker):
             self.session, self.maker = None, db
+            self.owns_transactions = True
         else:
             raise ConfigurationError(
                 f"{self.cls.__name__}: db must be an AsyncSession or an async_sessionmaker, "
@@ -267,12 +367,19 @@ class AsyncStore(_StoreBase):
         raise AssertionError("unreachable")
 
     async def _load(self, session: AsyncSession, op: Load) -> Snapshot:
+        written = self.written_document(op, session.sync_session)
+        if written is not None:
+            result = await session.execute(self.revision_statement(), self._key_params(op.key))
+            snap = self.snapshot_from_revision(op, written, result.first())
+            if snap is not None:
+                return snap
         with _readable_row(op.key):
             instance = await session.get(self.cls, op.key, populate_existing=True)
         return self.snapshot(instance, op.key)
 
     async def _swap(self, session: AsyncSession, op: Swap) -> bool:
-        result = await session.execute(self.swap_statement(op))
+        statement, params = self.swap_statement(op)
+        result = await session.execute(statement, params)
         return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
 
     async def _insert(self, session: AsyncSession, op: Insert) -> Any:

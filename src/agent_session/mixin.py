@@ -311,8 +311,12 @@ def _structured(store: SyncStore | AsyncStore) -> bool:
 
 
 def _identity(instance: Any) -> Any:
-    mapper = sa.inspect(type(instance))
-    values = tuple(mapper.primary_key_from_instance(instance))
+    """The row's primary key, from its identity: never a load (an expired instance
+    would need one, and in async code that raises ``MissingGreenlet``)."""
+    identity = sa.inspect(instance).identity
+    if identity is None:  # transient or pending: not stored yet
+        return None
+    values = tuple(identity)
     return values[0] if len(values) == 1 else values
 
 

@@ -1,0 +1,266 @@
+"""A small fake OpenAI-compatible chat completions server, for tests.
+
+It runs in a background thread on ``127.0.0.1`` (a free port), serves
+``POST /v1/chat/completions`` (and ``/chat/completions``), records every request
+and answers from a script::
+
+    with running_fake_openai() as server:
+        server.enqueue_completion('{"answer": "42"}', prompt_tokens=12)
+        server.enqueue_error(429, "slow down", error_type="rate_limit_error")
+        server.enqueue_delay(5.0)  # longer than the client's timeout
+        ...  # point a client at server.base_url
+        assert len(server.requests) == 3
+
+A request that finds the script empty gets an HTTP 500 and is recorded like any
+other, so a test that counts requests sees hidden retries.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = [
+    "Completion",
+    "Delay",
+    "ErrorReply",
+    "FakeOpenAI",
+    "RecordedRequest",
+    "running_fake_openai",
+]
+
+CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A successful chat completion."""
+
+    content: str
+    prompt_tokens: int = 10
+    completion_tokens: int = 5
+    model: str = "gpt-4o-mini"
+    finish_reason: str = "stop"
+
+    def body(self, number: int) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-fake-{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.content},
+                    "logprobs": None,
+                    "finish_reason": self.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """An HTTP error with an OpenAI-style error body."""
+
+    status: int
+    message: str = "error"
+    error_type: str = "invalid_request_error"
+    code: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": None,
+                "code": self.code,
+            }
+        }
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Wait ``seconds`` (to provoke a client timeout), then answer with ``then``."""
+
+    seconds: float
+    then: Completion | ErrorReply | None = None
+
+
+Reply = Completion | ErrorReply | Delay
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the server received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    """Header names lower-cased."""
+    body: Any
+    """The parsed JSON body (``None`` if it was not JSON)."""
+
+
+@dataclass
+class FakeOpenAI:
+    """The script, the record and the address of a running fake server."""
+
+    base_url: str = ""
+    """``http://127.0.0.1:PORT/v1``: what an OpenAI client takes as its base URL."""
+    port: int = 0
+    requests: list[RecordedRequest] = field(default_factory=list)
+    _script: deque[Reply] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _closing: threading.Event = field(default_factory=threading.Event)
+
+    # -- the script --------------------------------------------------------
+
+    def enqueue(self, *replies: Reply) -> None:
+        """Append replies to the script, answered in order, one per request."""
+        with self._lock:
+            self._script.extend(replies)
+
+    def enqueue_completion(
+        self,
+        content: str,
+        *,
+        prompt_tokens: int = 10,
+        completion_tokens: int = 5,
+        model: str = "gpt-4o-mini",
+        finish_reason: str = "stop",
+    ) -> None:
+        self.enqueue(Completion(content, prompt_tokens, completion_tokens, model, finish_reason))
+
+    def enqueue_error(
+        self,
+        status: int,
+        message: str = "error",
+        *,
+        error_type: str = "invalid_request_error",
+        code: str | None = None,
+    ) -> None:
+        self.enqueue(ErrorReply(status, message, error_type, code))
+
+    def enqueue_delay(self, seconds: float, then: Completion | ErrorReply | None = None) -> None:
+        self.enqueue(Delay(seconds, then))
+
+    @property
+    def pending(self) -> int:
+        """How many scripted replies are still unused."""
+        with self._lock:
+            return len(self._script)
+
+    @property
+    def bodies(self) -> list[Any]:
+        """The JSON bodies of the requests received so far."""
+        with self._lock:
+            return [request.body for request in self.requests]
+
+    # -- used by the handler -----------------------------------------------
+
+    def _receive(self, request: RecordedRequest) -> tuple[int, Reply | None]:
+        with self._lock:
+            self.requests.append(request)
+            number = len(self.requests)
+            reply = self._script.popleft() if self._script else None
+        return number, reply
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet."""
+
+    def do_POST(self) -> None:
+        fake = self.server.fake
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        path = self.path.split("?", 1)[0]
+        recorded = RecordedRequest(
+            method="POST",
+            path=path,
+            headers={name.lower(): value for name, value in self.headers.items()},
+            body=body,
+        )
+        if path not in CHAT_PATHS:
+            fake._receive(recorded)
+            self._send(404, ErrorReply(404, f"no route {path}", "not_found_error").body())
+            return
+        number, reply = fake._receive(recorded)
+        if isinstance(reply, Delay):
+            if fake._closing.wait(reply.seconds):
+                return  # shutting down: drop the connection
+            reply = reply.then or Completion("late")
+        if reply is None:
+            self._send(
+                500, ErrorReply(500, "fake server: no scripted reply", "server_error").body()
+            )
+        elif isinstance(reply, ErrorReply):
+            self._send(reply.status, reply.body())
+        else:
+            self._send(200, reply.body(number))
+
+    def do_GET(self) -> None:
+        self._send(404, ErrorReply(404, "not found", "not_found_error").body())
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        # The client may have given up (a timeout test): that is not an error here.
+        with suppress(OSError):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, fake: FakeOpenAI) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.fake = fake
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up is expected in timeout tests; stay quiet."""
+
+
+@contextmanager
+def running_fake_openai() -> Iterator[FakeOpenAI]:
+    """Start a fake server on a free loopback port; stop it on exit."""
+    fake = FakeOpenAI()
+    server = _Server(fake)
+    fake.port = server.server_address[1]
+    fake.base_url = f"http://127.0.0.1:{fake.port}/v1"
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield fake
+    finally:
+        fake._closing.set()  # wake handlers that are delaying
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
