@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import _databases
+import runner
 from _databases import (
     ALL_DATABASES,
     ASYNC_DATABASES,
@@ -154,3 +155,16 @@ def network_guard() -> Iterator[None]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Drop the per-run PostgreSQL and MariaDB databases."""
     _databases.drop_run_databases()
+
+
+@pytest.fixture(params=["sync", "async"])
+def run(request: pytest.FixtureRequest) -> runner.Run:
+    """``await run(agent, input, **kwargs)`` through ``agent.run`` or ``agent.arun``."""
+    return runner.call_sync if request.param == "sync" else runner.call_async
+
+
+@pytest.fixture
+async def named_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """One database of the matrix, chosen by indirect parametrization."""
+    async with open_database(request.param, tmp_path) as db:
+        yield db

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
@@ -29,24 +28,7 @@ from agent_session import (
     Usage,
 )
 from agent_session.testing import FunctionModel, TestModel
-
-Run = Callable[..., Awaitable[Result[Any]]]
-
-
-@pytest.fixture(params=["sync", "async"])
-def run(request: pytest.FixtureRequest) -> Run:
-    """``await run(agent, input, **kwargs)`` through ``agent.run`` or ``agent.arun``."""
-    if request.param == "sync":
-
-        async def call_sync(agent: Agent[Any], input: Any, **kwargs: Any) -> Result[Any]:
-            return agent.run(input, **kwargs)
-
-        return call_sync
-
-    async def call_async(agent: Agent[Any], input: Any, **kwargs: Any) -> Result[Any]:
-        return await agent.arun(input, **kwargs)
-
-    return call_async
+from runner import Run
 
 
 class Mood(StrEnum):

@@ -12,7 +12,6 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,13 +35,6 @@ from agent_session import (
     SessionBusyError,
     StaleSessionError,
 )
-
-
-@pytest.fixture
-async def named_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """One database of the matrix, chosen by indirect parametrization."""
-    async with open_database(request.param, tmp_path) as db:
-        yield db
 
 
 def last_token(messages: list[dict[str, Any]]) -> str:

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from _databases import Database, open_database
+from _databases import Database
 from _stress_worker import Harness, echo, make_chat, token_of, worker_command
 from agent_session import (
     AgentSessionError,
@@ -31,13 +30,6 @@ from agent_session import (
     SessionBusyError,
     StorageError,
 )
-
-
-@pytest.fixture
-async def named_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """One database of the matrix, chosen by indirect parametrization."""
-    async with open_database(request.param, tmp_path) as db:
-        yield db
 
 
 def last_token(messages: list[dict[str, Any]]) -> str:

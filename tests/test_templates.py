@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import date
 from typing import Any
 
@@ -16,29 +15,11 @@ from agent_session import (
     AgentSessionError,
     ConfigurationError,
     InputValidationError,
-    Result,
     TemplateError,
 )
 from agent_session.templates import InstructionTemplate
 from agent_session.testing import TestModel
-
-Run = Callable[..., Awaitable[Result[Any]]]
-
-
-@pytest.fixture(params=["sync", "async"])
-def run(request: pytest.FixtureRequest) -> Run:
-    """``await run(agent, input, **kwargs)`` through ``agent.run`` or ``agent.arun``."""
-    if request.param == "sync":
-
-        async def call_sync(agent: Agent[Any], input: Any, **kwargs: Any) -> Result[Any]:
-            return agent.run(input, **kwargs)
-
-        return call_sync
-
-    async def call_async(agent: Agent[Any], input: Any, **kwargs: Any) -> Result[Any]:
-        return await agent.arun(input, **kwargs)
-
-    return call_async
+from runner import Run
 
 
 class CompanyArgs(BaseModel):

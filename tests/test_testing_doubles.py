@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from enum import Enum, IntEnum
 from typing import Annotated, Any, Literal
@@ -29,28 +29,10 @@ from agent_session import (
     ModelRequest,
     ModelResponse,
     OutputValidationError,
-    Result,
     Usage,
 )
 from agent_session.testing import FunctionModel, TestModel, sample_from_schema
-
-Run = Callable[..., Awaitable[Result[Any]]]
-
-
-@pytest.fixture(params=["sync", "async"])
-def run(request: pytest.FixtureRequest) -> Run:
-    """``await run(agent, input, **kwargs)`` through ``agent.run`` or ``agent.arun``."""
-    if request.param == "sync":
-
-        async def call_sync(agent: Agent[Any], input: Any, **kwargs: Any) -> Result[Any]:
-            return agent.run(input, **kwargs)
-
-        return call_sync
-
-    async def call_async(agent: Agent[Any], input: Any, **kwargs: Any) -> Result[Any]:
-        return await agent.arun(input, **kwargs)
-
-    return call_async
+from runner import Run
 
 
 class Answer(BaseModel):

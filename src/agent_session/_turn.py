@@ -154,15 +154,7 @@ def _instruction_args(
                 source="instruction_args",
             ) from exc
         values = {name: getattr(model, name) for name in type(model).model_fields}
-        try:
-            stored_model: dict[str, Any] = model.model_dump(mode="json")
-        except PydanticSerializationError as exc:
-            raise InputValidationError(
-                f"instruction_args must be JSON-serialisable to be stored: {exc}",
-                errors=[],
-                source="instruction_args",
-            ) from exc
-        return values, stored_model
+        return values, _storable_args(lambda: model.model_dump(mode="json"))
     if args is None:
         return {}, None
     if not isinstance(args, Mapping):
@@ -172,15 +164,20 @@ def _instruction_args(
             source="instruction_args",
         )
     values = dict(args)
+    return values, _storable_args(lambda: to_jsonable_python(values))
+
+
+def _storable_args(dump: Callable[[], Any]) -> dict[str, Any]:
+    """The JSON form of the instruction arguments, which the context stores."""
     try:
-        stored = to_jsonable_python(values)
+        stored: dict[str, Any] = dump()
     except PydanticSerializationError as exc:
         raise InputValidationError(
             f"instruction_args must be JSON-serialisable to be stored: {exc}",
             errors=[],
             source="instruction_args",
         ) from exc
-    return values, stored
+    return stored
 
 
 def _stored(role: str, content: str, now: datetime, **meta: Any) -> dict[str, Any]:
