@@ -26,6 +26,9 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from agent_session import Agent, AgentSessionMixin
 from agent_session.context import load_context
@@ -136,8 +139,13 @@ def forget_requests(model: Model) -> None:
 # -- session models ----------------------------------------------------------------
 
 
-def session_class(base: type, tablename: str, agent: Agent[Any]) -> type[Any]:
-    """A mapped session model on ``base`` (like ``examples.models.SupportChat``)."""
+def session_class(tablename: str, agent: Agent[Any]) -> type[Any]:
+    """A mapped session model on a declarative base (and metadata) of its own, like
+    ``examples.models.SupportChat``."""
+
+    class Base(DeclarativeBase):
+        pass
+
     namespace: dict[str, Any] = {
         "__tablename__": tablename,
         "__agent__": agent,
@@ -145,7 +153,15 @@ def session_class(base: type, tablename: str, agent: Agent[Any]) -> type[Any]:
         "id": mapped_column(primary_key=True, autoincrement=True),
         "user_id": mapped_column(sa.String(64), default="bench"),
     }
-    return type(f"Bench_{tablename}", (AgentSessionMixin, base), namespace)
+    return type(f"Bench_{tablename}", (AgentSessionMixin, Base), namespace)
+
+
+def instant_chat(tablename: str) -> tuple[type[Any], sa.Table, FunctionModel]:
+    """A session model on table ``tablename`` driven by the zero-latency double:
+    (model class, its table, the double)."""
+    model = instant_model()
+    chat = session_class(tablename, make_agent(model))
+    return chat, chat.__table__, model
 
 
 # -- stored documents --------------------------------------------------------------
@@ -395,7 +411,99 @@ class Resetter:
             )
 
 
+@dataclass(frozen=True)
+class ChatTable:
+    """A session model's table on one database, its rows holding one stored document."""
+
+    chat: type[Any]
+    table: sa.Table
+    model: FunctionModel
+    engine: sa.Engine
+    document: dict[str, Any]
+    reset: Resetter
+
+
+@contextmanager
+def chat_table(url: str, tablename: str, messages: int, ids: list[int]) -> Iterator[ChatTable]:
+    """``instant_chat(tablename)``'s table created at ``url``, with rows ``ids`` holding a
+    document of ``messages`` messages; dropped, and the engine disposed, on exit."""
+    chat, table, model = instant_chat(tablename)
+    engine = sa.create_engine(url)
+    table.metadata.create_all(engine)
+    document = make_document(messages)
+    put_rows(engine, table, document, ids)
+    try:
+        yield ChatTable(chat, table, model, engine, document, Resetter(engine, table, document))
+    finally:
+        table.metadata.drop_all(engine)
+        engine.dispose()
+
+
 # -- databases -------------------------------------------------------------------
+
+
+class _Server:
+    """A database server and the run's own database on it, created on first use."""
+
+    def __init__(
+        self,
+        label: str,
+        admin_url: sa.URL,
+        drivers: tuple[str, str],
+        database: str,
+        create: tuple[str, ...],
+        drop: str,
+        **engine_options: Any,
+    ) -> None:
+        self.label = label
+        self._admin_url = admin_url.set(drivername=drivers[0])
+        self._drivers = drivers
+        self._database = database
+        self._create = create
+        self._drop = drop
+        self._engine_options = engine_options
+        self._url: sa.URL | None = None
+        self._error: str | None = None
+
+    @property
+    def error(self) -> str | None:
+        self._ensure()
+        return self._error
+
+    def url(self, *, is_async: bool = False) -> str | None:
+        """The URL of the run's own database, or ``None`` if the server is unusable."""
+        self._ensure()
+        if self._url is None:
+            return None
+        driver = self._drivers[1] if is_async else self._drivers[0]
+        return self._url.set(drivername=driver).render_as_string(hide_password=False)
+
+    def _ensure(self) -> None:
+        if self._url is not None or self._error is not None:
+            return
+        try:
+            engine = sa.create_engine(
+                self._admin_url, **self._engine_options, connect_args={"connect_timeout": 5}
+            )
+            with engine.connect() as conn:
+                for statement in self._create:
+                    conn.exec_driver_sql(statement)
+            engine.dispose()
+        except Exception as exc:  # no server, no driver, no permission
+            self._error = f"{self.label} unavailable: {_first_line(exc)}"
+            return
+        self._url = self._admin_url.set(database=self._database)
+
+    def close(self) -> None:
+        if self._url is None:
+            return
+        engine = sa.create_engine(self._admin_url, **self._engine_options)
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(self._drop)
+        finally:
+            engine.dispose()
+        self._url = None
 
 
 class Databases:
@@ -403,13 +511,33 @@ class Databases:
 
     def __init__(self) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="agent_session_bench_", dir=_memory_dir()))
-        self._pg_name = f"agent_session_bench_{os.getpid()}"
-        self._pg_url: sa.URL | None = None
-        self._pg_error: str | None = None
-        self._admin_url = make_url(os.environ.get(POSTGRES_URL_ENV) or DEFAULT_POSTGRES_URL)
-        self._my_url: sa.URL | None = None
-        self._my_error: str | None = None
-        self._my_admin_url = make_url(os.environ.get(MYSQL_URL_ENV) or DEFAULT_MYSQL_URL)
+        name = f"agent_session_bench_{os.getpid()}"
+        self._postgres = _Server(
+            "PostgreSQL",
+            make_url(os.environ.get(POSTGRES_URL_ENV) or DEFAULT_POSTGRES_URL),
+            ("postgresql+psycopg", "postgresql+asyncpg"),
+            name,
+            (
+                f'DROP DATABASE IF EXISTS "{name}"',
+                f'CREATE DATABASE "{name}"',
+                # Commits do not wait for the WAL flush: the flush costs every variant
+                # the same, and on a shared machine its latency is mostly noise.
+                f'ALTER DATABASE "{name}" SET synchronous_commit = off',
+            ),
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+            isolation_level="AUTOCOMMIT",
+        )
+        self._mysql = _Server(
+            "MySQL/MariaDB",
+            make_url(os.environ.get(MYSQL_URL_ENV) or DEFAULT_MYSQL_URL),
+            ("mysql+pymysql", "mysql+aiomysql"),
+            name,
+            (
+                f"DROP DATABASE IF EXISTS `{name}`",
+                f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+            ),
+            f"DROP DATABASE IF EXISTS `{name}`",
+        )
 
     # SQLite ----------------------------------------------------------------
 
@@ -421,90 +549,25 @@ class Databases:
 
     @property
     def postgres_error(self) -> str | None:
-        self._ensure_postgres()
-        return self._pg_error
+        return self._postgres.error
 
     def postgres_url(self, *, is_async: bool = False) -> str | None:
         """The URL of the run's own database, or ``None`` if the server is unusable."""
-        self._ensure_postgres()
-        if self._pg_url is None:
-            return None
-        driver = "postgresql+asyncpg" if is_async else "postgresql+psycopg"
-        return self._pg_url.set(drivername=driver).render_as_string(hide_password=False)
-
-    def _ensure_postgres(self) -> None:
-        if self._pg_url is not None or self._pg_error is not None:
-            return
-        admin = self._admin_url.set(drivername="postgresql+psycopg")
-        try:
-            engine = sa.create_engine(
-                admin, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
-            )
-            with engine.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self._pg_name}"')
-                conn.exec_driver_sql(f'CREATE DATABASE "{self._pg_name}"')
-                # Commits do not wait for the WAL flush: the flush costs every variant
-                # the same, and on a shared machine its latency is mostly noise.
-                conn.exec_driver_sql(
-                    f'ALTER DATABASE "{self._pg_name}" SET synchronous_commit = off'
-                )
-            engine.dispose()
-        except Exception as exc:  # no server, no driver, no permission
-            self._pg_error = f"PostgreSQL unavailable: {_first_line(exc)}"
-            return
-        self._pg_url = admin.set(database=self._pg_name)
+        return self._postgres.url(is_async=is_async)
 
     # MySQL / MariaDB ------------------------------------------------------------
 
     @property
     def mysql_error(self) -> str | None:
-        self._ensure_mysql()
-        return self._my_error
+        return self._mysql.error
 
     def mysql_url(self, *, is_async: bool = False) -> str | None:
         """The URL of the run's own MySQL/MariaDB database, or ``None`` if unusable."""
-        self._ensure_mysql()
-        if self._my_url is None:
-            return None
-        driver = "mysql+aiomysql" if is_async else "mysql+pymysql"
-        return self._my_url.set(drivername=driver).render_as_string(hide_password=False)
-
-    def _ensure_mysql(self) -> None:
-        if self._my_url is not None or self._my_error is not None:
-            return
-        admin = self._my_admin_url.set(drivername="mysql+pymysql")
-        try:
-            engine = sa.create_engine(admin, connect_args={"connect_timeout": 5})
-            with engine.connect() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{self._pg_name}`")
-                conn.exec_driver_sql(
-                    f"CREATE DATABASE `{self._pg_name}` "
-                    "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-                )
-            engine.dispose()
-        except Exception as exc:
-            self._my_error = f"MySQL/MariaDB unavailable: {_first_line(exc)}"
-            return
-        self._my_url = admin.set(database=self._pg_name)
+        return self._mysql.url(is_async=is_async)
 
     def close(self) -> None:
-        if self._pg_url is not None:
-            admin = self._admin_url.set(drivername="postgresql+psycopg")
-            engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-            try:
-                with engine.connect() as conn:
-                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self._pg_name}" WITH (FORCE)')
-            finally:
-                engine.dispose()
-            self._pg_url = None
-        if self._my_url is not None:
-            engine = sa.create_engine(self._my_admin_url.set(drivername="mysql+pymysql"))
-            try:
-                with engine.connect() as conn:
-                    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{self._pg_name}`")
-            finally:
-                engine.dispose()
-            self._my_url = None
+        self._postgres.close()
+        self._mysql.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

@@ -12,21 +12,27 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "BenchResult",
+    "Comparison",
     "Options",
     "Stats",
     "ainterleave",
+    "atimed_between",
+    "compare",
     "fmt_ms",
     "fmt_ratio",
+    "fmt_ratio_stats",
+    "fmt_stats_ms",
     "interleave",
     "markdown_table",
     "paired_ratios",
     "stats",
+    "timed_between",
     "verdict_line",
 ]
 
@@ -83,6 +89,45 @@ def paired_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> S
     return stats([a / b for a, b in zip(numerator, denominator, strict=True) if b > 0])
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A variant against a reference: the statistics of each and of their per-round ratios."""
+
+    subject: Stats
+    reference: Stats
+    ratio: Stats
+
+    def ms_cells(self) -> list[str]:
+        """Subject median, its p25–p75, reference median, its p25–p75, in milliseconds."""
+        return [*fmt_stats_ms(self.subject), *fmt_stats_ms(self.reference)]
+
+
+def compare(subject: Sequence[float], reference: Sequence[float]) -> Comparison:
+    return Comparison(stats(subject), stats(reference), paired_ratios(subject, reference))
+
+
+class _Schedule:
+    """Variant names, round by round, each round in a shuffled order; ``record`` keeps
+    what a variant measured unless its round is a warm-up."""
+
+    def __init__(self, names: Iterable[str], rounds: int, warmup: int, seed: int) -> None:
+        self.samples: dict[str, list[float]] = {name: [] for name in names}
+        self._rounds, self._warmup, self._seed = rounds, warmup, seed
+        self._kept = False
+
+    def __iter__(self) -> Iterator[str]:
+        rng = random.Random(self._seed)
+        order = list(self.samples)
+        for index in range(self._warmup + self._rounds):
+            rng.shuffle(order)
+            self._kept = index >= self._warmup
+            yield from order
+
+    def record(self, name: str, elapsed: float) -> None:
+        if self._kept:
+            self.samples[name].append(elapsed)
+
+
 def interleave(
     variants: Mapping[str, Callable[[], float]],
     rounds: int,
@@ -91,16 +136,10 @@ def interleave(
     seed: int = 1,
 ) -> dict[str, list[float]]:
     """Run every variant once per round in shuffled order; keep the timed rounds."""
-    rng = random.Random(seed)
-    names = list(variants)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(warmup + rounds):
-        rng.shuffle(names)
-        for name in names:
-            elapsed = variants[name]()
-            if index >= warmup:
-                samples[name].append(elapsed)
-    return samples
+    schedule = _Schedule(variants, rounds, warmup, seed)
+    for name in schedule:
+        schedule.record(name, variants[name]())
+    return schedule.samples
 
 
 async def ainterleave(
@@ -111,22 +150,50 @@ async def ainterleave(
     seed: int = 1,
 ) -> dict[str, list[float]]:
     """``interleave`` for coroutine variants, run one at a time on the running loop."""
-    rng = random.Random(seed)
-    names = list(variants)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(warmup + rounds):
-        rng.shuffle(names)
-        for name in names:
-            elapsed = await variants[name]()
-            if index >= warmup:
-                samples[name].append(elapsed)
-    return samples
+    schedule = _Schedule(variants, rounds, warmup, seed)
+    for name in schedule:
+        schedule.record(name, await variants[name]())
+    return schedule.samples
 
 
 def timed(fn: Callable[[], Any]) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+async def atimed(fn: Callable[[], Awaitable[Any]]) -> float:
+    started = time.perf_counter()
+    await fn()
+    return time.perf_counter() - started
+
+
+def timed_between(
+    before: Callable[[], Any], fn: Callable[[], Any], after: Callable[[], Any]
+) -> Callable[[], float]:
+    """A variant that times ``fn`` alone: ``before`` and ``after`` it run untimed."""
+
+    def variant() -> float:
+        before()
+        elapsed = timed(fn)
+        after()
+        return elapsed
+
+    return variant
+
+
+def atimed_between(
+    before: Callable[[], Any], fn: Callable[[], Awaitable[Any]], after: Callable[[], Any]
+) -> Callable[[], Awaitable[float]]:
+    """``timed_between`` for a coroutine ``fn`` (``before`` and ``after`` stay sync)."""
+
+    async def variant() -> float:
+        before()
+        elapsed = await atimed(fn)
+        after()
+        return elapsed
+
+    return variant
 
 
 # -- formatting --------------------------------------------------------------------
@@ -139,9 +206,9 @@ def fmt_ms(seconds: float, digits: int | None = None) -> str:
     return f"{ms:.{digits}f}"
 
 
-def fmt_stats_ms(s: Stats) -> tuple[str, str]:
+def fmt_stats_ms(s: Stats, digits: int | None = None) -> tuple[str, str]:
     """(median, "p25–p75") in milliseconds."""
-    return fmt_ms(s.median), f"{fmt_ms(s.p25)}–{fmt_ms(s.p75)}"
+    return fmt_ms(s.median, digits), f"{fmt_ms(s.p25, digits)}–{fmt_ms(s.p75, digits)}"
 
 
 def fmt_ratio(value: float) -> str:
@@ -149,6 +216,7 @@ def fmt_ratio(value: float) -> str:
 
 
 def fmt_ratio_stats(s: Stats) -> tuple[str, str]:
+    """(median, "p25–p75") of a ratio."""
     return fmt_ratio(s.median), f"{s.p25:.2f}–{s.p75:.2f}"
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from ._fixtures import (
     USER_TEXT,
@@ -65,17 +65,8 @@ MAKER, BASELINE, OWNED = (
 
 
 def _classes(tag: str, latency: float) -> tuple[type[Any], type[Any], sa.Table]:
-    class Base(DeclarativeBase):
-        pass
-
-    threaded = session_class(Base, f"concurrency_{tag}", make_agent(sleeping_model(latency)))
-
-    class AsyncBase(DeclarativeBase):
-        pass
-
-    asynced = session_class(
-        AsyncBase, f"concurrency_{tag}", make_agent(async_sleeping_model(latency))
-    )
+    threaded = session_class(f"concurrency_{tag}", make_agent(sleeping_model(latency)))
+    asynced = session_class(f"concurrency_{tag}", make_agent(async_sleeping_model(latency)))
     return threaded, asynced, threaded.__table__
 
 

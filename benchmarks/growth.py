@@ -26,28 +26,19 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.orm import Session
 
 from agent_session.context import load_context
 
-from ._fixtures import (
-    USER_TEXT,
-    Databases,
-    Resetter,
-    baseline_turn,
-    forget_requests,
-    instant_model,
-    make_agent,
-    make_document,
-    put_rows,
-    session_class,
-)
+from ._fixtures import USER_TEXT, Databases, baseline_turn, chat_table, forget_requests
 from ._harness import (
     BenchResult,
     Options,
     fmt_bytes,
     fmt_ms,
     fmt_ratio,
+    fmt_ratio_stats,
+    fmt_stats_ms,
     interleave,
     paired_ratios,
     stats,
@@ -92,114 +83,106 @@ class _GcClock:
 
 
 def _measure(url: str, size: int, rounds: int) -> dict[str, Any]:
-    class Base(DeclarativeBase):
-        pass
+    with chat_table(url, f"growth_{size}", size, [1, 2, 3]) as fx:
+        chat, table, model, engine = fx.chat, fx.table, fx.model, fx.engine
+        document, reset = fx.document, fx.reset
+        postgres = engine.dialect.name == "postgresql"
+        as_text = sa.cast(table.c.context, sa.Text)
+        update_text = sa.text(
+            f"UPDATE {table.name} SET context = "
+            + ("CAST(:doc AS JSON)" if postgres else ":doc")
+            + ", context_revision = context_revision + 1 WHERE id = :id"
+        )
+        parts: dict[str, list[float]] = {
+            "select": [],
+            "decode": [],
+            "encode": [],
+            "update": [],
+            "gc library": [],
+            "gc baseline": [],
+        }
+        gc_clock = _GcClock()
+        wal: list[int] = []
 
-    model = instant_model()
-    chat = session_class(Base, f"growth_{size}", make_agent(model))
-    table = chat.__table__
-    engine = sa.create_engine(url)
-    postgres = engine.dialect.name == "postgresql"
-    table.metadata.create_all(engine)
-    document = make_document(size)
-    put_rows(engine, table, document, [1, 2, 3])
-    reset = Resetter(engine, table, document)
-    as_text = sa.cast(table.c.context, sa.Text)
-    update_text = sa.text(
-        f"UPDATE {table.name} SET context = "
-        + ("CAST(:doc AS JSON)" if postgres else ":doc")
-        + ", context_revision = context_revision + 1 WHERE id = :id"
-    )
-    parts: dict[str, list[float]] = {
-        "select": [],
-        "decode": [],
-        "encode": [],
-        "update": [],
-        "gc library": [],
-        "gc baseline": [],
-    }
-    gc_clock = _GcClock()
-    wal: list[int] = []
+        def lsn() -> int:
+            with engine.connect() as conn:
+                return int(
+                    conn.exec_driver_sql(
+                        "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+                    ).scalar()
+                    or 0
+                )
 
-    def lsn() -> int:
-        with engine.connect() as conn:
-            return int(
-                conn.exec_driver_sql("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").scalar()
-                or 0
-            )
+        def library() -> float:
+            reset(1)
+            before = lsn() if postgres else 0
+            gc_clock.start()
+            started = time.perf_counter()
+            with Session(engine) as db:
+                chat.continue_session(db, 1, USER_TEXT)
+                db.commit()
+            elapsed = time.perf_counter() - started
+            parts["gc library"].append(gc_clock.stop())
+            if postgres:
+                wal.append(lsn() - before)
+            forget_requests(model)
+            return elapsed
 
-    def library() -> float:
-        reset(1)
-        before = lsn() if postgres else 0
-        gc_clock.start()
-        started = time.perf_counter()
-        with Session(engine) as db:
-            chat.continue_session(db, 1, USER_TEXT)
-            db.commit()
-        elapsed = time.perf_counter() - started
-        parts["gc library"].append(gc_clock.stop())
-        if postgres:
-            wal.append(lsn() - before)
-        forget_requests(model)
-        return elapsed
+        def baseline() -> float:
+            reset(2)
+            gc_clock.start()
+            started = time.perf_counter()
+            with Session(engine) as db:
+                baseline_turn(db, table, 2, USER_TEXT, model)
+                db.commit()
+            elapsed = time.perf_counter() - started
+            parts["gc baseline"].append(gc_clock.stop())
+            forget_requests(model)
+            return elapsed
 
-    def baseline() -> float:
-        reset(2)
-        gc_clock.start()
-        started = time.perf_counter()
-        with Session(engine) as db:
-            baseline_turn(db, table, 2, USER_TEXT, model)
-            db.commit()
-        elapsed = time.perf_counter() - started
-        parts["gc baseline"].append(gc_clock.stop())
-        forget_requests(model)
-        return elapsed
+        def floor() -> float:
+            reset(3)
+            new_messages = document["messages"][-2:]
+            t0 = time.perf_counter()
+            with engine.begin() as conn:
+                raw = conn.execute(sa.select(as_text).where(table.c.id == 3)).scalar_one()
+                t1 = time.perf_counter()
+                doc = json.loads(raw)
+                t2 = time.perf_counter()
+                doc["messages"] += new_messages
+                encoded = json.dumps(doc)
+                t3 = time.perf_counter()
+                conn.execute(update_text, {"doc": encoded, "id": 3})
+            t4 = time.perf_counter()
+            floor_parts = ("select", "decode", "encode", "update")
+            for key, value in zip(floor_parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                parts[key].append(value)
+            return t4 - t0
 
-    def floor() -> float:
-        reset(3)
-        new_messages = document["messages"][-2:]
-        t0 = time.perf_counter()
-        with engine.begin() as conn:
-            raw = conn.execute(sa.select(as_text).where(table.c.id == 3)).scalar_one()
-            t1 = time.perf_counter()
-            doc = json.loads(raw)
-            t2 = time.perf_counter()
-            doc["messages"] += new_messages
-            encoded = json.dumps(doc)
-            t3 = time.perf_counter()
-            conn.execute(update_text, {"doc": encoded, "id": 3})
-        t4 = time.perf_counter()
-        floor_parts = ("select", "decode", "encode", "update")
-        for key, value in zip(floor_parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-            parts[key].append(value)
-        return t4 - t0
+        def validate() -> float:
+            started = time.perf_counter()
+            load_context(document)
+            return time.perf_counter() - started
 
-    def validate() -> float:
-        started = time.perf_counter()
-        load_context(document)
-        return time.perf_counter() - started
-
-    variants: dict[str, Callable[[], float]] = {
-        LIB: library,
-        BASE: baseline,
-        FLOOR: floor,
-        "validate": validate,
-    }
-    try:
-        samples = interleave(variants, rounds, warmup=1 if size >= 1000 else 3)
-        with engine.connect() as conn:
-            row = conn.execute(
-                sa.select(
-                    sa.func.octet_length(as_text)
-                    if postgres
-                    else sa.func.length(sa.cast(table.c.context, sa.LargeBinary)),
-                    sa.func.pg_column_size(table.c.context) if postgres else sa.null(),
-                ).where(table.c.id == 1)
-            ).one()
-    finally:
-        gc_clock.close()
-        table.metadata.drop_all(engine)
-        engine.dispose()
+        variants: dict[str, Callable[[], float]] = {
+            LIB: library,
+            BASE: baseline,
+            FLOOR: floor,
+            "validate": validate,
+        }
+        try:
+            samples = interleave(variants, rounds, warmup=1 if size >= 1000 else 3)
+            with engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(
+                        sa.func.octet_length(as_text)
+                        if postgres
+                        else sa.func.length(sa.cast(table.c.context, sa.LargeBinary)),
+                        sa.func.pg_column_size(table.c.context) if postgres else sa.null(),
+                    ).where(table.c.id == 1)
+                ).one()
+        finally:
+            gc_clock.close()
     warmup = 1 if size >= 1000 else 3
     return {
         **samples,
@@ -241,13 +224,11 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
                     label,
                     f"{size:,}",
                     rounds,
-                    fmt_ms(lib.median),
-                    f"{fmt_ms(lib.p25)}–{fmt_ms(lib.p75)}",
+                    *fmt_stats_ms(lib),
                     fmt_ms(base.median),
                     fmt_ms(floor.median),
                     fmt_ratio(vs_base.median),
-                    fmt_ratio(vs_floor.median),
-                    f"{vs_floor.p25:.2f}–{vs_floor.p75:.2f}",
+                    *fmt_ratio_stats(vs_floor),
                 ]
             )
             validate = stats(m["validate"]).median

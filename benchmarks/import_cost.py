@@ -28,7 +28,16 @@ import sys
 import time
 
 from ._fixtures import Databases
-from ._harness import BenchResult, Options, fmt_ms, fmt_ratio, paired_ratios, stats
+from ._harness import (
+    BenchResult,
+    Options,
+    fmt_ms,
+    fmt_ratio,
+    fmt_ratio_stats,
+    fmt_stats_ms,
+    paired_ratios,
+    stats,
+)
 
 NAME = "imports"
 TITLE = "Import cost"
@@ -135,10 +144,8 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
             [
                 f"`python -c '{VARIANTS[name]}'`" + (" (baseline)" if name == BASELINE else ""),
                 s.n,
-                fmt_ms(s.median, 0),
-                f"{fmt_ms(s.p25, 0)}–{fmt_ms(s.p75, 0)}",
-                fmt_ratio(ratio.median),
-                f"{ratio.p25:.2f}–{ratio.p75:.2f}",
+                *fmt_stats_ms(s, 0),
+                *fmt_ratio_stats(ratio),
                 fmt_ms(s.median - startup, 0) if name != STARTUP else "",
                 fmt_ratio(own) if name != STARTUP else "",
             ]

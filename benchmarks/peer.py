@@ -31,9 +31,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase
 
 from agent_session.llm import ModelRequest
 
@@ -43,16 +41,11 @@ from ._fixtures import (
     USER_TEXT,
     Databases,
     Reply,
-    Resetter,
     chat_items,
+    chat_table,
     forget_requests,
-    instant_model,
-    make_agent,
-    make_document,
-    put_rows,
-    session_class,
 )
-from ._harness import BenchResult, Options, ainterleave, fmt_ms, fmt_ratio, paired_ratios, stats
+from ._harness import BenchResult, Options, ainterleave, compare, fmt_ratio, fmt_ratio_stats
 
 NAME = "peer"
 TITLE = "Peer: OpenAI Agents SDK SQLAlchemySession"
@@ -65,96 +58,87 @@ SDK_READ, LIB_READ = "SDK read", "agent-session read"
 def _measure(async_url: str, sync_url: str, size: int, rounds: int) -> dict[str, list[float]]:
     from agents.extensions.memory.sqlalchemy_session import SQLAlchemySession
 
-    class Base(DeclarativeBase):
-        pass
+    with chat_table(sync_url, f"peer_{size}", size, [1]) as fx:
+        chat, model, sync_engine, reset_row = fx.chat, fx.model, fx.engine, fx.reset
+        sessions_table, messages_table = f"peer_sessions_{size}", f"peer_messages_{size}"
 
-    model = instant_model()
-    chat = session_class(Base, f"peer_{size}", make_agent(model))
-    table = chat.__table__
-    sync_engine = sa.create_engine(sync_url)
-    table.metadata.create_all(sync_engine)
-    document = make_document(size)
-    put_rows(sync_engine, table, document, [1])
-    reset_row = Resetter(sync_engine, table, document)
-    sessions_table, messages_table = f"peer_sessions_{size}", f"peer_messages_{size}"
-
-    async def main() -> dict[str, list[float]]:
-        engine = create_async_engine(async_url)
-        sdk = SQLAlchemySession(
-            "conversation-1",
-            engine=engine,
-            create_tables=True,
-            sessions_table=sessions_table,
-            messages_table=messages_table,
-        )
-        maker = async_sessionmaker(engine)
-        await sdk.add_items(chat_items(size))  # type: ignore[arg-type]
-        with sync_engine.connect() as conn:
-            last_id = conn.exec_driver_sql(f"SELECT max(id) FROM {messages_table}").scalar()
-
-        def reset_sdk() -> None:
-            with sync_engine.begin() as conn:
-                conn.exec_driver_sql(f"DELETE FROM {messages_table} WHERE id > {int(last_id or 0)}")
-
-        async def sdk_turn() -> float:
-            reset_sdk()
-            started = time.perf_counter()
-            items = await sdk.get_items()
-            user = {"role": "user", "content": USER_TEXT}
-            response = await model.acomplete(
-                ModelRequest(
-                    model=MODEL_NAME,
-                    messages=[*items, user],  # type: ignore[list-item]
-                    response_format=RESPONSE_FORMAT,
-                    output_schema=Reply,
-                )
+        async def main() -> dict[str, list[float]]:
+            engine = create_async_engine(async_url)
+            sdk = SQLAlchemySession(
+                "conversation-1",
+                engine=engine,
+                create_tables=True,
+                sessions_table=sessions_table,
+                messages_table=messages_table,
             )
-            await sdk.add_items([user, {"role": "assistant", "content": response.text}])  # type: ignore[list-item]
-            elapsed = time.perf_counter() - started
-            forget_requests(model)
-            return elapsed
+            maker = async_sessionmaker(engine)
+            await sdk.add_items(chat_items(size))  # type: ignore[arg-type]
+            with sync_engine.connect() as conn:
+                last_id = conn.exec_driver_sql(f"SELECT max(id) FROM {messages_table}").scalar()
 
-        async def lib_turn() -> float:
-            reset_row(1)
-            started = time.perf_counter()
-            await chat.acontinue_session(maker, 1, USER_TEXT)
-            elapsed = time.perf_counter() - started
-            forget_requests(model)
-            return elapsed
+            def reset_sdk() -> None:
+                with sync_engine.begin() as conn:
+                    conn.exec_driver_sql(
+                        f"DELETE FROM {messages_table} WHERE id > {int(last_id or 0)}"
+                    )
 
-        async def sdk_read() -> float:
-            started = time.perf_counter()
-            items = await sdk.get_items()
-            elapsed = time.perf_counter() - started
-            assert len(items) >= size
-            return elapsed
+            async def sdk_turn() -> float:
+                reset_sdk()
+                started = time.perf_counter()
+                items = await sdk.get_items()
+                user = {"role": "user", "content": USER_TEXT}
+                response = await model.acomplete(
+                    ModelRequest(
+                        model=MODEL_NAME,
+                        messages=[*items, user],  # type: ignore[list-item]
+                        response_format=RESPONSE_FORMAT,
+                        output_schema=Reply,
+                    )
+                )
+                await sdk.add_items([user, {"role": "assistant", "content": response.text}])  # type: ignore[list-item]
+                elapsed = time.perf_counter() - started
+                forget_requests(model)
+                return elapsed
 
-        async def lib_read() -> float:
-            started = time.perf_counter()
-            context = await chat.aget_context(maker, 1)
-            elapsed = time.perf_counter() - started
-            assert len(context.messages) > size
-            return elapsed
+            async def lib_turn() -> float:
+                reset_row(1)
+                started = time.perf_counter()
+                await chat.acontinue_session(maker, 1, USER_TEXT)
+                elapsed = time.perf_counter() - started
+                forget_requests(model)
+                return elapsed
 
-        variants: dict[str, Callable[[], Awaitable[float]]] = {
-            SDK_TURN: sdk_turn,
-            LIB_TURN: lib_turn,
-            SDK_READ: sdk_read,
-            LIB_READ: lib_read,
-        }
+            async def sdk_read() -> float:
+                started = time.perf_counter()
+                items = await sdk.get_items()
+                elapsed = time.perf_counter() - started
+                assert len(items) >= size
+                return elapsed
+
+            async def lib_read() -> float:
+                started = time.perf_counter()
+                context = await chat.aget_context(maker, 1)
+                elapsed = time.perf_counter() - started
+                assert len(context.messages) > size
+                return elapsed
+
+            variants: dict[str, Callable[[], Awaitable[float]]] = {
+                SDK_TURN: sdk_turn,
+                LIB_TURN: lib_turn,
+                SDK_READ: sdk_read,
+                LIB_READ: lib_read,
+            }
+            try:
+                return await ainterleave(variants, rounds, warmup=3 if size < 1000 else 1)
+            finally:
+                await engine.dispose()
+
         try:
-            return await ainterleave(variants, rounds, warmup=3 if size < 1000 else 1)
+            return asyncio.run(main())
         finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    finally:
-        with sync_engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {messages_table}")
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sessions_table}")
-        table.metadata.drop_all(sync_engine)
-        sync_engine.dispose()
+            with sync_engine.begin() as conn:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {messages_table}")
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sessions_table}")
 
 
 def run(opts: Options, dbs: Databases) -> BenchResult:
@@ -187,23 +171,10 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
             rounds = 3 if opts.quick else ROUNDS[size]
             samples = _measure(async_url, sync_url, size, rounds)
             for what, lib, sdk in (("turn", LIB_TURN, SDK_TURN), ("read back", LIB_READ, SDK_READ)):
-                lib_s, sdk_s = stats(samples[lib]), stats(samples[sdk])
-                ratio = paired_ratios(samples[lib], samples[sdk])
-                rows.append(
-                    [
-                        label,
-                        f"{size:,}",
-                        what,
-                        fmt_ms(lib_s.median),
-                        f"{fmt_ms(lib_s.p25)}–{fmt_ms(lib_s.p75)}",
-                        fmt_ms(sdk_s.median),
-                        f"{fmt_ms(sdk_s.p25)}–{fmt_ms(sdk_s.p75)}",
-                        fmt_ratio(ratio.median),
-                        f"{ratio.p25:.2f}–{ratio.p75:.2f}",
-                    ]
-                )
+                c = compare(samples[lib], samples[sdk])
+                rows.append([label, f"{size:,}", what, *c.ms_cells(), *fmt_ratio_stats(c.ratio)])
                 if what == "turn":
-                    headline.append(f"{label} {size:,} msgs {fmt_ratio(ratio.median)}")
+                    headline.append(f"{label} {size:,} msgs {fmt_ratio(c.ratio.median)}")
     result.add_table(
         f"agent-session vs openai-agents {sdk_version} SQLAlchemySession, ms "
         "(ratio = agent-session / SDK, median of per-round ratios; below 1 = agent-session faster)",

@@ -22,19 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.orm import Session
 
-from ._fixtures import (
-    USER_TEXT,
-    Databases,
-    Resetter,
-    forget_requests,
-    instant_model,
-    make_agent,
-    make_document,
-    put_rows,
-    session_class,
-)
+from ._fixtures import USER_TEXT, Databases, chat_table, forget_requests, make_document
 from ._harness import BenchResult, Options
 
 NAME = "profile"
@@ -138,24 +128,14 @@ def _profile(
 ) -> tuple[float, dict[str, float], list[tuple[str, float, float]], int]:
     from pyinstrument import Profiler
 
-    class Base(DeclarativeBase):
-        pass
+    with chat_table(url, f"profile_{size}", size, [1]) as fx:
+        chat, model, engine, reset = fx.chat, fx.model, fx.engine, fx.reset
 
-    model = instant_model()
-    chat = session_class(Base, f"profile_{size}", make_agent(model))
-    table = chat.__table__
-    engine = sa.create_engine(url)
-    table.metadata.create_all(engine)
-    document = make_document(size)
-    put_rows(engine, table, document, [1])
-    reset = Resetter(engine, table, document)
+        def _one_turn() -> None:
+            with Session(engine) as db:
+                chat.continue_session(db, 1, USER_TEXT)
+                db.commit()
 
-    def _one_turn() -> None:
-        with Session(engine) as db:
-            chat.continue_session(db, 1, USER_TEXT)
-            db.commit()
-
-    try:
         for _ in range(5):
             reset(1)
             _one_turn()
@@ -173,9 +153,6 @@ def _profile(
         root = session.root_frame()
         total, found, top = _shares(root)
         return total, found, top, session.sample_count
-    finally:
-        table.metadata.drop_all(engine)
-        engine.dispose()
 
 
 def _micro(url: str, quick: bool) -> list[list[str]]:
@@ -191,17 +168,9 @@ def _micro(url: str, quick: bool) -> list[list[str]]:
     from agent_session._store import SyncStore
     from agent_session.context import load_context
 
-    class Base(DeclarativeBase):
-        pass
-
-    model = instant_model()
-    chat = session_class(Base, "profile_micro", make_agent(model))
-    table = chat.__table__
-    engine = sa.create_engine(url)
-    table.metadata.create_all(engine)
-    small, large = make_document(10), make_document(1000)
-    put_rows(engine, table, small, [1])
-    try:
+    with chat_table(url, "profile_micro", 10, [1]) as fx:
+        chat, table, model, engine, small = fx.chat, fx.table, fx.model, fx.engine, fx.document
+        large = make_document(1000)
         store = SyncStore(chat.__agent_session_spec__, model, Session(engine))
         with Session(engine, expire_on_commit=False) as db:
             instance = db.get(chat, 1)
@@ -280,9 +249,6 @@ def _micro(url: str, quick: bool) -> list[list[str]]:
             best = min(timeit.repeat(fn, number=number, repeat=2 if quick else 5)) / number
             rows.append([label, f"{best * 1e6:.0f}"])
         return rows
-    finally:
-        table.metadata.drop_all(engine)
-        engine.dispose()
 
 
 def _top_level(shares: dict[str, float]) -> float:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -34,13 +36,15 @@ from ._harness import (
     Options,
     ainterleave,
     fmt_bytes,
-    fmt_ms,
     fmt_ratio,
+    fmt_stats_ms,
     interleave,
     paired_ratios,
     stats,
 )
 from ._report import ROOT, replace_block
+
+R = TypeVar("R")
 
 NAME = "storage"
 TITLE = "Storage: json vs jsonb"
@@ -80,8 +84,12 @@ def _create(engine: sa.Engine, metadata: sa.MetaData, tables: dict[str, sa.Table
                 )
 
 
-def _sizes(url: str, size: int) -> dict[str, tuple[float, float]]:
-    """(stored bytes of one document, total relation bytes per row) per variant."""
+@contextmanager
+def _filled(
+    url: str, size: int, ids: Iterable[int]
+) -> Iterator[tuple[sa.Engine, dict[str, sa.Table], dict[str, Any]]]:
+    """(engine, table per variant, document): fresh tables whose rows ``ids`` hold a
+    document of ``size`` messages; dropped, and the engine disposed, on exit."""
     metadata = sa.MetaData()
     tables = _tables(metadata)
     engine = sa.create_engine(url)
@@ -90,80 +98,70 @@ def _sizes(url: str, size: int) -> dict[str, tuple[float, float]]:
         _create(engine, metadata, tables)
         with engine.begin() as conn:
             for table in tables.values():
-                conn.execute(
-                    sa.insert(table),
-                    [{"id": i, "context": document} for i in range(ROWS_FOR_SIZE)],
-                )
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            found = {}
-            for name, table in tables.items():
-                conn.exec_driver_sql(f"VACUUM ANALYZE {table.name}")
-                column = conn.execute(
-                    sa.select(sa.func.avg(sa.func.pg_column_size(table.c.context)))
-                ).scalar_one()
-                total = conn.exec_driver_sql(
-                    f"SELECT pg_total_relation_size('{table.name}')"
-                ).scalar_one()
-                found[name] = (float(column), total / ROWS_FOR_SIZE)
-        return found
+                conn.execute(sa.insert(table), [{"id": i, "context": document} for i in ids])
+        yield engine, tables, document
     finally:
         metadata.drop_all(engine)
         engine.dispose()
+
+
+def _sizes(url: str, size: int) -> dict[str, tuple[float, float]]:
+    """(stored bytes of one document, total relation bytes per row) per variant."""
+    with (
+        _filled(url, size, range(ROWS_FOR_SIZE)) as (engine, tables, _),
+        engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+    ):
+        found = {}
+        for name, table in tables.items():
+            conn.exec_driver_sql(f"VACUUM ANALYZE {table.name}")
+            column = conn.execute(
+                sa.select(sa.func.avg(sa.func.pg_column_size(table.c.context)))
+            ).scalar_one()
+            total = conn.exec_driver_sql(
+                f"SELECT pg_total_relation_size('{table.name}')"
+            ).scalar_one()
+            found[name] = (float(column), total / ROWS_FOR_SIZE)
+        return found
+
+
+def _by_table(
+    tables: dict[str, sa.Table], write: Callable[[sa.Table], R], read: Callable[[sa.Table], R]
+) -> dict[str, Callable[[], R]]:
+    """The variants "write NAME" and "read NAME" of every table, in that order."""
+    variants: dict[str, Callable[[], R]] = {}
+    for name, table in tables.items():
+        variants[f"write {name}"] = partial(write, table)
+        variants[f"read {name}"] = partial(read, table)
+    return variants
 
 
 def _times_sync(url: str, size: int, rounds: int) -> dict[str, list[float]]:
-    metadata = sa.MetaData()
-    tables = _tables(metadata)
-    engine = sa.create_engine(url)
-    document = make_document(size)
-    try:
-        _create(engine, metadata, tables)
-        with engine.begin() as conn:
-            for table in tables.values():
-                conn.execute(sa.insert(table), [{"id": 1, "context": document}])
-        variants: dict[str, Callable[[], float]] = {}
-        for name, table in tables.items():
+    with _filled(url, size, [1]) as (engine, tables, document):
 
-            def write(table: sa.Table = table) -> float:
-                started = time.perf_counter()
-                with engine.begin() as conn:
-                    conn.execute(sa.update(table).where(table.c.id == 1).values(context=document))
-                return time.perf_counter() - started
+        def write(table: sa.Table) -> float:
+            started = time.perf_counter()
+            with engine.begin() as conn:
+                conn.execute(sa.update(table).where(table.c.id == 1).values(context=document))
+            return time.perf_counter() - started
 
-            def read(table: sa.Table = table) -> float:
-                started = time.perf_counter()
-                with engine.connect() as conn:
-                    value = conn.execute(
-                        sa.select(table.c.context).where(table.c.id == 1)
-                    ).scalar_one()
-                elapsed = time.perf_counter() - started
-                assert len(value["messages"]) == size + 1
-                return elapsed
+        def read(table: sa.Table) -> float:
+            started = time.perf_counter()
+            with engine.connect() as conn:
+                value = conn.execute(sa.select(table.c.context).where(table.c.id == 1)).scalar_one()
+            elapsed = time.perf_counter() - started
+            assert len(value["messages"]) == size + 1
+            return elapsed
 
-            variants[f"write {name}"] = write
-            variants[f"read {name}"] = read
-        return interleave(variants, rounds, warmup=2)
-    finally:
-        metadata.drop_all(engine)
-        engine.dispose()
+        return interleave(_by_table(tables, write, read), rounds, warmup=2)
 
 
 def _times_async(async_url: str, sync_url: str, size: int, rounds: int) -> dict[str, list[float]]:
-    metadata = sa.MetaData()
-    tables = _tables(metadata)
-    sync_engine = sa.create_engine(sync_url)
-    document = make_document(size)
-    _create(sync_engine, metadata, tables)
-    with sync_engine.begin() as conn:
-        for table in tables.values():
-            conn.execute(sa.insert(table), [{"id": 1, "context": document}])
+    with _filled(sync_url, size, [1]) as (_, tables, document):
 
-    async def main() -> dict[str, list[float]]:
-        engine = create_async_engine(async_url)
-        variants: dict[str, Callable[[], Awaitable[float]]] = {}
-        for name, table in tables.items():
+        async def main() -> dict[str, list[float]]:
+            engine = create_async_engine(async_url)
 
-            async def write(table: sa.Table = table) -> float:
+            async def write(table: sa.Table) -> float:
                 started = time.perf_counter()
                 async with engine.begin() as conn:
                     await conn.execute(
@@ -171,7 +169,7 @@ def _times_async(async_url: str, sync_url: str, size: int, rounds: int) -> dict[
                     )
                 return time.perf_counter() - started
 
-            async def read(table: sa.Table = table) -> float:
+            async def read(table: sa.Table) -> float:
                 started = time.perf_counter()
                 async with engine.connect() as conn:
                     value = (
@@ -181,18 +179,12 @@ def _times_async(async_url: str, sync_url: str, size: int, rounds: int) -> dict[
                 assert len(value["messages"]) == size + 1
                 return elapsed
 
-            variants[f"write {name}"] = write
-            variants[f"read {name}"] = read
-        try:
-            return await ainterleave(variants, rounds, warmup=2)
-        finally:
-            await engine.dispose()
+            try:
+                return await ainterleave(_by_table(tables, write, read), rounds, warmup=2)
+            finally:
+                await engine.dispose()
 
-    try:
         return asyncio.run(main())
-    finally:
-        metadata.drop_all(sync_engine)
-        sync_engine.dispose()
 
 
 def run(opts: Options, dbs: Databases) -> BenchResult:
@@ -220,8 +212,8 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
                 base = samples[f"{op} json"]
                 cells = [f"{size:,}", driver, op]
                 for name in VARIANTS:
-                    s = stats(samples[f"{op} {name}"])
-                    cells.append(f"{fmt_ms(s.median)} ({fmt_ms(s.p25)}–{fmt_ms(s.p75)})")
+                    median, spread = fmt_stats_ms(stats(samples[f"{op} {name}"]))
+                    cells.append(f"{median} ({spread})")
                 ratio = paired_ratios(samples[f"{op} jsonb"], base)
                 cells.append(fmt_ratio(ratio.median))
                 ratios.setdefault((size, op), []).append(ratio.median)

@@ -25,40 +25,46 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from ._fixtures import (
     USER_TEXT,
+    ChatTable,
     Databases,
     Resetter,
     abaseline_turn,
     abaseline_turn_maker,
     baseline_turn,
     baseline_turn_maker,
+    chat_table,
     forget_requests,
-    instant_model,
-    make_agent,
+    instant_chat,
     make_document,
-    put_rows,
-    session_class,
 )
 from ._harness import (
     BenchResult,
     Options,
     ainterleave,
+    atimed_between,
+    compare,
     fmt_ms,
     fmt_ratio,
+    fmt_ratio_stats,
     fmt_stats_ms,
     interleave,
-    paired_ratios,
     stats,
+    timed_between,
 )
+
+T = TypeVar("T")
+V = TypeVar("V")
 
 NAME = "overhead"
 TITLE = "Per-turn overhead"
@@ -70,125 +76,76 @@ LIB_MAKER, BASE_MAKER = "library, sessionmaker", "baseline, sessionmaker"
 ROWS = {LIB_OWNED: 1, BASE_OWNED: 2, LIB_MAKER: 3, BASE_MAKER: 4}
 
 
-def _tables(tag: str) -> tuple[type[Any], sa.Table, Any]:
-    class Base(DeclarativeBase):
-        pass
-
-    model = instant_model()
-    chat = session_class(Base, f"overhead_{tag}", make_agent(model))
-    return chat, chat.__table__, model
+def _variants(
+    fx: ChatTable,
+    wrap: Callable[[Callable[[], None], T, Callable[[], None]], V],
+    *turns: T,
+) -> dict[str, V]:
+    """The turns, in ``ROWS`` order, as variants that time the turn alone: its row is put
+    back before it and the double's requests are dropped after it."""
+    forget = partial(forget_requests, fx.model)
+    return {
+        name: wrap(partial(fx.reset, pk), turn, forget)
+        for (name, pk), turn in zip(ROWS.items(), turns, strict=True)
+    }
 
 
 def _sync_backend(url: str, rounds: int) -> dict[str, list[float]]:
-    chat, table, model = _tables("sync")
-    engine = sa.create_engine(url)
-    table.metadata.create_all(engine)
-    document = make_document(MESSAGES)
-    put_rows(engine, table, document, list(ROWS.values()))
-    reset = Resetter(engine, table, document)
-    maker = sessionmaker(engine)
+    with chat_table(url, "overhead_sync", MESSAGES, list(ROWS.values())) as fx:
+        chat, table, model, engine = fx.chat, fx.table, fx.model, fx.engine
+        maker = sessionmaker(engine)
 
-    def lib_owned() -> None:
-        with Session(engine) as db:
-            chat.continue_session(db, ROWS[LIB_OWNED], USER_TEXT)
-            db.commit()
+        def lib_owned() -> None:
+            with Session(engine) as db:
+                chat.continue_session(db, ROWS[LIB_OWNED], USER_TEXT)
+                db.commit()
 
-    def base_owned() -> None:
-        with Session(engine) as db:
-            baseline_turn(db, table, ROWS[BASE_OWNED], USER_TEXT, model)
-            db.commit()
+        def base_owned() -> None:
+            with Session(engine) as db:
+                baseline_turn(db, table, ROWS[BASE_OWNED], USER_TEXT, model)
+                db.commit()
 
-    def lib_maker() -> None:
-        chat.continue_session(maker, ROWS[LIB_MAKER], USER_TEXT)
+        def lib_maker() -> None:
+            chat.continue_session(maker, ROWS[LIB_MAKER], USER_TEXT)
 
-    def base_maker() -> None:
-        baseline_turn_maker(maker, table, ROWS[BASE_MAKER], USER_TEXT, model)
+        def base_maker() -> None:
+            baseline_turn_maker(maker, table, ROWS[BASE_MAKER], USER_TEXT, model)
 
-    def timed(name: str, fn: Callable[[], None]) -> Callable[[], float]:
-        def variant() -> float:
-            reset(ROWS[name])
-            started = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - started
-            forget_requests(model)
-            return elapsed
-
-        return variant
-
-    try:
-        return interleave(
-            {
-                LIB_OWNED: timed(LIB_OWNED, lib_owned),
-                BASE_OWNED: timed(BASE_OWNED, base_owned),
-                LIB_MAKER: timed(LIB_MAKER, lib_maker),
-                BASE_MAKER: timed(BASE_MAKER, base_maker),
-            },
-            rounds,
-            warmup=5,
-        )
-    finally:
-        table.metadata.drop_all(engine)
-        engine.dispose()
+        variants = _variants(fx, timed_between, lib_owned, base_owned, lib_maker, base_maker)
+        return interleave(variants, rounds, warmup=5)
 
 
 def _async_backend(url: str, sync_url: str, rounds: int) -> dict[str, list[float]]:
-    chat, table, model = _tables("async")
-    sync_engine = sa.create_engine(sync_url)
-    table.metadata.create_all(sync_engine)
-    document = make_document(MESSAGES)
-    put_rows(sync_engine, table, document, list(ROWS.values()))
-    reset = Resetter(sync_engine, table, document)
+    with chat_table(sync_url, "overhead_async", MESSAGES, list(ROWS.values())) as fx:
+        chat, table, model = fx.chat, fx.table, fx.model
 
-    async def main() -> dict[str, list[float]]:
-        engine = create_async_engine(url)
-        maker = async_sessionmaker(engine)
+        async def main() -> dict[str, list[float]]:
+            engine = create_async_engine(url)
+            maker = async_sessionmaker(engine)
 
-        async def lib_owned() -> None:
-            async with AsyncSession(engine) as db:
-                await chat.acontinue_session(db, ROWS[LIB_OWNED], USER_TEXT)
-                await db.commit()
+            async def lib_owned() -> None:
+                async with AsyncSession(engine) as db:
+                    await chat.acontinue_session(db, ROWS[LIB_OWNED], USER_TEXT)
+                    await db.commit()
 
-        async def base_owned() -> None:
-            async with AsyncSession(engine) as db:
-                await abaseline_turn(db, table, ROWS[BASE_OWNED], USER_TEXT, model)
-                await db.commit()
+            async def base_owned() -> None:
+                async with AsyncSession(engine) as db:
+                    await abaseline_turn(db, table, ROWS[BASE_OWNED], USER_TEXT, model)
+                    await db.commit()
 
-        async def lib_maker() -> None:
-            await chat.acontinue_session(maker, ROWS[LIB_MAKER], USER_TEXT)
+            async def lib_maker() -> None:
+                await chat.acontinue_session(maker, ROWS[LIB_MAKER], USER_TEXT)
 
-        async def base_maker() -> None:
-            await abaseline_turn_maker(maker, table, ROWS[BASE_MAKER], USER_TEXT, model)
+            async def base_maker() -> None:
+                await abaseline_turn_maker(maker, table, ROWS[BASE_MAKER], USER_TEXT, model)
 
-        def timed(name: str, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[float]]:
-            async def variant() -> float:
-                reset(ROWS[name])
-                started = time.perf_counter()
-                await fn()
-                elapsed = time.perf_counter() - started
-                forget_requests(model)
-                return elapsed
+            turns = (lib_owned, base_owned, lib_maker, base_maker)
+            try:
+                return await ainterleave(_variants(fx, atimed_between, *turns), rounds, warmup=5)
+            finally:
+                await engine.dispose()
 
-            return variant
-
-        try:
-            return await ainterleave(
-                {
-                    LIB_OWNED: timed(LIB_OWNED, lib_owned),
-                    BASE_OWNED: timed(BASE_OWNED, base_owned),
-                    LIB_MAKER: timed(LIB_MAKER, lib_maker),
-                    BASE_MAKER: timed(BASE_MAKER, base_maker),
-                },
-                rounds,
-                warmup=5,
-            )
-        finally:
-            await engine.dispose()
-
-    try:
         return asyncio.run(main())
-    finally:
-        table.metadata.drop_all(sync_engine)
-        sync_engine.dispose()
 
 
 # -- cold start --------------------------------------------------------------------
@@ -196,7 +153,7 @@ def _async_backend(url: str, sync_url: str, rounds: int) -> dict[str, list[float
 
 def _cold_child(variant: str, url: str, turns: int) -> None:
     """Run in a fresh process: time the first turn and the ``turns - 1`` after it."""
-    chat, table, model = _tables("cold")
+    chat, table, model = instant_chat("overhead_cold")
     engine = sa.create_engine(url)
     document = make_document(MESSAGES, check=False)  # the turn validates first
     reset = Resetter(engine, table, document)
@@ -219,10 +176,6 @@ def _cold_child(variant: str, url: str, turns: int) -> None:
 
 
 def _cold(url: str, processes: int, turns: int) -> dict[str, tuple[list[float], list[float]]]:
-    _, table, _ = _tables("cold")
-    engine = sa.create_engine(url)
-    table.metadata.create_all(engine)
-    put_rows(engine, table, make_document(MESSAGES), [ROWS[LIB_OWNED], ROWS[BASE_OWNED]])
     root = Path(__file__).resolve().parent.parent
     env = {
         **os.environ,
@@ -230,7 +183,7 @@ def _cold(url: str, processes: int, turns: int) -> dict[str, tuple[list[float], 
     }
     firsts: dict[str, list[float]] = {"library": [], "baseline": []}
     laters: dict[str, list[float]] = {"library": [], "baseline": []}
-    try:
+    with chat_table(url, "overhead_cold", MESSAGES, [ROWS[LIB_OWNED], ROWS[BASE_OWNED]]):
         for _ in range(processes):
             for variant in ("library", "baseline"):
                 out = subprocess.run(
@@ -252,9 +205,6 @@ def _cold(url: str, processes: int, turns: int) -> dict[str, tuple[list[float], 
                 times = json.loads(out.stdout.strip().splitlines()[-1])
                 firsts[variant].append(times[0])
                 laters[variant].extend(times[1:])
-    finally:
-        table.metadata.drop_all(engine)
-        engine.dispose()
     return {v: (firsts[v], laters[v]) for v in firsts}
 
 
@@ -305,19 +255,16 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
             ("caller-owned Session", LIB_OWNED, BASE_OWNED),
             ("sessionmaker", LIB_MAKER, BASE_MAKER),
         ):
-            lib_s, base_s = stats(samples[lib]), stats(samples[base])
-            ratio = paired_ratios(samples[lib], samples[base])
+            c = compare(samples[lib], samples[base])
             if mode == "caller-owned Session":
-                owned_ratios.append((label, ratio.median))
+                owned_ratios.append((label, c.ratio.median))
             rows.append(
                 [
                     label,
                     mode,
-                    *fmt_stats_ms(lib_s),
-                    *fmt_stats_ms(base_s),
-                    fmt_ms(lib_s.median - base_s.median),
-                    fmt_ratio(ratio.median),
-                    f"{ratio.p25:.2f}–{ratio.p75:.2f}",
+                    *c.ms_cells(),
+                    fmt_ms(c.subject.median - c.reference.median),
+                    *fmt_ratio_stats(c.ratio),
                 ]
             )
     result.add_table(
@@ -350,8 +297,7 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
                 [
                     label,
                     variant,
-                    fmt_ms(first.median),
-                    f"{fmt_ms(first.p25)}–{fmt_ms(first.p75)}",
+                    *fmt_stats_ms(first),
                     fmt_ms(later.median),
                     fmt_ratio(first.median / later.median),
                 ]
