@@ -274,3 +274,52 @@ async def test_worker_killed_mid_turn(
         assert after == before
         await h.cont(chat.id, "turn [after]")
     assert h.tokens(chat.id) == ["t0", "after"]
+
+
+# -- the final write fails after the model answered ------------------------------------
+
+_REFUSE_COMPLETED = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_completed BEFORE UPDATE OF status ON race_chats "
+        "WHEN NEW.status = 'completed' BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION refuse_completed() RETURNS trigger AS $$ BEGIN "
+        "IF NEW.status = 'completed' THEN RAISE EXCEPTION 'refused by trigger'; END IF; "
+        "RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse_completed BEFORE UPDATE ON race_chats "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_completed()",
+    ],
+    "mysql": [
+        "CREATE TRIGGER refuse_completed BEFORE UPDATE ON race_chats FOR EACH ROW BEGIN "
+        "IF NEW.status = 'completed' THEN "
+        "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by trigger'; END IF; END"
+    ],
+}
+
+
+async def test_a_failed_final_write_marks_the_turn_failed(database: Database) -> None:
+    """The model answered but the turn's write failed: the status says ``failed``
+    (not ``running`` until the timeout), and the previous context is kept."""
+    h = Harness(database, make_chat(status=True))
+    chat = await h.start("hello [t0]")
+    before = h.row(chat.id)
+    with database.sync_engine().begin() as conn:
+        for statement in _REFUSE_COMPLETED[database.dialect]:
+            conn.exec_driver_sql(statement)
+    try:
+        with pytest.raises(StorageError, match="refused by trigger"):
+            await h.cont(chat.id, "turn [lost]")
+        after = h.row(chat.id)
+        assert after["status"] == "failed"
+        assert after["context"] == before["context"]
+        assert after["context_revision"] == before["context_revision"] + 2  # running, failed
+    finally:
+        with database.sync_engine().begin() as conn:
+            conn.exec_driver_sql(
+                "DROP TRIGGER IF EXISTS refuse_completed"
+                + (" ON race_chats" if database.dialect == "postgresql" else "")
+            )
+    await h.cont(chat.id, "turn [again]")
+    assert h.row(chat.id)["status"] == "completed"
+    assert h.tokens(chat.id) == ["t0", "again"]

@@ -224,20 +224,23 @@ def continue_flow(
         if claimed:
             try:
                 result = yield from _turn.model_flow(agent, plan, structured)
+                new_document = _turn.next_document(plan, result, document)
+                values: dict[str, Any] = {spec.context_attr: new_document}
+                if spec.status_attr is not None:
+                    values.update(_status(spec, SessionStatus.COMPLETED, revision))
+                else:
+                    values[spec.revision_attr] = revision + 1
+                written = yield Swap(instance, key, revision, values)
             except Exception:
+                # The model call or the final write failed: with a status column, say
+                # so (keeping the previous context) rather than leave it ``running``.
                 if spec.status_attr is not None:
                     failed = _status(spec, SessionStatus.FAILED, revision)
                     # The turn's own error is the one to report, not a failed status write.
                     with contextlib.suppress(AgentSessionError):
                         yield Swap(instance, key, revision, failed)
                 raise
-            new_document = _turn.next_document(plan, result, document)
-            values: dict[str, Any] = {spec.context_attr: new_document}
-            if spec.status_attr is not None:
-                values.update(_status(spec, SessionStatus.COMPLETED, revision))
-            else:
-                values[spec.revision_attr] = revision + 1
-            if (yield Swap(instance, key, revision, values)):
+            if written:
                 remember(instance, new_document, result)
                 return instance
         if attempt >= conflict_retries:
