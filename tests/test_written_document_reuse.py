@@ -126,3 +126,22 @@ async def test_a_replaced_context_value_is_not_trusted(database: Database) -> No
     assert any("context," in s or "context " in s for s in seen)
     [row] = stored_rows(database, Chat.__table__)
     assert users(row["context"]) == ["one", "two"]
+
+
+async def test_last_output_follows_the_row_not_the_last_turn(database: Database) -> None:
+    database.create_all(Base.metadata)
+    mine, other = Api(database, Chat), Api(database, Chat)
+    async with mine.session() as db:
+        chat = await mine.start(db, "one")
+        await mine.commit(db)
+        assert chat.last_output == "reply to one"
+        async with other.session() as db2:
+            await other.cont(db2, chat.id, "two")
+            await other.commit(db2)
+        if mine.is_async:
+            await db.refresh(chat)
+        else:
+            db.refresh(chat)
+        assert chat.last_output == "reply to two"
+        assert chat.last_result is not None  # still the turn this instance ran
+        assert chat.last_result.output == "reply to one"

@@ -104,12 +104,12 @@ class AgentSessionMixin:
         Works on a freshly loaded row; ``None`` if the session has no reply yet.
         """
         spec: SessionSpec = getattr(type(self), _SPEC)
-        result = self.last_result
-        if result is not None:
-            return result.output
         raw = getattr(self, spec.context_attr)
         if raw is None:
             return None
+        result = self.last_result
+        if result is not None and raw is _flows.written_marker(self):
+            return result.output  # the row still holds what that turn wrote
         from .context import load_context
 
         message = load_context(raw, key=_identity(self)).last_assistant
