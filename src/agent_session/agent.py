@@ -223,12 +223,12 @@ class Agent(Generic[OutputT]):
 
 
 def _strip_code_fence(text: str) -> str:
+    """Tolerate a reply wrapped in a Markdown code fence (```json ... ```)."""
     stripped = text.strip()
-    if stripped.startswith("```") and stripped.endswith("```") and len(stripped) >= 6:
-        body = stripped[3:-3]
-        newline = body.find("\n")
-        first_line = body[:newline] if newline >= 0 else ""
-        if (newline >= 0 and first_line.strip().isalnum()) or first_line.strip() == "":
-            body = body[newline + 1 :] if newline >= 0 else body
-        return body.strip()
-    return stripped
+    if not (stripped.startswith("```") and stripped.endswith("```") and len(stripped) >= 6):
+        return stripped
+    body = stripped[3:-3]
+    first, newline, rest = body.partition("\n")
+    if newline and (first.strip() == "" or first.strip().isalnum()):
+        body = rest  # the language tag line
+    return body.strip()
