@@ -27,6 +27,7 @@ from . import _turn
 from .agent import Agent
 from .context import Context, load_context, utcnow
 from .errors import AgentSessionError, InputValidationError, SessionBusyError, StaleSessionError
+from .llm import Model
 
 __all__ = [
     "Insert",
@@ -137,7 +138,7 @@ def remember(instance: Any, document: dict[str, Any], result: Any) -> None:
 
 def start_flow(
     spec: SessionSpec,
-    structured: bool,
+    model: Model,
     input: Any,
     instruction_args: Any,
     values: Mapping[str, Any],
@@ -161,6 +162,7 @@ def start_flow(
             errors=[],
             source="values",
         ) from exc
+    structured = agent.uses_structured_output(model)  # after validation: may import LiteLLM
     result = yield from _turn.model_flow(agent, plan, structured)
     document = _turn.next_document(plan, result, None)
     setattr(instance, spec.context_attr, document)
@@ -175,7 +177,7 @@ def start_flow(
 
 def continue_flow(
     spec: SessionSpec,
-    structured: bool,
+    model: Model,
     key: Any,
     instance: Any,
     input: Any,
@@ -197,6 +199,7 @@ def continue_flow(
             errors=[],
             source="conflict_retries",
         )
+    structured = agent.uses_structured_output(model)  # after validation: may import LiteLLM
     lost_at: int | None = None
     attempt = 0
     while True:

@@ -131,7 +131,7 @@ class AgentSessionMixin:
     ) -> Self:
         """Run the first turn and add a new row with ``values`` and the new context."""
         store = SyncStore(_spec(cls), _spec(cls).agent.model, db)
-        flow = _flows.start_flow(_spec(cls), _structured(store), input, instruction_args, values)
+        flow = _flows.start_flow(_spec(cls), store.model, input, instruction_args, values)
         return _turn.drive(flow, store)  # type: ignore[no-any-return]
 
     @classmethod
@@ -147,9 +147,7 @@ class AgentSessionMixin:
         """Run one more turn on a stored session (an instance or a primary key)."""
         store = SyncStore(_spec(cls), _spec(cls).agent.model, db)
         key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.continue_flow(
-            _spec(cls), _structured(store), key, instance, input, conflict_retries
-        )
+        flow = _flows.continue_flow(_spec(cls), store.model, key, instance, input, conflict_retries)
         return _turn.drive(flow, store)  # type: ignore[no-any-return]
 
     @classmethod
@@ -173,7 +171,7 @@ class AgentSessionMixin:
     ) -> Self:
         """Async twin of ``start_session``."""
         store = AsyncStore(_spec(cls), _spec(cls).agent.model, db)
-        flow = _flows.start_flow(_spec(cls), _structured(store), input, instruction_args, values)
+        flow = _flows.start_flow(_spec(cls), store.model, input, instruction_args, values)
         return await _turn.adrive(flow, store)
 
     @classmethod
@@ -189,9 +187,7 @@ class AgentSessionMixin:
         """Async twin of ``continue_session``."""
         store = AsyncStore(_spec(cls), _spec(cls).agent.model, db)
         key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.continue_flow(
-            _spec(cls), _structured(store), key, instance, input, conflict_retries
-        )
+        flow = _flows.continue_flow(_spec(cls), store.model, key, instance, input, conflict_retries)
         return await _turn.adrive(flow, store)
 
     @classmethod
@@ -304,10 +300,6 @@ def _spec(cls: type) -> SessionSpec:
     if spec is None or (spec.cls is not cls and not issubclass(cls, spec.cls)):
         raise ConfigurationError(f"{cls.__name__} is not a mapped AgentSessionMixin model")
     return spec
-
-
-def _structured(store: SyncStore | AsyncStore) -> bool:
-    return store.spec.agent.uses_structured_output(store.model)
 
 
 def _identity(instance: Any) -> Any:
