@@ -127,3 +127,37 @@ def test_the_agent_alone_does_not_load_the_orm() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert run.stdout.split() == ["False", "False", "True", "False"]
+
+
+def test_invalid_input_never_imports_litellm(tmp_path: Path) -> None:
+    code = f"""
+import sys
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, Session
+from agent_session import Agent, AgentSessionMixin, InputValidationError
+
+class Base(DeclarativeBase):
+    pass
+
+class Chat(AgentSessionMixin, Base):
+    __tablename__ = "chats"
+    __agent__ = Agent("openai/gpt-4o-mini")
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+engine = sa.create_engine("sqlite:///{tmp_path / "db.sqlite3"}")
+Base.metadata.create_all(engine)
+with Session(engine) as db:
+    for bad in ({{"wrong": 1}}, 42):
+        try:
+            Chat.start_session(db, bad)
+        except InputValidationError:
+            pass
+        else:
+            raise SystemExit("no error")
+print("litellm" in sys.modules)
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False"]
