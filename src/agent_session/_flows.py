@@ -113,10 +113,10 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment
 
 
-def read_document(spec: SessionSpec, snap: Snapshot, key: Any) -> dict[str, Any]:
+def read_document(snap: Snapshot, key: Any) -> dict[str, Any]:
     """Validate the stored document once; a document this library just wrote is trusted."""
     doc: Any = snap.document
-    if doc is not None and getattr(snap.instance, _VALID_DOC, None) is doc:
+    if doc is not None and written_marker(snap.instance) is doc:
         return cast("dict[str, Any]", doc)
     context = load_context(doc, key=key)
     if context.version != doc.get("version"):
@@ -212,7 +212,7 @@ def continue_flow(
                 "retry in a new transaction",
                 key=key,
             )
-        document = read_document(spec, snap, key)
+        document = read_document(snap, key)
         _check_not_busy(spec, snap, key)
         plan = _turn.plan_next_turn(document, turn_input)
         revision = snap.revision

@@ -96,11 +96,14 @@ class _StoreBase:
         self.model = model
         self.cls = spec.cls
 
+    def not_found(self, key: Any) -> SessionNotFoundError:
+        return SessionNotFoundError(
+            f"no {self.cls.__name__} session with primary key {key!r}", key=key
+        )
+
     def snapshot(self, instance: Any, key: Any) -> Snapshot:
         if instance is None:
-            raise SessionNotFoundError(
-                f"no {self.cls.__name__} session with primary key {key!r}", key=key
-            )
+            raise self.not_found(key)
         spec = self.spec
         return Snapshot(
             instance=instance,
@@ -144,10 +147,8 @@ class _StoreBase:
                 )
                 .values(
                     {
-                        self._column(name): sa.bindparam(
-                            f"set_{name}", type_=self._column(name).type
-                        )
-                        for name in names
+                        column: sa.bindparam(f"set_{name}", type_=column.type)
+                        for name, column in ((n, self._column(n)) for n in names)
                     }
                 )
             )
@@ -194,9 +195,7 @@ class _StoreBase:
     ) -> Snapshot | None:
         """A snapshot without reloading the document, if the stored revision is unchanged."""
         if row is None:
-            raise SessionNotFoundError(
-                f"no {self.cls.__name__} session with primary key {op.key!r}", key=op.key
-            )
+            raise self.not_found(op.key)
         document, revision = written
         if row[0] != revision:
             return None

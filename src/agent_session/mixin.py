@@ -130,8 +130,9 @@ class AgentSessionMixin:
         **values: Any,
     ) -> Self:
         """Run the first turn and add a new row with ``values`` and the new context."""
-        store = SyncStore(_spec(cls), _spec(cls).agent.model, db)
-        flow = _flows.start_flow(_spec(cls), store.model, input, instruction_args, values)
+        spec = _spec(cls)
+        store = SyncStore(spec, spec.agent.model, db)
+        flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
         return _turn.drive(flow, store)  # type: ignore[no-any-return]
 
     @classmethod
@@ -145,17 +146,19 @@ class AgentSessionMixin:
         conflict_retries: int = 0,
     ) -> Self:
         """Run one more turn on a stored session (an instance or a primary key)."""
-        store = SyncStore(_spec(cls), _spec(cls).agent.model, db)
+        spec = _spec(cls)
+        store = SyncStore(spec, spec.agent.model, db)
         key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.continue_flow(_spec(cls), store.model, key, instance, input, conflict_retries)
+        flow = _flows.continue_flow(spec, store.model, key, instance, input, conflict_retries)
         return _turn.drive(flow, store)  # type: ignore[no-any-return]
 
     @classmethod
     def get_context(cls, db: Session | sessionmaker[Session], pk: Any, /) -> Context:
         """The stored conversation of one row, validated."""
-        store = SyncStore(_spec(cls), _spec(cls).agent.model, db)
+        spec = _spec(cls)
+        store = SyncStore(spec, spec.agent.model, db)
         key, _ = _key_and_instance(cls, pk)
-        return _turn.drive(_flows.read_flow(_spec(cls), key), store)
+        return _turn.drive(_flows.read_flow(spec, key), store)
 
     # -- async API ----------------------------------------------------------------
 
@@ -170,8 +173,9 @@ class AgentSessionMixin:
         **values: Any,
     ) -> Self:
         """Async twin of ``start_session``."""
-        store = AsyncStore(_spec(cls), _spec(cls).agent.model, db)
-        flow = _flows.start_flow(_spec(cls), store.model, input, instruction_args, values)
+        spec = _spec(cls)
+        store = AsyncStore(spec, spec.agent.model, db)
+        flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
         return await _turn.adrive(flow, store)
 
     @classmethod
@@ -185,9 +189,10 @@ class AgentSessionMixin:
         conflict_retries: int = 0,
     ) -> Self:
         """Async twin of ``continue_session``."""
-        store = AsyncStore(_spec(cls), _spec(cls).agent.model, db)
+        spec = _spec(cls)
+        store = AsyncStore(spec, spec.agent.model, db)
         key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.continue_flow(_spec(cls), store.model, key, instance, input, conflict_retries)
+        flow = _flows.continue_flow(spec, store.model, key, instance, input, conflict_retries)
         return await _turn.adrive(flow, store)
 
     @classmethod
@@ -195,9 +200,10 @@ class AgentSessionMixin:
         cls, db: AsyncSession | async_sessionmaker[AsyncSession], pk: Any, /
     ) -> Context:
         """Async twin of ``get_context``."""
-        store = AsyncStore(_spec(cls), _spec(cls).agent.model, db)
+        spec = _spec(cls)
+        store = AsyncStore(spec, spec.agent.model, db)
         key, _ = _key_and_instance(cls, pk)
-        return await _turn.adrive(_flows.read_flow(_spec(cls), key), store)
+        return await _turn.adrive(_flows.read_flow(spec, key), store)
 
 
 # -- class set-up ------------------------------------------------------------------
