@@ -564,3 +564,19 @@ def test_drive_a_flow_that_yields_nothing() -> None:
         yield  # pragma: no cover
 
     assert _turn.drive(flow(), lambda op: op) == 7
+
+
+def test_sleep_operation_is_answered_by_every_driver() -> None:
+    import asyncio
+
+    from agent_session._turn import Sleep, adrive, amodel_handler, drive, model_handler
+    from agent_session.testing import TestModel
+
+    def flow() -> Any:
+        slept = yield Sleep(0.0)
+        return slept
+
+    model = TestModel()
+    assert drive(flow(), model_handler(model)) is None
+    assert asyncio.run(adrive(flow(), amodel_handler(model))) is None
+    assert model.requests == []

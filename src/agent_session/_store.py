@@ -10,6 +10,8 @@ Statements and results are built by ``_StoreBase``; the twins differ only in
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from ._flows import Insert, Load, SessionSpec, Snapshot, Swap, written_marker
+from ._turn import Sleep
 from .errors import (
     ConfigurationError,
     ContextError,
@@ -241,6 +244,9 @@ class SyncStore(_StoreBase):
     def __call__(self, op: Any) -> Any:
         if isinstance(op, ModelRequest):
             return self.model.complete(op)
+        if isinstance(op, Sleep):
+            time.sleep(op.seconds)
+            return None
         if isinstance(op, Load):
             return self._run(self._load, op, op.key, "reading", retry=True)
         if isinstance(op, Swap):
@@ -331,6 +337,9 @@ class AsyncStore(_StoreBase):
     async def __call__(self, op: Any) -> Any:
         if isinstance(op, ModelRequest):
             return await self.model.acomplete(op)
+        if isinstance(op, Sleep):
+            await asyncio.sleep(op.seconds)
+            return None
         if isinstance(op, Load):
             return await self._run(self._load, op, op.key, "reading", retry=True)
         if isinstance(op, Swap):

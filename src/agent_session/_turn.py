@@ -17,6 +17,7 @@ A tool loop or a streaming turn is another generator over the same pieces.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
@@ -29,7 +30,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from .context import CONTEXT_VERSION, Usage, chat_messages, isoformat, utcnow
 from .errors import InputValidationError, OutputValidationError
-from .llm import ModelRequest, ModelResponse
+from .llm import Model, ModelRequest, ModelResponse
 from .result import Result
 
 if TYPE_CHECKING:
@@ -40,11 +41,14 @@ InputLike = BaseModel | Mapping[str, Any] | str
 ArgsLike = BaseModel | Mapping[str, Any] | None
 
 __all__ = [
+    "Sleep",
     "TurnInput",
     "TurnPlan",
     "adrive",
+    "amodel_handler",
     "drive",
     "model_flow",
+    "model_handler",
     "next_document",
     "plan_first_turn",
     "plan_next_turn",
@@ -357,6 +361,41 @@ def next_document(
 
 
 # -- drivers ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Wait ``seconds`` before the flow goes on (a backoff); answered with ``None``.
+
+    A flow never sleeps itself: the sync driver blocks, the async one awaits, so a
+    backoff in async code never blocks the event loop.
+    """
+
+    seconds: float
+
+
+def model_handler(model: Model) -> Callable[[Any], Any]:
+    """The handler for flows that need only a model (``Agent.run``): no database."""
+
+    def handle(op: Any) -> Any:
+        if isinstance(op, Sleep):
+            time.sleep(op.seconds)
+            return None
+        return model.complete(op)
+
+    return handle
+
+
+def amodel_handler(model: Model) -> Callable[[Any], Awaitable[Any]]:
+    """Async twin of ``model_handler``."""
+
+    async def handle(op: Any) -> Any:
+        if isinstance(op, Sleep):
+            await asyncio.sleep(op.seconds)
+            return None
+        return await model.acomplete(op)
+
+    return handle
 
 
 def drive(flow: Generator[Any, Any, T], handle: Callable[[Any], Any]) -> T:

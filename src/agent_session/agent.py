@@ -195,7 +195,7 @@ class Agent(Generic[OutputT]):
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
         flow = _turn.model_flow(self, plan, self.uses_structured_output(model))
-        return _turn.drive(flow, model.complete)
+        return _turn.drive(flow, _turn.model_handler(model))
 
     async def arun(
         self,
@@ -207,7 +207,7 @@ class Agent(Generic[OutputT]):
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
         flow = _turn.model_flow(self, plan, self.uses_structured_output(model))
-        return await _turn.adrive(flow, model.acomplete)
+        return await _turn.adrive(flow, _turn.amodel_handler(model))
 
     def parse_output(self, text: str) -> Any:
         """Parse and validate model text into the output (``ValidationError`` if invalid)."""
