@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Denied",
     "PendingApproval",
+    "PreparedCall",
     "Tool",
     "ToolCall",
     "ToolCallResult",
@@ -512,7 +513,7 @@ def _param_indent(lines: list[str], name: str) -> int:
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class PreparedCall:
     """A call checked before it runs: the tool and its arguments, or the error result."""
 
     call: ToolCall
@@ -554,14 +555,14 @@ class Toolset:
 
     # -- checking calls (pure) --------------------------------------------------
 
-    def prepare(self, call: ToolCall) -> _Prepared:
+    def prepare(self, call: ToolCall) -> PreparedCall:
         """Parse and validate a call's arguments; errors become the call's result."""
         tool = self.tools.get(call.name)
         _, raw_kept = replay_arguments(call.arguments)
         if tool is None:
             available = ", ".join(self.tools) or "(none)"
             message = f"unknown tool {_preview(call.name)}; available tools: {available}"
-            return _Prepared(call, None, {}, raw_kept, _error(call, {}, raw_kept, message))
+            return PreparedCall(call, None, {}, raw_kept, _error(call, {}, raw_kept, message))
         parsed: Any
         if not call.arguments.strip():
             parsed = {}
@@ -570,20 +571,20 @@ class Toolset:
                 parsed = json.loads(call.arguments)
             except ValueError as exc:
                 message = f"the arguments of {tool.name} are not valid JSON ({exc}); nothing ran"
-                return _Prepared(call, tool, {}, raw_kept, _error(call, {}, raw_kept, message))
+                return PreparedCall(call, tool, {}, raw_kept, _error(call, {}, raw_kept, message))
         if not isinstance(parsed, dict):
             message = (
                 f"the arguments of {tool.name} must be a JSON object,"
                 f" got {type(parsed).__name__}; nothing ran"
             )
-            return _Prepared(call, tool, {}, raw_kept, _error(call, {}, raw_kept, message))
+            return PreparedCall(call, tool, {}, raw_kept, _error(call, {}, raw_kept, message))
         try:
             arguments = tool.validate_arguments(parsed)
         except ValidationError as exc:
             message = _validation_message(tool.name, exc)
             safe = _json_safe_or_empty(parsed)
-            return _Prepared(call, tool, safe, raw_kept, _error(call, safe, raw_kept, message))
-        return _Prepared(call, tool, arguments, raw_kept, None)
+            return PreparedCall(call, tool, safe, raw_kept, _error(call, safe, raw_kept, message))
+        return PreparedCall(call, tool, arguments, raw_kept, None)
 
     def pending_approval(self, call: ToolCall) -> PendingApproval | None:
         """A ``PendingApproval`` if the call needs one and its arguments are valid.
@@ -711,7 +712,7 @@ class Toolset:
         return _success(prepared, tool, value, time.perf_counter() - started)
 
 
-def _checked_error(prepared: _Prepared) -> ToolCallResult:
+def _checked_error(prepared: PreparedCall) -> ToolCallResult:
     assert prepared.error is not None
     return prepared.error
 
@@ -732,7 +733,7 @@ def _error(
 
 
 def _failure(
-    prepared: _Prepared, tool: Tool[Any], exc: Exception, duration: float
+    prepared: PreparedCall, tool: Tool[Any], exc: Exception, duration: float
 ) -> ToolCallResult:
     call = prepared.call
     if tool.on_error == "raise":
@@ -747,7 +748,7 @@ def _failure(
     return replace(result, duration_s=duration)
 
 
-def _success(prepared: _Prepared, tool: Tool[Any], value: Any, duration: float) -> ToolCallResult:
+def _success(prepared: PreparedCall, tool: Tool[Any], value: Any, duration: float) -> ToolCallResult:
     call = prepared.call
     arguments = _json_safe_or_empty(prepared.arguments)
     try:
