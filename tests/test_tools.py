@@ -296,6 +296,8 @@ def _bad_definitions() -> list[Any]:
 
     def context_second(x: int, ctx: ToolContext[None]) -> None: ...
 
+    def context_keyword(*, ctx: ToolContext[None], x: int) -> None: ...
+
     def opaque(thing: _Opaque) -> None: ...
 
     def callback(fn: Callable[[int], int]) -> None: ...
@@ -310,6 +312,7 @@ def _bad_definitions() -> list[Any]:
         pytest.param(lambda: Tool(star_args), r"\*args and \*\*kwargs", id="star-args"),
         pytest.param(lambda: Tool(star_kwargs), r"\*args and \*\*kwargs", id="star-kwargs"),
         pytest.param(lambda: Tool(context_second), "must come first", id="context-second"),
+        pytest.param(lambda: Tool(context_keyword), "must be positional", id="context-keyword"),
         pytest.param(lambda: Tool(opaque), "cannot be validated", id="opaque-type"),
         pytest.param(lambda: Tool(callback), "no JSON schema", id="callable-type"),
         pytest.param(lambda: Tool(unresolvable), "cannot read its signature", id="forward-ref"),

@@ -391,6 +391,10 @@ def _arguments_model(
                     f"tool {tool_name!r}: a ToolContext parameter must come first"
                     f" ({parameter.name!r} is number {index + 1})"
                 )
+            if parameter.kind == parameter.KEYWORD_ONLY:
+                raise ConfigurationError(
+                    f"tool {tool_name!r}: the ToolContext parameter must be positional"
+                )
             takes_context = True
             continue
         if annotation is parameter.empty:
@@ -748,7 +752,9 @@ def _failure(
     return replace(result, duration_s=duration)
 
 
-def _success(prepared: PreparedCall, tool: Tool[Any], value: Any, duration: float) -> ToolCallResult:
+def _success(
+    prepared: PreparedCall, tool: Tool[Any], value: Any, duration: float
+) -> ToolCallResult:
     call = prepared.call
     arguments = _json_safe_or_empty(prepared.arguments)
     try:
