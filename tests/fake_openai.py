@@ -6,10 +6,16 @@ and answers from a script::
 
     with running_fake_openai() as server:
         server.enqueue_completion('{"answer": "42"}', prompt_tokens=12)
+        server.enqueue_tool_calls([("get_order", '{"order_id": "A-1"}')])
         server.enqueue_error(429, "slow down", error_type="rate_limit_error")
         server.enqueue_delay(5.0)  # longer than the client's timeout
         ...  # point a client at server.base_url
-        assert len(server.requests) == 3
+        assert len(server.requests) == 4
+
+The same server speaks Anthropic's Messages wire format on ``POST /v1/messages``
+(LiteLLM's ``anthropic/...`` models with ``api_base=server.anthropic_base_url``):
+the scripted replies are the same objects, rendered as Anthropic content blocks
+(``text`` and ``tool_use``), so a test can check what LiteLLM translates both ways.
 
 A request that finds the script empty gets an HTTP 500 and is recorded like any
 other, so a test that counts requests sees hidden retries.
@@ -32,24 +38,48 @@ __all__ = [
     "Delay",
     "ErrorReply",
     "FakeOpenAI",
+    "FakeToolCall",
     "RecordedRequest",
     "running_fake_openai",
 ]
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+ANTHROPIC_PATHS = frozenset({"/v1/messages"})
+
+_ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+@dataclass(frozen=True)
+class FakeToolCall:
+    """One tool call of a scripted reply; ``arguments`` is the raw text sent as is."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A successful chat completion."""
+    """A successful chat completion, with tool calls if ``tool_calls`` is not empty."""
 
-    content: str
+    content: str | None
     prompt_tokens: int = 10
     completion_tokens: int = 5
     model: str = "gpt-4o-mini"
     finish_reason: str = "stop"
+    tool_calls: tuple[FakeToolCall, ...] = ()
 
     def body(self, number: int) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in self.tool_calls
+            ]
         return {
             "id": f"chatcmpl-fake-{number}",
             "object": "chat.completion",
@@ -58,7 +88,7 @@ class Completion:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": self.content},
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": self.finish_reason,
                 }
@@ -68,6 +98,31 @@ class Completion:
                 "completion_tokens": self.completion_tokens,
                 "total_tokens": self.prompt_tokens + self.completion_tokens,
             },
+        }
+
+    def anthropic_body(self, number: int) -> dict[str, Any]:
+        """The same reply in Anthropic's Messages form (tool arguments must be JSON)."""
+        blocks: list[dict[str, Any]] = []
+        if self.content:
+            blocks.append({"type": "text", "text": self.content})
+        blocks += [
+            {
+                "type": "tool_use",
+                "id": call.id,
+                "name": call.name,
+                "input": json.loads(call.arguments),
+            }
+            for call in self.tool_calls
+        ]
+        return {
+            "id": f"msg_fake_{number}",
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": blocks,
+            "stop_reason": _ANTHROPIC_STOP.get(self.finish_reason, self.finish_reason),
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.prompt_tokens, "output_tokens": self.completion_tokens},
         }
 
 
@@ -89,6 +144,9 @@ class ErrorReply:
                 "code": self.code,
             }
         }
+
+    def anthropic_body(self) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": self.error_type, "message": self.message}}
 
 
 @dataclass(frozen=True)
@@ -120,11 +178,14 @@ class FakeOpenAI:
 
     base_url: str = ""
     """``http://127.0.0.1:PORT/v1``: what an OpenAI client takes as its base URL."""
+    anthropic_base_url: str = ""
+    """``http://127.0.0.1:PORT``: LiteLLM's ``api_base`` for ``anthropic/...`` models."""
     port: int = 0
     requests: list[RecordedRequest] = field(default_factory=list)
     _script: deque[Reply] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closing: threading.Event = field(default_factory=threading.Event)
+    _call_ids: int = 0
 
     # -- the script --------------------------------------------------------
 
@@ -143,6 +204,34 @@ class FakeOpenAI:
         finish_reason: str = "stop",
     ) -> None:
         self.enqueue(Completion(content, prompt_tokens, completion_tokens, model, finish_reason))
+
+    def enqueue_tool_calls(
+        self,
+        calls: list[tuple[str, str | dict[str, Any]] | tuple[str, str | dict[str, Any], str]],
+        *,
+        content: str | None = None,
+        prompt_tokens: int = 10,
+        completion_tokens: int = 5,
+        model: str = "gpt-4o-mini",
+    ) -> list[FakeToolCall]:
+        """A reply that calls tools: ``(name, arguments)`` or ``(name, arguments, id)``.
+
+        A string ``arguments`` is sent as it is (it may be invalid JSON, as a small
+        model's slip); a dict is encoded. Returns the calls, with their ids.
+        """
+        made: list[FakeToolCall] = []
+        for entry in calls:
+            name, arguments = entry[0], entry[1]
+            with self._lock:
+                self._call_ids += 1
+                default_id = f"call_fake_{self._call_ids}"
+            call_id = entry[2] if len(entry) > 2 else default_id  # type: ignore[misc]
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            made.append(FakeToolCall(call_id, name, text))
+        self.enqueue(
+            Completion(content, prompt_tokens, completion_tokens, model, "tool_calls", tuple(made))
+        )
+        return made
 
     def enqueue_error(
         self,
@@ -201,23 +290,22 @@ class _Handler(BaseHTTPRequestHandler):
             headers={name.lower(): value for name, value in self.headers.items()},
             body=body,
         )
-        if path not in CHAT_PATHS:
+        if path not in CHAT_PATHS and path not in ANTHROPIC_PATHS:
             fake._receive(recorded)
             self._send(404, ErrorReply(404, f"no route {path}", "not_found_error").body())
             return
+        anthropic = path in ANTHROPIC_PATHS
         number, reply = fake._receive(recorded)
         if isinstance(reply, Delay):
             if fake._closing.wait(reply.seconds):
                 return  # shutting down: drop the connection
             reply = reply.then or Completion("late")
         if reply is None:
-            self._send(
-                500, ErrorReply(500, "fake server: no scripted reply", "server_error").body()
-            )
-        elif isinstance(reply, ErrorReply):
-            self._send(reply.status, reply.body())
+            reply = ErrorReply(500, "fake server: no scripted reply", "server_error")
+        if isinstance(reply, ErrorReply):
+            self._send(reply.status, reply.anthropic_body() if anthropic else reply.body())
         else:
-            self._send(200, reply.body(number))
+            self._send(200, reply.anthropic_body(number) if anthropic else reply.body(number))
 
     def do_GET(self) -> None:
         self._send(404, ErrorReply(404, "not found", "not_found_error").body())
@@ -252,7 +340,8 @@ def running_fake_openai() -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI()
     server = _Server(fake)
     fake.port = server.server_address[1]
-    fake.base_url = f"http://127.0.0.1:{fake.port}/v1"
+    fake.anthropic_base_url = f"http://127.0.0.1:{fake.port}"
+    fake.base_url = f"{fake.anthropic_base_url}/v1"
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )

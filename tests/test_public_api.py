@@ -80,6 +80,29 @@ def test_errors_carry_their_fields() -> None:
         assert cls("m").key is None
 
 
+def test_tool_errors_carry_their_fields() -> None:
+    execution = agent_session.ToolExecutionError("boom", tool_name="refund", tool_call_id="c1")
+    assert (execution.tool_name, execution.tool_call_id) == ("refund", "c1")
+    assert agent_session.ToolExecutionError("boom", tool_name="t").tool_call_id is None
+    loop = agent_session.ToolLoopError("too many", max_tool_steps=10)
+    assert (loop.max_tool_steps, loop.usage) == (10, None)
+    pending = agent_session.ApprovalPendingError("waiting", key=3, pending=("p",))
+    assert (pending.key, pending.pending) == (3, ["p"])
+    assert agent_session.ApprovalPendingError("waiting").pending == []
+
+
+def test_tool_names_are_loaded_lazily() -> None:
+    code = (
+        "import sys; import agent_session; a = 'agent_session.tools' in sys.modules; "
+        "from agent_session import Tool, ToolContext, ToolCall, PendingApproval, Denied; "
+        "print(a, Tool.__module__, 'litellm' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert run.stdout.split() == ["False", "agent_session.tools", "False"]
+
+
 def test_the_docstring_tree_names_every_error_class() -> None:
     doc = errors.__doc__
     assert doc is not None

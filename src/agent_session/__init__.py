@@ -9,6 +9,7 @@ import typing as _typing
 
 from .errors import (
     AgentSessionError,
+    ApprovalPendingError,
     ConfigurationError,
     ContextError,
     InputValidationError,
@@ -19,6 +20,8 @@ from .errors import (
     StaleSessionError,
     StorageError,
     TemplateError,
+    ToolExecutionError,
+    ToolLoopError,
 )
 
 if _typing.TYPE_CHECKING:
@@ -27,6 +30,7 @@ if _typing.TYPE_CHECKING:
     from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse
     from .mixin import AgentSessionMixin, SessionStatus
     from .result import Result
+    from .tools import Denied, PendingApproval, Tool, ToolCall, ToolContext
 
 # The rest of the public names are imported on first use (PEP 562), so that
 # ``import agent_session`` stays cheap and ``from agent_session import Agent``
@@ -47,6 +51,11 @@ _LAZY = {
     "AgentSessionMixin": "mixin",
     "SessionStatus": "mixin",
     "Result": "result",
+    "Denied": "tools",
+    "PendingApproval": "tools",
+    "Tool": "tools",
+    "ToolCall": "tools",
+    "ToolContext": "tools",
 }
 
 
@@ -73,9 +82,11 @@ __all__ = [
     "Agent",
     "AgentSessionError",
     "AgentSessionMixin",
+    "ApprovalPendingError",
     "ConfigurationError",
     "Context",
     "ContextError",
+    "Denied",
     "InputValidationError",
     "LiteLLMModel",
     "Message",
@@ -85,6 +96,7 @@ __all__ = [
     "ModelRequest",
     "ModelResponse",
     "OutputValidationError",
+    "PendingApproval",
     "Result",
     "SessionBusyError",
     "SessionNotFoundError",
@@ -93,6 +105,11 @@ __all__ = [
     "StorageError",
     "TemplateError",
     "TextInput",
+    "Tool",
+    "ToolCall",
+    "ToolContext",
+    "ToolExecutionError",
+    "ToolLoopError",
     "Usage",
     "__version__",
 ]

@@ -15,7 +15,10 @@ SQLAlchemy) are raised ``from`` that exception, so the original stays on
     ├── SessionNotFoundError       no row has that primary key (also LookupError)
     ├── StaleSessionError          another writer changed the session first; nothing written
     ├── SessionBusyError           the session is marked running by another worker
-    └── StorageError               the database failed (connection lost, ...); nothing written
+    ├── StorageError               the database failed (connection lost, ...); nothing written
+    ├── ToolExecutionError         a tool built with on_error="raise" raised; nothing written
+    ├── ToolLoopError              a turn made more than max_tool_steps model calls
+    └── ApprovalPendingError       the session waits for approvals; resume it instead
 
 The first is a mistake in the code that uses the library; the others are failures
 of one run that the caller may handle, retry or report.
@@ -27,6 +30,7 @@ from typing import Any
 
 __all__ = [
     "AgentSessionError",
+    "ApprovalPendingError",
     "ConfigurationError",
     "ContextError",
     "InputValidationError",
@@ -37,6 +41,8 @@ __all__ = [
     "StaleSessionError",
     "StorageError",
     "TemplateError",
+    "ToolExecutionError",
+    "ToolLoopError",
 ]
 
 
@@ -133,3 +139,39 @@ class StorageError(AgentSessionError):
     def __init__(self, message: str, *, key: Any = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class ToolExecutionError(AgentSessionError):
+    """A tool built with ``on_error="raise"`` raised (its exception is the cause).
+
+    ``tool_name`` and ``tool_call_id`` name the call; the turn stored nothing.
+    """
+
+    def __init__(self, message: str, *, tool_name: str, tool_call_id: str | None = None) -> None:
+        super().__init__(message)
+        self.tool_name = tool_name
+        self.tool_call_id = tool_call_id
+
+
+class ToolLoopError(AgentSessionError):
+    """A turn needed more than ``max_tool_steps`` model calls; nothing was stored.
+
+    ``max_tool_steps`` is the limit that was hit; ``usage`` the tokens spent on it.
+    """
+
+    def __init__(self, message: str, *, max_tool_steps: int, usage: Any = None) -> None:
+        super().__init__(message)
+        self.max_tool_steps = max_tool_steps
+        self.usage = usage
+
+
+class ApprovalPendingError(AgentSessionError):
+    """The session's last turn waits for approvals: resume it, do not continue it.
+
+    ``pending`` lists the ``PendingApproval`` objects still to decide.
+    """
+
+    def __init__(self, message: str, *, key: Any = None, pending: Any = ()) -> None:
+        super().__init__(message)
+        self.key = key
+        self.pending = list(pending)

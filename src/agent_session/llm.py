@@ -15,6 +15,7 @@ it**, so LiteLLM uses the price map bundled with the installed release. Set
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -26,6 +27,7 @@ from pydantic import BaseModel
 
 from .context import Usage
 from .errors import ModelCallError
+from .tools import ToolCall
 
 __all__ = ["LiteLLMModel", "Model", "ModelRequest", "ModelResponse"]
 
@@ -40,6 +42,8 @@ class ModelRequest:
     settings: dict[str, Any] = field(default_factory=dict)
     output_schema: type[BaseModel] | None = None
     """The schema the output must match (for test doubles; not sent)."""
+    tools: list[dict[str, Any]] | None = None
+    """Tool definitions (OpenAI function-tool form), sent as ``tools`` when set."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class ModelResponse:
     cost: float | None = None
     model: str = ""
     finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The calls the model asked for, arguments as the raw text it sent."""
 
 
 class Model(ABC):
@@ -112,6 +118,8 @@ class LiteLLMModel(Model):
         kwargs: dict[str, Any] = {"model": request.model, "messages": request.messages}
         if request.response_format is not None:
             kwargs["response_format"] = request.response_format
+        if request.tools:
+            kwargs["tools"] = request.tools
         kwargs.update(request.settings)
         return kwargs
 
@@ -137,6 +145,7 @@ def _to_response(litellm: ModuleType, raw: Any, model: str) -> ModelResponse:
         choice = raw.choices[0]
         text = choice.message.content or ""
         finish_reason = choice.finish_reason
+        tool_calls = _tool_calls(choice.message)
         usage_obj = getattr(raw, "usage", None)
         usage = Usage(
             prompt_tokens=int(getattr(usage_obj, "prompt_tokens", 0) or 0),
@@ -155,7 +164,22 @@ def _to_response(litellm: ModuleType, raw: Any, model: str) -> ModelResponse:
         cost=cost,
         model=str(getattr(raw, "model", None) or model),
         finish_reason=finish_reason,
+        tool_calls=tool_calls,
     )
+
+
+def _tool_calls(message: Any) -> tuple[ToolCall, ...]:
+    """The message's tool calls; their arguments stay the raw text, valid JSON or not."""
+    calls = []
+    for raw in getattr(message, "tool_calls", None) or ():
+        function = raw.function
+        arguments = function.arguments
+        if arguments is None:
+            arguments = ""
+        elif not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        calls.append(ToolCall(str(function.name), arguments, id=raw.id or None))
+    return tuple(calls)
 
 
 _NO_RESPONSE_KINDS = frozenset(

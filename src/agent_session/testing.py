@@ -1,7 +1,8 @@
 """Test doubles for agents: no network, same code path as a real model.
 
 ``TestModel`` replies from a script, or builds output that matches the agent's
-``output_schema``; ``FunctionModel(fn)`` lets a test compute each reply. Both are
+``output_schema``, after calling each of the request's tools once;
+``FunctionModel(fn)`` lets a test compute each reply, tool calls included. Both are
 ``Model`` implementations, so parsing, validation and re-asks run exactly as with
 LiteLLM, and both record every request they receive::
 
@@ -13,23 +14,23 @@ LiteLLM, and both record every request they receive::
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import inspect
 import json
 import math
 import threading
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from .context import Usage
 from .llm import Model, ModelRequest, ModelResponse
+from .tools import ToolCall, run_awaitable
 
 __all__ = ["FunctionModel", "TestModel", "sample_from_schema"]
 
-Reply = str | dict[str, Any] | list[Any] | BaseModel | ModelResponse
+Reply = str | dict[str, Any] | list[Any] | BaseModel | ModelResponse | ToolCall
+"""A scripted reply; a ``ToolCall`` or a non-empty list of them is a reply with tool calls."""
 
 
 def _words(messages: list[dict[str, Any]]) -> int:
@@ -41,6 +42,9 @@ def _to_response(
 ) -> ModelResponse:
     if isinstance(reply, ModelResponse):
         return reply
+    calls = _as_tool_calls(reply)
+    if calls is not None:
+        return _tool_call_response(calls, request, name, cost)
     if isinstance(reply, BaseModel):
         text = reply.model_dump_json()
     elif isinstance(reply, dict | list):
@@ -57,6 +61,33 @@ def _to_response(
         cost=cost,
         model=name,
         finish_reason="stop",
+    )
+
+
+def _as_tool_calls(reply: Reply) -> tuple[ToolCall, ...] | None:
+    if isinstance(reply, ToolCall):
+        return (reply,)
+    if isinstance(reply, list) and reply and any(isinstance(item, ToolCall) for item in reply):
+        if not all(isinstance(item, ToolCall) for item in reply):
+            raise TypeError("a reply list mixes ToolCall objects with other values")
+        return tuple(reply)
+    return None
+
+
+def _tool_call_response(
+    calls: tuple[ToolCall, ...], request: ModelRequest, name: str, cost: float | None
+) -> ModelResponse:
+    prompt = _words(request.messages)
+    completion = sum(len(f"{call.name} {call.arguments}".split()) for call in calls)
+    return ModelResponse(
+        text="",
+        usage=Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        ),
+        cost=cost,
+        model=name,
+        finish_reason="tool_calls",
+        tool_calls=calls,
     )
 
 
@@ -86,10 +117,17 @@ class TestModel(_RecordingModel):
     """A scripted model.
 
     With ``replies``, each call returns the next one (a string, a dict or list sent
-    as JSON, a Pydantic model, or a full ``ModelResponse``); running out raises
-    ``AssertionError``. Without, it returns ``text`` for plain-text agents and a
-    value generated from the output JSON schema for structured ones. Token usage is
-    a word count, so it is deterministic; ``cost`` is reported per call if given.
+    as JSON, a Pydantic model, a ``ToolCall`` or a list of them, or a full
+    ``ModelResponse``); running out raises ``AssertionError``. Without, it returns
+    ``text`` for plain-text agents and a value generated from the output JSON schema
+    for structured ones. Token usage is a word count, so it is deterministic;
+    ``cost`` is reported per call if given.
+
+    Tools: without ``replies``, a request that carries tools and does not end with
+    tool results is answered with one call of each tool ``call_tools`` selects
+    (``"all"``, a list of names, or ``"none"``), with arguments generated from the
+    tool's schema; the request after the results gets the answer. With ``replies``,
+    the script decides alone.
     """
 
     __test__ = False  # not a pytest test class
@@ -102,10 +140,14 @@ class TestModel(_RecordingModel):
         name: str = "test-model",
         cost: float | None = None,
         structured: bool = True,
+        call_tools: Literal["all", "none"] | Sequence[str] = "all",
     ) -> None:
         super().__init__(name, cost, structured)
         self.replies = list(replies) if replies is not None else None
         self.text = text
+        if isinstance(call_tools, str) and call_tools not in ("all", "none"):
+            raise ValueError(f"call_tools must be 'all', 'none' or a list of names: {call_tools!r}")
+        self.call_tools = call_tools if isinstance(call_tools, str) else list(call_tools)
 
     def _reply(self, request: ModelRequest) -> ModelResponse:
         index = self._record(request) - 1
@@ -115,11 +157,37 @@ class TestModel(_RecordingModel):
                     f"TestModel got call #{index + 1} but has only {len(self.replies)} replies"
                 )
             reply: Reply = self.replies[index]
+        elif calls := self._tool_calls(request):
+            reply = calls
         elif request.output_schema is not None:
             reply = sample_from_schema(request.output_schema.model_json_schema())
         else:
             reply = self.text
         return _to_response(reply, request, self.name, self.cost)
+
+    def _tool_calls(self, request: ModelRequest) -> list[ToolCall]:
+        """One call per selected tool, unless the request already ends with tool results."""
+        if not request.tools or self.call_tools == "none":
+            return []
+        if request.messages and request.messages[-1].get("role") == "tool":
+            return []
+        functions = {tool["function"]["name"]: tool["function"] for tool in request.tools}
+        if self.call_tools == "all":
+            names = list(functions)
+        else:
+            names = list(self.call_tools)
+            unknown = [n for n in names if n not in functions]
+            if unknown:
+                raise AssertionError(
+                    f"TestModel(call_tools=...) names tools the request does not carry: {unknown}"
+                )
+        return [
+            ToolCall(
+                name,
+                json.dumps(sample_from_schema(functions[name].get("parameters", {}))),
+            )
+            for name in names
+        ]
 
     def complete(self, request: ModelRequest) -> ModelResponse:
         return self._reply(request)
@@ -131,8 +199,9 @@ class TestModel(_RecordingModel):
 class FunctionModel(_RecordingModel):
     """A model whose replies come from ``fn(messages)`` or ``fn(messages, request)``.
 
-    ``fn`` may be sync or async and returns what ``TestModel`` accepts as a reply.
-    It may raise, e.g. ``ModelCallError``, to simulate a provider failure.
+    ``fn`` may be sync or async and returns what ``TestModel`` accepts as a reply:
+    a ``ToolCall`` or a list of them scripts a reply with tool calls. It may raise,
+    e.g. ``ModelCallError``, to simulate a provider failure.
     """
 
     def __init__(
@@ -163,7 +232,7 @@ class FunctionModel(_RecordingModel):
     def complete(self, request: ModelRequest) -> ModelResponse:
         reply = self._call(request)
         if inspect.isawaitable(reply):
-            reply = _run_awaitable(reply)
+            reply = run_awaitable(reply)
         return _to_response(reply, request, self.name, self.cost)
 
     async def acomplete(self, request: ModelRequest) -> ModelResponse:
@@ -171,21 +240,6 @@ class FunctionModel(_RecordingModel):
         if inspect.isawaitable(reply):
             reply = await reply
         return _to_response(reply, request, self.name, self.cost)
-
-
-async def _await(awaitable: Awaitable[Reply]) -> Reply:
-    return await awaitable
-
-
-def _run_awaitable(awaitable: Awaitable[Reply]) -> Reply:
-    """Run an async ``fn``'s reply from sync code, even inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_await(awaitable))
-    # ``asyncio.run`` refuses to nest: run the reply on a loop of its own thread.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, _await(awaitable)).result()
 
 
 def sample_from_schema(schema: dict[str, Any]) -> Any:
