@@ -373,7 +373,11 @@ def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
     """
     if where is None:
         return ()
-    items = tuple(where) if isinstance(where, list | tuple) else (where,)
+    given = tuple(where) if isinstance(where, list | tuple) else (where,)
+    # An ORM attribute (``Chat.archived``) stands for its column.
+    items = tuple(
+        item.__clause_element__() if hasattr(item, "__clause_element__") else item for item in given
+    )
     cls = spec.cls
     table = sa.inspect(cls).get_property(spec.revision_attr).columns[0].table
     example = f"e.g. {cls.__name__}.user_id == user.id"
@@ -386,9 +390,7 @@ def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
             )
         if not isinstance(item.type, sa.Boolean):
             raise _bad_where(cls, f"{item} is not a true/false condition ({example})")
-        others = sorted(
-            {str(getattr(other, "name", other)) for other in _tables_in(item) if other is not table}
-        )
+        others = sorted({_table_name(other) for other in _tables_in(item) if other is not table})
         if others:
             raise _bad_where(
                 cls,
@@ -410,6 +412,12 @@ def _tables_in(criterion: Any) -> set[Any]:
             found.add(element.table)
         stack.extend(element.get_children())
     return found
+
+
+def _table_name(table: Any) -> str:
+    if isinstance(table, sa.Alias):
+        return f"an alias of {getattr(table.original, 'name', table.original)}"
+    return str(getattr(table, "name", table))
 
 
 def _bad_where(cls: type, why: str) -> InputValidationError:
