@@ -373,7 +373,8 @@ def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
     """
     if where is None:
         return ()
-    given = tuple(where) if isinstance(where, list | tuple) else (where,)
+    many = isinstance(where, Sequence) and not isinstance(where, str | bytes)
+    given = tuple(where) if many else (where,)
     # An ORM attribute (``Chat.archived``) stands for its column.
     items = tuple(
         item.__clause_element__() if hasattr(item, "__clause_element__") else item for item in given
