@@ -189,11 +189,11 @@ class Harness:
             return await self.cls.acontinue_session(target, key, input, **kw)
         return self.cls.continue_session(target, key, input, **kw)
 
-    async def context(self, key: Any, db: Any = None) -> Any:
+    async def context(self, key: Any, db: Any = None, **kw: Any) -> Any:
         target = self.maker if db is None else db
         if self.is_async:
-            return await self.cls.aget_context(target, key)
-        return self.cls.get_context(target, key)
+            return await self.cls.aget_context(target, key, **kw)
+        return self.cls.get_context(target, key, **kw)
 
     # -- what is stored, read through a separate sync connection ---------------
 

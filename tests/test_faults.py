@@ -10,6 +10,7 @@ goes on normally afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -323,3 +324,106 @@ async def test_a_failed_final_write_marks_the_turn_failed(database: Database) ->
     await h.cont(chat.id, "turn [again]")
     assert h.row(chat.id)["status"] == "completed"
     assert h.tokens(chat.id) == ["t0", "again"]
+
+
+# -- pooled connections that died while idle --------------------------------------------
+
+
+def record_backends(h: Harness, dialect: str) -> list[int]:
+    """The server ids of every connection the test's own engine opens, in order."""
+    connected: list[int] = []
+
+    @sa.event.listens_for(h.sync_engine, "connect")
+    def record_backend(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(BACKEND_ID[dialect])
+        connected.append(int(cursor.fetchone()[0]))
+        cursor.close()
+
+    return connected
+
+
+@pytest.mark.parametrize("operation", ["start", "continue", "read"])
+@pytest.mark.parametrize("mode", ["session", "sessionmaker"])
+@pytest.mark.parametrize("named_database", SERVER_DRIVERS, indirect=True)
+async def test_dead_idle_connections_cost_no_turn(
+    named_database: Database, mode: str, operation: str
+) -> None:
+    """Every idle connection of the pool is killed (a server restart, an idle timeout,
+    ``pg_terminate_backend``), then a session is started, continued or read.
+
+    The first statement fails on a dead connection; nothing was written, so the
+    operation runs again once on a fresh connection and succeeds: the model is called
+    once per turn, as without the fault. In the caller's ``Session`` this holds when the
+    operation begins the transaction (a fresh session).
+    """
+    database = named_database
+    h = Harness(database, make_chat())
+    connected = record_backends(h, database.dialect)
+    chat = await h.start("hello [t0]")
+    killed = list(connected)
+    assert killed and h.pool.checkedout() == 0  # every connection is idle in the pool
+    before = h.rows()
+    calls = len(h.model.requests)
+
+    async with contextlib.AsyncExitStack() as stack:
+        db = None if mode == "sessionmaker" else await stack.enter_async_context(h.session())
+        await asyncio.to_thread(kill_backends, database, killed)
+        if operation == "start":
+            new = await h.start("hello [t1]", db)
+        elif operation == "continue":
+            await h.cont(chat.id, "turn [t1]", db)
+        else:
+            context = await h.context(chat.id, db)
+        if db is not None:
+            await h.commit(db)
+
+    assert len(connected) > len(killed)  # a fresh connection replaced the dead one
+    assert len(h.model.requests) == calls + (operation != "read")
+    if operation == "start":
+        assert h.rows()[0] == before[0]
+        assert h.tokens(new.id) == ["t1"]
+    elif operation == "continue":
+        assert h.tokens(chat.id) == ["t0", "t1"]
+    else:
+        assert context.turns == 1
+        assert h.rows() == before
+
+
+@pytest.mark.parametrize("held", ["statement", "pending"])
+@pytest.mark.parametrize("named_database", SERVER_DRIVERS, indirect=True)
+async def test_dead_connection_in_a_used_session_is_a_storage_error(
+    named_database: Database, held: str
+) -> None:
+    """The caller's transaction already holds something (an earlier statement, an
+    object added but not flushed): a lost connection took it with it, so the library
+    does not retry behind the caller's back. ``StorageError`` says nothing was written
+    and what to do; after a rollback the same session works again."""
+    database = named_database
+    h = Harness(database, make_chat())
+    connected = record_backends(h, database.dialect)
+    chat = await h.start("hello [t0]")
+    before = h.rows()
+    calls = len(h.model.requests)
+
+    async with h.session() as db:
+        if held == "statement":
+            await h.execute(db, "SELECT 1")
+        else:
+            db.add(h.cls(owner="someone else"))
+        await asyncio.to_thread(kill_backends, database, list(connected))
+        with pytest.raises(StorageError) as info:
+            await h.start("hello [lost]", db)
+        message = str(info.value)
+        assert message.startswith("new Chat session: database error while inserting")
+        assert "nothing was written" in message and "pool_pre_ping=True" in message
+        assert info.value.key is None
+        cause = info.value.__cause__
+        assert isinstance(cause, sa.exc.DBAPIError) and cause.connection_invalidated
+        assert len(h.model.requests) == calls + 1
+        assert h.rows() == before
+        await h.rollback(db)
+        await h.cont(chat.id, "turn [t1]", db)
+        await h.commit(db)
+    assert h.tokens(chat.id) == ["t0", "t1"]
+    assert len(h.rows()) == 1

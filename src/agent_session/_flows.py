@@ -26,7 +26,13 @@ from typing import Any, cast
 from . import _turn
 from .agent import Agent
 from .context import Context, load_context, utcnow
-from .errors import AgentSessionError, InputValidationError, SessionBusyError, StaleSessionError
+from .errors import (
+    AgentSessionError,
+    InputValidationError,
+    SessionBusyError,
+    StaleSessionError,
+    show_key,
+)
 from .llm import Model
 
 __all__ = [
@@ -74,6 +80,8 @@ class SessionSpec:
 class Load:
     key: Any
     instance: Any = None
+    where: tuple[Any, ...] = ()
+    """The caller's criteria: a row outside them is not found."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,8 @@ class Swap:
     key: Any
     seen_revision: int
     values: dict[str, Any]
+    where: tuple[Any, ...] = ()
+    """The caller's criteria: a row outside them is not written (as after a lost race)."""
 
 
 _VALID_DOC = "_agent_session_valid_document"
@@ -182,6 +192,7 @@ def continue_flow(
     instance: Any,
     input: Any,
     conflict_retries: int,
+    where: tuple[Any, ...] = (),
 ) -> Flow:
     """Reload, call the model with the stored history, and compare-and-swap the result.
 
@@ -203,11 +214,11 @@ def continue_flow(
     lost_at: int | None = None
     attempt = 0
     while True:
-        snap: Snapshot = yield Load(key, instance)
+        snap: Snapshot = yield Load(key, instance, where)
         instance = snap.instance
         if lost_at is not None and snap.revision == lost_at:
             raise StaleSessionError(
-                f"session {key!r} was changed by another writer, and this transaction "
+                f"session {show_key(key)} was changed by another writer, and this transaction "
                 "cannot see the newer revision (REPEATABLE READ snapshot); roll back and "
                 "retry in a new transaction",
                 key=key,
@@ -218,7 +229,7 @@ def continue_flow(
         revision = snap.revision
         if spec.status_attr is not None:
             claimed = yield Swap(
-                instance, key, revision, _status(spec, SessionStatus.RUNNING, revision)
+                instance, key, revision, _status(spec, SessionStatus.RUNNING, revision), where
             )
             if claimed:
                 revision += 1
@@ -233,7 +244,7 @@ def continue_flow(
                     values.update(_status(spec, SessionStatus.COMPLETED, revision))
                 else:
                     values[spec.revision_attr] = revision + 1
-                written = yield Swap(instance, key, revision, values)
+                written = yield Swap(instance, key, revision, values, where)
             except Exception:
                 # The model call or the final write failed: with a status column, say
                 # so (keeping the previous context) rather than leave it ``running``.
@@ -241,14 +252,14 @@ def continue_flow(
                     failed = _status(spec, SessionStatus.FAILED, revision)
                     # The turn's own error is the one to report, not a failed status write.
                     with contextlib.suppress(AgentSessionError):
-                        yield Swap(instance, key, revision, failed)
+                        yield Swap(instance, key, revision, failed, where)
                 raise
             if written:
                 remember(instance, new_document, result)
                 return instance
         if attempt >= conflict_retries:
             raise StaleSessionError(
-                f"session {key!r} was changed by another writer during this turn "
+                f"session {show_key(key)} was changed by another writer during this turn "
                 f"(revision {snap.revision} is no longer current); nothing was written",
                 key=key,
             )
@@ -256,9 +267,11 @@ def continue_flow(
         lost_at = snap.revision
 
 
-def read_flow(spec: SessionSpec, key: Any) -> Generator[Any, Any, Context]:
+def read_flow(
+    spec: SessionSpec, key: Any, where: tuple[Any, ...] = ()
+) -> Generator[Any, Any, Context]:
     """Load a row and validate its stored context."""
-    snap: Snapshot = yield Load(key, None)
+    snap: Snapshot = yield Load(key, None, where)
     return load_context(snap.document, key=key)
 
 
@@ -279,7 +292,8 @@ def _check_not_busy(spec: SessionSpec, snap: Snapshot, key: Any) -> None:
     age = _naive_utc(utcnow()) - _naive_utc(since)
     if age < spec.running_timeout:
         raise SessionBusyError(
-            f"session {key!r} is running a turn in another worker (for {age.total_seconds():.1f}s;"
-            f" it is taken over after {spec.running_timeout.total_seconds():.0f}s)",
+            f"session {show_key(key)} is running a turn in another worker "
+            f"(for {age.total_seconds():.1f}s; it is taken over after "
+            f"{spec.running_timeout.total_seconds():.0f}s)",
             key=key,
         )

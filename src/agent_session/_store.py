@@ -29,6 +29,7 @@ from .errors import (
     SessionNotFoundError,
     StaleSessionError,
     StorageError,
+    show_key,
 )
 from .llm import Model, ModelRequest
 
@@ -58,34 +59,57 @@ def _lost_race(exc: sa_exc.DBAPIError, text: str) -> bool:
 
 
 @contextmanager
-def _database_errors(what: str, key: Any) -> Iterator[None]:
-    """Turn driver errors into the library's errors (never a raw OperationalError)."""
+def _database_errors(what: str, key: Any, name: str, *, owned: bool = True) -> Iterator[None]:
+    """Turn driver errors into the library's errors (never a raw OperationalError).
+
+    ``name`` says which session (``Chat session 42``, ``new Chat session``); ``owned``
+    is false in a caller-owned transaction, whose lost connection the caller must
+    roll back.
+    """
     try:
         yield
     except sa_exc.DBAPIError as exc:
         text = str(exc.orig) if exc.orig is not None else str(exc)
         if _lost_race(exc, text):
             raise StaleSessionError(
-                f"session {key!r}: another writer held or changed the row while {what} "
+                f"{name}: another writer held or changed the row while {what} "
                 f"({text.strip()}); nothing was written. In your own transaction, roll it "
                 "back before retrying",
                 key=key,
             ) from exc
+        hint = ""
+        if exc.connection_invalidated and not owned:
+            hint = (
+                ". The connection was lost, and your transaction with it: nothing was "
+                "written. Roll the session back and retry; an engine created with "
+                "pool_pre_ping=True replaces a dead pooled connection before using it"
+            )
         raise StorageError(
-            f"session {key!r}: database error while {what}: {text}", key=key
+            f"{name}: database error while {what}: {text.strip()}{hint}", key=key
         ) from exc
 
 
 @contextmanager
-def _readable_row(key: Any) -> Iterator[None]:
+def _readable_row(key: Any, name: str) -> Iterator[None]:
     """A stored value the column type cannot decode (invalid JSON text on SQLite)."""
     try:
         yield
     except (ValueError, TypeError) as exc:
         raise ContextError(
-            f"stored row of session {key!r} cannot be read: {type(exc).__name__}: {exc}",
+            f"stored row of {name} cannot be read: {type(exc).__name__}: {exc}",
             key=key,
         ) from exc
+
+
+def _fresh(session: Session | AsyncSession) -> bool:
+    """No transaction begun and nothing pending: what an operation starts, it alone holds.
+
+    Then a connection lost by the operation's first statements cost nothing but that
+    operation, which can run again after a rollback.
+    """
+    if session.in_transaction():
+        return False
+    return not (session.new or session.deleted or session.dirty)
 
 
 class _StoreBase:
@@ -99,9 +123,15 @@ class _StoreBase:
         self.model = model
         self.cls = spec.cls
 
+    def name(self, key: Any) -> str:
+        """How messages name a session: ``Chat session 42``, or ``new Chat session``."""
+        if key is None:
+            return f"new {self.cls.__name__} session"
+        return f"{self.cls.__name__} session {show_key(key)}"
+
     def not_found(self, key: Any) -> SessionNotFoundError:
         return SessionNotFoundError(
-            f"no {self.cls.__name__} session with primary key {key!r}", key=key
+            f"no {self.cls.__name__} session with primary key {show_key(key)}", key=key
         )
 
     def snapshot(self, instance: Any, key: Any) -> Snapshot:
@@ -136,7 +166,11 @@ class _StoreBase:
         ]
 
     def swap_statement(self, op: Swap) -> tuple[sa.Update, dict[str, Any]]:
-        """``UPDATE ... SET <values> WHERE <pk> AND <revision> = <seen>``, and its parameters."""
+        """``UPDATE ... SET <values> WHERE <pk> AND <revision> = <seen> [AND <op.where>]``.
+
+        With its parameters. The statement without criteria is cached; the caller's
+        criteria carry their own bound values, so they are added per call.
+        """
         names = tuple(sorted(op.values))
         cache = self.spec.statements
         statement = cache.get(names)
@@ -159,10 +193,12 @@ class _StoreBase:
         params = self._key_params(op.key)
         params["seen"] = op.seen_revision
         params.update((f"set_{name}", value) for name, value in op.values.items())
+        if op.where:
+            statement = statement.where(*op.where)
         return statement, params
 
-    def revision_statement(self) -> sa.Select[Any]:
-        """``SELECT revision[, status, status_changed_at] WHERE <pk>``: no document."""
+    def revision_statement(self, where: tuple[Any, ...]) -> sa.Select[Any]:
+        """``SELECT revision[, status, status_changed_at] WHERE <pk> [AND <where>]``."""
         statement = self.spec.statements.get("revision")
         if statement is None:
             spec = self.spec
@@ -171,7 +207,15 @@ class _StoreBase:
                 attrs += [spec.status_attr, spec.status_changed_attr]
             statement = sa.select(*(self._column(a) for a in attrs)).where(*self._key_criteria())
             self.spec.statements["revision"] = statement
-        return statement
+        return statement.where(*where) if where else statement
+
+    def row_statement(self, where: tuple[Any, ...]) -> sa.Select[Any]:
+        """``SELECT <the row> WHERE <pk> AND <where>``: ``Session.get`` with criteria."""
+        return (
+            sa.select(self.cls)
+            .where(*self._key_criteria(), *where)
+            .execution_options(populate_existing=True)
+        )
 
     def written_document(self, op: Load, session: Session) -> tuple[Any, int] | None:
         """The document and revision this library last wrote on ``op.instance``, if usable.
@@ -198,7 +242,7 @@ class _StoreBase:
     ) -> Snapshot | None:
         """A snapshot without reloading the document, if the stored revision is unchanged."""
         if row is None:
-            raise self.not_found(op.key)
+            raise self.not_found(op.key)  # gone, or outside the caller's criteria
         document, revision = written
         if row[0] != revision:
             return None
@@ -248,33 +292,43 @@ class SyncStore(_StoreBase):
             time.sleep(op.seconds)
             return None
         if isinstance(op, Load):
-            return self._run(self._load, op, op.key, "reading", retry=True)
+            return self._run(self._load, op, op.key, "reading")
         if isinstance(op, Swap):
-            return self._run(self._swap, op, op.key, "writing", retry=True)
+            return self._run(self._swap, op, op.key, "writing")
         if isinstance(op, Insert):
-            return self._run(self._insert, op, None, "inserting", retry=False)
+            return self._run(self._insert, op, None, "inserting")
         raise TypeError(f"unknown operation {op!r}")
 
-    def _run(
-        self, fn: Callable[[Session, Any], T], op: Any, key: Any, what: str, *, retry: bool
-    ) -> T:
+    def _run(self, fn: Callable[[Session, Any], T], op: Any, key: Any, what: str) -> T:
+        # A pooled connection that died while idle (server restart, killed backend)
+        # fails on its first statement. When the failed transaction held this
+        # operation alone and was never committed, the server has discarded it:
+        # nothing was written, and one retry on a fresh connection is safe.
+        name = self.name(key)
         if self.maker is None:
             assert self.session is not None
-            with _database_errors(what, key):
-                return fn(self.session, op)
+            session = self.session
+            fresh = _fresh(session)
+            for attempt in (1, 2):
+                try:
+                    return fn(session, op)
+                except sa_exc.DBAPIError as exc:
+                    if fresh and attempt == 1 and exc.connection_invalidated:
+                        session.rollback()
+                        continue
+                    with _database_errors(what, key, name, owned=False):
+                        raise
+            raise AssertionError("unreachable")
         for attempt in (1, 2):
             with self.maker(expire_on_commit=False) as session:
                 try:
                     value = fn(session, op)
                 except sa_exc.DBAPIError as exc:
-                    # A pooled connection that died while idle (server restart, killed
-                    # backend) fails on its first statement: nothing was written, so
-                    # one retry on a fresh connection is safe.
-                    if retry and attempt == 1 and exc.connection_invalidated:
+                    if attempt == 1 and exc.connection_invalidated:
                         continue
-                    with _database_errors(what, key):
+                    with _database_errors(what, key, name):
                         raise
-                with _database_errors(what, key):
+                with _database_errors(what, key, name):
                     try:
                         session.commit()
                     except sa_exc.DBAPIError:
@@ -289,14 +343,18 @@ class SyncStore(_StoreBase):
         raise AssertionError("unreachable")
 
     def _load(self, session: Session, op: Load) -> Snapshot:
+        params = self._key_params(op.key)
         written = self.written_document(op, session)
         if written is not None:
-            row = session.execute(self.revision_statement(), self._key_params(op.key)).first()
+            row = session.execute(self.revision_statement(op.where), params).first()
             snap = self.snapshot_from_revision(op, written, row)
             if snap is not None:
                 return snap
-        with _readable_row(op.key):
-            instance = session.get(self.cls, op.key, populate_existing=True)
+        with _readable_row(op.key, self.name(op.key)):
+            if op.where:
+                instance = session.scalars(self.row_statement(op.where), params).first()
+            else:
+                instance = session.get(self.cls, op.key, populate_existing=True)
         return self.snapshot(instance, op.key)
 
     def _swap(self, session: Session, op: Swap) -> bool:
@@ -341,30 +399,41 @@ class AsyncStore(_StoreBase):
             await asyncio.sleep(op.seconds)
             return None
         if isinstance(op, Load):
-            return await self._run(self._load, op, op.key, "reading", retry=True)
+            return await self._run(self._load, op, op.key, "reading")
         if isinstance(op, Swap):
-            return await self._run(self._swap, op, op.key, "writing", retry=True)
+            return await self._run(self._swap, op, op.key, "writing")
         if isinstance(op, Insert):
-            return await self._run(self._insert, op, None, "inserting", retry=False)
+            return await self._run(self._insert, op, None, "inserting")
         raise TypeError(f"unknown operation {op!r}")
 
     async def _run(
-        self, fn: Callable[[AsyncSession, Any], Any], op: Any, key: Any, what: str, *, retry: bool
+        self, fn: Callable[[AsyncSession, Any], Any], op: Any, key: Any, what: str
     ) -> Any:
+        name = self.name(key)  # see SyncStore._run for the retry
         if self.maker is None:
             assert self.session is not None
-            with _database_errors(what, key):
-                return await fn(self.session, op)
+            session = self.session
+            fresh = _fresh(session)
+            for attempt in (1, 2):
+                try:
+                    return await fn(session, op)
+                except sa_exc.DBAPIError as exc:
+                    if fresh and attempt == 1 and exc.connection_invalidated:
+                        await session.rollback()
+                        continue
+                    with _database_errors(what, key, name, owned=False):
+                        raise
+            raise AssertionError("unreachable")
         for attempt in (1, 2):
             async with self.maker(expire_on_commit=False) as session:
                 try:
                     value = await fn(session, op)
                 except sa_exc.DBAPIError as exc:
-                    if retry and attempt == 1 and exc.connection_invalidated:
+                    if attempt == 1 and exc.connection_invalidated:
                         continue
-                    with _database_errors(what, key):
+                    with _database_errors(what, key, name):
                         raise
-                with _database_errors(what, key):
+                with _database_errors(what, key, name):
                     try:
                         await session.commit()
                     except sa_exc.DBAPIError:
@@ -375,14 +444,18 @@ class AsyncStore(_StoreBase):
         raise AssertionError("unreachable")
 
     async def _load(self, session: AsyncSession, op: Load) -> Snapshot:
+        params = self._key_params(op.key)
         written = self.written_document(op, session.sync_session)
         if written is not None:
-            result = await session.execute(self.revision_statement(), self._key_params(op.key))
+            result = await session.execute(self.revision_statement(op.where), params)
             snap = self.snapshot_from_revision(op, written, result.first())
             if snap is not None:
                 return snap
-        with _readable_row(op.key):
-            instance = await session.get(self.cls, op.key, populate_existing=True)
+        with _readable_row(op.key, self.name(op.key)):
+            if op.where:
+                instance = (await session.scalars(self.row_statement(op.where), params)).first()
+            else:
+                instance = await session.get(self.cls, op.key, populate_existing=True)
         return self.snapshot(instance, op.key)
 
     async def _swap(self, session: AsyncSession, op: Swap) -> bool:

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ContextError
+from .errors import ContextError, show_key
 
 __all__ = ["CONTEXT_VERSION", "Context", "Message", "MessageMeta", "Usage", "load_context"]
 
@@ -150,6 +150,10 @@ _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 """``_UPGRADES[n]`` turns a version-n document into a version n+1 document."""
 
 
+def _of_session(key: Any) -> str:
+    return "" if key is None else f" of session {show_key(key)}"
+
+
 def load_context(raw: Any, *, key: Any = None) -> Context:
     """Validate a stored document (any version this release knows) into a ``Context``.
 
@@ -158,17 +162,17 @@ def load_context(raw: Any, *, key: Any = None) -> Context:
     if not isinstance(raw, dict):
         kind = "NULL" if raw is None else type(raw).__name__
         raise ContextError(
-            f"stored context of session {key!r} is not a context document (got {kind})", key=key
+            f"stored context{_of_session(key)} is not a context document (got {kind})", key=key
         )
     version = raw.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ContextError(
-            f"stored context of session {key!r} has no valid version field (got {version!r})",
+            f"stored context{_of_session(key)} has no valid version field (got {version!r})",
             key=key,
         )
     if version > CONTEXT_VERSION:
         raise ContextError(
-            f"stored context of session {key!r} has version {version}, written by a newer "
+            f"stored context{_of_session(key)} has version {version}, written by a newer "
             f"agent-session; this release reads versions 1 to {CONTEXT_VERSION}",
             key=key,
         )
@@ -180,7 +184,7 @@ def load_context(raw: Any, *, key: Any = None) -> Context:
         return Context.model_validate(doc)
     except ValidationError as exc:
         raise ContextError(
-            f"stored context of session {key!r} is invalid: "
+            f"stored context{_of_session(key)} is invalid: "
             f"{exc.error_count()} error(s): {_short_errors(exc)}",
             key=key,
         ) from exc

@@ -26,6 +26,7 @@ of one run that the caller may handle, retry or report.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 __all__ = [
@@ -44,6 +45,21 @@ __all__ = [
     "ToolExecutionError",
     "ToolLoopError",
 ]
+
+
+def show_key(key: Any) -> str:
+    """A primary key as its user writes it, for error messages.
+
+    ``3fa85f64-5717-4562-b3fc-2c963f66afa6`` (not ``UUID('3fa85f64-...')``), ``42``,
+    ``abc``; a composite key as ``(1, 'a')``. The exceptions keep the real value in
+    their ``key`` attribute.
+    """
+    if isinstance(key, tuple):
+        parts = [repr(part) if isinstance(part, str) else show_key(part) for part in key]
+        return f"({parts[0]},)" if len(parts) == 1 else f"({', '.join(parts)})"
+    if isinstance(key, uuid.UUID | int | str):
+        return str(key)
+    return repr(key)
 
 
 class AgentSessionError(Exception):

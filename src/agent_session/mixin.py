@@ -23,7 +23,7 @@ transactions per turn and calls the model with no connection checked out). The
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -36,10 +36,11 @@ from ._flows import SessionSpec, SessionStatus
 from ._store import AsyncStore, SyncStore
 from .agent import Agent
 from .context import Context
-from .errors import ConfigurationError, InputValidationError
+from .errors import ConfigurationError, InputValidationError, show_key
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+    from sqlalchemy import ColumnElement
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from .result import Result
@@ -144,21 +145,36 @@ class AgentSessionMixin:
         /,
         *,
         conflict_retries: int = 0,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
     ) -> Self:
-        """Run one more turn on a stored session (an instance or a primary key)."""
+        """Run one more turn on a stored session (an instance or a primary key).
+
+        ``where``: SQL criteria on this model (``Chat.user_id == user.id``) the row must
+        match, on reading and on writing; a row outside them is not found.
+        """
         spec = _spec(cls)
         store = SyncStore(spec, spec.agent.model, db)
         key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.continue_flow(spec, store.model, key, instance, input, conflict_retries)
+        criteria = _criteria(spec, where)
+        flow = _flows.continue_flow(
+            spec, store.model, key, instance, input, conflict_retries, criteria
+        )
         return _turn.drive(flow, store)  # type: ignore[no-any-return]
 
     @classmethod
-    def get_context(cls, db: Session | sessionmaker[Session], pk: Any, /) -> Context:
-        """The stored conversation of one row, validated."""
+    def get_context(
+        cls,
+        db: Session | sessionmaker[Session],
+        pk: Any,
+        /,
+        *,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+    ) -> Context:
+        """The stored conversation of one row, validated (``where`` as in ``continue_session``)."""
         spec = _spec(cls)
         store = SyncStore(spec, spec.agent.model, db)
         key, _ = _key_and_instance(cls, pk)
-        return _turn.drive(_flows.read_flow(spec, key), store)
+        return _turn.drive(_flows.read_flow(spec, key, _criteria(spec, where)), store)
 
     # -- async API ----------------------------------------------------------------
 
@@ -187,23 +203,32 @@ class AgentSessionMixin:
         /,
         *,
         conflict_retries: int = 0,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
     ) -> Self:
         """Async twin of ``continue_session``."""
         spec = _spec(cls)
         store = AsyncStore(spec, spec.agent.model, db)
         key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.continue_flow(spec, store.model, key, instance, input, conflict_retries)
+        criteria = _criteria(spec, where)
+        flow = _flows.continue_flow(
+            spec, store.model, key, instance, input, conflict_retries, criteria
+        )
         return await _turn.adrive(flow, store)
 
     @classmethod
     async def aget_context(
-        cls, db: AsyncSession | async_sessionmaker[AsyncSession], pk: Any, /
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        pk: Any,
+        /,
+        *,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
     ) -> Context:
         """Async twin of ``get_context``."""
         spec = _spec(cls)
         store = AsyncStore(spec, spec.agent.model, db)
         key, _ = _key_and_instance(cls, pk)
-        return await _turn.adrive(_flows.read_flow(spec, key), store)
+        return await _turn.adrive(_flows.read_flow(spec, key, _criteria(spec, where)), store)
 
 
 # -- class set-up ------------------------------------------------------------------
@@ -340,6 +365,68 @@ def _key_and_instance(cls: type, session_or_pk: Any) -> tuple[Any, Any]:
     return _checked_key(cls, session_or_pk), None
 
 
+def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
+    """Check ``where=`` before any query: SQL boolean criteria on the model's own table.
+
+    Anything else would fail differently on each backend, or not at all (a Python
+    ``True`` from comparing an instance's attribute would match every row).
+    """
+    if where is None:
+        return ()
+    many = isinstance(where, Sequence) and not isinstance(where, str | bytes)
+    given = tuple(where) if many else (where,)
+    # An ORM attribute (``Chat.archived``) stands for its column.
+    items = tuple(
+        item.__clause_element__() if hasattr(item, "__clause_element__") else item for item in given
+    )
+    cls = spec.cls
+    table = sa.inspect(cls).get_property(spec.revision_attr).columns[0].table
+    example = f"e.g. {cls.__name__}.user_id == user.id"
+    for item in items:
+        if not isinstance(item, sa.ColumnElement):
+            raise _bad_where(
+                cls,
+                f"expected SQL criteria on {cls.__name__} ({example}), "
+                f"got {type(item).__name__} {item!r}",
+            )
+        if not isinstance(item.type, sa.Boolean):
+            raise _bad_where(cls, f"{item} is not a true/false condition ({example})")
+        others = sorted({_table_name(other) for other in _tables_in(item) if other is not table})
+        if others:
+            raise _bad_where(
+                cls,
+                f"{item} uses {', '.join(others)}; criteria may only use the columns of "
+                f"{table.name} ({example})",
+            )
+    return items
+
+
+def _tables_in(criterion: Any) -> set[Any]:
+    """Tables (or aliases) whose columns a criterion uses, not looking into subqueries."""
+    found: set[Any] = set()
+    stack = [criterion]
+    while stack:
+        element = stack.pop()
+        if isinstance(element, sa.SelectBase):
+            continue  # a subquery may read other tables; the criterion stays on ours
+        if isinstance(element, sa.ColumnClause) and element.table is not None:
+            found.add(element.table)
+        stack.extend(element.get_children())
+    return found
+
+
+def _table_name(table: Any) -> str:
+    if isinstance(table, sa.Alias):
+        return f"an alias of {getattr(table.original, 'name', table.original)}"
+    return str(getattr(table, "name", table))
+
+
+def _bad_where(cls: type, why: str) -> InputValidationError:
+    return InputValidationError(
+        f"{cls.__name__}: bad where= criteria: {why}", errors=[], source="where"
+    )
+
+
 def _checked_key(cls: type, key: Any) -> Any:
     """Check a primary key against the key columns before it reaches the database.
 
@@ -388,5 +475,5 @@ def _key_value(cls: type, column: Any, value: Any, key: Any) -> Any:
 
 def _bad_key(cls: type, key: Any, why: str) -> InputValidationError:
     return InputValidationError(
-        f"{cls.__name__}: bad primary key {key!r}: {why}", errors=[], source="key"
+        f"{cls.__name__}: bad primary key {show_key(key)}: {why}", errors=[], source="key"
     )
