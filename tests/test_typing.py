@@ -51,12 +51,13 @@ def run_mypy(tmp_path: Path, *files: Path) -> subprocess.CompletedProcess[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=540,
         check=False,
     )
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a first run, with no mypy cache yet, builds the stubs' cache
 def test_mypy_strict_accepts_the_typed_app_and_the_cases(tmp_path: Path) -> None:
     bad = tmp_path / "bad_app.py"
     bad.write_text(
