@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -150,11 +151,11 @@ def test_a_type_parameter_that_does_not_match_the_agent_is_rejected(
 
 @pytest.mark.parametrize(
     ("parameter", "output_schema"),
-    [(Reply, SubReply), (BaseModel, Reply), (object, None), (str, None)],
-    ids=["base-of-schema", "basemodel", "object", "str"],
+    [(Reply, SubReply), (BaseModel, Reply), (object, None), (str, None), (Any, Reply)],
+    ids=["base-of-schema", "basemodel", "object", "str", "any"],
 )
 def test_a_matching_type_parameter_is_accepted(
-    parameter: type, output_schema: type[BaseModel] | None
+    parameter: Any, output_schema: type[BaseModel] | None
 ) -> None:
     class Base(DeclarativeBase):
         pass
