@@ -2,9 +2,10 @@
 
 How a page runs
 ---------------
-- One test per page: README.md, then docs/*.md in name order. The page's Python
-  blocks (fences ```python or ```py) run in order in one namespace, like a doctest
-  session: what a block defines is there for the next one.
+- One test per page that has Python blocks: README.md, then docs/*.md in name order
+  (a page joins as soon as it has one). The page's Python blocks (fences ```python or
+  ```py) run in order in one namespace, like a doctest session: what a block defines
+  is there for the next one.
 - Before the first block, the page's **prelude** runs in that namespace. It supplies
   what the page leaves out (imports, ``Base``, ``db``, the schemas), so the page stays
   short while every block is still checked. The prelude is ``PAGES[path].prelude``
@@ -36,7 +37,8 @@ class is defined. Anything appended to ``cleanups`` (sync or async callables) ru
 after the page, in reverse order.
 
 ``CHAT_AGENT`` adds the README's model: ``agent`` and ``ChatAgent`` (UUID ``id``,
-required ``user_id``). ``DEFAULT`` is ``COMMON + CHAT_AGENT``.
+required ``user_id``). ``DEFAULT`` is ``COMMON + CHAT_AGENT``; ``tests/data/docs_page.md``
+is a sample page written against it (sync, sessionmaker and async turns).
 
 Adding a page's prelude
 -----------------------
@@ -237,15 +239,26 @@ def _fresh_base(namespace: dict[str, Any], block: Block) -> None:
 
 
 def _run_migrations(namespace: dict[str, Any], block: Block) -> None:
-    """Run the ``upgrade``/``downgrade`` a block defines on ``tickets``, which has a row."""
+    """Run the ``upgrade``/``downgrade`` a block defines on ``tickets``, which has a row:
+    ``upgrade`` changes the columns, ``downgrade`` restores them, the row stays."""
     connection: sa.Connection = namespace["connection"]
-    for name in ("upgrade", "downgrade"):
-        if name in block.defines():
-            namespace[name]()
-            columns = {c["name"] for c in sa.inspect(connection).get_columns("tickets")}
-            rows = connection.exec_driver_sql("SELECT title FROM tickets").all()
-            assert rows == [("printer on fire",)], f"{block.where}: {name}() lost the row"
-            namespace["migrated_columns"] = columns
+
+    def columns() -> list[str]:
+        return [c["name"] for c in sa.inspect(connection).get_columns("tickets")]
+
+    def rows() -> list[Any]:
+        return [tuple(row) for row in connection.exec_driver_sql("SELECT id, title FROM tickets")]
+
+    defined = block.defines()
+    before, stored = columns(), rows()
+    if "upgrade" in defined:
+        namespace["upgrade"]()
+        assert columns() != before, f"{block.where}: upgrade() changed no column"
+        assert rows() == stored, f"{block.where}: upgrade() changed the stored rows"
+    if "downgrade" in defined:
+        namespace["downgrade"]()
+        assert columns() == before, f"{block.where}: downgrade() did not undo upgrade()"
+        assert rows() == stored, f"{block.where}: downgrade() changed the stored rows"
 
 
 MIGRATIONS = Page(
@@ -327,11 +340,20 @@ def _failure(block: Block, total: int, exc: BaseException) -> str:
     )
 
 
-@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+PAGES_WITH_PYTHON = [path for path in DOC_FILES if python_blocks(path)]
+
+
+@pytest.mark.parametrize("path", PAGES_WITH_PYTHON, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_python_block_runs(path: Path, tmp_path: Path, offline_model: TestModel) -> None:
+    page_name = path.relative_to(ROOT).as_posix()
+    ran = run_page(path, PAGES.get(page_name, DEFAULT), tmp_path, offline_model)
+    assert ran == len(python_blocks(path)) > 0
+
+
+def run_page(path: Path, page: Page, tmp_path: Path, offline_model: TestModel) -> int:
+    """Run the prelude and every Python block of ``path``; return how many blocks ran."""
     blocks = python_blocks(path)
     page_name = path.relative_to(ROOT).as_posix()
-    page = PAGES.get(page_name, DEFAULT)
     module = types.ModuleType("docs_" + re.sub(r"\W", "_", page_name))
     namespace = module.__dict__
     cleanups: list[Callable[[], Any]] = []
@@ -341,8 +363,7 @@ def test_every_python_block_runs(path: Path, tmp_path: Path, offline_model: Test
     try:
         with asyncio.Runner() as loop:
             try:
-                if blocks:
-                    _run_prelude(page_name, page, namespace, loop)
+                _run_prelude(page_name, page, namespace, loop)
                 for block in blocks:
                     if page.before_block is not None:
                         page.before_block(namespace, block)
@@ -363,7 +384,14 @@ def test_every_python_block_runs(path: Path, tmp_path: Path, offline_model: Test
                         loop.run(result)
     finally:
         del sys.modules[module.__name__]
-    assert ran == len(blocks)
+    return ran
+
+
+def test_the_default_prelude(tmp_path: Path, offline_model: TestModel) -> None:
+    """``DEFAULT`` (used by pages without a prelude of their own) runs a sample page."""
+    page = ROOT / "tests" / "data" / "docs_page.md"
+    assert run_page(page, DEFAULT, tmp_path, offline_model) == 3
+    assert len(offline_model.requests) == 4
 
 
 def test_model_strings_are_answered_offline(offline_model: TestModel) -> None:
@@ -383,6 +411,11 @@ def test_model_strings_are_answered_offline(offline_model: TestModel) -> None:
     assert asyncio.run(agent.arun("And this?")).output == Verdict(ok=True)
     assert [r.model for r in offline_model.requests] == [agent.model_name] * 2
     assert offline_model.requests[0].settings == {"api_base": "http://127.0.0.1:9/v1"}
+
+
+def test_every_prelude_names_a_page_with_python_blocks() -> None:
+    pages = {path.relative_to(ROOT).as_posix() for path in PAGES_WITH_PYTHON}
+    assert set(PAGES) <= pages, "a prelude for a page that is gone or has no Python block"
 
 
 def test_every_fence_names_its_language() -> None:
