@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
@@ -34,7 +35,15 @@ class Reply(BaseModel):
     follow_up_question: str | None = None
 
 
+def _model_settings() -> dict[str, Any]:
+    """``AGENT_SESSION_MAX_TOKENS`` caps each reply (a small local server may need it)."""
+    max_tokens = os.environ.get("AGENT_SESSION_MAX_TOKENS")
+    return {"max_tokens": int(max_tokens)} if max_tokens else {}
+
+
 support_agent = Agent(
+    # A LiteLLM model string; for an OpenAI-compatible server, "openai/<model>" with
+    # OPENAI_API_BASE (and OPENAI_API_KEY, any value if the server wants none) set.
     os.environ.get("AGENT_SESSION_MODEL", "openai/gpt-4o-mini"),
     instruction=(
         "You are a {{ tone }} support assistant for {{ company_name }}. "
@@ -44,10 +53,11 @@ support_agent = Agent(
     input_schema=UserMessage,
     output_schema=Reply,
     max_retries=2,
+    model_settings=_model_settings(),
 )
 
 
-class SupportChat(AgentSessionMixin, Base):
+class SupportChat(AgentSessionMixin[Reply], Base):
     """One support conversation per row, next to the app's own columns."""
 
     __tablename__ = "support_chats"
@@ -59,7 +69,7 @@ class SupportChat(AgentSessionMixin, Base):
     created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
 
 
-class TrackedChat(AgentSessionMixin, Base):
+class TrackedChat(AgentSessionMixin[Reply], Base):
     """The same agent with the optional status column, for multi-worker deployments."""
 
     __tablename__ = "tracked_chats"

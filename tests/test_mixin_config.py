@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
@@ -121,3 +122,39 @@ async def test_mapped_as_dataclass_models_work(database: Database) -> None:
     assert fresh.context is None and fresh.context_revision == 0
     [row] = stored_rows(database, DataclassChat.__table__)
     assert row["user_id"] == "u7" and row["context_revision"] == 2
+
+
+class TypedDataclassChat(AgentSessionMixin[str], DataclassBase):
+    """The generic form of the mixin on a ``MappedAsDataclass`` base, with an abstract
+    intermediate class and single-table inheritance below it."""
+
+    __tablename__ = "typed_dataclass_chats"
+    __agent__ = agent
+    user_id: Mapped[str] = mapped_column(sa.String(32))
+    kind: Mapped[str] = mapped_column(sa.String(16), init=False)
+    id: Mapped[int] = mapped_column(primary_key=True, init=False)
+    __mapper_args__: ClassVar[dict[str, Any]] = {
+        "polymorphic_on": "kind",
+        "polymorphic_identity": "chat",
+    }
+
+
+class TypedDataclassSubChat(TypedDataclassChat):
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "sub"}
+
+
+async def test_generic_mixin_on_dataclass_and_inherited_models(database: Database) -> None:
+    database.create_all(DataclassBase.metadata)
+    for model in (TypedDataclassChat, TypedDataclassSubChat):
+        api = Api(database, model)
+        async with api.session() as db:
+            chat = await api.start(db, "hello", user_id="u8")
+            chat = await api.cont(db, chat, "again")
+            await api.commit(db)
+        assert type(chat) is model and chat.last_output == "hi there"
+    rows = stored_rows(database, TypedDataclassChat.__table__)
+    assert sorted((row["kind"], row["context_revision"]) for row in rows) == [
+        ("chat", 2),
+        ("sub", 2),
+    ]
+    assert TypedDataclassSubChat(user_id="x").context is None

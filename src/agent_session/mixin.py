@@ -22,10 +22,11 @@ transactions per turn and calls the model with no connection checked out). The
 
 from __future__ import annotations
 
+import types
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar, get_args, get_origin
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
@@ -46,6 +47,15 @@ if TYPE_CHECKING:
     from .result import Result
 
 __all__ = ["AgentSessionMixin", "SessionStatus"]
+
+if TYPE_CHECKING:
+    # Unparameterized ``AgentSessionMixin`` means ``AgentSessionMixin[Any]``, also
+    # under ``mypy --strict`` (PEP 696 default; ``typing`` has it from 3.13 only).
+    from typing_extensions import TypeVar as _TypeVar
+
+    OutputT = _TypeVar("OutputT", default=Any)
+else:
+    OutputT = TypeVar("OutputT")
 
 _SPEC = "__agent_session_spec__"
 
@@ -70,8 +80,22 @@ def _uses_dataclasses(cls: type) -> bool:
     return any(k.__name__ == "MappedAsDataclass" for k in cls.__mro__)
 
 
-class AgentSessionMixin:
-    """Mix into a declarative model to store an agent conversation on each row."""
+class AgentSessionMixin(Generic[OutputT]):
+    """Mix into a declarative model to store an agent conversation on each row.
+
+    The type parameter is the agent's output type, for type checkers:
+    ``AgentSessionMixin[Reply]`` for ``output_schema=Reply``, ``AgentSessionMixin[str]``
+    for a plain-text agent; unparameterized it is ``Any``. It cannot be inferred from
+    ``__agent__`` (a class variable cannot be generic), so a parameter that does not
+    match the agent is a ``ConfigurationError`` when the class is defined.
+    """
+
+    if TYPE_CHECKING:
+        # The columns ``_add_columns`` generates under their default names, declared
+        # for type checkers only (at run time the class body stays empty, so a model
+        # that declares or renames them keeps its own).
+        context: Mapped[dict[str, Any] | None]
+        context_revision: Mapped[int]
 
     __agent__: ClassVar[Agent[Any]]
     __context_attribute__: ClassVar[str] = "context"
@@ -94,12 +118,12 @@ class AgentSessionMixin:
     # -- reading ----------------------------------------------------------------
 
     @property
-    def last_result(self) -> Result[Any] | None:
+    def last_result(self) -> Result[OutputT] | None:
         """The full ``Result`` of the turn this instance just ran, else ``None``."""
         return getattr(self, _flows._LAST_RESULT, None)
 
     @property
-    def last_output(self) -> Any:
+    def last_output(self) -> OutputT | None:
         """The newest assistant output, parsed with the agent's output schema.
 
         Works on a freshly loaded row; ``None`` if the session has no reply yet.
@@ -116,7 +140,8 @@ class AgentSessionMixin:
         message = load_context(raw, key=_identity(self)).last_assistant
         if message is None:
             return None
-        return spec.agent.output_from_json(message.meta.output)
+        output: OutputT = spec.agent.output_from_json(message.meta.output)
+        return output
 
     # -- sync API -----------------------------------------------------------------
 
@@ -312,6 +337,7 @@ def _check_mapped(cls: type) -> None:
                 f"{name}.{attr} is the context column and must be JSON-typed "
                 f"(sa.JSON or a subclass), not {column.type!r}"
             )
+    _check_output_type(cls, agent)
     spec = SessionSpec(
         cls=cls,
         context_attr=context_attr,
@@ -321,6 +347,31 @@ def _check_mapped(cls: type) -> None:
         running_timeout=cls.__running_timeout__,  # type: ignore[attr-defined]
     )
     setattr(cls, _SPEC, spec)
+
+
+def _check_output_type(cls: type, agent: Agent[Any]) -> None:
+    """``AgentSessionMixin[X]`` must name a type the agent's output is an instance of."""
+    declared: Any = None
+    for klass in cls.__mro__:
+        for base in vars(klass).get("__orig_bases__", ()):
+            if get_origin(base) is AgentSessionMixin:
+                declared = get_args(base)[0]
+                break
+        if declared is not None:
+            break
+    if (
+        not isinstance(declared, type)
+        or isinstance(declared, types.GenericAlias)
+        or declared is Any  # a class since Python 3.11
+    ):
+        return  # unparameterized, Any, a generic alias, a TypeVar: nothing to compare
+    output = agent.output_schema or str
+    if not issubclass(output, declared):
+        raise ConfigurationError(
+            f"{cls.__name__} is declared AgentSessionMixin[{declared.__name__}] but its "
+            f"agent's output is {output.__name__} (output_schema="
+            f"{agent.output_schema.__name__ if agent.output_schema else None})"
+        )
 
 
 # -- helpers -----------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""Typing cases for ``AgentSessionMixin``, checked by ``mypy --strict`` in test_typing.py.
+
+Every ``assert_type`` is verified by mypy. A ``# type: ignore[code]`` marks a line
+mypy must reject: under ``--strict`` an ignore that silences nothing is itself an
+error, so each of them proves an error is still reported. The module is also
+imported by test_typing.py, which maps its classes and runs a turn on each.
+"""
+
+from __future__ import annotations
+
+from typing import Any, assert_type
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    InstrumentedAttribute,
+    Mapped,
+    MappedAsDataclass,
+    Session,
+    mapped_column,
+)
+
+from agent_session import Agent, AgentSessionMixin, Result
+from agent_session.testing import TestModel
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DataclassBase(MappedAsDataclass, DeclarativeBase):
+    pass
+
+
+class Reply(BaseModel):
+    answer: str
+
+
+reply_agent = Agent(TestModel(), output_schema=Reply)
+text_agent = Agent(TestModel(text="plain text"))
+assert_type(reply_agent, Agent[Reply])
+assert_type(text_agent, Agent[str])
+
+
+class UntypedChat(AgentSessionMixin, Base):
+    """Unparameterized: the output is ``Any``, and ``--strict`` accepts the bare name."""
+
+    __tablename__ = "untyped_chats"
+    __agent__ = reply_agent
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class TextChat(AgentSessionMixin[str], Base):
+    """A plain-text agent: the output is a ``str``."""
+
+    __tablename__ = "text_chats"
+    __agent__ = text_agent
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class DataclassChat(AgentSessionMixin[Reply], DataclassBase):
+    """A ``MappedAsDataclass`` model: the mixin's columns are not ``__init__`` arguments."""
+
+    __tablename__ = "dataclass_chats"
+    __agent__ = reply_agent
+    user_id: Mapped[str] = mapped_column(sa.String(32))
+    id: Mapped[int] = mapped_column(primary_key=True, init=False)
+
+
+class OwnColumnsChat(AgentSessionMixin[Reply], Base):
+    """Columns the model declares itself keep their own (compatible) types."""
+
+    __tablename__ = "own_columns_chats"
+    __agent__ = reply_agent
+    id: Mapped[int] = mapped_column(primary_key=True)
+    context: Mapped[Any] = mapped_column(sa.JSON(), nullable=True)
+
+
+def untyped(db: Session) -> None:
+    chat = UntypedChat.start_session(db, "hi")
+    assert_type(chat, UntypedChat)
+    assert_type(chat.last_output, Any | None)
+    assert_type(chat.last_result, Result[Any] | None)
+    assert_type(chat.context, dict[str, Any] | None)
+    assert_type(UntypedChat.context, InstrumentedAttribute[dict[str, Any] | None])
+
+
+def text(db: Session) -> str:
+    chat = TextChat.start_session(db, "hi")
+    chat = TextChat.continue_session(db, chat.id, "again")
+    assert_type(chat.last_output, str | None)
+    assert_type(chat.last_result, Result[str] | None)
+    return chat.last_output.upper()  # type: ignore[union-attr]
+
+
+def dataclass(db: Session) -> Reply | None:
+    chat = DataclassChat(user_id="u1")
+    assert_type(chat.context_revision, int)
+    started = DataclassChat.start_session(db, "hi", user_id="u1")
+    assert_type(started, DataclassChat)
+    rows = db.scalars(sa.select(DataclassChat).where(DataclassChat.context_revision > 0))
+    assert_type(rows.all()[0].last_output, Reply | None)
+    return started.last_output
+
+
+def own_columns(chat: OwnColumnsChat) -> Any:
+    assert_type(chat.last_output, Reply | None)
+    return chat.context
+
+
+def rejected(db: Session, chat: OwnColumnsChat) -> None:
+    """Lines mypy must reject (never run)."""
+    DataclassChat(user_id="u1", context_revision=3)  # type: ignore[call-arg]
+    chat.context_revision = "one"  # type: ignore[assignment]
+    print(TextChat.start_session(db, "hi").last_output.answer)  # type: ignore[union-attr]
