@@ -115,7 +115,7 @@ class AgentSessionMixin:
         message = load_context(raw, key=_identity(self)).last_assistant
         if message is None:
             return None
-        return spec.agent.output_from_json(message.meta.output)
+        return message.parse_output(spec.agent)
 
     # -- sync API -----------------------------------------------------------------
 
