@@ -29,7 +29,7 @@ def test_quickstart_runs_offline(tmp_path: Path) -> None:
     assert conversation.count("     user: ") == 3
     assert conversation.count("assistant: ") == 3
     document = json.loads(stored)
-    assert document["version"] == 1 and document["turns"] == 3
+    assert document["version"] == 2 and document["turns"] == 3
     assert [m["role"] for m in document["messages"]] == ["system"] + ["user", "assistant"] * 3
     assert database.exists()
 
@@ -43,4 +43,4 @@ def test_quickstart_main_returns_the_stored_document(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(EXAMPLES))
     assert document["messages"][0]["content"].startswith("You are a friendly support assistant")
-    assert document["messages"][-1]["meta"]["output"]["follow_up_question"] is None
+    assert json.loads(document["messages"][-1]["content"])["follow_up_question"] is None
