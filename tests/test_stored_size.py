@@ -30,18 +30,19 @@ TURNS = 20
 LIMIT = 1.5
 DATA = Path(__file__).parent / "data"
 
-ASCII_WORDS = (
+_ASCII = (
     "account billing invoice password reset email server domain backup restore "
     "the a to and of for your we you can please check settings page support plan "
     "upgrade storage limit error message minutes hours today again thanks sorry "
     "open choose click link team order shipped refund renew certificate dns"
-).split()
-CJK_WORDS = (
+)
+_CJK = (
     "東京 大阪 請求書 パスワード 再設定 メール サーバー ドメイン バックアップ 復元 "
     "お客様 確認 設定 画面 サポート プラン 容量 エラー 今日 ありがとう 申し訳 "
     "注文 発送 返金 証明書 更新 账户 发票 密码 邮件 服务器 域名 备份 恢复 谢谢 "
     "🙂 🎉 🍣 🚀 ✅ 👩‍💻"
-).split()
+)
+ASCII_WORDS, CJK_WORDS = _ASCII.split(), _CJK.split()
 
 
 def _text(rng: random.Random, words: list[str], low: int, high: int) -> str:

@@ -104,7 +104,7 @@ class _DocumentJSON(TypeDecorator[Any]):
     every driver takes the JSON text as it takes the default serializer's.
     """
 
-    impl = sa.JSON
+    impl: type[sa.JSON[Any]] | sa.JSON[Any] = sa.JSON
     cache_ok = True
 
     def __init__(self, column_type: sa.JSON) -> None:

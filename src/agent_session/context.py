@@ -22,16 +22,21 @@ one ``meta`` key that holds what the library knows about it;
 ``Context.chat_messages()`` drops ``meta`` so the history can be sent to any
 provider as it is.
 
-Nothing that can be derived is stored, and what is left is written compactly:
+No message repeats what can be derived, and what is left is written compactly:
 
 - a user message's input is its ``content`` (the single input field's text, or the
   input as JSON), so ``meta.input`` is only there when that rule would not give it
   back; an assistant message's output is ``agent.parse_output(content)``
   (``Message.parse_input`` / ``Message.parse_output`` rebuild both);
 - a user message always has ``meta.created_at``; any other message without it was
-  created with the message before it (the first one: with the document); an assistant message without ``meta.attempts``
-  took one; a ``usage`` without ``total_tokens`` totals its two counts;
+  created with the message before it (the first one: with the document);
+- an assistant message without ``meta.attempts`` took one; a ``usage`` without
+  ``total_tokens`` totals its two counts;
 - keys whose value is unknown (``null``) are left out.
+
+The document keeps a summary beside the messages (``turns``, ``usage``, ``cost``,
+``updated_at``): a few bytes that let a reader, or a SQL query, see the totals
+without summing the messages.
 
 ``load_context`` fills all of that in, so a ``Context`` always has every field;
 ``Context.to_document()`` gives the compact form back.
@@ -348,7 +353,7 @@ def _input_is_derived(content: Any, stored: dict[str, Any] | None) -> bool:
     if not isinstance(content, str):
         return False
     if len(stored) == 1:
-        return next(iter(stored.values())) == content
+        return bool(next(iter(stored.values())) == content)
     try:
         return bool(json.loads(content) == stored)
     except ValueError:
