@@ -442,6 +442,11 @@ INVALID: dict[str, Any] = {
         "updated_at": "2026-01-01T00:00:00Z",
     },
     "v2_bad_usage": {**_minimal_v2(), "usage": {"prompt_tokens": "many"}},
+    "v2_message_usage_not_an_object": {
+        **_minimal_v2(),
+        "messages": [{"role": "assistant", "meta": {"usage": 5}}],
+    },
+    "v2_meta_not_an_object": {**_minimal_v2(), "messages": [{"role": "user", "meta": [1]}]},
     "v2_bad_message_usage": {
         **_minimal_v2(),
         "messages": [{"role": "assistant", "meta": {"usage": {"completion_tokens": "many"}}}],

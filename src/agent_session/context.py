@@ -257,23 +257,34 @@ class Context(BaseModel):
 
 
 def _expand_messages(messages: list[Any], created_at: Any) -> list[Any]:
+    """The messages with what their compact form leaves out; unchanged ones as they are."""
     expanded = []
     previous_at = created_at
     for message in messages:
         if not isinstance(message, dict):
             expanded.append(message)
             continue
-        meta = message.get("meta", {})
-        if isinstance(meta, dict):
-            meta = dict(meta)
-            if meta.get("created_at") is None and previous_at is not None:
-                meta["created_at"] = previous_at
-            previous_at = meta.get("created_at")
-            if "usage" in meta:
-                meta["usage"] = _expand_usage(meta["usage"])
-            if message.get("role") == "assistant" and meta.get("attempts") is None:
-                meta["attempts"] = 1
-        expanded.append({**message, "meta": meta})
+        meta = message.get("meta")
+        if meta is None:
+            meta = {}
+        elif not isinstance(meta, dict):
+            expanded.append(message)  # left for validation to reject
+            continue
+        filled: dict[str, Any] = {}
+        at = meta.get("created_at")
+        if at is None:
+            if previous_at is not None:
+                filled["created_at"] = previous_at
+        else:
+            previous_at = at
+        usage = meta.get("usage")
+        if isinstance(usage, dict) and "total_tokens" not in usage:
+            filled["usage"] = _expand_usage(usage)
+        if message.get("role") == "assistant" and meta.get("attempts") is None:
+            filled["attempts"] = 1
+        if filled or "meta" not in message:
+            message = {**message, "meta": {**meta, **filled}}
+        expanded.append(message)
     return expanded
 
 
