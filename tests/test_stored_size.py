@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from _databases import Database
 from agent_session import Agent, AgentSessionMixin, ModelResponse, Usage
@@ -139,6 +140,27 @@ class Legacy(AgentSessionMixin, Base):
     __tablename__ = "size_legacy"
     __agent__ = Agent(_model(CJK_WORDS, False, 5))
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+
+BOUND: list[Any] = []
+
+
+class RecordingJSON(TypeDecorator[Any]):
+    """An application's own JSON type: it sees every value bound to the column."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        BOUND.append(value)
+        return value
+
+
+class OwnType(AgentSessionMixin, Base):
+    __tablename__ = "size_own_type"
+    __agent__ = Agent(_model(CJK_WORDS, False, 6))
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    context: Mapped[Any] = mapped_column(RecordingJSON(), nullable=True)
 
 
 def _input(kind: str, rng: random.Random) -> Any:
@@ -272,3 +294,20 @@ async def test_a_version_1_row_continues_and_is_written_back_as_version_2(
     assert document["messages"][-2]["content"] == "Ich habe keine E-Mail bekommen 📧"
     assert "\\u" not in text
     assert chat.last_output == document["messages"][-1]["content"]
+
+
+async def test_a_context_column_of_the_applications_own_type_keeps_its_processing(
+    database: Database,
+) -> None:
+    database.create_all(Base.metadata)
+    api = Api(database, OwnType)
+    BOUND.clear()
+    async with api.session() as db:
+        chat = await api.start(db, "東京 🍣")
+        chat = await api.cont(db, chat, "again")
+        await api.commit(db)
+        key = chat.id
+    async with api.session() as db:
+        context = await api.context(db, key)
+    assert [value is not None and value["turns"] for value in BOUND] == [1, 2]
+    assert context.to_document() == chat.context

@@ -381,11 +381,10 @@ def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
             meta["input"] = None
         fields = message.model_dump(exclude={"meta"})
         messages.append(Message(**fields, meta=MessageMeta(**meta)))
-    context = Context(
-        messages=messages,
-        **old.model_dump(exclude={"version", "messages"}),
-    )
-    return context.to_document()
+    context = Context(messages=messages, **old.model_dump(exclude={"version", "messages"}))
+    # Version 2 exactly, even once ``Context`` is a later version: the next upgrade
+    # in the chain takes it from there.
+    return {**context.to_document(), "version": 2}
 
 
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_v1}
