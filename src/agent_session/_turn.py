@@ -127,15 +127,8 @@ def validate_input(agent: Agent[Any], input: InputLike) -> TurnInput:
 
     field = agent.single_input_field
     single = getattr(value, field) if field is not None else None
-    stored_input: dict[str, Any] | None = None
     try:
-        if isinstance(single, str):
-            content = single
-        else:
-            content = value.model_dump_json()
-            as_json = value.model_dump(mode="json")
-            if input_document(field, content) != as_json:
-                stored_input = as_json
+        content = single if isinstance(single, str) else value.model_dump_json()
     except PydanticSerializationError as exc:
         raise InputValidationError(
             f"input must be JSON-serialisable to be sent: {exc}", errors=[]
@@ -148,6 +141,12 @@ def validate_input(agent: Agent[Any], input: InputLike) -> TurnInput:
             errors=[],
             source="size",
         )
+    stored_input: dict[str, Any] | None = None
+    if not isinstance(single, str):
+        # The content is the input as JSON: stored again only if it does not read back.
+        as_json = value.model_dump(mode="json")
+        if input_document(field, content) != as_json:
+            stored_input = as_json
     return TurnInput(value=value, content=content, stored_input=stored_input)
 
 
