@@ -6,11 +6,13 @@ access pattern on one table per column type, each holding the same documents of
 100, 1,000 and 5,000 messages:
 
 - write: ``UPDATE t SET context = :doc WHERE id = :id`` through SQLAlchemy (``sa.JSON``
-  for ``json``, ``postgresql.JSONB`` for ``jsonb``), committed;
+  for ``json``, ``postgresql.JSONB`` for ``jsonb``), committed, the document as
+  compact UTF-8 JSON text (as the library writes it);
 - read: ``SELECT context FROM t WHERE id = :id``, decoded to Python by the driver;
 - size: ``pg_column_size`` of one stored document (after TOAST compression) and
   ``pg_total_relation_size`` (heap, TOAST and index) per row, for rows written once
-  and vacuumed.
+  and vacuumed; and the document's text (``octet_length``) against its bare chat
+  messages (the compact UTF-8 JSON of each message's role and content).
 
 Both the default TOAST compression (``pglz``) and ``lz4`` (``ALTER TABLE ... ALTER
 COLUMN context SET COMPRESSION lz4``, PostgreSQL 14+) are measured. Variants are
@@ -20,6 +22,7 @@ interleaved round by round, on psycopg (sync) and asyncpg.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -60,6 +63,11 @@ VARIANTS: dict[str, tuple[Any, str | None]] = {
 }
 
 
+def _dumps(document: Any) -> str:
+    """Compact UTF-8 JSON text: how the library binds the documents it writes."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
 def _tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
     return {
         name: sa.Table(
@@ -92,7 +100,7 @@ def _filled(
     document of ``size`` messages; dropped, and the engine disposed, on exit."""
     metadata = sa.MetaData()
     tables = _tables(metadata)
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(url, json_serializer=_dumps)
     document = make_document(size)
     try:
         _create(engine, metadata, tables)
@@ -103,6 +111,19 @@ def _filled(
     finally:
         metadata.drop_all(engine)
         engine.dispose()
+
+
+def _chat_bytes(document: dict[str, Any]) -> int:
+    """The bare chat messages: compact UTF-8 JSON of role and content."""
+    bare = [{"role": m["role"], "content": m["content"]} for m in document["messages"]]
+    return len(json.dumps(bare, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def _text_bytes(url: str, size: int) -> int:
+    """``octet_length`` of one document as the ``json`` column holds it."""
+    with _filled(url, size, [1]) as (engine, tables, _), engine.connect() as conn:
+        column = sa.cast(tables["json"].c.context, sa.Text)
+        return int(conn.execute(sa.select(sa.func.octet_length(column))).scalar_one())
 
 
 def _sizes(url: str, size: int) -> dict[str, tuple[float, float]]:
@@ -159,7 +180,7 @@ def _times_async(async_url: str, sync_url: str, size: int, rounds: int) -> dict[
     with _filled(sync_url, size, [1]) as (_, tables, document):
 
         async def main() -> dict[str, list[float]]:
-            engine = create_async_engine(async_url)
+            engine = create_async_engine(async_url, json_serializer=_dumps)
 
             async def write(table: sa.Table) -> float:
                 started = time.perf_counter()
@@ -222,11 +243,13 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
                     lz4_write.setdefault(size, []).append(lz4)
                 time_rows.append(cells)
         found = _sizes(sync_url, size)
+        text = _text_bytes(sync_url, size)
         size_rows.append(
             [f"{size:,}"]
             + [fmt_bytes(found[name][0]) for name in VARIANTS]
             + [fmt_bytes(found[name][1]) for name in ("json", "jsonb")]
             + [fmt_ratio(found["jsonb"][0] / found["json"][0])]
+            + [fmt_bytes(text), fmt_ratio(text / _chat_bytes(make_document(size)))]
         )
         size_ratio[size] = found["jsonb"][0] / found["json"][0]
     result.add_table(
@@ -244,6 +267,8 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
             "json per row",
             "jsonb per row",
             "jsonb/json document",
+            "json text",
+            "text/chat messages",
         ],
         size_rows,
     )

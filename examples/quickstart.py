@@ -92,7 +92,7 @@ def main(path: str = "quickstart.sqlite3") -> dict[str, Any]:
     for message in context.messages:
         print(f"{message.role:>9}: {message.content}")
     print(f"\nturns: {context.turns}, tokens: {context.usage.total_tokens}, cost: {context.cost}")
-    document = context.model_dump(mode="json", exclude_none=True)
+    document = context.to_document()
     print("\nstored context:\n" + json.dumps(document, indent=2, ensure_ascii=False))
     engine.dispose()
     return document

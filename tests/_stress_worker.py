@@ -116,7 +116,7 @@ def history_tokens(document: dict[str, Any]) -> list[str]:
         assert user["role"] == "user", user
         assert assistant["role"] == "assistant", assistant
         token = token_of(user["content"])
-        assert assistant["meta"]["output"] == {"answer": f"echo:{token}"}, (user, assistant)
+        assert json.loads(assistant["content"]) == {"answer": f"echo:{token}"}, (user, assistant)
         tokens.append(token)
     assert document["turns"] == len(tokens)
     assert len(set(tokens)) == len(tokens), f"duplicated turn in {tokens}"

@@ -270,8 +270,8 @@ def _corrupt(document: dict[str, Any], variant: str) -> Any:
         doc["messages"] = "hello"
     elif variant == "unknown-role":
         doc["messages"] = [*doc["messages"], {"role": "wizard", "content": "x", "meta": {}}]
-    elif variant == "message-without-meta":
-        doc["messages"] = [{k: v for k, v in m.items() if k != "meta"} for m in doc["messages"]]
+    elif variant == "meta-not-an-object":
+        doc["messages"] = [{**m, "meta": "yesterday"} for m in doc["messages"]]
     elif variant == "unknown-field":
         doc["favourite_colour"] = "blue"
     elif variant == "newer-version":
@@ -292,7 +292,7 @@ def _corrupt(document: dict[str, Any], variant: str) -> Any:
 CORRUPTIONS = [
     "messages-not-a-list",
     "unknown-role",
-    "message-without-meta",
+    "meta-not-an-object",
     "unknown-field",
     "newer-version",
     "no-version",

@@ -1,8 +1,10 @@
-"""The stored context format: golden documents and ``load_context`` errors.
+"""The stored context format: golden documents, the upgrade and ``load_context`` errors.
 
-The files in ``tests/data/context_v1_*.json`` are documents as version 1 writes
+The files in ``tests/data/context_v<N>_*.json`` are documents as version N writes
 them. They are the compatibility promise: every later release must read every
-earlier version, so these files are never edited, only added to.
+earlier version, so these files are never edited, only added to. The version-2
+files hold the same conversations as the version-1 ones, so the upgrade is checked
+against them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from agent_session import (
     Context,
     ContextError,
     Message,
+    TextInput,
     Usage,
     _turn,
 )
@@ -30,7 +33,10 @@ from agent_session.context import load_context
 from agent_session.testing import TestModel
 
 DATA = Path(__file__).parent / "data"
-GOLDEN = sorted(DATA.glob("context_v1_*.json"))
+GOLDEN_V1 = sorted(DATA.glob("context_v1_*.json"))
+GOLDEN_V2 = sorted(DATA.glob("context_v2_*.json"))
+GOLDEN = GOLDEN_V1 + GOLDEN_V2
+KINDS = ["plain_text", "structured", "tool_calls"]
 
 
 def _golden(name: str) -> dict[str, Any]:
@@ -49,16 +55,16 @@ def _minimal() -> dict[str, Any]:
     }
 
 
+def _minimal_v2() -> dict[str, Any]:
+    return {**_minimal(), "version": 2}
+
+
 # -- golden documents ----------------------------------------------------------
 
 
 def test_golden_documents_are_present() -> None:
     names = {path.name for path in GOLDEN}
-    assert {
-        "context_v1_plain_text.json",
-        "context_v1_structured.json",
-        "context_v1_tool_calls.json",
-    } <= names
+    assert {f"context_v{v}_{kind}.json" for v in (1, 2) for kind in KINDS} <= names
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda path: path.stem)
@@ -70,13 +76,26 @@ def test_every_golden_document_loads(path: Path) -> None:
 
     assert isinstance(context, Context)
     assert raw == before, "load_context must not modify the stored document"
-    assert context.version == CONTEXT_VERSION == 1
+    assert context.version == CONTEXT_VERSION == 2
     assert context.messages
+    assert all(m.meta.created_at.tzinfo is not None for m in context.messages)
     assert context.created_at.tzinfo is not None
     assert context.updated_at >= context.created_at
-    # Re-serialising what was read gives a document that reads the same.
-    again = load_context(context.model_dump(mode="json"))
-    assert again == context
+    # Both the full dump and the compact form read back the same.
+    assert load_context(context.model_dump(mode="json")) == context
+    assert load_context(context.to_document()) == context
+
+
+@pytest.mark.parametrize("path", GOLDEN_V2, ids=lambda path: path.stem)
+def test_version_2_golden_documents_are_what_the_library_writes(path: Path) -> None:
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert load_context(raw).to_document() == raw
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_version_1_upgrades_to_the_version_2_golden_document(kind: str) -> None:
+    upgraded = load_context(_golden(f"context_v1_{kind}.json")).to_document()
+    assert upgraded == _golden(f"context_v2_{kind}.json")
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda path: path.stem)
@@ -101,8 +120,10 @@ def test_chat_messages_strip_meta_and_keep_the_chat_fields(path: Path) -> None:
     json.dumps(chat)  # plain JSON, ready to send
 
 
-def test_plain_text_golden_document() -> None:
-    context = load_context(_golden("context_v1_plain_text.json"))
+@pytest.mark.parametrize("version", [1, 2])
+def test_plain_text_golden_document(version: int) -> None:
+    context = load_context(_golden(f"context_v{version}_plain_text.json"))
+    agent = Agent(TestModel())
 
     assert context.system is not None
     assert context.system.startswith("You are a friendly support assistant for Acme Hosting")
@@ -118,8 +139,17 @@ def test_plain_text_golden_document() -> None:
     ]
     last = context.last_assistant
     assert last is not None
-    assert last.meta.output == last.content
+    assert last.parse_output(agent) == last.content
     assert last.meta.model == "gpt-4o-mini-2024-07-18"
+    assert last.meta.attempts == 1
+    assert last.meta.usage == Usage(prompt_tokens=78, completion_tokens=17, total_tokens=95)
+    user = context.messages[3]
+    assert user.meta.input is None  # it is the content
+    assert user.parse_input(agent) == TextInput(message="I did not get the reset email.")
+    assert last.parse_input(agent) is None and user.parse_output(agent) is None
+    # The reply was created with its user message, the instruction with the document.
+    assert last.meta.created_at == user.meta.created_at
+    assert context.messages[0].meta.created_at == context.created_at
     assert context.created_at == datetime(2026, 3, 2, 9, 14, 5, 120331, tzinfo=UTC)
 
 
@@ -146,39 +176,60 @@ class Plan(BaseModel):
     notes: str | None = None
 
 
-def test_structured_golden_document_keeps_non_ascii_and_nested_output() -> None:
-    context = load_context(_golden("context_v1_structured.json"))
+class Trip(BaseModel):
+    city: str
+    days: int
+    interests: list[str]
+
+
+PLANNER = Agent(TestModel(), input_schema=Trip, output_schema=Plan)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_structured_golden_document_keeps_non_ascii_and_nested_output(version: int) -> None:
+    context = load_context(_golden(f"context_v{version}_structured.json"))
 
     assert context.cost is None
     assert context.system == "Du bist ein Reiseplaner für Köln. Antworte auf Deutsch. 🧳"
     first, last = (m for m in context.messages if m.role == "assistant")
     assert first.meta.attempts == 2
     assert first.meta.cost is None
-    plan = Plan.model_validate(first.meta.output)
+    plan = first.parse_output(PLANNER)
     assert plan.title == "Zwei Tage in Köln 🏰"
     assert plan.days[0].stops[1].tags == ["Kölsch 🍺"]
-    assert Plan.model_validate(last.meta.output).days[0].stops[0].name == "築地場外市場"
+    assert last.parse_output(PLANNER).days[0].stops[0].name == "築地場外市場"
     user = context.messages[1]
-    assert user.meta.input == {"city": "Köln", "days": 2, "interests": ["Dom", "Kölsch 🍺"]}
-    assert json.loads(user.content) == user.meta.input  # type: ignore[arg-type]
+    assert user.meta.input is None
+    assert user.parse_input(PLANNER) == Trip(city="Köln", days=2, interests=["Dom", "Kölsch 🍺"])
 
 
-def test_structured_golden_output_matches_what_the_agent_would_parse() -> None:
-    agent = Agent(TestModel(), output_schema=Plan)
-    context = load_context(_golden("context_v1_structured.json"))
-    for message in context.messages:
-        if message.role == "assistant":
-            assert isinstance(message.content, str)
-            parsed = agent.parse_output(message.content)
-            assert parsed == agent.output_from_json(message.meta.output)
+@pytest.mark.parametrize("kind", KINDS)
+def test_what_version_1_stored_twice_is_derived_back(kind: str) -> None:
+    """``meta.input`` and ``meta.output`` of version 1 are what the upgraded messages
+    give back from their content."""
+    raw = _golden(f"context_v1_{kind}.json")
+    agent = PLANNER if kind == "structured" else Agent(TestModel())
+    context = load_context(raw)
+    checked = 0
+    for stored, message in zip(raw["messages"], context.messages, strict=True):
+        if "input" in stored["meta"]:
+            value = message.parse_input(agent)
+            assert value == agent.input_schema.model_validate(stored["meta"]["input"])
+            checked += 1
+        if "output" in stored["meta"]:
+            assert message.parse_output(agent) == agent.output_from_json(stored["meta"]["output"])
+            checked += 1
+    assert checked >= 2
 
 
-def test_tool_calls_golden_document() -> None:
-    context = load_context(_golden("context_v1_tool_calls.json"))
+@pytest.mark.parametrize("version", [1, 2])
+def test_tool_calls_golden_document(version: int) -> None:
+    context = load_context(_golden(f"context_v{version}_tool_calls.json"))
 
     call = context.messages[2]
     assert call.role == "assistant"
     assert call.content is None
+    assert call.parse_output(Agent(TestModel())) is None
     assert call.tool_calls is not None
     assert call.tool_calls[0]["function"]["name"] == "get_order"
     assert call.meta.finish_reason == "tool_calls"
@@ -186,6 +237,7 @@ def test_tool_calls_golden_document() -> None:
     assert tool.role == "tool"
     assert tool.tool_call_id == "call_7QpX2"
     assert tool.name == "get_order"
+    assert tool.meta.created_at == datetime(2026, 8, 9, 12, 0, 1, 250000, tzinfo=UTC)
 
     chat = context.chat_messages()
     assert chat[2] == {
@@ -206,26 +258,128 @@ def test_tool_calls_golden_document() -> None:
 def test_a_turn_continues_every_golden_document(path: Path) -> None:
     raw = json.loads(path.read_text(encoding="utf-8"))
     before = copy.deepcopy(raw)
-    load_context(raw)
+    stored = load_context(raw)
     model = TestModel(replies=["Noted."], cost=0.5)
     agent = Agent(model)
 
     turn_input = _turn.validate_input(agent, "One more question 🙂")
-    plan = _turn.plan_next_turn(raw, turn_input)
+    current = raw if raw["version"] == CONTEXT_VERSION else stored.to_document()
+    plan = _turn.plan_next_turn(current, turn_input)
     result = _turn.drive(_turn.model_flow(agent, plan, False), model.complete)
-    document = _turn.next_document(plan, result, raw)
+    document = _turn.next_document(plan, result, current)
 
     context = load_context(document)
     assert raw == before
+    assert document["version"] == CONTEXT_VERSION
     assert context.turns == before["turns"] + 1
     assert len(context.messages) == len(before["messages"]) + 2
-    assert context.created_at == load_context(before).created_at
+    assert context.messages[:-2] == stored.messages
+    assert context.created_at == stored.created_at
     assert context.instruction_args == before.get("instruction_args")
-    assert context.cost == pytest.approx((before["cost"] or 0.0) + 0.5)
+    assert context.cost == pytest.approx((before.get("cost") or 0.0) + 0.5)
+    assert context.to_document() == document
     # What was sent is the stored history without meta, then the new message.
     sent = model.requests[0].messages
-    assert sent[:-1] == [{k: v for k, v in m.items() if k != "meta"} for m in before["messages"]]
+    assert sent[:-1] == [
+        {k: v for k, v in m.items() if k != "meta" and v is not None} for m in before["messages"]
+    ]
     assert sent[-1] == {"role": "user", "content": "One more question 🙂"}
+
+
+# -- the compact form ----------------------------------------------------------------
+
+
+def test_what_the_compact_form_leaves_out_is_filled_in() -> None:
+    document = {
+        "version": 2,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:05:00Z",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi", "meta": {"created_at": "2026-01-01T00:05:00Z"}},
+            {
+                "role": "assistant",
+                "content": "hello",
+                "meta": {"usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+            },
+            {
+                "role": "assistant",
+                "content": "again",
+                "meta": {
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 9},
+                    "attempts": 3,
+                },
+            },
+        ],
+    }
+    context = load_context(document)
+    system, user, first, second = context.messages
+    assert system.meta.created_at == context.created_at
+    assert first.meta.created_at == user.meta.created_at == context.updated_at
+    assert first.meta.usage == Usage(prompt_tokens=3, completion_tokens=1, total_tokens=4)
+    assert second.meta.usage == Usage(prompt_tokens=3, completion_tokens=1, total_tokens=9)
+    assert (first.meta.attempts, second.meta.attempts) == (1, 3)
+    assert user.meta.attempts is None and system.meta.usage is None
+    assert context.usage == Usage() and context.cost is None
+    assert context.to_document() == {
+        **document,
+        "turns": 0,
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+    }
+
+
+class Count(BaseModel):
+    n: int
+
+
+class Pair(BaseModel):
+    a: str
+    b: float
+
+
+@pytest.mark.parametrize(
+    ("agent", "value", "content", "stored"),
+    [
+        pytest.param(Agent(TestModel()), "héllo 🙂", "héllo 🙂", None, id="one-text-field"),
+        pytest.param(
+            Agent(TestModel(), input_schema=Pair),
+            {"a": "x", "b": 1},
+            '{"a":"x","b":1.0}',
+            None,
+            id="json-of-the-input",
+        ),
+        pytest.param(
+            Agent(TestModel(), input_schema=Count), {"n": 5}, '{"n":5}', {"n": 5}, id="one-int"
+        ),
+    ],
+)
+def test_the_input_is_stored_only_when_the_content_does_not_give_it_back(
+    agent: Agent[Any], value: Any, content: str, stored: Any
+) -> None:
+    turn_input = _turn.validate_input(agent, value)
+    plan = _turn.plan_first_turn(agent, turn_input, None)
+    assert plan.user_message["content"] == content
+    assert plan.user_message["meta"].get("input") == stored
+    result = _turn.drive(_turn.model_flow(agent, plan, False), agent.model.complete)
+    context = load_context(_turn.next_document(plan, result, None))
+    assert context.messages[0].parse_input(agent) == turn_input.value
+
+
+def test_a_version_1_input_that_the_content_does_not_give_back_is_kept() -> None:
+    document = _minimal()
+    document["messages"][0]["content"] = '{"n":5}'
+    document["messages"][0]["meta"]["input"] = {"n": 5}
+    upgraded = load_context(document).to_document()
+    assert upgraded["messages"][0]["meta"]["input"] == {"n": 5}
+    message = load_context(upgraded).messages[0]
+    assert message.parse_input(Agent(TestModel(), input_schema=Count)) == Count(n=5)
+
+
+def test_the_compact_form_is_much_smaller_than_version_1() -> None:
+    for kind in KINDS:
+        v1 = json.dumps(_golden(f"context_v1_{kind}.json"), separators=(",", ":"))
+        v2 = json.dumps(_golden(f"context_v2_{kind}.json"), separators=(",", ":"))
+        assert len(v2) < 0.8 * len(v1), kind
 
 
 # -- invalid documents -------------------------------------------------------------
@@ -262,7 +416,7 @@ INVALID: dict[str, Any] = {
     "missing_version": _without("version"),
     "version_0": _with(version=0),
     "version_negative": _with(version=-1),
-    "version_2_newer": _with(version=2),
+    "version_newer": _with(version=CONTEXT_VERSION + 1),
     "version_string": _with(version="1"),
     "version_bool": _with(version=True),
     "wrong_role": _message(role="robot"),
@@ -271,6 +425,32 @@ INVALID: dict[str, Any] = {
     "unknown_message_key": _message(mood="happy"),
     "unknown_meta_key": _message(meta={"created_at": "2026-01-01T00:00:00Z", "mood": 1}),
     "extra_unknown_key": _with(favourite_colour="blue"),
+    "v1_output_of_a_user_message_is_fine_but_not_a_mood": _message(
+        meta={"created_at": "2026-01-01T00:00:00Z", "output": "x", "mood": 1}
+    ),
+    "v2_output_key": {
+        **_minimal_v2(),
+        "messages": [
+            {"role": "assistant", "content": "x", "meta": {"output": "x"}},
+        ],
+    },
+    "v2_unknown_message_key": {**_minimal_v2(), "messages": [{"role": "user", "mood": 1}]},
+    "v2_wrong_role": {**_minimal_v2(), "messages": [{"role": "robot"}]},
+    "v2_no_created_at_anywhere": {
+        "version": 2,
+        "messages": [{"role": "user", "content": "hi"}],
+        "updated_at": "2026-01-01T00:00:00Z",
+    },
+    "v2_bad_usage": {**_minimal_v2(), "usage": {"prompt_tokens": "many"}},
+    "v2_message_usage_not_an_object": {
+        **_minimal_v2(),
+        "messages": [{"role": "assistant", "meta": {"usage": 5}}],
+    },
+    "v2_meta_not_an_object": {**_minimal_v2(), "messages": [{"role": "user", "meta": [1]}]},
+    "v2_bad_message_usage": {
+        **_minimal_v2(),
+        "messages": [{"role": "assistant", "meta": {"usage": {"completion_tokens": "many"}}}],
+    },
     "messages_not_a_list": _with(messages={"role": "user"}),
     "missing_messages": _without("messages"),
     "missing_created_at": _without("created_at"),
@@ -300,7 +480,7 @@ def test_none_and_lists_say_what_was_found() -> None:
 def test_a_newer_version_is_refused_not_guessed() -> None:
     with pytest.raises(ContextError, match="newer") as info:
         load_context(_with(version=CONTEXT_VERSION + 1), key="k")
-    assert "version 2" in str(info.value)
+    assert f"version {CONTEXT_VERSION + 1}" in str(info.value)
 
 
 def test_missing_or_bad_version_is_named() -> None:
@@ -339,6 +519,13 @@ def test_minimal_document_defaults() -> None:
     assert context.system is None
     assert context.last_assistant is None
     assert context.chat_messages() == [{"role": "user", "content": "hi"}]
+
+
+def test_a_version_2_message_without_meta_was_created_with_the_document() -> None:
+    document = {**_minimal_v2(), "messages": [{"role": "system", "content": "Hi"}]}
+    context = load_context(document)
+    assert context.messages[0].meta.created_at == context.created_at
+    assert context.to_document()["messages"] == [{"role": "system", "content": "Hi"}]
 
 
 def test_message_content_may_be_a_list_of_parts() -> None:

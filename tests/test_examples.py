@@ -59,7 +59,7 @@ def test_quickstart_runs_offline_twice_the_same_way(tmp_path: Path) -> None:
         assert conversation.count("     user: ") == QUESTIONS
         assert conversation.count("assistant: ") == QUESTIONS
         document = json.loads(stored)
-        assert document["version"] == 1 and document["turns"] == QUESTIONS
+        assert document["version"] == 2 and document["turns"] == QUESTIONS
         roles = [m["role"] for m in document["messages"]]
         assert roles == ["system"] + ["user", "assistant"] * QUESTIONS
         assert stored_rows(database) == 1
@@ -104,4 +104,4 @@ def test_quickstart_main_returns_the_stored_document(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(EXAMPLES))
     assert document["messages"][0]["content"].startswith("You are a friendly support assistant")
-    assert document["messages"][-1]["meta"]["output"]["follow_up_question"] is None
+    assert json.loads(document["messages"][-1]["content"])["follow_up_question"] is None

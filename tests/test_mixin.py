@@ -106,15 +106,15 @@ async def test_three_turns_round_trip(api: Api) -> None:
     assert ctx.messages[0].content == "You help Acme."
     assert ctx.instruction_args == {"company_name": "Acme"}
     assert ctx.turns == 3
-    assert ctx.messages[-1].meta.output["answer"].startswith("echo 3: Third")
-    assert ctx.messages[1].meta.input == {"message": "Hello!"}
+    assert ctx.messages[-1].parse_output(structured_agent).answer.startswith("echo 3: Third")
+    assert ctx.messages[1].parse_input(structured_agent).message == "Hello!"
     assert ctx.cost == pytest.approx(0.003)
     per_turn = [m.meta.usage for m in ctx.messages if m.role == "assistant"]
     assert ctx.usage.total_tokens == sum(u.total_tokens for u in per_turn if u) > 0
     [row] = stored_rows(api.database, Chat.__table__)
     assert row["user_id"] == "u1"
     assert row["context_revision"] == 3
-    assert row["context"]["version"] == 1
+    assert row["context"]["version"] == 2
 
 
 async def test_history_is_sent_and_instruction_rendered_once(database: Database) -> None:
@@ -261,17 +261,14 @@ async def test_round_trip_large_and_unicode(api: Api) -> None:
     users = [m.content for m in ctx.messages if m.role == "user"]
     assert users == texts
     assert len(users[-1]) == 1_000_000
-    last = ctx.messages[-1].meta.output
-    assert last["nested"] == {
-        "label": "ünïcødé ✓ 🚀",
-        "scores": [1.5, 2.25],
-        "extra": {"deep": {"list": [1, None]}},
-    }
+    last = ctx.messages[-1].parse_output(structured_agent)
+    assert last.nested == Nested(
+        label="ünïcødé ✓ 🚀", scores=[1.5, 2.25], extra={"deep": {"list": [1, None]}}
+    )
     [row] = stored_rows(api.database, Chat.__table__)
     assert row["context"] == chat.context  # exactly what the library wrote
-    assert row["context"] == ctx.model_dump(mode="json", exclude_none=True) | {
-        "instruction_args": {"company_name": "Ünï"}
-    }
+    assert row["context"] == ctx.to_document()
+    assert ctx.instruction_args == {"company_name": "Ünï"}
 
 
 @pytest.mark.slow

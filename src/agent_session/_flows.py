@@ -130,8 +130,7 @@ def read_document(snap: Snapshot, key: Any) -> dict[str, Any]:
         return cast("dict[str, Any]", doc)
     context = load_context(doc, key=key)
     if context.version != doc.get("version"):
-        upgraded: dict[str, Any] = context.model_dump(mode="json", exclude_none=True)
-        return upgraded
+        return context.to_document()
     return cast("dict[str, Any]", doc)
 
 

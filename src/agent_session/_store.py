@@ -11,6 +11,7 @@ Statements and results are built by ``_StoreBase``; the twins differ only in
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.types import TypeDecorator
 
 from ._flows import Insert, Load, SessionSpec, Snapshot, Swap, written_marker
 from ._turn import Sleep
@@ -112,6 +114,38 @@ def _fresh(session: Session | AsyncSession) -> bool:
     return not (session.new or session.deleted or session.dirty)
 
 
+def _dump_document(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class _DocumentJSON(TypeDecorator[Any]):
+    """The context column's JSON type, bound as compact UTF-8 JSON text.
+
+    Only the library's own writes use it (the column stays the plain JSON type), so
+    a document is stored the same whatever ``json_serializer`` the engine has; the
+    default one escapes every non-ASCII character as ``\\uXXXX``. The dialect's
+    JSON type still renders the statement (``::JSON`` casts on PostgreSQL), and
+    every driver takes the JSON text as it takes the default serializer's.
+    """
+
+    impl: type[sa.JSON[Any]] | sa.JSON[Any] = sa.JSON
+    cache_ok = True
+
+    def __init__(self, column_type: sa.JSON) -> None:
+        super().__init__()
+        self.column_type = column_type
+        self.impl = column_type
+
+    def bind_processor(self, dialect: sa.Dialect) -> Callable[[Any], str]:
+        return _dump_document
+
+
+def _document_type(column_type: Any) -> Any:
+    """How to bind the context: ``_DocumentJSON``, unless the column has a type of
+    the application's own (a ``TypeDecorator``), whose processing is then kept."""
+    return _DocumentJSON(column_type) if isinstance(column_type, sa.JSON) else column_type
+
+
 class _StoreBase:
     """What both shells share: statement building and snapshotting, no I/O."""
 
@@ -184,7 +218,7 @@ class _StoreBase:
                 )
                 .values(
                     {
-                        column: sa.bindparam(f"set_{name}", type_=column.type)
+                        column: sa.bindparam(f"set_{name}", type_=self._bind_type(name, column))
                         for name, column in ((n, self._column(n)) for n in names)
                     }
                 )
@@ -196,6 +230,28 @@ class _StoreBase:
         if op.where:
             statement = statement.where(*op.where)
         return statement, params
+
+    def _bind_type(self, attr: str, column: sa.Column[Any]) -> Any:
+        if attr == self.spec.context_attr:
+            return _document_type(column.type)
+        return column.type
+
+    def before_insert(self, instance: Any) -> Any:
+        """Bind the new context as ``_DocumentJSON`` in the flush's INSERT: the attribute
+        holds a bound SQL expression until ``after_insert`` puts the document back."""
+        attr = self.spec.context_attr
+        document = getattr(instance, attr)
+        bind_type = self._bind_type(attr, self._column(attr))
+        if document is not None and isinstance(bind_type, _DocumentJSON):
+            setattr(instance, attr, sa.literal(document, type_=bind_type))
+        return document
+
+    def after_insert(self, instance: Any, document: Any, *, flushed: bool) -> None:
+        """The document back on the attribute: as loaded after a flush, else as set."""
+        if flushed:
+            set_committed_value(instance, self.spec.context_attr, document)
+        else:
+            setattr(instance, self.spec.context_attr, document)
 
     def revision_statement(self, where: tuple[Any, ...]) -> sa.Select[Any]:
         """``SELECT revision[, status, status_changed_at] WHERE <pk> [AND <where>]``."""
@@ -363,13 +419,16 @@ class SyncStore(_StoreBase):
         return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
 
     def _insert(self, session: Session, op: Insert) -> Any:
+        document = self.before_insert(op.instance)
         session.add(op.instance)
         try:
             session.flush()
         except Exception:
             if op.instance in session:
                 session.expunge(op.instance)
+            self.after_insert(op.instance, document, flushed=False)
             raise
+        self.after_insert(op.instance, document, flushed=True)
         return op.instance
 
 
@@ -464,11 +523,14 @@ class AsyncStore(_StoreBase):
         return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
 
     async def _insert(self, session: AsyncSession, op: Insert) -> Any:
+        document = self.before_insert(op.instance)
         session.add(op.instance)
         try:
             await session.flush()
         except Exception:
             if op.instance in session:
                 session.expunge(op.instance)
+            self.after_insert(op.instance, document, flushed=False)
             raise
+        self.after_insert(op.instance, document, flushed=True)
         return op.instance

@@ -28,7 +28,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from .context import CONTEXT_VERSION, Usage, chat_messages, isoformat, utcnow
+from .context import (
+    CONTEXT_VERSION,
+    Usage,
+    chat_messages,
+    input_document,
+    isoformat,
+    stored_usage,
+    usage_document,
+    utcnow,
+)
 from .errors import InputValidationError, OutputValidationError
 from .llm import Model, ModelRequest, ModelResponse
 from .result import Result
@@ -62,6 +71,8 @@ class TurnInput:
 
     value: BaseModel
     content: str
+    stored_input: dict[str, Any] | None = None
+    """The input as JSON when ``content`` does not give it back (stored in ``meta.input``)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,13 @@ def validate_input(agent: Agent[Any], input: InputLike) -> TurnInput:
             errors=[],
             source="size",
         )
-    return TurnInput(value=value, content=content)
+    stored_input: dict[str, Any] | None = None
+    if not isinstance(single, str):
+        # The content is the input as JSON: stored again only if it does not read back.
+        as_json = value.model_dump(mode="json")
+        if input_document(field, content) != as_json:
+            stored_input = as_json
+    return TurnInput(value=value, content=content, stored_input=stored_input)
 
 
 def _instruction_args(
@@ -184,10 +201,13 @@ def _storable_args(dump: Callable[[], Any]) -> dict[str, Any]:
     return stored
 
 
-def _stored(role: str, content: str, now: datetime, **meta: Any) -> dict[str, Any]:
-    meta_doc: dict[str, Any] = {"created_at": isoformat(now)}
-    meta_doc.update((k, v) for k, v in meta.items() if v is not None)
-    return {"role": role, "content": content, "meta": meta_doc}
+def _stored(role: str, content: str, **meta: Any) -> dict[str, Any]:
+    """A message in the stored (compact) form: ``meta`` keeps what is known, if anything."""
+    message: dict[str, Any] = {"role": role, "content": content}
+    known = {k: v for k, v in meta.items() if v is not None}
+    if known:
+        message["meta"] = known
+    return message
 
 
 def plan_first_turn(
@@ -203,7 +223,8 @@ def plan_first_turn(
     values, stored_args = _instruction_args(agent, instruction_args)
     history: list[dict[str, Any]] = []
     if agent.template is not None:
-        history.append(_stored("system", agent.template.render(values), now))
+        # Created with the document: no timestamp of its own.
+        history.append(_stored("system", agent.template.render(values)))
     return TurnPlan(
         input=turn_input.value,
         user_message=_user_message(turn_input, now),
@@ -228,7 +249,9 @@ def plan_next_turn(
 
 
 def _user_message(turn_input: TurnInput, now: datetime) -> dict[str, Any]:
-    return _stored("user", turn_input.content, now, input=turn_input.value.model_dump(mode="json"))
+    return _stored(
+        "user", turn_input.content, created_at=isoformat(now), input=turn_input.stored_input
+    )
 
 
 # -- step 3: the model call, output validation and re-asks -------------------------
@@ -327,36 +350,37 @@ def next_document(
 ) -> dict[str, Any]:
     """The context document after this turn. ``previous`` is never modified."""
     now = plan.now
+    # Created with the user message (no timestamp of its own); the output is
+    # ``agent.parse_output(content)``, so it is not stored.
     assistant = _stored(
         "assistant",
         result.text,
-        now,
-        output=result.output_json,
         model=result.model,
-        usage=result.usage.model_dump(),
+        usage=usage_document(result.usage),
         cost=result.cost,
         finish_reason=result.finish_reason,
-        attempts=result.attempts,
+        attempts=result.attempts if result.attempts != 1 else None,
     )
     if previous is None:
         usage, cost, turns, created = result.usage, result.cost, 1, isoformat(now)
     else:
-        usage = Usage.model_validate(previous.get("usage") or {}) + result.usage
+        usage = stored_usage(previous.get("usage")) + result.usage
         before = previous.get("cost")
         cost = before if result.cost is None else (before or 0.0) + result.cost
         turns = int(previous.get("turns", 0)) + 1
         created = previous["created_at"]
     doc: dict[str, Any] = {
         "version": CONTEXT_VERSION,
-        "messages": [*plan.history, plan.user_message, assistant],
-        "usage": usage.model_dump(),
-        "cost": cost,
-        "turns": turns,
         "created_at": created,
         "updated_at": isoformat(now),
+        "turns": turns,
+        "usage": usage_document(usage),
     }
+    if cost is not None:
+        doc["cost"] = cost
     if plan.instruction_args is not None:
         doc["instruction_args"] = plan.instruction_args
+    doc["messages"] = [*plan.history, plan.user_message, assistant]
     return doc
 
 

@@ -216,7 +216,7 @@ class Agent(Generic[OutputT]):
         return self.output_schema.model_validate_json(_strip_code_fence(text))
 
     def output_from_json(self, data: Any) -> OutputT:
-        """Rebuild the output from what the context stores."""
+        """Rebuild the output from its JSON form (``Result.output_json``)."""
         if self.output_schema is None:
             return data  # type: ignore[no-any-return]
         return self.output_schema.model_validate(data)  # type: ignore[return-value]

@@ -1,27 +1,45 @@
 """The stored conversation: a versioned JSON document, validated when read.
 
-A context document looks like::
+A context document (version 2) looks like::
 
     {
-      "version": 1,
-      "messages": [
-        {"role": "system", "content": "You are ...", "meta": {"created_at": "..."}},
-        {"role": "user", "content": "Hello!", "meta": {"created_at": "...", "input": {...}}},
-        {"role": "assistant", "content": "{...}", "meta": {"created_at": "...",
-         "output": {...}, "model": "...", "usage": {...}, "cost": 0.0001, ...}}
-      ],
+      "version": 2,
+      "created_at": "...", "updated_at": "...", "turns": 1,
+      "usage": {"prompt_tokens": 21, "completion_tokens": 5},
+      "cost": 0.00002,
       "instruction_args": {...},
-      "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-      "cost": 0.0001,
-      "turns": 1,
-      "created_at": "...",
-      "updated_at": "..."
+      "messages": [
+        {"role": "system", "content": "You are ..."},
+        {"role": "user", "content": "Hello!", "meta": {"created_at": "..."}},
+        {"role": "assistant", "content": "{...}", "meta": {"model": "...",
+         "usage": {...}, "cost": 0.00002, "finish_reason": "stop"}}
+      ]
     }
 
 Each message is an OpenAI chat message (``role``, ``content`` and, for tool use,
-``tool_calls``, ``tool_call_id``, ``name``) plus one ``meta`` key that holds what
-the library knows about it; ``Context.chat_messages()`` drops ``meta`` so the
-history can be sent to any provider as it is.
+``tool_calls``, ``tool_call_id``, ``name``) plus, when there is something to say,
+one ``meta`` key that holds what the library knows about it;
+``Context.chat_messages()`` drops ``meta`` so the history can be sent to any
+provider as it is.
+
+No message repeats what can be derived, and what is left is written compactly:
+
+- a user message's input is its ``content`` (the single input field's text, or the
+  input as JSON), so ``meta.input`` is only there when that rule would not give it
+  back; an assistant message's output is ``agent.parse_output(content)``
+  (``Message.parse_input`` / ``Message.parse_output`` rebuild both);
+- a user message always has ``meta.created_at``; any other message without it was
+  created with the message before it (the first one: with the document);
+- an assistant message without ``meta.attempts`` took one; a ``usage`` without
+  ``total_tokens`` totals its two counts;
+- keys whose value is unknown (``null``) are left out.
+
+The document keeps a summary beside the messages (``turns``, ``usage``, ``cost``,
+``updated_at``): a few bytes that let a reader, or a SQL query, see the totals
+without summing the messages.
+
+``load_context`` fills all of that in, so a ``Context`` always has every field;
+``Context.to_document()`` gives the compact form back.
 
 Compatibility promise: every release reads every context version any earlier
 release wrote. A format change bumps ``version`` and adds an upgrade function to
@@ -32,17 +50,21 @@ release knows is refused with ``ContextError`` rather than guessed at.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ContextError, show_key
 
+if TYPE_CHECKING:
+    from .agent import Agent
+
 __all__ = ["CONTEXT_VERSION", "Context", "Message", "MessageMeta", "Usage", "load_context"]
 
-CONTEXT_VERSION = 1
+CONTEXT_VERSION = 2
 """The version this release writes."""
 
 
@@ -74,6 +96,40 @@ class Usage(BaseModel):
         )
 
 
+def usage_document(usage: Usage) -> dict[str, int]:
+    """A ``Usage`` as stored: ``total_tokens`` only when it is not the sum of the two."""
+    stored = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+    if usage.total_tokens != usage.prompt_tokens + usage.completion_tokens:
+        stored["total_tokens"] = usage.total_tokens
+    return stored
+
+
+def stored_usage(raw: Any) -> Usage:
+    """The ``Usage`` a stored (possibly compact) usage object stands for."""
+    return Usage.model_validate(_expand_usage(raw or {}))
+
+
+def _expand_usage(raw: Any) -> Any:
+    if not isinstance(raw, dict) or "total_tokens" in raw:
+        return raw
+    counts = [raw.get("prompt_tokens", 0), raw.get("completion_tokens", 0)]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+        return raw  # left for validation to reject
+    return {**raw, "total_tokens": sum(counts)}
+
+
+def input_document(single_input_field: str | None, content: str) -> Any:
+    """The input (as JSON) that a user message's ``content`` stands for.
+
+    With one input field the content is that field's text; otherwise it is the
+    input as JSON. A turn stores ``meta.input`` only when this does not give the
+    input back (a single field that is not a string).
+    """
+    if single_input_field is not None:
+        return {single_input_field: content}
+    return json.loads(content)
+
+
 class MessageMeta(BaseModel):
     """What the library records beside one chat message."""
 
@@ -81,9 +137,8 @@ class MessageMeta(BaseModel):
 
     created_at: datetime
     input: dict[str, Any] | None = None
-    """User messages: the validated input, as JSON."""
-    output: Any = None
-    """Assistant messages: the parsed output, as JSON (a string for plain-text agents)."""
+    """User messages: the input as JSON, only when ``content`` does not give it back
+    (use ``Message.parse_input``)."""
     model: str | None = None
     usage: Usage | None = None
     """Assistant messages: tokens of this turn, re-asks included."""
@@ -104,13 +159,34 @@ class Message(BaseModel):
     tool_call_id: str | None = None
     meta: MessageMeta
 
+    def parse_input(self, agent: Agent[Any]) -> BaseModel | None:
+        """A user message's input, validated with ``agent.input_schema``; else ``None``."""
+        if self.role != "user" or not isinstance(self.content, str):
+            return None
+        data = self.meta.input
+        if data is None:
+            data = input_document(agent.single_input_field, self.content)
+        return agent.input_schema.model_validate(data)
+
+    def parse_output(self, agent: Agent[Any]) -> Any:
+        """An assistant reply parsed as ``agent`` parses it (``None`` for other messages
+        and for tool calls without text). Raises ``ValidationError`` if the stored text
+        no longer matches the agent's output schema."""
+        if self.role != "assistant" or not isinstance(self.content, str):
+            return None
+        return agent.parse_output(self.content)
+
 
 class Context(BaseModel):
-    """A whole stored conversation (the current version of the document)."""
+    """A whole stored conversation (the current version of the document).
+
+    Validating a stored document fills in what the compact form leaves out (see the
+    module docstring); ``to_document`` writes it compactly again.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     messages: list[Message]
     instruction_args: dict[str, Any] | None = None
     usage: Usage = Field(default_factory=Usage)
@@ -119,6 +195,20 @@ class Context(BaseModel):
     turns: int = 0
     created_at: datetime
     updated_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        """Fill in what the stored form leaves out: carried-over timestamps, defaults."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "usage" in data:
+            data["usage"] = _expand_usage(data["usage"])
+        messages = data.get("messages")
+        if isinstance(messages, list):
+            data["messages"] = _expand_messages(messages, data.get("created_at"))
+        return data
 
     @property
     def system(self) -> str | None:
@@ -140,14 +230,166 @@ class Context(BaseModel):
         """The history in OpenAI chat format, ready to send."""
         return chat_messages(self.model_dump(mode="json", exclude_none=True)["messages"])
 
+    def to_document(self) -> dict[str, Any]:
+        """The compact JSON document the library stores for this context."""
+        doc: dict[str, Any] = {
+            "version": self.version,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+            "turns": self.turns,
+            "usage": usage_document(self.usage),
+        }
+        if self.cost is not None:
+            doc["cost"] = self.cost
+        if self.instruction_args is not None:
+            doc["instruction_args"] = self.instruction_args
+        messages = []
+        previous_at = self.created_at
+        for message in self.messages:
+            stored = message.model_dump(mode="json", exclude_none=True, exclude={"meta"})
+            meta = _meta_document(message, previous_at)
+            if meta:
+                stored["meta"] = meta
+            previous_at = message.meta.created_at
+            messages.append(stored)
+        doc["messages"] = messages
+        return doc
+
+
+def _expand_messages(messages: list[Any], created_at: Any) -> list[Any]:
+    """The messages with what their compact form leaves out; unchanged ones as they are."""
+    expanded = []
+    previous_at = created_at
+    for message in messages:
+        if not isinstance(message, dict):
+            expanded.append(message)
+            continue
+        meta = message.get("meta")
+        if meta is None:
+            meta = {}
+        elif not isinstance(meta, dict):
+            expanded.append(message)  # left for validation to reject
+            continue
+        filled: dict[str, Any] = {}
+        at = meta.get("created_at")
+        if at is None:
+            if previous_at is not None:
+                filled["created_at"] = previous_at
+        else:
+            previous_at = at
+        usage = meta.get("usage")
+        if isinstance(usage, dict) and "total_tokens" not in usage:
+            filled["usage"] = _expand_usage(usage)
+        if message.get("role") == "assistant" and meta.get("attempts") is None:
+            filled["attempts"] = 1
+        if filled or "meta" not in message:
+            message = {**message, "meta": {**meta, **filled}}
+        expanded.append(message)
+    return expanded
+
+
+def _meta_document(message: Message, previous_at: datetime) -> dict[str, Any]:
+    meta = message.meta
+    stored: dict[str, Any] = {}
+    if message.role == "user" or meta.created_at != previous_at:
+        stored["created_at"] = isoformat(meta.created_at)
+    if meta.input is not None:
+        stored["input"] = meta.input
+    if meta.model is not None:
+        stored["model"] = meta.model
+    if meta.usage is not None:
+        stored["usage"] = usage_document(meta.usage)
+    if meta.cost is not None:
+        stored["cost"] = meta.cost
+    if meta.finish_reason is not None:
+        stored["finish_reason"] = meta.finish_reason
+    if meta.attempts is not None and not (message.role == "assistant" and meta.attempts == 1):
+        stored["attempts"] = meta.attempts
+    return stored
+
 
 def chat_messages(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Strip ``meta`` from stored message dicts."""
     return [{k: v for k, v in m.items() if k != "meta"} for m in stored]
 
 
-_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-"""``_UPGRADES[n]`` turns a version-n document into a version n+1 document."""
+# -- earlier versions --------------------------------------------------------------
+
+
+class _MessageMetaV1(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    created_at: datetime
+    input: dict[str, Any] | None = None
+    output: Any = None
+    model: str | None = None
+    usage: Usage | None = None
+    cost: float | None = None
+    finish_reason: str | None = None
+    attempts: int | None = None
+
+
+class _MessageV1(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[Any] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    meta: _MessageMetaV1
+
+
+class _ContextV1(BaseModel):
+    """Version 1: every message has a full ``meta``; user messages repeat their input
+    in ``meta.input`` and assistant messages their parsed output in ``meta.output``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1]
+    messages: list[_MessageV1]
+    instruction_args: dict[str, Any] | None = None
+    usage: Usage = Field(default_factory=Usage)
+    cost: float | None = None
+    turns: int = 0
+    created_at: datetime
+    updated_at: datetime
+
+
+def _input_is_derived(content: Any, stored: dict[str, Any] | None) -> bool:
+    """Whether ``input_document`` gives ``stored`` back from ``content``, for the agent
+    that wrote it (one input field exactly when the input has one key)."""
+    if stored is None:
+        return True
+    if not isinstance(content, str):
+        return False
+    if len(stored) == 1:
+        return bool(next(iter(stored.values())) == content)
+    try:
+        return bool(json.loads(content) == stored)
+    except ValueError:
+        return False
+
+
+def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 -> 2: drop ``meta.output`` and derivable ``meta.input``; compact."""
+    old = _ContextV1.model_validate(raw)
+    messages = []
+    for message in old.messages:
+        meta = message.meta.model_dump(exclude={"output"})
+        if _input_is_derived(message.content, message.meta.input):
+            meta["input"] = None
+        fields = message.model_dump(exclude={"meta"})
+        messages.append(Message(**fields, meta=MessageMeta(**meta)))
+    context = Context(messages=messages, **old.model_dump(exclude={"version", "messages"}))
+    # Version 2 exactly, even once ``Context`` is a later version: the next upgrade
+    # in the chain takes it from there.
+    return {**context.to_document(), "version": 2}
+
+
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_v1}
+"""``_UPGRADES[n]`` turns a version-n document into a version n+1 document (and raises
+``ValidationError`` if it is not a valid version-n document)."""
 
 
 def _of_session(key: Any) -> str:
@@ -176,11 +418,11 @@ def load_context(raw: Any, *, key: Any = None) -> Context:
             f"agent-session; this release reads versions 1 to {CONTEXT_VERSION}",
             key=key,
         )
-    doc = raw
-    while version < CONTEXT_VERSION:
-        doc = _UPGRADES[version](doc)
-        version += 1
     try:
+        doc = raw
+        while version < CONTEXT_VERSION:
+            doc = _UPGRADES[version](doc)
+            version += 1
         return Context.model_validate(doc)
     except ValidationError as exc:
         raise ContextError(

@@ -140,7 +140,7 @@ class AgentSessionMixin(Generic[OutputT]):
         message = load_context(raw, key=_identity(self)).last_assistant
         if message is None:
             return None
-        output: OutputT = spec.agent.output_from_json(message.meta.output)
+        output: OutputT = message.parse_output(spec.agent)
         return output
 
     # -- sync API -----------------------------------------------------------------

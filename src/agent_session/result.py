@@ -40,7 +40,7 @@ class Result(Generic[OutputT]):
 
     @property
     def output_json(self) -> Any:
-        """The output as JSON-compatible data (what the context stores)."""
+        """The output as JSON-compatible data."""
         if isinstance(self.output, BaseModel):
             return self.output.model_dump(mode="json")
         return self.output
