@@ -5,12 +5,14 @@ and output; ``AgentSessionMixin`` stores a whole conversation in a JSON column o
 any declarative model. LiteLLM is imported on the first model call, not here.
 """
 
+import logging as _logging
 import typing as _typing
 
 from .errors import (
     AgentSessionError,
     ConfigurationError,
     ContextError,
+    ContextWindowError,
     InputValidationError,
     ModelCallError,
     OutputValidationError,
@@ -24,7 +26,7 @@ from .errors import (
 if _typing.TYPE_CHECKING:
     from .agent import DEFAULT_MAX_INPUT_BYTES, Agent, TextInput
     from .context import CONTEXT_VERSION, Context, Message, MessageMeta, Usage
-    from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse
+    from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse, aprepare, prepare
     from .mixin import AgentSessionMixin, SessionStatus
     from .result import Result
 
@@ -44,6 +46,8 @@ _LAZY = {
     "Model": "llm",
     "ModelRequest": "llm",
     "ModelResponse": "llm",
+    "aprepare": "llm",
+    "prepare": "llm",
     "AgentSessionMixin": "mixin",
     "SessionStatus": "mixin",
     "Result": "result",
@@ -67,6 +71,10 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
+# Diagnostics (retries, ...) go through ``logging`` under "agent_session"; without
+# a handler configured by the application, nothing is printed.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
 __all__ = [
     "CONTEXT_VERSION",
     "DEFAULT_MAX_INPUT_BYTES",
@@ -76,6 +84,7 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "ContextError",
+    "ContextWindowError",
     "InputValidationError",
     "LiteLLMModel",
     "Message",
@@ -95,4 +104,6 @@ __all__ = [
     "TextInput",
     "Usage",
     "__version__",
+    "aprepare",
+    "prepare",
 ]

@@ -162,8 +162,8 @@ def start_flow(
             errors=[],
             source="values",
         ) from exc
-    structured = agent.uses_structured_output(model)  # after validation: may import LiteLLM
-    result = yield from _turn.model_flow(agent, plan, structured)
+    mode = agent.output_mode(model)  # after validation: may import LiteLLM
+    result = yield from _turn.model_flow(agent, plan, mode)
     document = _turn.next_document(plan, result, None)
     setattr(instance, spec.context_attr, document)
     setattr(instance, spec.revision_attr, 1)
@@ -199,7 +199,7 @@ def continue_flow(
             errors=[],
             source="conflict_retries",
         )
-    structured = agent.uses_structured_output(model)  # after validation: may import LiteLLM
+    mode = agent.output_mode(model)  # after validation: may import LiteLLM
     lost_at: int | None = None
     attempt = 0
     while True:
@@ -226,7 +226,7 @@ def continue_flow(
             claimed = True
         if claimed:
             try:
-                result = yield from _turn.model_flow(agent, plan, structured)
+                result = yield from _turn.model_flow(agent, plan, mode)
                 new_document = _turn.next_document(plan, result, document)
                 values: dict[str, Any] = {spec.context_attr: new_document}
                 if spec.status_attr is not None:
