@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from . import _turn
 from .errors import ConfigurationError
-from .llm import LiteLLMModel, Model, OutputMode, resolve_output_mode
+from .llm import LiteLLMModel, Model, OutputMode, aprepare, resolve_output_mode
 from .result import Result
 from .templates import InstructionTemplate
 
@@ -280,6 +280,8 @@ class Agent(Generic[OutputT]):
         """Async twin of ``run``."""
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
+        if isinstance(model, LiteLLMModel):
+            await aprepare()  # the first import of LiteLLM, off the event loop
         flow = _turn.model_flow(self, plan, self.output_mode(model))
         return await _turn.adrive(flow, _turn.amodel_handler(model))
 

@@ -105,6 +105,7 @@ class Model(ABC):
 
 _litellm: ModuleType | None = None
 _import_lock = threading.Lock()
+_prepared = False
 
 
 def import_litellm() -> ModuleType:
@@ -124,25 +125,40 @@ def import_litellm() -> ModuleType:
 
 
 def prepare() -> None:
-    """Do the slow one-time work of the first model call now (import LiteLLM and
-    the OpenAI client code it loads on first use), e.g. in an app's start-up hook.
-
-    Calling it again costs nothing. It makes no network request.
+    """Do the slow one-time work of the first model call now, e.g. in an app's
+    start-up hook: import LiteLLM, and the modules it and the OpenAI SDK load on
+    their first call (a mocked LiteLLM call and an unused OpenAI client, which make
+    no network request). Calling it again costs next to nothing.
     """
     started = time.perf_counter()
-    import_litellm()
-    # The OpenAI-compatible handler and the OpenAI SDK's client classes are
-    # imported on the first call; load them here too.
-    import litellm.llms.openai.openai  # noqa: F401
-    import openai  # noqa: F401
+    litellm = import_litellm()
+    with _import_lock:
+        global _prepared
+        if _prepared:
+            return
+        litellm.completion(
+            model="openai/gpt-4o-mini",
+            messages=[{"role": "user", "content": "ping"}],
+            mock_response="pong",
+            api_key="unused",
+            **{"no-log": True},  # not reported to the application's LiteLLM callbacks
+        )
+        import httpcore
+        import openai
 
-    logger.debug("prepared LiteLLM in %.2fs", time.perf_counter() - started)
+        with openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1") as client:
+            _ = client.chat.completions
+        _ = (openai.resources.chat.AsyncCompletions, httpcore.AsyncConnectionPool)
+        _prepared = True
+    logger.debug("prepared the first model call in %.2fs", time.perf_counter() - started)
 
 
 async def aprepare() -> None:
     """``prepare()`` for async start-up hooks: runs it in a thread, so the event
-    loop is not blocked while LiteLLM is imported."""
-    await asyncio.to_thread(prepare)
+    loop is not blocked while LiteLLM is imported. The first ``acomplete`` calls it
+    too, so an async app's loop never stalls on that import."""
+    if not _prepared:
+        await asyncio.to_thread(prepare)
 
 
 OPENAI_COMPATIBLE_PROVIDERS = frozenset(
@@ -223,6 +239,7 @@ class LiteLLMModel(Model):
         return _to_response(litellm, raw, request.model)
 
     async def acomplete(self, request: ModelRequest) -> ModelResponse:
+        await aprepare()
         litellm = import_litellm()
         try:
             raw = await litellm.acompletion(**self._kwargs(request))
