@@ -3,6 +3,7 @@
 Each flow is a generator that yields operations and receives their results:
 
 - ``ModelRequest`` -> ``ModelResponse``: call the model (no connection is needed);
+- ``Sleep`` -> ``None``: wait before a failed model call is retried (from ``model_flow``);
 - ``Load`` -> ``Snapshot``: read the row (raises ``SessionNotFoundError``);
 - ``Insert`` -> the instance: add a new row;
 - ``Swap`` -> ``bool``: compare-and-swap on the revision column; ``False`` when

@@ -132,7 +132,9 @@ class FunctionModel(_RecordingModel):
     """A model whose replies come from ``fn(messages)`` or ``fn(messages, request)``.
 
     ``fn`` may be sync or async and returns what ``TestModel`` accepts as a reply.
-    It may raise, e.g. ``ModelCallError``, to simulate a provider failure.
+    It may raise, e.g. ``ModelCallError``, to simulate a provider failure; a
+    retryable one (429, 5xx, or no status: a timeout) is retried up to the agent's
+    ``model_retries`` times, as with LiteLLM.
     """
 
     def __init__(
