@@ -136,19 +136,22 @@ def prepare() -> None:
         global _prepared
         if _prepared:
             return
-        litellm.completion(
-            model="openai/gpt-4o-mini",
-            messages=[{"role": "user", "content": "ping"}],
-            mock_response="pong",
-            api_key="unused",
-            **{"no-log": True},  # not reported to the application's LiteLLM callbacks
-        )
-        import httpcore
-        import openai
+        try:
+            litellm.completion(
+                model="openai/gpt-4o-mini",
+                messages=[{"role": "user", "content": "ping"}],
+                mock_response="pong",
+                api_key="unused",
+                **{"no-log": True},  # not reported to the application's LiteLLM callbacks
+            )
+            import httpcore
+            import openai
 
-        with openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1") as client:
-            _ = client.chat.completions
-        _ = (openai.resources.chat.AsyncCompletions, httpcore.AsyncConnectionPool)
+            with openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1") as client:
+                _ = client.chat.completions
+            _ = (openai.resources.chat.AsyncCompletions, httpcore.AsyncConnectionPool)
+        except Exception:  # a warm-up only: the first real call does the rest
+            logger.debug("warming up LiteLLM's first call failed", exc_info=True)
         _prepared = True
     logger.debug("prepared the first model call in %.2fs", time.perf_counter() - started)
 
@@ -312,8 +315,8 @@ def _no_response_cause(exc: BaseException) -> BaseException | None:
 
 
 _CONTEXT_WINDOW_PHRASES = re.compile(
-    r"context[ _-]?(length|window|size)|maximum context|too many tokens|prompt is too long"
-    r"|exceeds the (available )?context|input is too long",
+    r"maximum context length|context[ _]length[ _]exceeded|context window"
+    r"|exceeds the (available )?context|prompt is too long|too many tokens",
     re.IGNORECASE,
 )
 """How providers word "the request is too long" (OpenAI: "maximum context length";
