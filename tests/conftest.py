@@ -152,6 +152,15 @@ def network_guard() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def no_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries of failed model calls wait 0 s in tests (the backoff is tested on its own)."""
+    from agent_session import _turn
+
+    monkeypatch.setattr(_turn, "RETRY_BASE_DELAY", 0.0)
+    monkeypatch.setattr(_turn, "RETRY_MAX_DELAY", 0.0)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Drop the per-run PostgreSQL and MariaDB databases."""
     _databases.drop_run_databases()

@@ -7,7 +7,7 @@ and answers from a script::
     with running_fake_openai() as server:
         server.enqueue_completion('{"answer": "42"}', prompt_tokens=12)
         server.enqueue_tool_calls([("get_order", '{"order_id": "A-1"}')])
-        server.enqueue_error(429, "slow down", error_type="rate_limit_error")
+        server.enqueue_error(429, "slow down", error_type="rate_limit_error", retry_after=2)
         server.enqueue_delay(5.0)  # longer than the client's timeout
         ...  # point a client at server.base_url
         assert len(server.requests) == 4
@@ -134,6 +134,8 @@ class ErrorReply:
     message: str = "error"
     error_type: str = "invalid_request_error"
     code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra response headers (``Retry-After``, ...)."""
 
     def body(self) -> dict[str, Any]:
         return {
@@ -240,8 +242,14 @@ class FakeOpenAI:
         *,
         error_type: str = "invalid_request_error",
         code: str | None = None,
+        retry_after: float | str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        self.enqueue(ErrorReply(status, message, error_type, code))
+        """An error reply; ``retry_after`` sets the ``Retry-After`` header (seconds or a date)."""
+        extra = dict(headers or {})
+        if retry_after is not None:
+            extra["Retry-After"] = str(retry_after)
+        self.enqueue(ErrorReply(status, message, error_type, code, extra))
 
     def enqueue_delay(self, seconds: float, then: Completion | ErrorReply | None = None) -> None:
         self.enqueue(Delay(seconds, then))
@@ -303,18 +311,24 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:
             reply = ErrorReply(500, "fake server: no scripted reply", "server_error")
         if isinstance(reply, ErrorReply):
-            self._send(reply.status, reply.anthropic_body() if anthropic else reply.body())
+            self._send(
+                reply.status, reply.anthropic_body() if anthropic else reply.body(), reply.headers
+            )
         else:
             self._send(200, reply.anthropic_body(number) if anthropic else reply.body(number))
 
     def do_GET(self) -> None:
         self._send(404, ErrorReply(404, "not found", "not_found_error").body())
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
+    def _send(
+        self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(payload).encode("utf-8")
         # The client may have given up (a timeout test): that is not an error here.
         with suppress(OSError):
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Connection", "close")

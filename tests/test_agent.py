@@ -18,6 +18,7 @@ from agent_session import (
     DEFAULT_MAX_INPUT_BYTES,
     Agent,
     ConfigurationError,
+    ContextWindowError,
     InputValidationError,
     LiteLLMModel,
     ModelCallError,
@@ -78,6 +79,13 @@ def _usage(prompt: int, completion: int) -> Usage:
         ({"model": TestModel(), "max_retries": -1}, "max_retries"),
         ({"model": TestModel(), "max_retries": True}, "max_retries"),
         ({"model": TestModel(), "max_retries": 1.5}, "max_retries"),
+        ({"model": TestModel(), "model_retries": -1}, "model_retries"),
+        ({"model": TestModel(), "model_retries": False}, "model_retries"),
+        ({"model": TestModel(), "model_retries": "2"}, "model_retries"),
+        ({"model": TestModel(), "structured_output": "json"}, "structured_output"),
+        ({"model": TestModel(), "structured_output": None}, "structured_output"),
+        ({"model": TestModel(), "model_settings": [("temperature", 0)]}, "mapping"),
+        ({"model": TestModel(), "model_settings": {1: 2}}, "strings"),
         ({"model": TestModel(), "max_input_bytes": 0}, "max_input_bytes"),
         ({"model": TestModel(), "instruction": b"bytes"}, "instruction"),
     ],
@@ -129,6 +137,9 @@ def test_what_is_computed_when_the_agent_is_built() -> None:
     assert agent.input_schema is TextInput
     assert agent.single_input_field == "message"
     assert agent.max_retries == 2
+    assert agent.model_retries == 2
+    assert agent.structured_output == "auto"
+    assert agent.structured_output_mode == "json_schema"
     assert agent.max_input_bytes == DEFAULT_MAX_INPUT_BYTES
     assert agent.model_settings == {"temperature": 0.2}
     assert agent.response_format == {
@@ -143,9 +154,66 @@ def test_what_is_computed_when_the_agent_is_built() -> None:
 
 def test_plain_text_agents_have_no_schema() -> None:
     agent = Agent(TestModel())
+    assert agent.structured_output_mode is None
     assert agent.response_format is None
     assert agent.schema_hint is None
     assert agent.parse_output('  {"a": 1} ') == '  {"a": 1} '
+
+
+REFUSED = {
+    "messages": "built from the instruction",
+    "model": "first argument",
+    "stream": "whole reply",
+    "tools": "tool calls",
+    "tool_choice": "tool calls",
+    "response_format": "output_schema=",
+    "max_retries": r"model_retries=.*re-asks",
+    "num_retries": "model_retries=",
+}
+
+
+@pytest.mark.parametrize("key", list(REFUSED))
+def test_model_settings_the_library_owns_are_refused(key: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"may not set '{key}': .*{REFUSED[key]}"):
+        Agent("openai/gpt-4o-mini", model_settings={key: 0, "temperature": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"timeout": "30"}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1.5}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"temperature": "0.2"}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"max_tokens": "100"}, "max_tokens"),
+        ({"max_completion_tokens": -5}, "max_completion_tokens"),
+    ],
+)
+def test_model_settings_of_the_wrong_type_are_refused(settings: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        Agent(TestModel(), model_settings=settings)
+
+
+def test_model_settings_of_the_right_type_are_kept() -> None:
+    import httpx
+
+    settings = {
+        "timeout": 2,
+        "temperature": 0,
+        "max_tokens": 100,
+        "api_base": "http://127.0.0.1:8080/v1",
+        "seed": 7,
+    }
+    assert Agent(TestModel(), model_settings=settings).model_settings == settings
+    for timeout in (0.5, None, httpx.Timeout(5.0)):
+        assert Agent(TestModel(), model_settings={"timeout": timeout}).model_settings == {
+            "timeout": timeout
+        }
 
 
 def test_model_settings_are_copied() -> None:
@@ -425,7 +493,7 @@ async def test_cost_sums_the_calls_whose_cost_is_known(run: Run) -> None:
     assert result.cost == 0.25
 
 
-async def test_a_model_error_is_not_retried(run: Run) -> None:
+async def test_a_failed_call_is_retried_model_retries_times(run: Run) -> None:
     def fail(messages: list[dict[str, Any]]) -> str:
         raise ModelCallError("rate limited", model="m", status_code=429)
 
@@ -433,7 +501,60 @@ async def test_a_model_error_is_not_retried(run: Run) -> None:
     with pytest.raises(ModelCallError) as info:
         await run(Agent(model, output_schema=Answer), "hi")
     assert info.value.status_code == 429
+    assert info.value.attempts == 3
+    assert len(model.requests) == 3  # the call and model_retries=2 retries
+
+    model = FunctionModel(fail)
+    with pytest.raises(ModelCallError):
+        await run(Agent(model, output_schema=Answer, model_retries=0), "hi")
     assert len(model.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ModelCallError("bad key", model="m", status_code=401),
+        ModelCallError("bad request", model="m", status_code=400),
+        ModelCallError("odd reply", model="m", retryable=False),
+        ContextWindowError("too long", model="m", status_code=400),
+    ],
+    ids=["401", "400", "not-retryable", "context-window"],
+)
+async def test_a_call_that_cannot_succeed_later_is_not_retried(
+    run: Run, error: ModelCallError
+) -> None:
+    def fail(messages: list[dict[str, Any]]) -> str:
+        raise error
+
+    model = FunctionModel(fail)
+    with pytest.raises(type(error)) as info:
+        await run(Agent(model, output_schema=Answer, model_retries=3), "hi")
+    assert info.value is error
+    assert len(model.requests) == 1
+
+
+async def test_a_retry_that_succeeds(run: Run) -> None:
+    replies: list[Any] = [
+        ModelCallError("timed out", model="m"),
+        ModelCallError("overloaded", model="m", status_code=503),
+        ModelResponse(text=GOOD, usage=_usage(10, 5), cost=0.5, model="m"),
+    ]
+
+    def reply(messages: list[dict[str, Any]]) -> Any:
+        item = replies.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    model = FunctionModel(reply)
+    result = await run(Agent(model, output_schema=Answer), "hi")
+
+    assert result.output == GOOD_OUTPUT
+    assert result.attempts == 3
+    assert result.usage == _usage(10, 5)  # failed calls use nothing
+    assert result.cost == 0.5
+    assert [r.messages for r in model.requests] == [model.requests[0].messages] * 3
+    assert result.messages[:-1] == model.requests[0].messages
 
 
 # -- the result ------------------------------------------------------------------
@@ -582,10 +703,99 @@ def test_override_needs_a_model() -> None:
 async def test_override_decides_structured_output(run: Run) -> None:
     agent = Agent(TestModel(replies=[GOOD]), output_schema=Answer)
     prompted = TestModel(replies=[GOOD], structured=False)
+    assert agent.structured_output_mode == "json_schema"
     with agent.override(model=prompted):
+        assert agent.structured_output_mode == "prompt"
         await run(agent, "hi")
+    assert agent.structured_output_mode == "json_schema"
     assert prompted.last_request.response_format is None
     assert prompted.last_request.messages[0]["content"] == agent.schema_hint
+
+
+class CountingModel(TestModel):
+    """Counts how often the agent asks whether the model supports a JSON schema."""
+
+    __test__ = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.asked = 0
+
+    def supports_structured_output(self, model: str) -> bool:
+        self.asked += 1
+        return super().supports_structured_output(model)
+
+
+async def test_the_structured_output_decision_is_made_once_per_model(run: Run) -> None:
+    model = CountingModel()
+    agent = Agent(model, output_schema=Answer)
+    for _ in range(3):
+        await run(agent, "hi")
+    assert agent.structured_output_mode == "json_schema"
+    assert model.asked == 1
+
+    other = CountingModel(structured=False)
+    with agent.override(model=other):
+        await run(agent, "hi")
+        await run(agent, "hi")
+    assert (model.asked, other.asked) == (1, 1)
+    assert other.last_request.response_format is None
+
+
+@pytest.mark.parametrize(
+    ("requested", "response_format", "hint"),
+    [
+        ("json_schema", "schema", False),
+        ("json_object", {"type": "json_object"}, True),
+        ("prompt", None, True),
+    ],
+)
+async def test_structured_output_can_be_chosen(
+    run: Run, requested: str, response_format: Any, hint: bool
+) -> None:
+    # The double says it cannot take a schema: an explicit choice wins over it.
+    model = CountingModel(replies=[GOOD], structured=False)
+    agent = Agent(model, instruction="Be brief.", output_schema=Answer, structured_output=requested)  # type: ignore[arg-type]
+
+    result = await run(agent, "hi")
+
+    assert agent.structured_output_mode == requested
+    assert model.asked == 0
+    request = model.last_request
+    expected = agent.response_format if response_format == "schema" else response_format
+    assert request.response_format == expected
+    system = request.messages[0]["content"]
+    assert system == (f"Be brief.\n\n{agent.schema_hint}" if hint else "Be brief.")
+    assert result.output == GOOD_OUTPUT
+
+
+@pytest.mark.parametrize(
+    ("model", "settings", "expected"),
+    [
+        ("openai/my-local-model", {"api_base": "http://127.0.0.1:8080/v1"}, "json_schema"),
+        ("openai/my-local-model", {"base_url": "http://127.0.0.1:8080/v1"}, "json_schema"),
+        ("hosted_vllm/Qwen/Qwen3-8B", {}, "json_schema"),
+        ("ollama_chat/llama3.2", {}, "json_schema"),
+        ("lm_studio/qwen3", {}, "json_schema"),
+        ("openai/gpt-4o-mini", {}, "json_schema"),  # LiteLLM's table knows it
+        ("openai/my-local-model", {}, "prompt"),  # OpenAI itself, a model it has not
+        ("anthropic/my-proxy-model", {"api_base": "http://127.0.0.1:1"}, "prompt"),
+        ("ollama/llama3.2", {}, "json_schema"),
+    ],
+)
+def test_auto_structured_output_for_litellm_models(
+    model: str, settings: dict[str, Any], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    agent = Agent(model, output_schema=Answer, model_settings=settings)
+    assert agent.structured_output_mode == expected
+
+
+def test_openai_api_base_from_the_environment_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:8080/v1")
+    agent = Agent("openai/my-local-model", output_schema=Answer)
+    assert agent.structured_output_mode == "json_schema"
 
 
 async def test_concurrent_tasks_see_their_own_override() -> None:

@@ -98,6 +98,7 @@ async def test_model_fault_writes_nothing(database: Database, fault: str) -> Non
             assert error is not None
             assert failure.status_code == error.status_code
             assert failure.model == MODEL
+            assert failure.attempts == 3  # the call and model_retries=2 retries
         else:
             assert isinstance(failure, OutputValidationError)
             assert failure.attempts == 3  # the call and two re-asks

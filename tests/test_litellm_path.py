@@ -27,7 +27,7 @@ import pytest
 from pydantic import BaseModel
 
 from agent_session import Agent, llm
-from agent_session.errors import ModelCallError, OutputValidationError
+from agent_session.errors import ContextWindowError, ModelCallError, OutputValidationError
 from agent_session.result import Result
 from fake_openai import FakeOpenAI, running_fake_openai
 
@@ -35,7 +35,7 @@ KNOWN_MODEL = "openai/gpt-4o-mini"
 """A model LiteLLM's bundled price map knows, with response-schema support."""
 UNKNOWN_MODEL = "openai/my-local-model"
 """A model LiteLLM knows nothing about (a local OpenAI-compatible server)."""
-LIBRARY_ONLY_SETTINGS = ("api_base", "api_key", "num_retries", "timeout")
+LIBRARY_ONLY_SETTINGS = ("api_base", "api_key", "num_retries", "max_retries", "timeout")
 """Settings LiteLLM consumes itself: they must never reach the request body."""
 DELAY = 10.0
 """How long the fake server holds a delayed reply; a call cut short by a timeout, or a
@@ -80,7 +80,7 @@ def call(request: pytest.FixtureRequest) -> Runner:
 
 
 def settings(server: FakeOpenAI, **extra: Any) -> dict[str, Any]:
-    return {"api_base": server.base_url, "api_key": "test-key", "num_retries": 0, **extra}
+    return {"api_base": server.base_url, "api_key": "test-key", **extra}
 
 
 def closed_port() -> int:
@@ -132,7 +132,11 @@ def test_structured_request_body(fake_openai: FakeOpenAI, call: Runner) -> None:
     assert not set(LIBRARY_ONLY_SETTINGS) & set(body)
 
 
-def test_unknown_model_gets_the_schema_in_the_prompt(fake_openai: FakeOpenAI, call: Runner) -> None:
+def test_a_model_unknown_to_litellm_on_a_compatible_server_gets_response_format(
+    fake_openai: FakeOpenAI, call: Runner
+) -> None:
+    """llama.cpp, vLLM, LM Studio...: LiteLLM's table does not know the model, but the
+    server takes ``response_format``, so "auto" sends it."""
     agent = Agent(
         UNKNOWN_MODEL,
         instruction="You grade answers.",
@@ -143,15 +147,13 @@ def test_unknown_model_gets_the_schema_in_the_prompt(fake_openai: FakeOpenAI, ca
 
     result = call(agent, "What is six times seven?")
 
+    assert agent.structured_output_mode == "json_schema"
     assert len(fake_openai.requests) == 1
     body = fake_openai.requests[0].body
     assert body["model"] == "my-local-model"
-    assert "response_format" not in body
-    assert agent.schema_hint is not None
-    schema_json = json.dumps(Answer.model_json_schema(), separators=(",", ":"))
-    assert agent.schema_hint.endswith(schema_json)
+    assert body["response_format"] == agent.response_format
     assert body["messages"] == [
-        {"role": "system", "content": f"You grade answers.\n\n{agent.schema_hint}"},
+        {"role": "system", "content": "You grade answers."},
         {"role": "user", "content": "What is six times seven?"},
     ]
     assert body["temperature"] == 0
@@ -160,6 +162,60 @@ def test_unknown_model_gets_the_schema_in_the_prompt(fake_openai: FakeOpenAI, ca
     assert result.output == Answer(answer="42", score=7)
     assert result.cost is None
     assert result.model == "my-local-model"
+
+
+@pytest.mark.parametrize("prefix", ["hosted_vllm", "lm_studio"])
+def test_other_compatible_servers_get_response_format(
+    fake_openai: FakeOpenAI, call: Runner, prefix: str
+) -> None:
+    agent = Agent(
+        f"{prefix}/my-local-model", output_schema=Answer, model_settings=settings(fake_openai)
+    )
+    fake_openai.enqueue_completion(GOOD, model="my-local-model")
+
+    assert call(agent, "Hi").output == Answer(answer="42", score=7)
+
+    assert agent.structured_output_mode == "json_schema"
+    assert fake_openai.bodies[0]["response_format"] == agent.response_format
+
+
+def test_the_schema_in_the_prompt_when_chosen(fake_openai: FakeOpenAI, call: Runner) -> None:
+    agent = Agent(
+        UNKNOWN_MODEL,
+        instruction="You grade answers.",
+        output_schema=Answer,
+        structured_output="prompt",
+        model_settings=settings(fake_openai),
+    )
+    fake_openai.enqueue_completion(GOOD, model="my-local-model")
+
+    call(agent, "What is six times seven?")
+
+    body = fake_openai.requests[0].body
+    assert "response_format" not in body
+    assert agent.schema_hint is not None
+    schema_json = json.dumps(Answer.model_json_schema(), separators=(",", ":"))
+    assert agent.schema_hint.endswith(schema_json)
+    assert body["messages"] == [
+        {"role": "system", "content": f"You grade answers.\n\n{agent.schema_hint}"},
+        {"role": "user", "content": "What is six times seven?"},
+    ]
+
+
+def test_json_mode_when_chosen(fake_openai: FakeOpenAI, call: Runner) -> None:
+    agent = Agent(
+        UNKNOWN_MODEL,
+        output_schema=Answer,
+        structured_output="json_object",
+        model_settings=settings(fake_openai),
+    )
+    fake_openai.enqueue_completion(GOOD, model="my-local-model")
+
+    call(agent, "What is six times seven?")
+
+    body = fake_openai.requests[0].body
+    assert body["response_format"] == {"type": "json_object"}
+    assert body["messages"][0] == {"role": "system", "content": agent.schema_hint}
 
 
 def test_text_agent_without_instruction_sends_only_the_user_message(
@@ -308,7 +364,7 @@ def test_text_that_is_not_json_is_reasked(fake_openai: FakeOpenAI, call: Runner)
 def test_http_errors(
     fake_openai: FakeOpenAI, call: Runner, status: int, error_type: str, code: str | None
 ) -> None:
-    agent = Agent(KNOWN_MODEL, model_settings=settings(fake_openai))
+    agent = Agent(KNOWN_MODEL, model_settings=settings(fake_openai), model_retries=0)
     fake_openai.enqueue_error(
         status, f"scripted failure {status}", error_type=error_type, code=code
     )
@@ -320,6 +376,8 @@ def test_http_errors(
     error = caught.value
     assert error.status_code == status
     assert error.model == KNOWN_MODEL
+    assert error.retryable is (status != 401)
+    assert error.attempts == 1
     assert f"HTTP {status}" in str(error)
     assert f"scripted failure {status}" in str(error)
     cause = error.__cause__
@@ -332,33 +390,29 @@ def test_http_errors(
 
 
 def test_timeout(fake_openai: FakeOpenAI, call: Runner) -> None:
-    agent = Agent(KNOWN_MODEL, model_settings=settings(fake_openai, timeout=0.5))
+    agent = Agent(KNOWN_MODEL, model_settings=settings(fake_openai, timeout=0.5), model_retries=0)
     fake_openai.enqueue_delay(DELAY)
     fake_openai.enqueue_completion("should not be reached")
 
-    started = time.perf_counter()
     with pytest.raises(ModelCallError) as caught:
         call(agent, "Hi!")
-    elapsed = time.perf_counter() - started
 
     error = caught.value
     assert error.status_code is None
+    assert error.retryable is True
     assert error.model == KNOWN_MODEL
     assert error.__cause__ is not None
     assert type(error.__cause__).__name__ == "Timeout"
     assert len(fake_openai.requests) == 1
-    assert 0.4 < elapsed < DELAY - 1  # the 0.5 s timeout, not the server's reply
+    assert fake_openai.pending == 1  # the 0.5 s timeout ended the call, not the reply
 
 
 def test_connection_refused(call: Runner) -> None:
     port = closed_port()
     agent = Agent(
         KNOWN_MODEL,
-        model_settings={
-            "api_base": f"http://127.0.0.1:{port}/v1",
-            "api_key": "test-key",
-            "num_retries": 0,
-        },
+        model_settings={"api_base": f"http://127.0.0.1:{port}/v1", "api_key": "test-key"},
+        model_retries=0,
     )
 
     with pytest.raises(ModelCallError) as caught:
@@ -368,10 +422,243 @@ def test_connection_refused(call: Runner) -> None:
     # LiteLLM reports this as an InternalServerError with status 500; no server
     # answered, so there is no HTTP status.
     assert error.status_code is None
+    assert error.retryable is True
     assert error.model == KNOWN_MODEL
     assert "APIConnectionError" in str(error)
     assert error.__cause__ is not None
     assert type(error.__cause__).__module__.startswith("litellm")
+
+
+# -- retries of failed calls: one layer, counted -------------------------------------
+
+FAILURES = ["429", "500", "503", "timeout", "refused"]
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every address a socket connects to during the test (after the network guard)."""
+    seen: list[Any] = []
+    guarded = socket.socket.connect
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        seen.append(address)
+        guarded(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return seen
+
+
+def _failing_agent(server: FakeOpenAI, failure: str, **kwargs: Any) -> tuple[Agent[Any], int]:
+    """An agent whose every call fails with ``failure``; and the port it calls."""
+    extra: dict[str, Any] = {}
+    port = server.port
+    if failure == "timeout":
+        extra["timeout"] = 0.3
+        for _ in range(10):
+            server.enqueue_delay(DELAY)
+    elif failure == "refused":
+        port = closed_port()
+        extra["api_base"] = f"http://127.0.0.1:{port}/v1"
+    else:
+        for _ in range(10):
+            server.enqueue_error(int(failure), f"scripted {failure}", error_type="server_error")
+    agent = Agent(KNOWN_MODEL, model_settings=settings(server, **extra), **kwargs)
+    return agent, port
+
+
+def _calls_to(connections: list[Any], port: int) -> int:
+    return sum(1 for address in connections if address[1] == port)
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+def test_each_failed_call_is_sent_once_plus_model_retries(
+    fake_openai: FakeOpenAI, call: Runner, connections: list[Any], failure: str
+) -> None:
+    agent, port = _failing_agent(fake_openai, failure)
+    assert agent.model_retries == 2
+
+    with pytest.raises(ModelCallError) as caught:
+        call(agent, "Hi!")
+
+    assert caught.value.attempts == 3
+    assert caught.value.retryable is True
+    if failure == "refused":
+        assert caught.value.status_code is None
+        assert _calls_to(connections, port) == 3
+    else:
+        assert caught.value.status_code == (None if failure == "timeout" else int(failure))
+        assert len(fake_openai.requests) == 3
+        # Every request went over its own connection: none was retried inside the client.
+        assert _calls_to(connections, port) == 3
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+def test_no_retry_at_all_with_model_retries_zero(
+    fake_openai: FakeOpenAI, call: Runner, connections: list[Any], failure: str
+) -> None:
+    agent, port = _failing_agent(fake_openai, failure, model_retries=0)
+
+    with pytest.raises(ModelCallError) as caught:
+        call(agent, "Hi!")
+
+    assert caught.value.attempts == 1
+    assert _calls_to(connections, port) == 1
+    if failure != "refused":
+        assert len(fake_openai.requests) == 1
+
+
+def test_a_retry_that_succeeds(fake_openai: FakeOpenAI, call: Runner) -> None:
+    agent = Agent(KNOWN_MODEL, output_schema=Answer, model_settings=settings(fake_openai))
+    fake_openai.enqueue_error(503, "overloaded", error_type="server_error")
+    fake_openai.enqueue_completion(GOOD, prompt_tokens=20, completion_tokens=6)
+
+    result = call(agent, "Hi!")
+
+    assert result.output == Answer(answer="42", score=7)
+    assert result.attempts == 2
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (20, 6)
+    assert result.cost == pytest.approx(expected_cost(20, 6))
+    first, second = fake_openai.bodies
+    assert first == second
+
+
+def test_retry_after_is_read_from_the_response(
+    fake_openai: FakeOpenAI, call: Runner, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = Agent(KNOWN_MODEL, model_settings=settings(fake_openai), model_retries=1)
+    fake_openai.enqueue_error(429, "slow down", error_type="requests", retry_after=7)
+    fake_openai.enqueue_error(429, "slow down", error_type="requests", retry_after="1.5")
+
+    with caplog.at_level("WARNING", logger="agent_session"), pytest.raises(ModelCallError) as c:
+        call(agent, "Hi!")
+
+    assert c.value.retry_after == 1.5  # the last reply's header
+    assert len(fake_openai.requests) == 2
+    retries = [r.getMessage() for r in caplog.records if "retry 1 of 1" in r.getMessage()]
+    assert len(retries) == 1
+    assert "HTTP 429" in retries[0]
+    # The provider asked for 7 s; the test setting caps every wait at 0 s, and says so.
+    assert any("asked to wait 7s" in r.getMessage() for r in caplog.records)
+
+
+def test_retry_after_as_an_http_date() -> None:
+    now = 1_000_000_000.0
+    assert llm.parse_retry_after("Sun, 09 Sep 2001 01:47:00 GMT", now=now) == 20.0
+    assert llm.parse_retry_after("Sun, 09 Sep 2001 01:46:00 GMT", now=now) == 0.0
+    assert llm.parse_retry_after(" 12 ") == 12.0
+    assert llm.parse_retry_after("-3") is None
+    assert llm.parse_retry_after("soon") is None
+    assert llm.parse_retry_after("nan") is None
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "the request exceeds the available context size, try increasing it",  # llama.cpp
+        "This model's maximum context length is 8192 tokens. However, your messages "
+        "resulted in 9000 tokens. Please reduce the length of the messages.",  # OpenAI
+    ],
+    ids=["llama.cpp", "openai"],
+)
+def test_a_request_over_the_context_window(
+    fake_openai: FakeOpenAI, call: Runner, message: str
+) -> None:
+    agent = Agent(UNKNOWN_MODEL, model_settings=settings(fake_openai), model_retries=2)
+    fake_openai.enqueue_error(400, message, error_type="invalid_request_error")
+
+    with pytest.raises(ContextWindowError) as caught:
+        call(agent, "Hi!")
+
+    error = caught.value
+    assert isinstance(error, ModelCallError)
+    assert error.status_code == 400
+    assert error.retryable is False
+    assert "context window" in str(error)
+    assert len(fake_openai.requests) == 1  # never retried
+
+
+def test_another_bad_request_is_not_a_context_window_error(
+    fake_openai: FakeOpenAI, call: Runner
+) -> None:
+    agent = Agent(UNKNOWN_MODEL, model_settings=settings(fake_openai))
+    fake_openai.enqueue_error(400, "temperature must be at most 2", error_type="invalid_request")
+
+    with pytest.raises(ModelCallError) as caught:
+        call(agent, "Hi!")
+
+    assert type(caught.value) is ModelCallError
+    assert (caught.value.status_code, caught.value.retryable) == (400, False)
+    assert len(fake_openai.requests) == 1
+
+
+# -- truncated replies and re-ask feedback ------------------------------------------
+
+
+def test_a_reply_cut_off_by_the_token_limit_is_not_reasked(
+    fake_openai: FakeOpenAI, call: Runner
+) -> None:
+    agent = Agent(
+        UNKNOWN_MODEL,
+        output_schema=Answer,
+        max_retries=2,
+        model_settings=settings(fake_openai, max_tokens=8),
+    )
+    fake_openai.enqueue_completion('{"answer": "4', completion_tokens=8, finish_reason="length")
+    fake_openai.enqueue_completion(GOOD)  # never asked for
+
+    with pytest.raises(OutputValidationError) as caught:
+        call(agent, "Hi!")
+
+    error = caught.value
+    assert "cut off at the token limit" in str(error)
+    assert "model_settings['max_tokens'] (now 8)" in str(error)
+    assert error.attempts == 1
+    assert error.raw_text == '{"answer": "4'
+    assert len(fake_openai.requests) == 1
+    assert fake_openai.bodies[0]["max_tokens"] == 8
+
+
+def test_the_reask_of_a_long_bad_reply_stays_small(fake_openai: FakeOpenAI, call: Runner) -> None:
+    bad = "Sure! " + "x" * 4994
+    agent = Agent(UNKNOWN_MODEL, output_schema=Answer, model_settings=settings(fake_openai))
+    fake_openai.enqueue_completion(bad)
+    fake_openai.enqueue_completion(GOOD)
+
+    call(agent, "Hi!")
+
+    reask = fake_openai.bodies[1]["messages"]
+    assert reask[-2] == {"role": "assistant", "content": bad}  # the reply, once
+    feedback = reask[-1]["content"]
+    assert len(feedback) < 400
+    assert "json_invalid" in feedback
+    assert "xxxxxxxxxx" not in feedback
+
+
+# -- quiet: nothing on stdout or stderr ---------------------------------------------
+
+
+@pytest.mark.parametrize("failure", [*FAILURES, "401", "context-window"])
+def test_failed_calls_print_nothing(
+    fake_openai: FakeOpenAI,
+    call: Runner,
+    capfd: pytest.CaptureFixture[str],
+    failure: str,
+) -> None:
+    if failure == "401":
+        agent = Agent(KNOWN_MODEL, model_settings=settings(fake_openai))
+        fake_openai.enqueue_error(401, "bad key", error_type="invalid_request_error")
+    elif failure == "context-window":
+        agent = Agent(KNOWN_MODEL, model_settings=settings(fake_openai))
+        fake_openai.enqueue_error(400, "the request exceeds the available context size")
+    else:
+        agent, _ = _failing_agent(fake_openai, failure)
+    capfd.readouterr()
+
+    with pytest.raises(ModelCallError):
+        call(agent, "Hi!")
+
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
 
 
 # -- lazy import and the offline price map -----------------------------------------
@@ -409,13 +696,18 @@ import json, os, sys
 import agent_session
 import agent_session.agent, agent_session.llm, agent_session.testing
 from agent_session import Agent
+from pydantic import BaseModel
+
+class Report(BaseModel):
+    ok: bool
 
 report = {"after_import": "litellm" in sys.modules}
-agent = Agent(
-    "openai/gpt-4o-mini",
-    model_settings={"api_base": sys.argv[1], "api_key": "test-key", "num_retries": 0},
-)
+settings = {"api_base": sys.argv[1], "api_key": "test-key"}
+agent = Agent("openai/gpt-4o-mini", model_settings=settings)
 report["after_agent"] = "litellm" in sys.modules
+local = Agent("openai/my-local-model", output_schema=Report, model_settings=settings)
+report["local_mode"] = local.structured_output_mode
+report["after_mode"] = "litellm" in sys.modules
 result = agent.run("Hi!")
 report["after_run"] = "litellm" in sys.modules
 report["output"] = result.output
@@ -460,6 +752,9 @@ def test_import_is_lazy_and_a_call_imports_litellm(fake_openai: FakeOpenAI) -> N
     assert report == {
         "after_import": False,
         "after_agent": False,
+        # An OpenAI-compatible server needs no capability table: no import to decide.
+        "local_mode": "json_schema",
+        "after_mode": False,
         "after_run": True,
         "output": "Hello there.",
         # Not set by the user, so the library chose the bundled price map.
@@ -506,6 +801,49 @@ def test_offline_cost_map_is_the_default(
     assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
     assert os.environ["LITELLM_OFFLINE_MODE"] == "True"
     assert llm.import_litellm() is fresh_import  # imported once, then cached
+
+
+# -- quiet in an application
+
+_QUIET_SCRIPT = """
+import asyncio, sys
+from agent_session import Agent, ModelCallError, _turn
+
+_turn.RETRY_BASE_DELAY = 0.0
+agent = Agent(
+    "openai/gpt-4o-mini",
+    model_settings={"api_base": sys.argv[1], "api_key": "test-key"},
+    model_retries=1,
+)
+for attempt in (lambda: agent.run("Hi!"), lambda: asyncio.run(agent.arun("Hi!"))):
+    try:
+        attempt()
+    except ModelCallError as error:
+        assert error.attempts == 2, error.attempts
+    else:
+        raise SystemExit("no error")
+"""
+
+
+def test_an_app_without_logging_configured_sees_nothing(fake_openai: FakeOpenAI) -> None:
+    """In a fresh interpreter (no pytest handlers): retries are logged as warnings,
+    and without a handler configured by the application nothing reaches stderr."""
+    for _ in range(4):
+        fake_openai.enqueue_error(503, "overloaded", error_type="server_error")
+    script = _SUBPROCESS_GUARD + textwrap.dedent(_QUIET_SCRIPT)
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, fake_openai.base_url],
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("", "")
+    assert len(fake_openai.requests) == 4
 
 
 # -- the fake server itself ----------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import subprocess
 import sys
@@ -67,6 +68,12 @@ def test_errors_that_are_also_builtin_errors() -> None:
 def test_errors_carry_their_fields() -> None:
     call = agent_session.ModelCallError("down", model="m", status_code=503)
     assert (call.model, call.status_code) == ("m", 503)
+    assert (call.retryable, call.retry_after, call.attempts) == (True, None, 1)
+    assert agent_session.ModelCallError("no", model="m", status_code=401).retryable is False
+    assert agent_session.ModelCallError("timed out", model="m").retryable is True
+    window = agent_session.ContextWindowError("long", model="m", status_code=400)
+    assert isinstance(window, agent_session.ModelCallError)
+    assert (window.status_code, window.retryable) == (400, False)
     output = agent_session.OutputValidationError("no", raw_text="x", errors=[], attempts=3)
     assert (output.raw_text, output.errors, output.attempts, output.usage) == ("x", [], 3, None)
     for cls in (
@@ -106,18 +113,29 @@ def test_tool_names_are_loaded_lazily() -> None:
 def test_the_docstring_tree_names_every_error_class() -> None:
     doc = errors.__doc__
     assert doc is not None
-    lines = [line.strip() for line in doc.splitlines()]
-    root = lines.index("AgentSessionError")
-    branches = [line for line in lines[root + 1 :] if line[:1] in {"├", "└"}]
-    named = [re.sub(r"^[├└]── ", "", line).split()[0] for line in branches]
+    lines = [line.rstrip() for line in doc.splitlines()]
+    root_line = next(line for line in lines if line.strip() == "AgentSessionError")
+    indent = len(root_line) - len(root_line.lstrip())
+    tree = lines[lines.index(root_line) + 1 :]
+    tree = tree[: next(i for i, line in enumerate(tree) if not line.strip())]
+    # Each branch "├── Name" or "└── Name" sits under its parent, 4 columns per level.
+    named: dict[str, str] = {}
+    parents = ["AgentSessionError"]
+    for line in tree:
+        match = re.match(r"^([│ ]*)([├└])── (\w+)", line[indent:])
+        assert match, line
+        depth = len(match.group(1)) // 4
+        del parents[depth + 1 :]
+        named[match.group(3)] = parents[depth]
+        parents.append(match.group(3))
 
     classes = _error_classes()
     assert sorted(named) == sorted(set(classes) - {"AgentSessionError"})
-    # The tree shows direct subclasses of the root, and the last branch closes it.
-    for name in named:
-        assert classes[name].__bases__[0] is agent_session.AgentSessionError, name
-    assert branches[-1].startswith("└──")
-    assert all(branch.startswith("├──") for branch in branches[:-1])
+    for name, parent in named.items():
+        assert classes[name].__bases__[0] is classes[parent], name
+    top = [line for line in tree if line[indent : indent + 1] in {"├", "└"}]
+    assert top[-1][indent:].startswith("└──")
+    assert all(branch[indent:].startswith("├──") for branch in top[:-1])
 
 
 def test_importing_the_package_does_not_import_litellm() -> None:
@@ -184,3 +202,27 @@ print("litellm" in sys.modules)
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["False"]
+
+
+def test_prepare_imports_litellm_up_front() -> None:
+    code = (
+        "import asyncio, sys\n"
+        "import agent_session\n"
+        "before = 'litellm' in sys.modules\n"
+        "asyncio.run(agent_session.aprepare())\n"
+        "agent_session.prepare()\n"
+        "import litellm\n"
+        "print(before, 'litellm' in sys.modules, litellm.suppress_debug_info)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
+    assert callable(agent_session.prepare) and callable(agent_session.aprepare)

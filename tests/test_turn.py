@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 from agent_session import (
     CONTEXT_VERSION,
     Agent,
+    ContextWindowError,
     InputValidationError,
     ModelCallError,
     ModelRequest,
@@ -24,7 +25,7 @@ from agent_session import (
     _turn,
 )
 from agent_session.context import load_context
-from agent_session.testing import TestModel
+from agent_session.testing import FunctionModel, TestModel
 
 NOW = datetime(2026, 4, 1, 12, 30, 0, 250000, tzinfo=UTC)
 LATER = NOW + timedelta(minutes=5)
@@ -164,7 +165,9 @@ def test_plan_first_turn_validates_before_rendering() -> None:
 def test_plan_next_turn_continues_a_document() -> None:
     agent = _agent()
     first = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
-    result = _turn.drive(_turn.model_flow(agent, first, True), lambda _: _response("Hello"))
+    result = _turn.drive(
+        _turn.model_flow(agent, first, "json_schema"), lambda _: _response("Hello")
+    )
     document = _turn.next_document(first, result, None)
 
     plan = _turn.plan_next_turn(document, _turn.validate_input(agent, "Again"), now=LATER)
@@ -182,7 +185,7 @@ def test_plan_next_turn_continues_a_document() -> None:
 def test_outgoing_messages_strip_meta() -> None:
     agent = _agent()
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
-    assert _turn.outgoing_messages(agent, plan, True) == [
+    assert _turn.outgoing_messages(agent, plan, "json_schema") == [
         {"role": "system", "content": "You support Acme since 2020-01-01."},
         {"role": "user", "content": "Hi"},
     ]
@@ -193,8 +196,8 @@ def test_outgoing_messages_add_the_schema_hint_without_structured_output() -> No
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
     history_before = copy.deepcopy(plan.history)
 
-    structured = _turn.outgoing_messages(agent, plan, True)
-    prompted = _turn.outgoing_messages(agent, plan, False)
+    structured = _turn.outgoing_messages(agent, plan, "json_schema")
+    prompted = _turn.outgoing_messages(agent, plan, "prompt")
 
     assert structured[0]["content"] == "You support Acme since 2020-01-01."
     assert agent.schema_hint is not None
@@ -209,18 +212,20 @@ def test_outgoing_messages_add_the_schema_hint_without_structured_output() -> No
 def test_outgoing_messages_insert_a_system_message_for_the_hint() -> None:
     agent = Agent(TestModel(), output_schema=Answer)
     plan = _turn.plan_first_turn(agent, "Hi", None, now=NOW)
-    messages = _turn.outgoing_messages(agent, plan, False)
+    messages = _turn.outgoing_messages(agent, plan, "prompt")
     assert messages == [
         {"role": "system", "content": agent.schema_hint},
         {"role": "user", "content": "Hi"},
     ]
-    assert _turn.outgoing_messages(agent, plan, True) == [{"role": "user", "content": "Hi"}]
+    assert _turn.outgoing_messages(agent, plan, "json_schema") == [
+        {"role": "user", "content": "Hi"}
+    ]
 
 
 def test_outgoing_messages_no_hint_for_plain_text() -> None:
     agent = Agent(TestModel())
     plan = _turn.plan_first_turn(agent, "Hi", None, now=NOW)
-    assert _turn.outgoing_messages(agent, plan, False) == [{"role": "user", "content": "Hi"}]
+    assert _turn.outgoing_messages(agent, plan, "prompt") == [{"role": "user", "content": "Hi"}]
 
 
 # -- model_flow, by hand -----------------------------------------------------------
@@ -235,12 +240,12 @@ def _finish(flow: Generator[ModelRequest, ModelResponse, Result[Any]], reply: Mo
 def test_model_flow_one_call() -> None:
     agent = _agent(output_schema=Answer, model_settings={"temperature": 0})
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
-    flow = _turn.model_flow(agent, plan, True)
+    flow = _turn.model_flow(agent, plan, "json_schema")
 
     request = next(flow)
     assert isinstance(request, ModelRequest)
     assert request.model == agent.model_name
-    assert request.messages == _turn.outgoing_messages(agent, plan, True)
+    assert request.messages == _turn.outgoing_messages(agent, plan, "json_schema")
     assert request.response_format == agent.response_format
     assert request.settings == {"temperature": 0}
     assert request.output_schema is Answer
@@ -266,7 +271,7 @@ def test_model_flow_one_call() -> None:
 def test_model_flow_without_structured_output_sends_no_response_format() -> None:
     agent = _agent(output_schema=Answer)
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
-    request = next(_turn.model_flow(agent, plan, False))
+    request = next(_turn.model_flow(agent, plan, "prompt"))
     assert request.response_format is None
     assert request.messages[0]["content"].endswith(str(agent.schema_hint))
 
@@ -274,7 +279,7 @@ def test_model_flow_without_structured_output_sends_no_response_format() -> None
 def test_model_flow_reasks_then_succeeds() -> None:
     agent = _agent(output_schema=Answer, max_retries=2)
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
-    flow = _turn.model_flow(agent, plan, True)
+    flow = _turn.model_flow(agent, plan, "json_schema")
     first = next(flow)
 
     second = flow.send(_response("no json here", 10, 3, cost=0.1))
@@ -303,7 +308,7 @@ def test_model_flow_reasks_then_succeeds() -> None:
 def test_model_flow_gives_up_after_max_retries() -> None:
     agent = _agent(output_schema=Answer, max_retries=1)
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
-    flow = _turn.model_flow(agent, plan, True)
+    flow = _turn.model_flow(agent, plan, "json_schema")
     next(flow)
     flow.send(_response("{}", 1, 1))
 
@@ -322,7 +327,7 @@ def test_model_flow_gives_up_after_max_retries() -> None:
 def test_model_flow_with_no_retries_fails_on_the_first_bad_answer() -> None:
     agent = _agent(output_schema=Answer, max_retries=0)
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
-    flow = _turn.model_flow(agent, plan, True)
+    flow = _turn.model_flow(agent, plan, "json_schema")
     next(flow)
     with pytest.raises(OutputValidationError) as info:
         flow.send(_response("oops"))
@@ -332,12 +337,213 @@ def test_model_flow_with_no_retries_fails_on_the_first_bad_answer() -> None:
 def test_model_flow_plain_text_takes_any_text() -> None:
     agent = Agent(TestModel())
     plan = _turn.plan_first_turn(agent, "Hi", None, now=NOW)
-    flow = _turn.model_flow(agent, plan, True)
+    flow = _turn.model_flow(agent, plan, "json_schema")
     assert next(flow).response_format is None
     result = _finish(flow, _response("```not json```", model=""))
     assert result.output == "```not json```"
     assert result.model == agent.model_name  # the response named no model
     assert result.cost is None
+
+
+def test_model_flow_json_object_mode_sends_json_mode_and_the_hint() -> None:
+    agent = _agent(output_schema=Answer)
+    plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
+    request = next(_turn.model_flow(agent, plan, "json_object"))
+    assert request.response_format == {"type": "json_object"}
+    assert request.messages[0]["content"].endswith(str(agent.schema_hint))
+    assert request.messages == _turn.outgoing_messages(agent, plan, "prompt")
+
+
+# -- re-ask feedback and truncated replies ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Sure! " + "x" * 4994,  # prose: Pydantic's error would carry the whole text
+        '{"answer": "' + "x" * 4986 + '"}',  # a missing field: it would carry the object
+        '{"answer": "' + "x" * 4960 + '", "confidence": "high"}',
+    ],
+    ids=["prose", "missing-field", "wrong-type"],
+)
+def test_reask_feedback_names_the_errors_but_never_repeats_the_reply(reply: str) -> None:
+    agent = _agent(output_schema=Answer)
+    assert len(reply) >= 4990
+    with pytest.raises(ValidationError) as info:
+        agent.parse_output(reply)
+
+    feedback = _turn.reask_feedback(info.value)
+
+    assert len(feedback) < 600
+    assert "x" * 20 not in feedback
+    for error in info.value.errors():
+        assert error["type"] in feedback
+
+
+def test_reask_feedback_is_bounded_for_many_errors() -> None:
+    class Wide(BaseModel):
+        values: list[int]
+
+    with pytest.raises(ValidationError) as info:
+        Wide.model_validate_json('{"values": [' + ",".join(['"a"'] * 500) + "]}")
+    assert len(info.value.errors()) == 500
+
+    feedback = _turn.reask_feedback(info.value)
+
+    assert len(feedback) <= _turn.FEEDBACK_MAX_CHARS + 200
+    assert "(and 490 more)" in feedback
+    long_text = _turn.reask_feedback(ValueError("y" * 10_000))
+    assert len(long_text) <= _turn.FEEDBACK_MAX_CHARS + 200
+
+
+def test_a_reply_cut_off_at_the_token_limit_is_not_reasked() -> None:
+    agent = _agent(output_schema=Answer, max_retries=2, model_settings={"max_tokens": 64})
+    plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
+    flow = _turn.model_flow(agent, plan, "json_schema")
+    next(flow)
+
+    with pytest.raises(OutputValidationError) as info:
+        flow.send(_response('{"answer": "a very long ans', 10, 64, finish_reason="length"))
+
+    error = info.value
+    assert error.attempts == 1
+    assert "cut off at the token limit" in str(error)
+    assert "model_settings['max_tokens'] (now 64)" in str(error)
+    assert error.raw_text == '{"answer": "a very long ans'
+    assert error.usage == Usage(prompt_tokens=10, completion_tokens=64, total_tokens=74)
+
+
+def test_a_complete_reply_that_reached_the_token_limit_is_accepted() -> None:
+    agent = _agent(output_schema=Answer)
+    plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
+    flow = _turn.model_flow(agent, plan, "json_schema")
+    next(flow)
+    good = '{"answer": "a", "confidence": 0.5}'
+    result = _finish(flow, _response(good, finish_reason="length"))
+    assert result.finish_reason == "length"
+    assert result.output == Answer(answer="a", confidence=0.5)
+
+
+# -- retries of failed calls ---------------------------------------------------------
+
+
+def _failure(status: int | None = 503, retry_after: float | None = None) -> ModelCallError:
+    return ModelCallError("down", model="m", status_code=status, retry_after=retry_after)
+
+
+def test_a_retryable_failure_sleeps_then_sends_the_same_request_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_turn, "RETRY_BASE_DELAY", 1.0)
+    monkeypatch.setattr(_turn, "RETRY_MAX_DELAY", 30.0)
+    agent = _agent(output_schema=Answer, model_retries=2)
+    plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
+    flow = _turn.model_flow(agent, plan, "json_schema")
+    request = next(flow)
+
+    first_wait = flow.throw(_failure(503))
+    assert isinstance(first_wait, _turn.Sleep)
+    assert 0.5 <= first_wait.seconds <= 1.0  # backoff 1 s, with jitter
+    assert flow.send(None) is request
+    second_wait = flow.throw(_failure(None))  # a timeout
+    assert 1.0 <= second_wait.seconds <= 2.0  # doubled
+    assert flow.send(None) is request
+
+    result = _finish(flow, _response('{"answer": "a", "confidence": 0.5}', 10, 5))
+    assert result.attempts == 3  # the failed calls count
+    assert result.usage == Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15)
+
+
+def test_retries_stop_after_model_retries() -> None:
+    agent = _agent(output_schema=Answer, model_retries=1)
+    plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
+    flow = _turn.model_flow(agent, plan, "json_schema")
+    next(flow)
+    assert isinstance(flow.throw(_failure(429)), _turn.Sleep)
+    assert isinstance(flow.send(None), ModelRequest)
+
+    last = _failure(429)
+    with pytest.raises(ModelCallError) as info:
+        flow.throw(last)
+    assert info.value is last
+    assert info.value.attempts == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_a_failure_that_cannot_succeed_later_is_not_retried(status: int) -> None:
+    agent = _agent(output_schema=Answer, model_retries=5)
+    plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
+    flow = _turn.model_flow(agent, plan, "json_schema")
+    next(flow)
+    with pytest.raises(ModelCallError) as info:
+        flow.throw(_failure(status))
+    assert info.value.attempts == 1
+
+
+def test_a_context_window_error_is_not_retried() -> None:
+    agent = _agent(output_schema=Answer, model_retries=5)
+    plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
+    flow = _turn.model_flow(agent, plan, "json_schema")
+    next(flow)
+    with pytest.raises(ContextWindowError):
+        flow.throw(ContextWindowError("too long", model="m", status_code=400))
+
+
+def test_retry_after_is_honoured_and_capped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_turn, "RETRY_BASE_DELAY", 0.5)
+    monkeypatch.setattr(_turn, "RETRY_MAX_DELAY", 30.0)
+    agent = _agent(output_schema=Answer, model_retries=2)
+    plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
+    flow = _turn.model_flow(agent, plan, "json_schema")
+    next(flow)
+
+    with caplog.at_level("WARNING", logger="agent_session"):
+        assert flow.throw(_failure(429, retry_after=7.0)) == _turn.Sleep(7.0)
+        flow.send(None)
+        assert flow.throw(_failure(429, retry_after=86_400.0)) == _turn.Sleep(30.0)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert all(record.name.startswith("agent_session") for record in caplog.records)
+    assert any("retry 1 of 2 in 7.00s" in message for message in messages)
+    assert any("asked to wait 86400s" in message and "30s" in message for message in messages)
+
+
+def test_retry_delay() -> None:
+    assert _turn.retry_delay(1, None, base=1.0, cap=30.0, jitter=lambda: 1.0) == 1.0
+    assert _turn.retry_delay(1, None, base=1.0, cap=30.0, jitter=lambda: 0.0) == 0.5
+    assert _turn.retry_delay(4, None, base=1.0, cap=30.0, jitter=lambda: 1.0) == 8.0
+    assert _turn.retry_delay(20, None, base=1.0, cap=30.0, jitter=lambda: 1.0) == 30.0
+    assert _turn.retry_delay(1, 2.5, base=1.0, cap=30.0) == 2.5
+    assert _turn.retry_delay(1, 0.0, base=1.0, cap=30.0) == 0.0
+    assert _turn.retry_delay(1, 500.0, base=1.0, cap=30.0) == 30.0
+
+
+def test_drive_answers_the_sleeps_of_a_retrying_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = _agent(output_schema=Answer, model_retries=2)
+    plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
+    slept: list[float] = []
+    monkeypatch.setattr(_turn.time, "sleep", slept.append)
+    calls: list[ModelRequest] = []
+
+    def complete(request: ModelRequest) -> ModelResponse:
+        calls.append(request)
+        if len(calls) < 3:
+            raise _failure(503)
+        return _response('{"answer": "a", "confidence": 0.5}')
+
+    result = _turn.drive(_turn.model_flow(agent, plan, "json_schema"), _handler(complete))
+
+    assert len(calls) == 3
+    assert slept == [0.0, 0.0]  # the test setting: no real waits
+    assert result.attempts == 3
+
+
+def _handler(complete: Any) -> Any:
+    model = FunctionModel(lambda messages: "unused")
+    model.complete = complete  # type: ignore[method-assign]
+    return _turn.model_handler(model)
 
 
 # -- next_document ---------------------------------------------------------------
@@ -346,7 +552,7 @@ def test_model_flow_plain_text_takes_any_text() -> None:
 def _first_document(agent: Agent[Any], cost: float | None = 0.25) -> tuple[Any, dict[str, Any]]:
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
     reply = _response('{"answer": "Hello", "confidence": 1}', 10, 5, cost=cost)
-    result = _turn.drive(_turn.model_flow(agent, plan, True), lambda _: reply)
+    result = _turn.drive(_turn.model_flow(agent, plan, "json_schema"), lambda _: reply)
     return result, _turn.next_document(plan, result, None)
 
 
@@ -391,7 +597,7 @@ def test_next_document_leaves_out_unknown_cost_and_missing_arguments() -> None:
     agent = Agent(TestModel(), output_schema=Answer)
     plan = _turn.plan_first_turn(agent, "Hi", None, now=NOW)
     reply = _response('{"answer": "a", "confidence": 0}')
-    result = _turn.drive(_turn.model_flow(agent, plan, True), lambda _: reply)
+    result = _turn.drive(_turn.model_flow(agent, plan, "json_schema"), lambda _: reply)
     document = _turn.next_document(plan, result, None)
     assert "cost" not in document
     assert "cost" not in document["messages"][-1]["meta"]
@@ -406,7 +612,7 @@ def test_next_document_later_turn_accumulates_and_keeps_the_previous() -> None:
 
     plan = _turn.plan_next_turn(previous, _turn.validate_input(agent, "More"), now=LATER)
     reply = _response('{"answer": "More", "confidence": 0.5}', 30, 7, cost=0.5)
-    result = _turn.drive(_turn.model_flow(agent, plan, True), lambda _: reply)
+    result = _turn.drive(_turn.model_flow(agent, plan, "json_schema"), lambda _: reply)
     document = _turn.next_document(plan, result, previous)
 
     assert previous == frozen, "the previous document is not modified"
@@ -440,7 +646,7 @@ def test_next_document_cost_is_summed_when_known(
     _, previous = _first_document(agent, cost=before)
     plan = _turn.plan_next_turn(previous, _turn.validate_input(agent, "More"), now=LATER)
     reply = _response('{"answer": "a", "confidence": 0}', cost=now)
-    result = _turn.drive(_turn.model_flow(agent, plan, True), lambda _: reply)
+    result = _turn.drive(_turn.model_flow(agent, plan, "json_schema"), lambda _: reply)
     document = _turn.next_document(plan, result, previous)
     assert document.get("cost") == (pytest.approx(after) if after is not None else None)
 
@@ -454,7 +660,9 @@ def test_next_document_tolerates_a_previous_document_without_totals() -> None:
         "updated_at": "2026-01-01T00:00:00Z",
     }
     plan = _turn.plan_next_turn(previous, _turn.validate_input(agent, "Hi"), now=LATER)
-    result = _turn.drive(_turn.model_flow(agent, plan, True), lambda _: _response("ok", 1, 1))
+    result = _turn.drive(
+        _turn.model_flow(agent, plan, "json_schema"), lambda _: _response("ok", 1, 1)
+    )
     document = _turn.next_document(plan, result, previous)
     assert document["turns"] == 1
     assert document["usage"] == {"prompt_tokens": 1, "completion_tokens": 1}
@@ -540,15 +748,20 @@ async def test_adrive_propagates_an_error_the_flow_does_not_handle() -> None:
 
 
 def test_drive_model_flow_with_a_failing_model() -> None:
-    agent = _agent(output_schema=Answer)
+    agent = _agent(output_schema=Answer, model_retries=2)
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
+    requests: list[ModelRequest] = []
 
-    def handler(request: ModelRequest) -> ModelResponse:
-        raise ModelCallError("rate limited", model=request.model, status_code=429)
+    def handler(op: ModelRequest | _turn.Sleep) -> ModelResponse | None:
+        if isinstance(op, _turn.Sleep):
+            return None
+        requests.append(op)
+        raise ModelCallError("rate limited", model=op.model, status_code=429)
 
     with pytest.raises(ModelCallError) as info:
-        _turn.drive(_turn.model_flow(agent, plan, True), handler)
+        _turn.drive(_turn.model_flow(agent, plan, "json_schema"), handler)
     assert info.value.status_code == 429
+    assert info.value.attempts == len(requests) == 3
 
 
 async def test_adrive_runs_model_flow() -> None:
@@ -559,7 +772,7 @@ async def test_adrive_runs_model_flow() -> None:
     async def handler(request: ModelRequest) -> ModelResponse:
         return _response(next(replies))
 
-    result = await _turn.adrive(_turn.model_flow(agent, plan, True), handler)
+    result = await _turn.adrive(_turn.model_flow(agent, plan, "json_schema"), handler)
     assert result.attempts == 2
     assert result.output == Answer(answer="a", confidence=0.1)
 

@@ -5,6 +5,7 @@ and output; ``AgentSessionMixin`` stores a whole conversation in a JSON column o
 any declarative model. LiteLLM is imported on the first model call, not here.
 """
 
+import logging as _logging
 import typing as _typing
 
 from .errors import (
@@ -12,6 +13,7 @@ from .errors import (
     ApprovalPendingError,
     ConfigurationError,
     ContextError,
+    ContextWindowError,
     InputValidationError,
     ModelCallError,
     OutputValidationError,
@@ -27,7 +29,7 @@ from .errors import (
 if _typing.TYPE_CHECKING:
     from .agent import DEFAULT_MAX_INPUT_BYTES, Agent, TextInput
     from .context import CONTEXT_VERSION, Context, Message, MessageMeta, Usage
-    from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse
+    from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse, aprepare, prepare
     from .mixin import AgentSessionMixin, SessionStatus
     from .result import Result
     from .tools import Denied, PendingApproval, Tool, ToolCall, ToolContext
@@ -48,6 +50,8 @@ _LAZY = {
     "Model": "llm",
     "ModelRequest": "llm",
     "ModelResponse": "llm",
+    "aprepare": "llm",
+    "prepare": "llm",
     "AgentSessionMixin": "mixin",
     "SessionStatus": "mixin",
     "Result": "result",
@@ -76,6 +80,10 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
+# Diagnostics (retries, ...) go through ``logging`` under "agent_session"; without
+# a handler configured by the application, nothing is printed.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
 __all__ = [
     "CONTEXT_VERSION",
     "DEFAULT_MAX_INPUT_BYTES",
@@ -86,6 +94,7 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "ContextError",
+    "ContextWindowError",
     "Denied",
     "InputValidationError",
     "LiteLLMModel",
@@ -112,4 +121,6 @@ __all__ = [
     "ToolLoopError",
     "Usage",
     "__version__",
+    "aprepare",
+    "prepare",
 ]

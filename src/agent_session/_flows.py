@@ -3,6 +3,7 @@
 Each flow is a generator that yields operations and receives their results:
 
 - ``ModelRequest`` -> ``ModelResponse``: call the model (no connection is needed);
+- ``Sleep`` -> ``None``: wait before a failed model call is retried (from ``model_flow``);
 - ``Load`` -> ``Snapshot``: read the row (raises ``SessionNotFoundError``);
 - ``Insert`` -> the instance: add a new row;
 - ``Swap`` -> ``bool``: compare-and-swap on the revision column; ``False`` when
@@ -171,8 +172,8 @@ def start_flow(
             errors=[],
             source="values",
         ) from exc
-    structured = agent.uses_structured_output(model)  # after validation: may import LiteLLM
-    result = yield from _turn.model_flow(agent, plan, structured)
+    mode = agent.output_mode(model)  # after validation: may import LiteLLM
+    result = yield from _turn.model_flow(agent, plan, mode)
     document = _turn.next_document(plan, result, None)
     setattr(instance, spec.context_attr, document)
     setattr(instance, spec.revision_attr, 1)
@@ -209,7 +210,7 @@ def continue_flow(
             errors=[],
             source="conflict_retries",
         )
-    structured = agent.uses_structured_output(model)  # after validation: may import LiteLLM
+    mode = agent.output_mode(model)  # after validation: may import LiteLLM
     lost_at: int | None = None
     attempt = 0
     while True:
@@ -236,7 +237,7 @@ def continue_flow(
             claimed = True
         if claimed:
             try:
-                result = yield from _turn.model_flow(agent, plan, structured)
+                result = yield from _turn.model_flow(agent, plan, mode)
                 new_document = _turn.next_document(plan, result, document)
                 values: dict[str, Any] = {spec.context_attr: new_document}
                 if spec.status_attr is not None:

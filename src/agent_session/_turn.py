@@ -7,7 +7,9 @@ A turn is:
    ``plan_next_turn`` (take the stored history) -> a ``TurnPlan``;
 3. ``model_flow``: a generator that yields ``ModelRequest`` objects and receives
    ``ModelResponse`` objects, parsing and validating the output and re-asking on
-   failure, and returns the ``Result``;
+   failure, and returns the ``Result``. A failed call that may succeed later (a
+   retryable ``ModelCallError`` thrown in at the ``yield``) is retried after a
+   ``Sleep`` the driver answers;
 4. ``next_document``: the new stored context document.
 
 ``drive``/``adrive`` run such generators with a sync or async handler for what
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
@@ -38,8 +42,8 @@ from .context import (
     usage_document,
     utcnow,
 )
-from .errors import InputValidationError, OutputValidationError
-from .llm import Model, ModelRequest, ModelResponse
+from .errors import InputValidationError, ModelCallError, OutputValidationError
+from .llm import Model, ModelRequest, ModelResponse, OutputMode
 from .result import Result
 
 if TYPE_CHECKING:
@@ -61,8 +65,22 @@ __all__ = [
     "next_document",
     "plan_first_turn",
     "plan_next_turn",
+    "reask_feedback",
+    "retry_delay",
     "validate_input",
 ]
+
+logger = logging.getLogger("agent_session.turn")
+
+RETRY_BASE_DELAY = 0.5
+"""Seconds before the first retry of a failed call; doubled for each further one."""
+RETRY_MAX_DELAY = 30.0
+"""The longest wait before a retry, also when the provider's ``Retry-After`` asks for
+more (the wait is cut to this, and a warning logged)."""
+FEEDBACK_MAX_ERRORS = 10
+"""Validation errors listed in a re-ask; the rest are counted."""
+FEEDBACK_MAX_CHARS = 2000
+"""Upper bound on the error details in a re-ask message."""
 
 
 @dataclass(frozen=True)
@@ -257,21 +275,31 @@ def _user_message(turn_input: TurnInput, now: datetime) -> dict[str, Any]:
 # -- step 3: the model call, output validation and re-asks -------------------------
 
 
-def _request(agent: Agent[Any], messages: list[dict[str, Any]], structured: bool) -> ModelRequest:
+def _request(
+    agent: Agent[Any], messages: list[dict[str, Any]], mode: OutputMode | None
+) -> ModelRequest:
+    if mode == "json_schema":
+        response_format = agent.response_format
+    elif mode == "json_object":
+        response_format = {"type": "json_object"}
+    else:
+        response_format = None
     return ModelRequest(
         model=agent.model_name,
         messages=messages,
-        response_format=agent.response_format if structured else None,
+        response_format=response_format,
         settings=agent.model_settings,
         output_schema=agent.output_schema,
     )
 
 
-def outgoing_messages(agent: Agent[Any], plan: TurnPlan, structured: bool) -> list[dict[str, Any]]:
+def outgoing_messages(
+    agent: Agent[Any], plan: TurnPlan, mode: OutputMode | None
+) -> list[dict[str, Any]]:
     """The chat messages to send: history, user message, and the schema hint if needed."""
     messages = chat_messages([*plan.history, plan.user_message])
     hint = agent.schema_hint
-    if hint is not None and not structured:
+    if hint is not None and mode in ("json_object", "prompt"):
         if messages and messages[0]["role"] == "system":
             messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{hint}"}
         else:
@@ -280,48 +308,134 @@ def outgoing_messages(agent: Agent[Any], plan: TurnPlan, structured: bool) -> li
 
 
 def reask_feedback(exc: ValidationError | ValueError) -> str:
-    """The user message that asks the model to fix invalid output."""
+    """The user message that asks the model to fix invalid output.
+
+    It names what was wrong (type, location, message of each error), never the
+    invalid input itself: the model has its reply in the previous message, and a
+    long reply repeated here could overflow the context. Its size is bounded.
+    """
     if isinstance(exc, ValidationError):
-        details = json.dumps(exc.errors(include_url=False, include_context=False), default=str)
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        shown = [
+            {"type": e["type"], "loc": list(e["loc"]), "msg": _clip(str(e["msg"]), 300)}
+            for e in errors[:FEEDBACK_MAX_ERRORS]
+        ]
+        details = json.dumps(shown, default=str, ensure_ascii=False)
+        if len(errors) > FEEDBACK_MAX_ERRORS:
+            details += f" (and {len(errors) - FEEDBACK_MAX_ERRORS} more)"
     else:
         details = str(exc)
     return (
         "Your previous answer was not valid for the required output schema.\n"
-        f"Validation errors: {details}\n"
+        f"Validation errors: {_clip(details, FEEDBACK_MAX_CHARS)}\n"
         "Answer again with only a JSON object that matches the schema."
     )
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def retry_delay(
+    retry: int,
+    retry_after: float | None,
+    *,
+    base: float | None = None,
+    cap: float | None = None,
+    jitter: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before retry number ``retry`` (1, 2, ...) of a failed call.
+
+    The provider's ``Retry-After`` when it sent one, else exponential backoff
+    (``base``, doubled per retry) with jitter (between half and all of it); never
+    more than ``cap``.
+    """
+    base = RETRY_BASE_DELAY if base is None else base
+    cap = RETRY_MAX_DELAY if cap is None else cap
+    if retry_after is not None:
+        return max(0.0, min(retry_after, cap))
+    backoff: float = min(cap, base * 2.0 ** max(0, retry - 1))
+    return backoff * (0.5 + jitter() / 2)
+
+
+def _truncation_hint(agent: Agent[Any]) -> str:
+    for key in ("max_completion_tokens", "max_tokens"):
+        if key in agent.model_settings:
+            return f"raise model_settings[{key!r}] (now {agent.model_settings[key]!r})"
+    return "set a larger model_settings['max_tokens']"
+
+
 def model_flow(
-    agent: Agent[Any], plan: TurnPlan, structured: bool
-) -> Generator[ModelRequest, ModelResponse, Result[Any]]:
-    """Call the model, validate its output and re-ask up to ``max_retries`` times."""
+    agent: Agent[Any], plan: TurnPlan, mode: OutputMode | None
+) -> Generator[ModelRequest | Sleep, Any, Result[Any]]:
+    """Call the model, validate its output and re-ask up to ``max_retries`` times.
+
+    ``mode`` is how structured output is asked for (``None`` for a text agent).
+    A retryable ``ModelCallError`` (429, 5xx, timeout, refused connection) thrown
+    in at a request is retried after a backoff, up to ``model_retries`` times per
+    request; the calls that failed add no usage but count in ``attempts``.
+    """
     started = time.perf_counter()
-    sent = outgoing_messages(agent, plan, structured)
+    sent = outgoing_messages(agent, plan, mode)
     messages = sent
     usage = Usage()
     cost: float | None = None
-    attempt = 0
+    calls = 0
+    reasks = 0
     while True:
-        attempt += 1
-        response = yield _request(agent, messages, structured)
+        request = _request(agent, messages, mode)
+        retries = 0
+        while True:
+            calls += 1
+            try:
+                response: ModelResponse = yield request
+            except ModelCallError as exc:
+                exc.attempts = calls
+                if not exc.retryable or retries >= agent.model_retries:
+                    raise
+                retries += 1
+                delay = retry_delay(retries, exc.retry_after)
+                if exc.retry_after is not None and exc.retry_after > delay:
+                    logger.warning(
+                        "%s asked to wait %.0fs before retrying; waiting %.0fs (the cap)",
+                        agent.model_name,
+                        exc.retry_after,
+                        delay,
+                    )
+                logger.warning(
+                    "%s; retry %d of %d in %.2fs", exc, retries, agent.model_retries, delay
+                )
+                yield Sleep(delay)
+                continue
+            break
         usage = usage + response.usage
         if response.cost is not None:
             cost = (cost or 0.0) + response.cost
         try:
             output = agent.parse_output(response.text)
         except (ValidationError, ValueError) as exc:
-            if attempt > agent.max_retries:
-                errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else []
+            schema_name = agent.output_schema.__name__ if agent.output_schema else "str"
+            errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else []
+            if response.finish_reason == "length":
                 raise OutputValidationError(
-                    f"output of {agent.model_name} did not match "
-                    f"{agent.output_schema.__name__ if agent.output_schema else 'str'} "
-                    f"after {attempt} attempt(s): {exc}",
+                    f"output of {agent.model_name} was cut off at the token limit "
+                    f"(finish_reason 'length') and is not a valid {schema_name}; a re-ask "
+                    f"cannot help: {_truncation_hint(agent)}",
                     raw_text=response.text,
                     errors=errors,
-                    attempts=attempt,
+                    attempts=calls,
                     usage=usage,
                 ) from exc
+            if reasks >= agent.max_retries:
+                raise OutputValidationError(
+                    f"output of {agent.model_name} did not match {schema_name} "
+                    f"after {calls} attempt(s): {exc}",
+                    raw_text=response.text,
+                    errors=errors,
+                    attempts=calls,
+                    usage=usage,
+                ) from exc
+            reasks += 1
             messages = [
                 *messages,
                 {"role": "assistant", "content": response.text},
@@ -336,7 +450,7 @@ def model_flow(
             cost=cost,
             model=response.model or agent.model_name,
             finish_reason=response.finish_reason,
-            attempts=attempt,
+            attempts=calls,
             duration_s=time.perf_counter() - started,
             input=plan.input,
         )

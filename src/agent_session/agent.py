@@ -10,20 +10,42 @@ perform the model call.
 from __future__ import annotations
 
 import json
+import math
+import sys
+import weakref
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
 from . import _turn
 from .errors import ConfigurationError
-from .llm import LiteLLMModel, Model
+from .llm import LiteLLMModel, Model, OutputMode, aprepare, resolve_output_mode
 from .result import Result
 from .templates import InstructionTemplate
 
-__all__ = ["DEFAULT_MAX_INPUT_BYTES", "Agent", "TextInput"]
+__all__ = ["DEFAULT_MAX_INPUT_BYTES", "Agent", "StructuredOutput", "TextInput"]
+
+StructuredOutput = Literal["auto", "json_schema", "json_object", "prompt"]
+"""How an output schema is asked for; see ``Agent(structured_output=...)``."""
+_STRUCTURED_OUTPUT_CHOICES = ("auto", "json_schema", "json_object", "prompt")
+
+REFUSED_SETTINGS: dict[str, str] = {
+    "messages": "the messages are built from the instruction, the history and the input",
+    "model": "pass the model as the Agent's first argument",
+    "stream": "the library makes each call and needs the whole reply",
+    "tools": "tool calls are not configured through model_settings",
+    "tool_choice": "tool calls are not configured through model_settings",
+    "response_format": "use output_schema= (and structured_output= to choose how it is sent)",
+    "max_retries": (
+        "use Agent(model_retries=...) for retries of failed calls "
+        "(Agent(max_retries=...) is re-asks after invalid output)"
+    ),
+    "num_retries": "use Agent(model_retries=...) for retries of failed calls",
+}
+"""``model_settings`` keys the library owns, or that would break a turn, and what to use."""
 
 OutputT = TypeVar("OutputT")
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
@@ -44,8 +66,19 @@ class Agent(Generic[OutputT]):
     """An LLM call with a Jinja instruction, an input schema and an output schema.
 
     ``model`` is a LiteLLM model string (``"openai/gpt-4o-mini"``) or a ``Model``
-    instance (a test double). ``model_settings`` are forwarded verbatim to LiteLLM
-    (``temperature``, ``api_base``, ``api_key``, ``timeout``, ``num_retries``, ...).
+    instance (a test double). ``model_settings`` are forwarded to LiteLLM
+    (``temperature``, ``max_tokens``, ``api_base``, ``api_key``, ``timeout``, ...);
+    the keys in ``REFUSED_SETTINGS`` are refused, with the option to use instead.
+
+    ``max_retries`` is how many times invalid output is re-asked; ``model_retries``
+    how many times a failed call (429, 5xx, timeout, refused connection) is retried,
+    with exponential backoff and the provider's ``Retry-After``. No other layer
+    retries. ``structured_output`` chooses how an ``output_schema`` is asked for:
+    ``"json_schema"`` (``response_format`` with the schema), ``"json_object"``
+    (JSON mode, the schema in the prompt), ``"prompt"`` (the schema in the prompt
+    only) or ``"auto"``: ``"json_schema"`` for an OpenAI-compatible server
+    (``openai/...`` with an ``api_base``, ``hosted_vllm/...``, ``ollama_chat/...``,
+    ``lm_studio/...``) or a model LiteLLM knows supports it, else ``"prompt"``.
     """
 
     @overload
@@ -58,6 +91,8 @@ class Agent(Generic[OutputT]):
         input_schema: type[BaseModel] | None = None,
         output_schema: None = None,
         max_retries: int = 2,
+        model_retries: int = 2,
+        structured_output: StructuredOutput = "auto",
         model_settings: Mapping[str, Any] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         name: str | None = None,
@@ -73,6 +108,8 @@ class Agent(Generic[OutputT]):
         input_schema: type[BaseModel] | None = None,
         output_schema: type[SchemaT],
         max_retries: int = 2,
+        model_retries: int = 2,
+        structured_output: StructuredOutput = "auto",
         model_settings: Mapping[str, Any] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         name: str | None = None,
@@ -87,6 +124,8 @@ class Agent(Generic[OutputT]):
         input_schema: type[BaseModel] | None = None,
         output_schema: type[BaseModel] | None = None,
         max_retries: int = 2,
+        model_retries: int = 2,
+        structured_output: StructuredOutput = "auto",
         model_settings: Mapping[str, Any] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         name: str | None = None,
@@ -112,8 +151,15 @@ class Agent(Generic[OutputT]):
                 isinstance(schema, type) and issubclass(schema, BaseModel)
             ):
                 raise ConfigurationError(f"{label} must be a Pydantic model class, got {schema!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigurationError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        for label, count in (("max_retries", max_retries), ("model_retries", model_retries)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ConfigurationError(f"{label} must be an int >= 0, got {count!r}")
+        if structured_output not in _STRUCTURED_OUTPUT_CHOICES:
+            choices = ", ".join(map(repr, _STRUCTURED_OUTPUT_CHOICES))
+            raise ConfigurationError(
+                f"structured_output must be one of {choices}, got {structured_output!r}"
+            )
+        settings = _checked_settings(model_settings)
         if max_input_bytes <= 0:
             raise ConfigurationError("max_input_bytes must be positive")
         if instruction is not None and not isinstance(instruction, str):
@@ -126,7 +172,12 @@ class Agent(Generic[OutputT]):
         self.input_schema: type[BaseModel] = input_schema or TextInput
         self.output_schema = output_schema
         self.max_retries = max_retries
-        self.model_settings: dict[str, Any] = dict(model_settings or {})
+        self.model_retries = model_retries
+        self.structured_output: StructuredOutput = structured_output
+        self.model_settings: dict[str, Any] = settings
+        self._output_modes: weakref.WeakKeyDictionary[Model, OutputMode] = (
+            weakref.WeakKeyDictionary()
+        )
         self.max_input_bytes = max_input_bytes
 
         fields = list(self.input_schema.model_fields)
@@ -179,9 +230,32 @@ class Agent(Generic[OutputT]):
         finally:
             self._override.reset(token)
 
-    def uses_structured_output(self, model: Model) -> bool:
-        """Whether requests carry ``response_format`` (else the schema goes in the prompt)."""
-        return self.output_schema is not None and model.supports_structured_output(self.model_name)
+    @property
+    def structured_output_mode(self) -> OutputMode | None:
+        """How the configured model (or the active override) is asked for the output
+        schema: ``"json_schema"``, ``"json_object"`` or ``"prompt"``; ``None`` for a
+        text agent. ``structured_output="auto"`` is resolved here, once per model."""
+        return self.output_mode(self.model)
+
+    def output_mode(self, model: Model) -> OutputMode | None:
+        """``structured_output_mode`` for ``model``: decided once and remembered.
+
+        Deciding ``"auto"`` may consult LiteLLM's capability table (and import
+        LiteLLM), except for an OpenAI-compatible server, which needs no table.
+        """
+        if self.output_schema is None:
+            return None
+        try:
+            cached = self._output_modes.get(model)
+        except TypeError:  # a Model that cannot be weakly referenced or hashed
+            cached = None
+        if cached is None:
+            cached = resolve_output_mode(
+                self.structured_output, model, self.model_name, self.model_settings
+            )
+            with suppress(TypeError):
+                self._output_modes[model] = cached
+        return cached
 
     # -- running ----------------------------------------------------------
 
@@ -194,7 +268,7 @@ class Agent(Generic[OutputT]):
         """Validate, render, call the model (re-asking on invalid output) and parse."""
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
-        flow = _turn.model_flow(self, plan, self.uses_structured_output(model))
+        flow = _turn.model_flow(self, plan, self.output_mode(model))
         return _turn.drive(flow, _turn.model_handler(model))
 
     async def arun(
@@ -206,7 +280,9 @@ class Agent(Generic[OutputT]):
         """Async twin of ``run``."""
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
-        flow = _turn.model_flow(self, plan, self.uses_structured_output(model))
+        if isinstance(model, LiteLLMModel):
+            await aprepare()  # the first import of LiteLLM, off the event loop
+        flow = _turn.model_flow(self, plan, self.output_mode(model))
         return await _turn.adrive(flow, _turn.amodel_handler(model))
 
     def parse_output(self, text: str) -> Any:
@@ -220,6 +296,55 @@ class Agent(Generic[OutputT]):
         if self.output_schema is None:
             return data  # type: ignore[no-any-return]
         return self.output_schema.model_validate(data)  # type: ignore[return-value]
+
+
+def _checked_settings(model_settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Copy ``model_settings``, refusing keys the library owns and checking common types."""
+    if model_settings is None:
+        return {}
+    if not isinstance(model_settings, Mapping):
+        raise ConfigurationError(
+            f"model_settings must be a mapping, got {type(model_settings).__name__}"
+        )
+    settings = dict(model_settings)
+    for key in settings:
+        if not isinstance(key, str):
+            raise ConfigurationError(f"model_settings keys must be strings, got {key!r}")
+        reason = REFUSED_SETTINGS.get(key)
+        if reason is not None:
+            raise ConfigurationError(f"model_settings may not set {key!r}: {reason}")
+    if "timeout" in settings:
+        timeout = settings["timeout"]
+        httpx = sys.modules.get("httpx")  # an httpx.Timeout implies httpx is imported
+        is_httpx_timeout = httpx is not None and isinstance(timeout, httpx.Timeout)
+        if not (is_httpx_timeout or timeout is None or _positive_number(timeout)):
+            raise ConfigurationError(
+                f"model_settings['timeout'] must be a number of seconds > 0, got {timeout!r}"
+            )
+    if "temperature" in settings and not _number(settings["temperature"], minimum=0.0):
+        raise ConfigurationError(
+            f"model_settings['temperature'] must be a number >= 0, got {settings['temperature']!r}"
+        )
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = settings.get(key)
+        if key in settings and not (
+            value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+        ):
+            raise ConfigurationError(f"model_settings[{key!r}] must be an int > 0, got {value!r}")
+    return settings
+
+
+def _number(value: Any, *, minimum: float) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= minimum
+    )
+
+
+def _positive_number(value: Any) -> bool:
+    return _number(value, minimum=0.0) and value > 0
 
 
 def _strip_code_fence(text: str) -> str:

@@ -10,6 +10,7 @@ SQLAlchemy) are raised ``from`` that exception, so the original stays on
     ├── TemplateError              the instruction failed to render at run time
     ├── InputValidationError       input or instruction arguments are invalid (also ValueError)
     ├── ModelCallError             the LLM call failed: auth, rate limit, timeout, 5xx, ...
+    │   └── ContextWindowError     the request is longer than the model's context window
     ├── OutputValidationError      the model's output stayed invalid after every re-ask
     ├── ContextError               a stored context is not a valid context document
     ├── SessionNotFoundError       no row has that primary key (also LookupError)
@@ -34,6 +35,7 @@ __all__ = [
     "ApprovalPendingError",
     "ConfigurationError",
     "ContextError",
+    "ContextWindowError",
     "InputValidationError",
     "ModelCallError",
     "OutputValidationError",
@@ -87,17 +89,65 @@ class InputValidationError(AgentSessionError, ValueError):
         self.source = source
 
 
+RETRYABLE_STATUS_CODES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+"""HTTP statuses worth another try: timeouts, conflicts, rate limits and server errors."""
+
+
 class ModelCallError(AgentSessionError):
     """The call to the LLM provider failed.
 
     ``status_code`` is the HTTP status when there was one (401, 429, 500, ...),
     ``None`` for timeouts and connection failures; ``model`` is the model string.
+    ``retryable`` says whether another try may succeed (429, 5xx, 408, timeouts and
+    connection failures; by default derived from ``status_code``); ``retry_after``
+    is the wait in seconds the provider asked for (its ``Retry-After`` header), if
+    any; ``attempts`` how many model calls the turn made, this failed one included.
     """
 
-    def __init__(self, message: str, *, model: str, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        status_code: int | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ) -> None:
         super().__init__(message)
         self.model = model
         self.status_code = status_code
+        if retryable is None:
+            retryable = status_code is None or status_code in RETRYABLE_STATUS_CODES
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.attempts = attempts
+
+
+class ContextWindowError(ModelCallError):
+    """The provider refused the request as longer than the model's context window.
+
+    Never retried: the same request would fail again. Shorten the history or the
+    input, lower ``max_tokens``, or use a model with a larger window.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(
+            message,
+            model=model,
+            status_code=status_code,
+            retryable=False,
+            retry_after=retry_after,
+            attempts=attempts,
+        )
 
 
 class OutputValidationError(AgentSessionError):

@@ -11,25 +11,57 @@ stalls the first call. Before the lazy import the library sets that variable to
 ``True`` (and ``LITELLM_OFFLINE_MODE`` likewise) **only when the user has not set
 it**, so LiteLLM uses the price map bundled with the installed release. Set
 ``LITELLM_LOCAL_MODEL_COST_MAP=False`` to get the remote map.
+
+Quiet: the library's calls print nothing. LiteLLM's "Give Feedback / Get Help"
+banner on failed calls is switched off (``litellm.suppress_debug_info``) when it is
+imported; diagnostics go through ``logging``, under the ``agent_session`` logger.
+
+Retries: LiteLLM's own (``num_retries``) and the OpenAI SDK's (``max_retries``) are
+always switched off; failed calls are retried by the turn itself
+(``Agent(model_retries=...)``), so each retry is counted, logged and backed off
+without blocking an event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import json
+import logging
+import math
 import os
+import re
 import threading
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from .context import Usage
-from .errors import ModelCallError
+from .errors import RETRYABLE_STATUS_CODES, ContextWindowError, ModelCallError
 from .tools import ToolCall
 
-__all__ = ["LiteLLMModel", "Model", "ModelRequest", "ModelResponse"]
+__all__ = [
+    "LiteLLMModel",
+    "Model",
+    "ModelRequest",
+    "ModelResponse",
+    "OutputMode",
+    "aprepare",
+    "prepare",
+    "resolve_output_mode",
+]
+
+logger = logging.getLogger("agent_session.llm")
+
+OutputMode = Literal["json_schema", "json_object", "prompt"]
+"""How a structured output is asked for: ``response_format`` with the JSON schema,
+``response_format`` ``{"type": "json_object"}`` plus the schema in the prompt, or the
+schema in the prompt only."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +111,7 @@ class Model(ABC):
 
 _litellm: ModuleType | None = None
 _import_lock = threading.Lock()
+_prepared = False
 
 
 def import_litellm() -> ModuleType:
@@ -91,8 +124,96 @@ def import_litellm() -> ModuleType:
                 os.environ.setdefault("LITELLM_OFFLINE_MODE", "True")
                 import litellm
 
+                # No "Give Feedback / Get Help" banner on stdout for failed calls.
+                litellm.suppress_debug_info = True
                 _litellm = litellm
     return _litellm
+
+
+def prepare() -> None:
+    """Do the slow one-time work of the first model call now, e.g. in an app's
+    start-up hook: import LiteLLM, and the modules it and the OpenAI SDK load on
+    their first call (a mocked LiteLLM call and an unused OpenAI client, which make
+    no network request). Calling it again costs next to nothing.
+    """
+    started = time.perf_counter()
+    litellm = import_litellm()
+    with _import_lock:
+        global _prepared
+        if _prepared:
+            return
+        try:
+            litellm.completion(
+                model="openai/gpt-4o-mini",
+                messages=[{"role": "user", "content": "ping"}],
+                mock_response="pong",
+                api_key="unused",
+                **{"no-log": True},  # not reported to the application's LiteLLM callbacks
+            )
+            import httpcore
+            import openai
+
+            with openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1") as client:
+                _ = client.chat.completions
+            _ = (openai.resources.chat.AsyncCompletions, httpcore.AsyncConnectionPool)
+        except Exception:  # a warm-up only: the first real call does the rest
+            logger.debug("warming up LiteLLM's first call failed", exc_info=True)
+        _prepared = True
+    logger.debug("prepared the first model call in %.2fs", time.perf_counter() - started)
+
+
+async def aprepare() -> None:
+    """``prepare()`` for async start-up hooks: runs it in a thread, so the event
+    loop is not blocked while LiteLLM is imported. The first ``acomplete`` calls it
+    too, so an async app's loop never stalls on that import."""
+    if not _prepared:
+        await asyncio.to_thread(prepare)
+
+
+OPENAI_COMPATIBLE_PROVIDERS = frozenset(
+    {"hosted_vllm", "ollama_chat", "ollama", "lm_studio", "llamafile", "openai_like", "xinference"}
+)
+"""LiteLLM providers that are OpenAI-compatible servers run by the user: they accept
+``response_format`` with a JSON schema, whatever the model's name."""
+
+_API_BASE_KEYS = ("api_base", "base_url")
+_OPENAI_BASE_ENV = ("OPENAI_API_BASE", "OPENAI_BASE_URL")
+
+
+def reaches_openai_compatible_server(model: str, settings: Mapping[str, Any]) -> bool:
+    """Whether ``model`` is served by an OpenAI-compatible server (not OpenAI itself).
+
+    ``openai/<name>`` counts when an ``api_base`` is given (in the settings, or in
+    ``OPENAI_API_BASE``/``OPENAI_BASE_URL``); the providers in
+    ``OPENAI_COMPATIBLE_PROVIDERS`` always do. Decided without importing LiteLLM.
+    """
+    provider, slash, _ = model.partition("/")
+    if not slash:
+        return False
+    if provider in OPENAI_COMPATIBLE_PROVIDERS:
+        return True
+    if provider in ("openai", "text-completion-openai"):
+        if any(settings.get(key) for key in _API_BASE_KEYS):
+            return True
+        return any(os.environ.get(name) for name in _OPENAI_BASE_ENV)
+    return False
+
+
+def resolve_output_mode(
+    requested: str, model: Model, model_name: str, settings: Mapping[str, Any]
+) -> OutputMode:
+    """Decide how structured output is asked for (``Agent(structured_output=...)``).
+
+    ``"auto"`` sends the JSON schema as ``response_format`` when the model is
+    reached through an OpenAI-compatible server, or when the backend says the
+    model supports it (LiteLLM's capability table); otherwise the schema goes in
+    the prompt.
+    """
+    if requested in ("json_schema", "json_object", "prompt"):
+        return requested  # type: ignore[return-value]
+    if isinstance(model, LiteLLMModel) and reaches_openai_compatible_server(model_name, settings):
+        return "json_schema"
+    return "json_schema" if model.supports_structured_output(model_name) else "prompt"
 
 
 class LiteLLMModel(Model):
@@ -100,19 +221,12 @@ class LiteLLMModel(Model):
 
     name = "litellm"
 
-    def __init__(self) -> None:
-        self._schema_support: dict[str, bool] = {}
-
     def supports_structured_output(self, model: str) -> bool:
-        cached = self._schema_support.get(model)
-        if cached is None:
-            litellm = import_litellm()
-            try:
-                cached = bool(litellm.supports_response_schema(model=model))
-            except Exception:
-                cached = False
-            self._schema_support[model] = cached
-        return cached
+        litellm = import_litellm()
+        try:
+            return bool(litellm.supports_response_schema(model=model))
+        except Exception:
+            return False
 
     def _kwargs(self, request: ModelRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": request.model, "messages": request.messages}
@@ -121,6 +235,10 @@ class LiteLLMModel(Model):
         if request.tools:
             kwargs["tools"] = request.tools
         kwargs.update(request.settings)
+        # The turn retries failed calls itself (Agent(model_retries=...)): neither
+        # LiteLLM nor the OpenAI SDK under it may retry on their own.
+        kwargs["num_retries"] = 0
+        kwargs["max_retries"] = 0
         return kwargs
 
     def complete(self, request: ModelRequest) -> ModelResponse:
@@ -132,6 +250,7 @@ class LiteLLMModel(Model):
         return _to_response(litellm, raw, request.model)
 
     async def acomplete(self, request: ModelRequest) -> ModelResponse:
+        await aprepare()
         litellm = import_litellm()
         try:
             raw = await litellm.acompletion(**self._kwargs(request))
@@ -153,7 +272,9 @@ def _to_response(litellm: ModuleType, raw: Any, model: str) -> ModelResponse:
             total_tokens=int(getattr(usage_obj, "total_tokens", 0) or 0),
         )
     except (AttributeError, IndexError, TypeError, ValueError) as exc:
-        raise ModelCallError(f"unexpected response shape from {model}: {exc}", model=model) from exc
+        raise ModelCallError(
+            f"unexpected response shape from {model}: {exc}", model=model, retryable=False
+        ) from exc
     try:
         cost: float | None = float(litellm.completion_cost(completion_response=raw))
     except Exception:
@@ -217,6 +338,67 @@ def _no_response_cause(exc: BaseException) -> BaseException | None:
     return None
 
 
+_CONTEXT_WINDOW_PHRASES = re.compile(
+    r"maximum context length|context[ _]length[ _]exceeded|context window"
+    r"|exceeds the (available )?context|prompt is too long|too many tokens",
+    re.IGNORECASE,
+)
+"""How providers word "the request is too long" (OpenAI: "maximum context length";
+llama.cpp: "the request exceeds the available context size"; ...)."""
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """The ``Retry-After`` the provider sent with the error, in seconds, if any."""
+    for headers in (
+        getattr(exc, "litellm_response_headers", None),
+        getattr(getattr(exc, "response", None), "headers", None),
+        getattr(exc, "headers", None),
+    ):
+        if headers is None:
+            continue
+        try:
+            raw = headers.get("retry-after-ms")
+            if raw is not None:
+                return _plausible(float(raw) / 1000.0)
+            raw = headers.get("retry-after") or headers.get("Retry-After")
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if raw is not None:
+            return parse_retry_after(str(raw))
+    return None
+
+
+def parse_retry_after(value: str, *, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` value: a number of seconds or an HTTP date."""
+    value = value.strip()
+    try:
+        return _plausible(float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment is None:
+        return None
+    return _plausible(moment.timestamp() - (time.time() if now is None else now), floor=True)
+
+
+def _plausible(seconds: float, *, floor: bool = False) -> float | None:
+    """A usable number of seconds (the turn caps long waits), or ``None``."""
+    if not math.isfinite(seconds):
+        return None
+    if seconds < 0:
+        return 0.0 if floor else None
+    return seconds
+
+
+def _is_context_window(exc: BaseException, status: int | None, message: str) -> bool:
+    if type(exc).__name__ == "ContextWindowExceededError":
+        return True
+    return status in (400, 413) and _CONTEXT_WINDOW_PHRASES.search(message) is not None
+
+
 def _model_call_error(exc: Exception, model: str) -> ModelCallError:
     """Map a LiteLLM (or transport) exception to ``ModelCallError``."""
     kind = type(exc).__name__
@@ -226,6 +408,18 @@ def _model_call_error(exc: Exception, model: str) -> ModelCallError:
         status = None
     message = str(exc).strip() or kind
     where = f"HTTP {status}" if status is not None else type(transport or exc).__name__
+    text = f"model call to {model} failed ({where}): {message}"
+    retry_after = _retry_after(exc) if transport is None else None
+    if transport is None and _is_context_window(exc, status, message):
+        return ContextWindowError(
+            f"{text} (the request is longer than the model's context window)",
+            model=model,
+            status_code=status,
+            retry_after=retry_after,
+        )
+    # Timeouts and refused connections are worth another try, like 429 and 5xx;
+    # an error with neither a response nor a transport failure behind it is not.
+    retryable = transport is not None or (status is not None and status in RETRYABLE_STATUS_CODES)
     return ModelCallError(
-        f"model call to {model} failed ({where}): {message}", model=model, status_code=status
+        text, model=model, status_code=status, retryable=retryable, retry_after=retry_after
     )

@@ -201,7 +201,9 @@ class FunctionModel(_RecordingModel):
 
     ``fn`` may be sync or async and returns what ``TestModel`` accepts as a reply:
     a ``ToolCall`` or a list of them scripts a reply with tool calls. It may raise,
-    e.g. ``ModelCallError``, to simulate a provider failure.
+    e.g. ``ModelCallError``, to simulate a provider failure; a retryable one (429,
+    5xx, or no status: a timeout) is retried up to the agent's ``model_retries``
+    times, as with LiteLLM.
     """
 
     def __init__(
