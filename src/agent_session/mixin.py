@@ -144,12 +144,20 @@ class AgentSessionMixin:
         /,
         *,
         conflict_retries: int = 0,
+        busy_timeout: float | None = None,
     ) -> Self:
-        """Run one more turn on a stored session (an instance or a primary key)."""
+        """Run one more turn on a stored session (an instance or a primary key).
+
+        ``conflict_retries``: re-run a turn whose write lost the race, after a jittered
+        backoff, this many times. ``busy_timeout`` (status column only): wait up to this
+        many seconds for a turn running in another worker, then run on its history.
+        """
         spec = _spec(cls)
         store = SyncStore(spec, spec.agent.model, db)
         key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.continue_flow(spec, store.model, key, instance, input, conflict_retries)
+        flow = _flows.continue_flow(
+            spec, store.model, key, instance, input, conflict_retries, busy_timeout=busy_timeout
+        )
         return _turn.drive(flow, store)  # type: ignore[no-any-return]
 
     @classmethod
@@ -187,12 +195,15 @@ class AgentSessionMixin:
         /,
         *,
         conflict_retries: int = 0,
+        busy_timeout: float | None = None,
     ) -> Self:
         """Async twin of ``continue_session``."""
         spec = _spec(cls)
         store = AsyncStore(spec, spec.agent.model, db)
         key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.continue_flow(spec, store.model, key, instance, input, conflict_retries)
+        flow = _flows.continue_flow(
+            spec, store.model, key, instance, input, conflict_retries, busy_timeout=busy_timeout
+        )
         return await _turn.adrive(flow, store)
 
     @classmethod
