@@ -249,7 +249,7 @@ class Waits:
 
     - Conflict retries (0.05 s doubling, at most 2 s): the first retry comes soon
       (two clients is the common race, and the loser only needs the newer history);
-      the window reaches its cap at the sixth retry, and 2 s bounds what one retry adds
+      the window reaches its cap at the seventh retry, and 2 s bounds what one retry adds
       to a turn a person may be waiting for.
     - Busy polls (0.05 s doubling, at most 0.5 s): a waiter looks at the running row
       again within half a second (a quarter on average), so it starts soon after the
