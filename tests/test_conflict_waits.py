@@ -39,6 +39,8 @@ from agent_session.llm import ModelRequest
 from agent_session.testing import FunctionModel
 
 MODEL = FunctionModel(echo)
+CLAIMED_TURN = ["swap running", "model", "write"]
+"""A turn's operations after its load, with the status column: claim, call, write."""
 TIMEOUT = timedelta(minutes=10)
 
 
@@ -218,16 +220,7 @@ def test_a_running_turn_is_waited_for_then_the_turn_runs_on_its_history() -> Non
     script = Script([running(3), running(3), snap(4, "completed")], [True, True])
     run_continue(script, status=True, busy_timeout=10)
 
-    assert script.ops == [
-        "load",
-        "sleep",
-        "load",
-        "sleep",
-        "load",
-        "swap running",
-        "model",
-        "write",
-    ]
+    assert script.ops == ["load", "sleep", "load", "sleep", "load", *CLAIMED_TURN]
     assert script.model_calls == 1
     assert 0 <= script.sleeps[0] <= 0.05 and 0 <= script.sleeps[1] <= 0.1
 
@@ -258,7 +251,7 @@ def test_a_stale_running_status_is_taken_over_without_waiting() -> None:
     dead = snap(3, "running", age=TIMEOUT + timedelta(seconds=1))
     script = Script([dead], [True, True])
     run_continue(script, status=True, busy_timeout=10)
-    assert script.ops == ["load", "swap running", "model", "write"]
+    assert script.ops == ["load", *CLAIMED_TURN]
 
 
 # -- a claim lost to another worker ----------------------------------------------------------
@@ -270,16 +263,7 @@ def test_a_lost_claim_is_waited_for_without_a_model_call() -> None:
     loads = [snap(2, "completed"), running(3), snap(4, "completed")]
     script = Script(loads, [False, True, True])
     run_continue(script, status=True, busy_timeout=10, conflict_retries=0)
-    assert script.ops == [
-        "load",
-        "swap running",
-        "load",
-        "sleep",
-        "load",
-        "swap running",
-        "model",
-        "write",
-    ]
+    assert script.ops == ["load", "swap running", "load", "sleep", "load", *CLAIMED_TURN]
     assert script.model_calls == 1
 
 
@@ -329,4 +313,4 @@ def test_a_bad_busy_timeout_is_refused_before_any_operation(busy_timeout: Any) -
 def test_good_busy_timeouts(busy_timeout: float) -> None:
     script = Script([snap(2, "completed")], [True, True])
     run_continue(script, status=True, busy_timeout=busy_timeout)
-    assert script.ops == ["load", "swap running", "model", "write"]
+    assert script.ops == ["load", *CLAIMED_TURN]
