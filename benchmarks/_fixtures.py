@@ -139,9 +139,9 @@ def forget_requests(model: Model) -> None:
 # -- session models ----------------------------------------------------------------
 
 
-def session_class(tablename: str, agent: Agent[Any]) -> type[Any]:
+def session_class(tablename: str, agent: Agent[Any], *, status: bool = False) -> type[Any]:
     """A mapped session model on a declarative base (and metadata) of its own, like
-    ``examples.models.SupportChat``."""
+    ``examples.models.SupportChat``; with ``status``, with the status column."""
 
     class Base(DeclarativeBase):
         pass
@@ -153,6 +153,8 @@ def session_class(tablename: str, agent: Agent[Any]) -> type[Any]:
         "id": mapped_column(primary_key=True, autoincrement=True),
         "user_id": mapped_column(sa.String(64), default="bench"),
     }
+    if status:
+        namespace["__status_attribute__"] = "status"
     return type(f"Bench_{tablename}", (AgentSessionMixin, Base), namespace)
 
 

@@ -22,18 +22,36 @@ wall time of the whole batch, repeated; the table gives the median and range of
 the repeats. "CPU ms per turn" is the benchmark process's CPU time (all threads)
 per turn: asyncio runs on one core, and threads share one through the GIL, so
 throughput cannot exceed 1 / that, whatever the pool.
+
+Contention: 20 clients (threads, sessionmaker mode) continue the same session at
+once, released together by a barrier, one turn each; the model double sleeps 20 ms.
+The figure is model calls per committed turn (1.00 is no call wasted), with how many
+of the 20 turns committed and what the others raised, over a few rounds. "Before"
+rows run the flow with the conflict backoff turned off (``Waits(retry_cap=0)``: a
+lost race is retried at once), which is how retries behaved before it existed.
+Without a status column nothing shows a turn running, so every client calls the
+model and all but one lose the write; the backoff spreads the retries so fewer of
+them collide. With the status column and ``busy_timeout`` a client that finds the
+session running waits for it, and one that loses the claim reloads without calling
+the model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from agent_session import AgentSessionError, _flows
 
 from ._fixtures import (
     USER_TEXT,
@@ -184,6 +202,105 @@ def _wal(engine: sa.Engine) -> None:
         cursor.close()
 
 
+# -- contention: many clients, one session ------------------------------------------
+
+CONTENDERS = 20
+CONTENTION_LATENCY = 0.020
+CONTENTION = (
+    # label, status column, continue_session keywords, conflict backoff
+    ("before: conflict_retries=25, retried at once", False, {"conflict_retries": 25}, False),
+    ("conflict_retries=25, jittered backoff", False, {"conflict_retries": 25}, True),
+    ("before: status column, conflict_retries=3", True, {"conflict_retries": 3}, False),
+    ("status column, busy_timeout=60", True, {"busy_timeout": 60.0}, True),
+)
+
+
+@contextmanager
+def _backoff(enabled: bool) -> Iterator[None]:
+    """Run with the library's waits, or with the conflict backoff turned off."""
+    saved = _flows.WAITS
+    if not enabled:
+        _flows.WAITS = _flows.Waits(retry_cap=0.0)
+    try:
+        yield
+    finally:
+        _flows.WAITS = saved
+
+
+def _contend(
+    chat: type[Any], maker: sessionmaker[Session], clients: int, kwargs: dict[str, Any]
+) -> tuple[list[str], int, float]:
+    """``clients`` threads continue session 1 at once: (outcomes, model calls, seconds)."""
+    model = chat.__agent__.model
+    calls = len(model.requests)
+    barrier = threading.Barrier(clients)
+
+    def client(_: int) -> str:
+        barrier.wait()
+        try:
+            chat.continue_session(maker, 1, USER_TEXT, **kwargs)
+        except AgentSessionError as exc:
+            return type(exc).__name__
+        return "committed"
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        started = time.perf_counter()
+        outcomes = list(pool.map(client, range(clients)))
+        elapsed = time.perf_counter() - started
+    return outcomes, len(model.requests) - calls, elapsed
+
+
+def _measure_contention(
+    url: str, tag: str, clients: int, rounds: int, latency: float
+) -> list[list[str]]:
+    engine = sa.create_engine(url, pool_size=clients, max_overflow=0, pool_timeout=120)
+    if engine.dialect.name == "sqlite":
+        _wal(engine)
+    maker = sessionmaker(engine)
+    document = make_document(10)
+    classes = {
+        status: session_class(
+            f"contention_{'status_' if status else ''}{tag}",
+            make_agent(sleeping_model(latency)),
+            status=status,
+        )
+        for status in (False, True)
+    }
+    for chat in classes.values():
+        chat.metadata.create_all(engine)
+    samples: dict[str, list[tuple[list[str], int, float]]] = {c[0]: [] for c in CONTENTION}
+    try:
+        for _ in range(rounds):
+            for label, status, kwargs, backoff in CONTENTION:
+                chat = classes[status]
+                put_rows(engine, chat.__table__, document, [1])
+                with _backoff(backoff):
+                    samples[label].append(_contend(chat, maker, clients, kwargs))
+                forget_requests(chat.__agent__.model)
+    finally:
+        for chat in classes.values():
+            chat.metadata.drop_all(engine)
+        engine.dispose()
+
+    rows = []
+    for label, runs in samples.items():
+        per_turn = [calls / max(1, outcomes.count("committed")) for outcomes, calls, _ in runs]
+        errors = Counter(o for outcomes, _, _ in runs for o in outcomes if o != "committed")
+        committed = sum(outcomes.count("committed") for outcomes, _, _ in runs)
+        s = stats(per_turn)
+        rows.append(
+            [
+                label,
+                f"{committed / len(runs):.1f}",
+                ", ".join(f"{n / len(runs):.1f} {name}" for name, n in errors.items()) or "none",
+                f"{s.median:.2f}",
+                f"{min(per_turn):.2f}–{max(per_turn):.2f}",
+                f"{stats([seconds for _, _, seconds in runs]).median:.2f}",
+            ]
+        )
+    return rows
+
+
 def run(opts: Options, dbs: Databases) -> BenchResult:
     result = BenchResult(
         name=NAME,
@@ -263,4 +380,36 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
     result.met = min(judged.values()) >= TARGET_FRACTION
     if opts.quick:
         result.notes.append("quick run: 8 conversations, 20 ms latency")
+
+    clients, rounds, latency = (4, 1, 0.005) if opts.quick else (CONTENDERS, 3, CONTENTION_LATENCY)
+    contention_rows = []
+    per_turn: dict[str, list[str]] = {}
+    for label, sync_url, _ in targets:
+        for row in _measure_contention(
+            sync_url, label.split()[0].lower(), clients, rounds, latency
+        ):
+            contention_rows.append([label, *row])
+            per_turn.setdefault(label, []).append(row[3])
+    result.add_table(
+        f"Contention: {clients} clients continue one session at once, model latency "
+        f"{latency * 1000:.0f} ms ({rounds} rounds; per-round figures are medians, errors "
+        "are per round)",
+        [
+            "database",
+            "variant",
+            "committed",
+            "errors",
+            "model calls per committed turn",
+            "min–max",
+            "seconds",
+        ],
+        contention_rows,
+    )
+    first = next(iter(per_turn))
+    result.measured += (
+        f"; {clients} contending clients ({first}): "
+        + " / ".join(per_turn[first])
+        + " model calls per committed turn (no backoff / backoff / status column "
+        "without and with busy_timeout)"
+    )
     return result

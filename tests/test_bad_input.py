@@ -428,6 +428,18 @@ async def test_bad_conflict_retries(database: Database, retries: Any) -> None:
     assert h.rows() == before
 
 
+@pytest.mark.parametrize(
+    "busy_timeout", [-1, "5", True, float("nan")], ids=["negative", "str", "bool", "nan"]
+)
+async def test_bad_busy_timeout(database: Database, busy_timeout: Any) -> None:
+    h, chat, before = await stored_session(database, status=True)
+    with pytest.raises(InputValidationError) as info:
+        await h.cont(chat.id, "turn [t1]", busy_timeout=busy_timeout)
+    assert info.value.source == "busy_timeout"
+    assert calls(h) == 1
+    assert h.rows() == before
+
+
 async def test_db_that_is_not_a_session(database: Database) -> None:
     h, chat, before = await stored_session(database)
     other_kind = Session() if h.is_async else AsyncSession()  # the twin of the right kind

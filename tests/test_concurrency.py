@@ -12,6 +12,7 @@ import random
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ from agent_session import (
     ModelCallError,
     SessionBusyError,
     StaleSessionError,
+    _flows,
 )
+from agent_session._flows import Waits
 
 
 def last_token(messages: list[dict[str, Any]]) -> str:
@@ -409,6 +412,128 @@ async def test_running_status_is_committed_before_the_model_call(database: Datab
     assert [last_token(r.messages) for r in h.model.requests] == ["t0", "mine"]
 
 
+@dataclass(frozen=True)
+class RecordingWaits(Waits):
+    """The library's waits, noting which thread or task waited for a busy row."""
+
+    waiters: set[Any] = field(default_factory=set, compare=False)
+
+    def poll_delay(self, poll: int) -> float:
+        try:
+            self.waiters.add(asyncio.current_task())
+        except RuntimeError:  # no event loop: a worker thread
+            self.waiters.add(threading.get_ident())
+        return super().poll_delay(poll)
+
+
+CONTENDERS = 4
+
+
+@pytest.mark.parametrize(
+    ("busy_timeout", "retries"),
+    [(30.0, 0), (None, 0), (None, 3)],
+    ids=["busy-timeout", "no-wait", "no-wait-3-retries"],
+)
+async def test_contending_turns_wait_for_the_running_one(
+    database: Database, busy_timeout: float | None, retries: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several workers continue one session (status column) at once: threads for sync
+    drivers, tasks for async ones. The first worker's model call starts the others and
+    goes on only once each of them has seen its turn running (or given up).
+
+    With ``busy_timeout`` each waits for the turn before it and runs on its history:
+    every turn commits, with exactly one model call each. Without it, as before, the
+    others raise ``SessionBusyError`` at once, whatever ``conflict_retries`` says, and
+    write nothing.
+    """
+    waits = RecordingWaits(poll_cap=0.05)
+    monkeypatch.setattr(_flows, "WAITS", waits)
+    others = [f"w{i}" for i in range(1, CONTENDERS)]
+    outcomes: dict[str, Any] = {}
+    seen: dict[str, Any] = {}
+
+    def settled() -> bool:
+        if busy_timeout is None:
+            return all(token in outcomes for token in others)
+        return len(waits.waiters) == len(others)
+
+    async def turn(token: str) -> None:
+        try:
+            await h.cont(
+                seen["key"], f"turn [{token}]", busy_timeout=busy_timeout, conflict_retries=retries
+            )
+        except Exception as exc:
+            outcomes[token] = exc
+        else:
+            outcomes[token] = "ok"
+
+    def thread_turn(token: str) -> None:
+        asyncio.run(turn(token))
+
+    if database.is_async:
+        tasks: list[asyncio.Task[None]] = []
+
+        async def fn(messages: list[dict[str, Any]]) -> dict[str, str]:
+            if last_token(messages) == "w0":
+                seen["during"] = h.row(seen["key"])
+                tasks.extend(asyncio.create_task(turn(token)) for token in others)
+                for _ in range(2000):
+                    if settled():
+                        break
+                    await asyncio.sleep(0.01)
+                seen["after"] = h.row(seen["key"])
+            return echo(messages)
+
+        h = Harness(database, make_chat(fn, status=True))
+    else:
+        threads: list[threading.Thread] = []
+
+        def sync_fn(messages: list[dict[str, Any]]) -> dict[str, str]:
+            if last_token(messages) == "w0":
+                seen["during"] = h.row(seen["key"])
+                threads.extend(threading.Thread(target=thread_turn, args=(t,)) for t in others)
+                for thread in threads:
+                    thread.start()
+                for _ in range(2000):
+                    if settled():
+                        break
+                    time.sleep(0.01)
+                seen["after"] = h.row(seen["key"])
+            return echo(messages)
+
+        h = Harness(database, make_chat(sync_fn, status=True))
+
+    chat = await h.start("hello [t0]")
+    seen["key"] = chat.id
+    await turn("w0")
+    if database.is_async:
+        await asyncio.gather(*tasks)
+    else:
+        for thread in threads:
+            thread.join(30)
+
+    assert settled()
+    calls = [last_token(r.messages) for r in h.model.requests]
+    row = h.row(chat.id)
+    if busy_timeout is not None:
+        assert outcomes == dict.fromkeys(["w0", *others], "ok")
+        assert sorted(calls) == sorted(["t0", "w0", *others])  # one model call per turn
+        tokens = h.tokens(chat.id)
+        assert tokens[:2] == ["t0", "w0"] and sorted(tokens[2:]) == others
+        assert row["status"] == "completed"
+        assert row["context_revision"] == 1 + 2 * CONTENDERS  # a claim and a write each
+    else:
+        assert outcomes["w0"] == "ok"
+        for token in others:
+            assert isinstance(outcomes[token], SessionBusyError), outcomes
+            assert "running a turn in another worker" in str(outcomes[token])
+        assert seen["after"] == seen["during"]  # the busy workers wrote nothing
+        assert seen["during"]["status"] == "running"
+        assert calls == ["t0", "w0"]
+        assert h.tokens(chat.id) == ["t0", "w0"]
+        assert row["context_revision"] == 3
+
+
 async def test_failed_turn_commits_failed_and_keeps_context(database: Database) -> None:
     def fn(messages: list[dict[str, Any]]) -> dict[str, str]:
         if last_token(messages) == "boom":
@@ -447,3 +572,20 @@ async def test_running_session_is_taken_over_after_the_timeout(database: Databas
     row = h.row(chat.id)
     assert row["status"] == "completed"
     assert h.tokens(chat.id) == ["t0", "late"]
+
+
+async def test_a_turn_still_running_after_busy_timeout_is_busy(database: Database) -> None:
+    """``busy_timeout`` bounds the wait: a turn that is still running then is busy,
+    and nothing was written or sent to the model."""
+    h = Harness(database, make_chat(status=True))
+    chat = await h.start("hello [t0]")
+    h.update(chat.id, status="running", status_changed_at=naive_utc_now())
+    before = h.row(chat.id)
+    with pytest.raises(SessionBusyError, match=r"still running after 0\.2s"):
+        await h.cont(chat.id, "turn [waited]", busy_timeout=0.2)
+    assert h.row(chat.id) == before
+    assert len(h.model.requests) == 1
+
+    h.update(chat.id, status="completed")  # the other worker is done: the wait ends
+    await h.cont(chat.id, "turn [after]", busy_timeout=0.2)
+    assert h.tokens(chat.id) == ["t0", "after"]

@@ -7,7 +7,8 @@ Each flow is a generator that yields operations and receives their results:
 - ``Load`` -> ``Snapshot``: read the row (raises ``SessionNotFoundError``);
 - ``Insert`` -> the instance: add a new row;
 - ``Swap`` -> ``bool``: compare-and-swap on the revision column; ``False`` when
-  another writer changed the row first.
+  another writer changed the row first;
+- ``Sleep`` -> ``None``: wait before a conflict retry or the next look at a busy row.
 
 The sync and async shells (``_store``) answer these with a ``Session``, an
 ``AsyncSession`` or a (async) sessionmaker, which decides where transactions
@@ -19,12 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Generator, Mapping
+import random
+import time
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from . import _turn
+from ._turn import Sleep
 from .agent import Agent
 from .context import Context, load_context, utcnow
 from .errors import (
@@ -37,12 +41,17 @@ from .errors import (
 from .llm import Model
 
 __all__ = [
+    "WAITS",
+    "Claim",
+    "Contention",
     "Insert",
     "Load",
     "SessionSpec",
     "SessionStatus",
     "Snapshot",
     "Swap",
+    "Waits",
+    "claim_flow",
     "continue_flow",
     "read_flow",
     "start_flow",
@@ -192,79 +201,248 @@ def continue_flow(
     instance: Any,
     input: Any,
     conflict_retries: int,
+    *,
+    busy_timeout: float | None = None,
+    waits: Waits | None = None,
     where: tuple[Any, ...] = (),
 ) -> Flow:
-    """Reload, call the model with the stored history, and compare-and-swap the result.
+    """Claim the row, call the model with the stored history, and compare-and-swap the result.
 
-    A lost race raises ``StaleSessionError`` after ``conflict_retries`` re-runs. When a
-    reload cannot see a newer revision than the one that lost (a caller-owned
-    transaction under REPEATABLE READ sees its old snapshot), re-running could never
-    succeed, so the error is raised at once.
+    ``claim_flow`` loads the row (waiting, within ``busy_timeout``, while another
+    worker's turn is ``running``). A final write that loses the race is re-run on the
+    newer history up to ``conflict_retries`` times, each after a jittered backoff; then
+    ``StaleSessionError``.
     """
     agent = spec.agent
     turn_input = _turn.validate_input(agent, input)
-    is_count = isinstance(conflict_retries, int) and not isinstance(conflict_retries, bool)
-    if not is_count or conflict_retries < 0:
-        raise InputValidationError(
-            f"conflict_retries must be an int >= 0, got {conflict_retries!r}",
-            errors=[],
-            source="conflict_retries",
-        )
+    contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
+    while True:
+        claim = yield from claim_flow(spec, key, instance, contention, where)
+        instance = claim.instance
+        plan = _turn.plan_next_turn(claim.document, turn_input)
+        revision = claim.revision
+        try:
+            result = yield from _turn.model_flow(agent, plan, mode)
+            new_document = _turn.next_document(plan, result, claim.document)
+            values: dict[str, Any] = {spec.context_attr: new_document}
+            if spec.status_attr is not None:
+                values.update(_status(spec, SessionStatus.COMPLETED, revision))
+            else:
+                values[spec.revision_attr] = revision + 1
+            written = yield Swap(instance, key, revision, values, where)
+        except Exception:
+            # The model call or the final write failed: with a status column, say
+            # so (keeping the previous context) rather than leave it ``running``.
+            if spec.status_attr is not None:
+                failed = _status(spec, SessionStatus.FAILED, revision)
+                # The turn's own error is the one to report, not a failed status write.
+                with contextlib.suppress(AgentSessionError):
+                    yield Swap(instance, key, revision, failed, where)
+            raise
+        if written:
+            remember(instance, new_document, result)
+            return instance
+        yield from contention.lost(revision, claim=False)
+
+
+# -- waiting for other writers ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Waits:
+    """How long a flow waits before a conflict retry or before it looks at a busy row again.
+
+    Both are exponential backoff with full jitter: the ``n``-th delay (``n`` from 0)
+    is drawn uniformly from ``[0, min(cap, base * 2**n)]``. Clients that lost the same
+    race spread over the whole window instead of coming back together and racing
+    again, which is what an immediate retry does.
+
+    - Conflict retries (0.05 s doubling, at most 2 s): the first retry comes soon
+      (two clients is the common race, and the loser only needs the newer history);
+      the window reaches its cap at the seventh retry, and 2 s bounds what one retry adds
+      to a turn a person may be waiting for.
+    - Busy polls (0.05 s doubling, at most 0.5 s): a waiter looks at the running row
+      again within half a second (a quarter on average), so it starts soon after the
+      other turn ends, and 20 waiters cost some 80 reads a second.
+
+    ``rng`` and ``clock`` are here so that tests can seed the jitter and control time;
+    a ``retry_cap`` of 0 turns the conflict backoff off (no ``Sleep`` at all).
+    """
+
+    retry_base: float = 0.05
+    retry_cap: float = 2.0
+    poll_base: float = 0.05
+    poll_cap: float = 0.5
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+    clock: Callable[[], float] = time.monotonic
+
+    def retry_delay(self, retry: int) -> float:
+        """The wait before conflict retry ``retry`` (0 for the first)."""
+        return self._jittered(self.retry_base, self.retry_cap, retry)
+
+    def poll_delay(self, poll: int) -> float:
+        """The wait before look ``poll + 1`` at a row another worker is running."""
+        return self._jittered(self.poll_base, self.poll_cap, poll)
+
+    def _jittered(self, base: float, cap: float, n: int) -> float:
+        ceiling = min(cap, base * 2.0 ** min(n, 64))
+        return self.rng.uniform(0.0, ceiling) if ceiling > 0 else 0.0
+
+
+WAITS = Waits()
+"""The waits every flow uses unless it is given others (tests seed ``WAITS.rng``)."""
+
+
+@dataclass
+class Contention:
+    """What one call may still spend on other writers: conflict retries and time to wait.
+
+    Made once per call, before any query (it validates ``conflict_retries`` and
+    ``busy_timeout``), and handed to every ``claim_flow`` of that call, so the retry
+    count, the busy deadline and the backoff carry over from one attempt to the next.
+    """
+
+    key: Any
+    conflict_retries: int
+    busy_timeout: float | None
+    waits: Waits
+    deadline: float
+    retries: int = 0
+    polls: int = 0
     lost_at: int | None = None
-    attempt = 0
+    """The revision the last lost compare-and-swap expected."""
+
+    @classmethod
+    def start(
+        cls, key: Any, conflict_retries: int, busy_timeout: float | None, waits: Waits | None
+    ) -> Contention:
+        is_count = isinstance(conflict_retries, int) and not isinstance(conflict_retries, bool)
+        if not is_count or conflict_retries < 0:
+            raise InputValidationError(
+                f"conflict_retries must be an int >= 0, got {conflict_retries!r}",
+                errors=[],
+                source="conflict_retries",
+            )
+        if busy_timeout is not None and not (
+            isinstance(busy_timeout, int | float)
+            and not isinstance(busy_timeout, bool)
+            and busy_timeout >= 0  # also refuses NaN
+        ):
+            raise InputValidationError(
+                f"busy_timeout must be None or a number of seconds >= 0, got {busy_timeout!r}",
+                errors=[],
+                source="busy_timeout",
+            )
+        waits = WAITS if waits is None else waits
+        deadline = 0.0 if busy_timeout is None else waits.clock() + busy_timeout
+        return cls(key, conflict_retries, busy_timeout, waits, deadline)
+
+    def check_visible(self, snap: Snapshot) -> None:
+        """After a lost race, a reload that still shows the revision that lost cannot
+        see the winner (a caller-owned transaction under REPEATABLE READ sees its old
+        snapshot): re-running could never succeed."""
+        if self.lost_at is not None and snap.revision == self.lost_at:
+            raise StaleSessionError(
+                f"session {show_key(self.key)} was changed by another writer, and this transaction "
+                "cannot see the newer revision (REPEATABLE READ snapshot); roll back and "
+                "retry in a new transaction",
+                key=self.key,
+            )
+
+    def wait_busy(self, spec: SessionSpec, age: timedelta) -> Generator[Sleep, None, None]:
+        """Another worker's turn is running: sleep a poll's delay, or raise when out of time."""
+        remaining = 0.0 if self.busy_timeout is None else self.deadline - self.waits.clock()
+        if remaining <= 0:
+            waited = (
+                "" if self.busy_timeout is None else f"; still running after {self.busy_timeout}s"
+            )
+            raise SessionBusyError(
+                f"session {show_key(self.key)} is running a turn in another worker (for "
+                f"{age.total_seconds():.1f}s; it is taken over after "
+                f"{spec.running_timeout.total_seconds():.0f}s){waited}",
+                key=self.key,
+            )
+        delay = min(self.waits.poll_delay(self.polls), remaining)
+        self.polls += 1
+        yield Sleep(delay)
+
+    def lost(self, revision: int, *, claim: bool) -> Generator[Sleep, None, None]:
+        """A compare-and-swap expecting ``revision`` lost: go on (after a backoff) or raise.
+
+        A lost claim spent no model call; with ``busy_timeout`` it is not a conflict
+        but a turn to wait for, so the caller reloads at once and no retry is counted
+        (within the deadline: after it, the winner's turn is one more busy turn).
+        Anything else spends one of ``conflict_retries``.
+        """
+        self.lost_at = revision
+        if claim and self.busy_timeout is not None:
+            if self.waits.clock() >= self.deadline:
+                raise SessionBusyError(
+                    f"session {show_key(self.key)} was claimed by another worker, which is running "
+                    f"a turn; still running after {self.busy_timeout}s",
+                    key=self.key,
+                )
+            return
+        if self.retries >= self.conflict_retries:
+            raise StaleSessionError(
+                f"session {show_key(self.key)} was changed by another writer during this turn "
+                f"(revision {revision} is no longer current); nothing was written",
+                key=self.key,
+            )
+        delay = self.waits.retry_delay(self.retries)
+        self.retries += 1
+        if delay > 0:
+            yield Sleep(delay)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A row this call may run a turn on."""
+
+    snapshot: Snapshot
+    """What the load saw (before this call's ``running`` claim)."""
+    document: dict[str, Any]
+    """The stored document, validated (upgraded to the current version)."""
+    revision: int
+    """The revision the turn's write must expect: after the claim, if there was one."""
+
+    @property
+    def instance(self) -> Any:
+        return self.snapshot.instance
+
+
+def claim_flow(
+    spec: SessionSpec,
+    key: Any,
+    instance: Any,
+    contention: Contention,
+    where: tuple[Any, ...] = (),
+) -> Generator[Any, Any, Claim]:
+    """Load the row and make its next turn this call's.
+
+    With a status column: while another worker's turn is ``running`` (and younger
+    than ``__running_timeout__``), wait within ``busy_timeout`` and load again; then
+    claim the row (``running``, a compare-and-swap on the revision). A lost claim
+    costs no model call: the row is reloaded and, with ``busy_timeout``, waited for.
+    Without a status column nothing can be seen running: the load is the claim, and
+    only conflict retries (with their backoff) help against concurrent turns.
+    """
     while True:
         snap: Snapshot = yield Load(key, instance, where)
         instance = snap.instance
-        if lost_at is not None and snap.revision == lost_at:
-            raise StaleSessionError(
-                f"session {show_key(key)} was changed by another writer, and this transaction "
-                "cannot see the newer revision (REPEATABLE READ snapshot); roll back and "
-                "retry in a new transaction",
-                key=key,
-            )
+        contention.check_visible(snap)
+        age = _running_for(spec, snap)
+        if age is not None:
+            yield from contention.wait_busy(spec, age)
+            continue
         document = read_document(snap, key)
-        _check_not_busy(spec, snap, key)
-        plan = _turn.plan_next_turn(document, turn_input)
-        revision = snap.revision
-        if spec.status_attr is not None:
-            claimed = yield Swap(
-                instance, key, revision, _status(spec, SessionStatus.RUNNING, revision), where
-            )
-            if claimed:
-                revision += 1
-        else:
-            claimed = True
-        if claimed:
-            try:
-                result = yield from _turn.model_flow(agent, plan, mode)
-                new_document = _turn.next_document(plan, result, document)
-                values: dict[str, Any] = {spec.context_attr: new_document}
-                if spec.status_attr is not None:
-                    values.update(_status(spec, SessionStatus.COMPLETED, revision))
-                else:
-                    values[spec.revision_attr] = revision + 1
-                written = yield Swap(instance, key, revision, values, where)
-            except Exception:
-                # The model call or the final write failed: with a status column, say
-                # so (keeping the previous context) rather than leave it ``running``.
-                if spec.status_attr is not None:
-                    failed = _status(spec, SessionStatus.FAILED, revision)
-                    # The turn's own error is the one to report, not a failed status write.
-                    with contextlib.suppress(AgentSessionError):
-                        yield Swap(instance, key, revision, failed, where)
-                raise
-            if written:
-                remember(instance, new_document, result)
-                return instance
-        if attempt >= conflict_retries:
-            raise StaleSessionError(
-                f"session {show_key(key)} was changed by another writer during this turn "
-                f"(revision {snap.revision} is no longer current); nothing was written",
-                key=key,
-            )
-        attempt += 1
-        lost_at = snap.revision
+        if spec.status_attr is None:
+            return Claim(snap, document, snap.revision)
+        running = _status(spec, SessionStatus.RUNNING, snap.revision)
+        if (yield Swap(instance, key, snap.revision, running, where)):
+            return Claim(snap, document, snap.revision + 1)
+        yield from contention.lost(snap.revision, claim=True)
 
 
 def read_flow(
@@ -283,17 +461,12 @@ def _status(spec: SessionSpec, status: SessionStatus, revision: int) -> dict[str
     }
 
 
-def _check_not_busy(spec: SessionSpec, snap: Snapshot, key: Any) -> None:
+def _running_for(spec: SessionSpec, snap: Snapshot) -> timedelta | None:
+    """How long another worker's turn has been running, if it still blocks this one."""
     if spec.status_attr is None or snap.status != SessionStatus.RUNNING.value:
-        return
+        return None
     since = snap.status_changed_at
     if since is None:
-        return
+        return None
     age = _naive_utc(utcnow()) - _naive_utc(since)
-    if age < spec.running_timeout:
-        raise SessionBusyError(
-            f"session {show_key(key)} is running a turn in another worker "
-            f"(for {age.total_seconds():.1f}s; it is taken over after "
-            f"{spec.running_timeout.total_seconds():.0f}s)",
-            key=key,
-        )
+    return age if age < spec.running_timeout else None

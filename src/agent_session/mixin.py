@@ -170,10 +170,14 @@ class AgentSessionMixin(Generic[OutputT]):
         /,
         *,
         conflict_retries: int = 0,
+        busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
     ) -> Self:
         """Run one more turn on a stored session (an instance or a primary key).
 
+        ``conflict_retries``: re-run a turn whose write lost the race, after a jittered
+        backoff, this many times. ``busy_timeout`` (status column only): wait up to this
+        many seconds for a turn running in another worker, then run on its history.
         ``where``: SQL criteria on this model (``Chat.user_id == user.id``) the row must
         match, on reading and on writing; a row outside them is not found.
         """
@@ -182,7 +186,14 @@ class AgentSessionMixin(Generic[OutputT]):
         key, instance = _key_and_instance(cls, session_or_pk)
         criteria = _criteria(spec, where)
         flow = _flows.continue_flow(
-            spec, store.model, key, instance, input, conflict_retries, criteria
+            spec,
+            store.model,
+            key,
+            instance,
+            input,
+            conflict_retries,
+            busy_timeout=busy_timeout,
+            where=criteria,
         )
         return _turn.drive(flow, store)  # type: ignore[no-any-return]
 
@@ -228,6 +239,7 @@ class AgentSessionMixin(Generic[OutputT]):
         /,
         *,
         conflict_retries: int = 0,
+        busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
     ) -> Self:
         """Async twin of ``continue_session``."""
@@ -236,7 +248,14 @@ class AgentSessionMixin(Generic[OutputT]):
         key, instance = _key_and_instance(cls, session_or_pk)
         criteria = _criteria(spec, where)
         flow = _flows.continue_flow(
-            spec, store.model, key, instance, input, conflict_retries, criteria
+            spec,
+            store.model,
+            key,
+            instance,
+            input,
+            conflict_retries,
+            busy_timeout=busy_timeout,
+            where=criteria,
         )
         return await _turn.adrive(flow, store)
 
