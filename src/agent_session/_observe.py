@@ -252,7 +252,7 @@ class Observation:
         self.response_model: str | None = None
         self.conflicts = 0
         self.waits = 0
-        self._db: tuple[str | None, str] | None = None
+        self._db_system: tuple[str | None] | None = None
 
     # -- naming
 
@@ -266,12 +266,18 @@ class Observation:
         name = self.store.cls.__name__
         return f"new {name} session" if self.key is None else f"{name} session {show_key(self.key)}"
 
-    def db_target(self) -> tuple[str | None, str]:
-        """(``db.system.name``, table name), worked out once."""
-        if self._db is None:
-            table = getattr(getattr(self.store.cls, "__table__", None), "name", None)
-            self._db = (_db_system(self.store), table or self.store.cls.__name__)
-        return self._db
+    @property
+    def table(self) -> str:
+        """The session table's name (``db.collection.name``)."""
+        cls = self.store.cls
+        name: str | None = getattr(getattr(cls, "__table__", None), "name", None)
+        return name or cls.__name__
+
+    def db_system(self) -> str | None:
+        """``db.system.name``, worked out once (after a first statement)."""
+        if self._db_system is None:
+            self._db_system = (_db_system(self.store),)
+        return self._db_system[0]
 
     # -- spans
 
@@ -515,13 +521,8 @@ def _database_observer(operation: str) -> Observer:
     """The observer of one kind of database operation (``SELECT``, ``INSERT``, ``UPDATE``)."""
 
     def observe(obs: Observation, op: Any) -> Steps:
-        system, table = obs.db_target()
-        attributes: dict[str, Any] = {
-            "db.operation.name": operation,
-            "db.collection.name": table,
-        }
-        if system is not None:
-            attributes["db.system.name"] = system
+        table = obs.table
+        attributes = {"db.operation.name": operation, "db.collection.name": table}
         started = time.perf_counter()
         with obs.span(f"{operation} {table}", attributes) as span:
             try:
@@ -530,6 +531,10 @@ def _database_observer(operation: str) -> Observer:
                 span.set_attribute("error.type", _error_type(exc))
                 db_log.debug("%s %s failed: %s", operation, table, _error_type(exc))
                 raise
+            # After the first statement: a dialect knows it speaks to MariaDB only then.
+            system = obs.db_system()
+            if system is not None:
+                span.set_attribute("db.system.name", system)
             if operation == "UPDATE":
                 span.set_attribute("agent_session.written", bool(value))
                 if value is False:
