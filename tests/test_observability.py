@@ -460,7 +460,7 @@ async def test_a_failed_turn_logs_the_error_type_not_the_input(
     with pytest.raises(Exception, match="did not match"):
         await run(agent, "the input text")
     [failed] = [r for r in caplog.records if "failed" in r.getMessage() and r.name.endswith("turn")]
-    assert failed.levelno == logging.WARNING
+    assert failed.levelno == logging.INFO
     assert "OutputValidationError" in failed.getMessage()
     assert "many" not in caplog.text
 
@@ -696,3 +696,35 @@ def test_an_operation_without_an_observer_goes_to_the_handler() -> None:
     assert _observe.drive(
         Agent(TestModel(), on_error=print), flow(), lambda op: op, call="run"
     ) == datetime(2020, 1, 1)
+
+
+def test_async_hooks_in_sync_code_without_a_running_loop() -> None:
+    seen: list[str] = []
+
+    async def after(request: ModelRequest, response: ModelResponse) -> None:
+        await asyncio.sleep(0)
+        seen.append(response.text)
+
+    assert Agent(TestModel(text="sync"), after_model_call=after).run("hi").output == "sync"
+    assert seen == ["sync"]
+
+
+async def test_a_cancelled_turn_ends_its_spans(
+    spans: Spans, caplog: pytest.LogCaptureFixture
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(messages: list[dict[str, Any]]) -> str:
+        started.set()
+        await asyncio.sleep(60)
+        return "never"
+
+    agent = Agent(FunctionModel(slow), name="slow")
+    task = asyncio.ensure_future(agent.arun("hi"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [s.name for s in spans.all()] == ["invoke_agent slow", "chat function-model"]
+    assert "Failed to detach context" not in caplog.text
+    assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN

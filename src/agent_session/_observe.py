@@ -258,9 +258,9 @@ class Observation:
 
     @property
     def session(self) -> str:
-        """How logs name the session: ``Chat session 42``, ``new Chat session``, ``no session``."""
+        """How logs name what runs: ``Chat session 42``, ``new Chat session``, ``agent 'x'``."""
         if self.store is None:
-            return "no session"
+            return f"agent {self.agent.name!r}"
         from .errors import show_key
 
         name = self.store.cls.__name__
@@ -328,7 +328,8 @@ class Observation:
                 elapsed = time.perf_counter() - started
                 span.set_attribute("error.type", _error_type(exc))
                 self._record_totals(span)
-                turn_log.warning(
+                # The caller gets the error: INFO, like the end of a turn that succeeded.
+                turn_log.info(
                     "%s failed: %s, model %s, after %.3fs and %d model call(s): %s",
                     self.call,
                     self.session,
@@ -696,6 +697,11 @@ async def _acall_hook(step: HookCall) -> Any:
     return value
 
 
+# Both drivers close what they drove before returning or raising: a turn cancelled
+# (``asyncio.CancelledError``, ``KeyboardInterrupt``) ends its spans here, in the
+# caller's context, not whenever the abandoned generator is collected.
+
+
 def drive(
     agent: Agent[Any],
     flow: Generator[Any, Any, T],
@@ -724,9 +730,17 @@ def drive(
         observer = observers.get(type(op))
         if observer is None:
             return handle(op)
-        return _turn.drive(observer(obs, op), answer_step)
+        steps = observer(obs, op)
+        try:
+            return _turn.drive(steps, answer_step)
+        finally:
+            steps.close()
 
-    return _turn.drive(obs.turn(flow) if turn else flow, answer)
+    observed = obs.turn(flow) if turn else flow
+    try:
+        return _turn.drive(observed, answer)
+    finally:
+        observed.close()
 
 
 async def adrive(
@@ -756,6 +770,14 @@ async def adrive(
         observer = observers.get(type(op))
         if observer is None:
             return await handle(op)
-        return await _turn.adrive(observer(obs, op), answer_step)
+        steps = observer(obs, op)
+        try:
+            return await _turn.adrive(steps, answer_step)
+        finally:
+            steps.close()
 
-    return await _turn.adrive(obs.turn(flow) if turn else flow, answer)
+    observed = obs.turn(flow) if turn else flow
+    try:
+        return await _turn.adrive(observed, answer)
+    finally:
+        observed.close()
