@@ -10,6 +10,7 @@ import typing as _typing
 from .errors import (
     AgentSessionError,
     ApprovalPendingError,
+    BudgetExceededError,
     ConfigurationError,
     ContextError,
     InputValidationError,
@@ -27,6 +28,7 @@ from .errors import (
 if _typing.TYPE_CHECKING:
     from .agent import DEFAULT_MAX_INPUT_BYTES, Agent, TextInput
     from .context import CONTEXT_VERSION, Context, Message, MessageMeta, Usage
+    from .history import LastTurns, Summarize, TokenBudget
     from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse
     from .mixin import AgentSessionMixin, SessionStatus
     from .result import Result
@@ -44,6 +46,9 @@ _LAZY = {
     "Message": "context",
     "MessageMeta": "context",
     "Usage": "context",
+    "LastTurns": "history",
+    "Summarize": "history",
+    "TokenBudget": "history",
     "LiteLLMModel": "llm",
     "Model": "llm",
     "ModelRequest": "llm",
@@ -83,11 +88,13 @@ __all__ = [
     "AgentSessionError",
     "AgentSessionMixin",
     "ApprovalPendingError",
+    "BudgetExceededError",
     "ConfigurationError",
     "Context",
     "ContextError",
     "Denied",
     "InputValidationError",
+    "LastTurns",
     "LiteLLMModel",
     "Message",
     "MessageMeta",
@@ -103,8 +110,10 @@ __all__ = [
     "SessionStatus",
     "StaleSessionError",
     "StorageError",
+    "Summarize",
     "TemplateError",
     "TextInput",
+    "TokenBudget",
     "Tool",
     "ToolCall",
     "ToolContext",
