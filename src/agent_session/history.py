@@ -377,8 +377,8 @@ class TokenBudget:
                 ),
             )
         # Counting each turn apart costs what the window sends, not the whole history;
-        # counters add a constant per call, so the sum errs on the safe side. One count
-        # of the whole request then confirms it (or drops more).
+        # counters add a constant per call, so the sum errs on the safe side. Counts of
+        # the whole request then confirm it, or drop or add turns.
         room, kept = self.limit - base, 0
         for turn in reversed(complete):
             size = count(_whole([turn]))
@@ -386,13 +386,21 @@ class TokenBudget:
                 break
             room -= size
             kept += 1
-        while True:
-            chosen = complete[len(complete) - kept :] if kept else []
-            messages = [*head, *_whole(chosen), *tail]
-            tokens = count(messages) if kept else base
-            if tokens <= self.limit or kept == 0:
-                return Selection(messages, dropped_turns=len(complete) - kept, tokens=tokens)
+
+        def request(kept: int) -> list[Msg]:
+            return [*head, *_whole(complete[len(complete) - kept :] if kept else []), *tail]
+
+        tokens = count(request(kept)) if kept else base
+        while tokens > self.limit:
             kept -= 1
+            tokens = count(request(kept)) if kept else base
+        # The estimate errs on the safe side: take older turns while the whole fits.
+        while kept < len(complete):
+            more = count(request(kept + 1))
+            if more > self.limit:
+                break
+            kept, tokens = kept + 1, more
+        return Selection(request(kept), dropped_turns=len(complete) - kept, tokens=tokens)
 
 
 Window: TypeAlias = LastTurns | TokenBudget | Callable[[list[Msg]], list[Msg]]
