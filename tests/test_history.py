@@ -143,6 +143,20 @@ def test_a_history_cut_off_mid_turn_is_split_and_never_sent() -> None:
         assert selection.messages == sent([system(), *turn("a"), *new])
 
 
+def test_a_system_message_in_the_middle_is_never_sent() -> None:
+    stored = [system(), *turn("a"), system("stray"), *turn("b")]
+    _, turns = split_turns(stored)
+    assert [(t.start, t.complete, t.is_summary) for t in turns] == [
+        (1, True, False),
+        (3, False, False),
+        (4, True, False),
+    ]
+    selection = select_messages(LastTurns(5), stored, [user("c")])
+    assert selection.messages == sent([system(), *turn("a"), *turn("b"), user("c")])
+    not_a_summary = {"role": "user", "content": "x", "meta": {"summary": {"covers": 1}}}
+    assert not is_summary(not_a_summary)
+
+
 def test_messages_before_the_first_user_message_are_not_a_turn() -> None:
     messages = [system(), reply("Hello, how can I help?"), *turn("a")]
     _, turns = split_turns(messages)
@@ -197,7 +211,8 @@ def test_last_turns_keeps_the_system_message_and_the_newest_turns() -> None:
     assert two.messages == sent([system(), *turn("b", [["c1", "c2"], ["c3"]]), *turn("c"), *new])
     assert two.dropped_turns == 1
     assert LastTurns(0).select(HISTORY, new).messages == sent([system(), *new])
-    assert LastTurns(9).select(HISTORY, new).messages == sent([*HISTORY, *new])
+    for more in (3, 4, 5, 9):
+        assert LastTurns(more).select(HISTORY, new).messages == sent([*HISTORY, *new])
 
 
 def test_the_new_turn_is_sent_whole_during_a_tool_loop() -> None:
@@ -453,8 +468,8 @@ def test_check_budget_refuses_the_call_that_would_start_past_a_limit(
 @st.composite
 def histories(draw: st.DrawFn) -> tuple[list[Msg], list[Msg]]:
     """A stored history (system message or not; plain turns, tool turns with several
-    calls per step and several steps; summaries between turns) and a new turn, which
-    may be inside its tool loop."""
+    calls per step and several steps; summaries between turns; sometimes a turn cut
+    off at the end) and a new turn, which may be inside its tool loop."""
     ids = iter(range(10**6))
     messages: list[Msg] = [system()] if draw(st.booleans()) else []
     segment_start = len(messages)
@@ -470,6 +485,9 @@ def histories(draw: st.DrawFn) -> tuple[list[Msg], list[Msg]]:
             steps = [[f"call_{next(ids)}" for _ in range(size)] for size in sizes]
         words = draw(st.text(alphabet="abc xyz", min_size=0, max_size=40))
         messages += turn(f"{next(ids)} {words}", steps)
+    if draw(st.integers(0, 4)) == 0:
+        # Cut off inside a turn: stored histories never are, but nothing may break.
+        messages += [user(f"cut {next(ids)}"), *step([f"call_{next(ids)}", "x"])[:2]]
     new = [user(f"new {next(ids)}")]
     for size in draw(st.lists(st.integers(1, 3), max_size=2)):
         new += step([f"call_{next(ids)}" for _ in range(size)])
@@ -568,6 +586,8 @@ def test_compaction_never_splits_a_turn_and_keeps_every_message(
     assert all(not t.is_summary and plan.start <= t.start < t.end <= plan.end for t in plan.turns)
     newest = [s for s in segments if s.complete][-keep:] if keep else []
     assert all(s.start >= plan.end for s in newest)
+    if not segments[-1].complete:
+        assert segments[-1].start >= plan.end  # an unfinished turn is never summarized
 
     compacted = apply_summary(stored, plan, "the summary", {"model": "small"})
     assert is_summary(compacted[plan.end])

@@ -92,7 +92,11 @@ _TEXT_LIMIT = 2000
 def is_summary(message: Mapping[str, Any]) -> bool:
     """Whether a stored message is a compaction summary (``meta.summary`` is set)."""
     meta = message.get("meta")
-    return isinstance(meta, Mapping) and meta.get("summary") is not None
+    return (
+        message.get("role") == "system"
+        and isinstance(meta, Mapping)
+        and meta.get("summary") is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -132,8 +136,9 @@ class Turn:
 def split_turns(messages: Sequence[Msg]) -> tuple[Msg | None, list[Turn]]:
     """The system message (if the first message is one) and the turns that follow.
 
-    A turn starts at every ``user`` message; a summary message is a segment of its
-    own. Never raises: malformed parts come back as incomplete turns.
+    A turn starts at every ``user`` message; a summary message (or any other system
+    message after the first) is a segment of its own. Never raises: malformed parts
+    come back as incomplete turns.
     """
     system: Msg | None = None
     index = 0
@@ -145,11 +150,12 @@ def split_turns(messages: Sequence[Msg]) -> tuple[Msg | None, list[Turn]]:
     start = index
     for position in range(index, len(messages)):
         message = messages[position]
-        if (message.get("role") == "user" or is_summary(message)) and current:
+        apart = message.get("role") == "system"
+        if (apart or message.get("role") == "user") and current:
             turns.append(Turn(start, tuple(current)))
             current, start = [], position
         current.append(message)
-        if is_summary(message):
+        if apart:
             turns.append(Turn(start, tuple(current)))
             current, start = [], position + 1
     if current:
@@ -316,7 +322,7 @@ class LastTurns:
     def select(self, stored: Sequence[Msg], new: Sequence[Msg]) -> Selection:
         system, summary, turns = _active(stored)
         complete = [turn for turn in turns if turn.complete]
-        kept = complete[len(complete) - self.n :] if self.n else []
+        kept = complete[max(0, len(complete) - self.n) :] if self.n else []
         return Selection(
             [*_head(system, summary), *_whole(kept), *_new_turn(new)],
             dropped_turns=len(complete) - len(kept),
