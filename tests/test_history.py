@@ -209,7 +209,7 @@ def test_last_turns_keeps_the_system_message_and_the_newest_turns() -> None:
     assert LastTurns(1).select(HISTORY, new).messages == sent([system(), *turn("c"), *new])
     two = LastTurns(2).select(HISTORY, new)
     assert two.messages == sent([system(), *turn("b", [["c1", "c2"], ["c3"]]), *turn("c"), *new])
-    assert two.dropped_turns == 1
+    assert (two.turns, two.left_out) == (2, 2)
     assert LastTurns(0).select(HISTORY, new).messages == sent([system(), *new])
     for more in (3, 4, 5, 9):
         assert LastTurns(more).select(HISTORY, new).messages == sent([*HISTORY, *new])
@@ -237,7 +237,7 @@ def test_a_summary_is_sent_with_the_system_message_and_the_turns_after_it() -> N
 def test_token_budget_drops_whole_oldest_turns() -> None:
     new = [user("d")]
     everything = count(sent([*HISTORY, *new]))
-    assert TokenBudget(everything, counter=count).select(HISTORY, new).dropped_turns == 0
+    assert TokenBudget(everything, counter=count).select(HISTORY, new).left_out == 0
 
     without_c = count(sent([system(), *new]))
     only_c = count(sent([system(), *turn("c"), *new]))
@@ -245,7 +245,7 @@ def test_token_budget_drops_whole_oldest_turns() -> None:
     selection = budget.select(HISTORY, new)
     assert selection.messages == sent([system(), *turn("c"), *new])
     assert selection.tokens == only_c <= budget.limit
-    assert selection.dropped_turns == 2
+    assert (selection.turns, selection.left_out) == (1, 9)
     assert without_c < only_c
 
 
@@ -266,7 +266,7 @@ def test_token_budget_counts_with_the_counter_given_to_select() -> None:
         return count(messages)
 
     selection = select_messages(TokenBudget(10_000), HISTORY, [user("d")], count=counting)
-    assert selection.dropped_turns == 0
+    assert (selection.turns, selection.left_out) == (3, 0)
     assert calls  # the counter of the call was used
     with pytest.raises(ConfigurationError, match="token counter"):
         select_messages(TokenBudget(10_000), HISTORY, [user("d")])
@@ -503,6 +503,14 @@ def _active_turns(messages: list[Msg]) -> list[list[Msg]]:
     return [sent(list(t.messages)) for t in after if t.complete]
 
 
+def _first_after_summary(messages: list[Msg]) -> int:
+    first = 1 if messages and messages[0]["role"] == "system" and not is_summary(messages[0]) else 0
+    for position in range(len(messages) - 1, first - 1, -1):
+        if is_summary(messages[position]):
+            return position + 1
+    return first
+
+
 def _check_window(stored: list[Msg], new: list[Msg], selection: Selection) -> list[list[Msg]]:
     """The invariants every window keeps; returns the turns it sent, in order."""
     messages = selection.messages
@@ -518,8 +526,27 @@ def _check_window(stored: list[Msg], new: list[Msg], selection: Selection) -> li
         kept += 1
     chosen = turns[len(turns) - kept :] if kept else []
     assert [m for t in chosen for m in t] == body
-    assert selection.dropped_turns in (None, len(turns) - kept)
+    if selection.turns is not None:
+        assert selection.turns == kept
+        after = len(stored) - _first_after_summary(stored)
+        assert selection.left_out == after - len(body)
     return chosen
+
+
+@PROPERTIES
+@given(histories())
+def test_split_turns_cuts_the_messages_into_turns(history: tuple[list[Msg], list[Msg]]) -> None:
+    stored, _ = history
+    head, turns = split_turns(stored)
+    first = 0 if head is None else 1
+    assert [m for t in turns for m in t.messages] == stored[first:]
+    assert [t.start for t in turns] == [first, *[t.end for t in turns]][: len(turns)]
+    for t in turns:
+        roles = [m["role"] for m in t.messages]
+        assert t.is_summary or roles.count("user") <= 1
+        assert "user" not in roles[1:] and ("system" not in roles or len(roles) == 1)
+        if t.complete:
+            assert check_request([*sent(list(t.messages)), user("next")]) is None
 
 
 @PROPERTIES

@@ -36,10 +36,11 @@ applies one and returns a ``Selection``. Every request it returns passes
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 from .errors import BudgetExceededError, ConfigurationError
@@ -133,6 +134,31 @@ class Turn:
         return _pairing_problem(list(self.messages), 0) is None
 
 
+def _system_of(messages: Sequence[Msg]) -> Msg | None:
+    first = messages[0] if messages else None
+    if first is not None and first.get("role") == "system" and not is_summary(first):
+        return first
+    return None
+
+
+def _segments_from_newest(messages: Sequence[Msg], first: int) -> Iterator[Turn]:
+    """The turns of ``messages[first:]``, newest first, read back from the end only as
+    far as the caller goes (a window costs what it sends, not the whole history)."""
+    end = len(messages)
+    for position in range(len(messages) - 1, first - 1, -1):
+        role = messages[position].get("role")
+        if role == "system":
+            if end > position + 1:
+                yield Turn(position + 1, tuple(messages[position + 1 : end]))
+            yield Turn(position, (messages[position],))
+            end = position
+        elif role == "user":
+            yield Turn(position, tuple(messages[position:end]))
+            end = position
+    if end > first:
+        yield Turn(first, tuple(messages[first:end]))
+
+
 def split_turns(messages: Sequence[Msg]) -> tuple[Msg | None, list[Turn]]:
     """The system message (if the first message is one) and the turns that follow.
 
@@ -140,36 +166,42 @@ def split_turns(messages: Sequence[Msg]) -> tuple[Msg | None, list[Turn]]:
     message after the first) is a segment of its own. Never raises: malformed parts
     come back as incomplete turns.
     """
-    system: Msg | None = None
-    index = 0
-    if messages and messages[0].get("role") == "system" and not is_summary(messages[0]):
-        system = messages[0]
-        index = 1
-    turns: list[Turn] = []
-    current: list[Msg] = []
-    start = index
-    for position in range(index, len(messages)):
-        message = messages[position]
-        apart = message.get("role") == "system"
-        if (apart or message.get("role") == "user") and current:
-            turns.append(Turn(start, tuple(current)))
-            current, start = [], position
-        current.append(message)
-        if apart:
-            turns.append(Turn(start, tuple(current)))
-            current, start = [], position + 1
-    if current:
-        turns.append(Turn(start, tuple(current)))
+    system = _system_of(messages)
+    turns = list(_segments_from_newest(messages, 0 if system is None else 1))
+    turns.reverse()
     return system, turns
+
+
+@dataclass(frozen=True)
+class _History:
+    """Where requests start: the system message, the newest summary, and the index of
+    the first message after both (``first``)."""
+
+    system: Msg | None
+    summary: Turn | None
+    first: int
+
+    def newest(self, messages: Sequence[Msg]) -> Iterator[Turn]:
+        """The complete turns after the summary, newest first."""
+        return (turn for turn in _segments_from_newest(messages, self.first) if turn.complete)
+
+
+def _history(messages: Sequence[Msg]) -> _History:
+    system = _system_of(messages)
+    first = 0 if system is None else 1
+    for position in range(len(messages) - 1, first - 1, -1):
+        message = messages[position]
+        if message.get("role") == "system" and is_summary(message):
+            return _History(system, Turn(position, (message,)), position + 1)
+    return _History(system, None, first)
 
 
 def _active(messages: Sequence[Msg]) -> tuple[Msg | None, Turn | None, list[Turn]]:
     """System message, newest summary, and the turns after that summary."""
-    system, turns = split_turns(messages)
-    for position in range(len(turns) - 1, -1, -1):
-        if turns[position].is_summary:
-            return system, turns[position], turns[position + 1 :]
-    return system, None, turns
+    history = _history(messages)
+    turns = list(_segments_from_newest(messages, history.first))
+    turns.reverse()
+    return history.system, history.summary, turns
 
 
 def _send_form(message: Mapping[str, Any]) -> Msg:
@@ -281,17 +313,32 @@ class Selection:
     """What a window chose to send.
 
     ``messages`` are ready to send (no ``meta``; a summary folded into the system
-    message). ``dropped_turns`` counts the complete turns after the newest summary
-    that were left out (``None`` for a callable window); ``tokens`` is the counted
-    size when the window counted it. When even the newest turn does not fit,
-    ``overflow`` says why and ``messages`` is the smallest request there is (which
-    does not fit): the caller raises ``ContextWindowError`` with that reason.
+    message). ``turns`` is how many stored turns were sent and ``left_out`` how many
+    stored messages after the newest summary were not (``None`` for a function
+    window); ``tokens`` is the counted size when the window counted it. When even the
+    newest turn does not fit, ``overflow`` says why and ``messages`` is the smallest
+    request there is (which does not fit): the caller raises ``ContextWindowError``
+    with that reason.
     """
 
     messages: list[Msg]
-    dropped_turns: int | None = 0
+    turns: int | None = None
+    left_out: int | None = None
     tokens: int | None = None
     overflow: str | None = None
+
+
+def _selection(
+    history: _History,
+    stored: Sequence[Msg],
+    kept: Sequence[Turn],
+    new: Sequence[Msg],
+    tokens: int | None = None,
+) -> Selection:
+    """The request: head, the kept turns (oldest first), the new turn."""
+    messages = [*_head(history.system, history.summary), *_whole(kept), *_new_turn(new)]
+    sent = sum(len(turn.messages) for turn in kept)
+    return Selection(messages, len(kept), len(stored) - history.first - sent, tokens)
 
 
 def _new_turn(new: Sequence[Mapping[str, Any]]) -> list[Msg]:
@@ -320,13 +367,10 @@ class LastTurns:
             raise ConfigurationError(f"LastTurns(n): n must be an int >= 0, got {self.n!r}")
 
     def select(self, stored: Sequence[Msg], new: Sequence[Msg]) -> Selection:
-        system, summary, turns = _active(stored)
-        complete = [turn for turn in turns if turn.complete]
-        kept = complete[max(0, len(complete) - self.n) :] if self.n else []
-        return Selection(
-            [*_head(system, summary), *_whole(kept), *_new_turn(new)],
-            dropped_turns=len(complete) - len(kept),
-        )
+        history = _history(stored)
+        kept = list(itertools.islice(history.newest(stored), self.n))
+        kept.reverse()
+        return _selection(history, stored, kept, new)
 
 
 @dataclass(frozen=True)
@@ -367,15 +411,12 @@ class TokenBudget:
         count = self.counter or count
         if count is None:
             raise ConfigurationError("TokenBudget needs a token counter (or a model to count for)")
-        system, summary, turns = _active(stored)
-        complete = [turn for turn in turns if turn.complete]
-        head, tail = _head(system, summary), _new_turn(new)
+        history = _history(stored)
+        head, tail = _head(history.system, history.summary), _new_turn(new)
         base = count([*head, *tail])
         if base > self.limit:
-            return Selection(
-                [*head, *tail],
-                dropped_turns=len(complete),
-                tokens=base,
+            return replace(
+                _selection(history, stored, [], new, base),
                 overflow=(
                     f"the newest turn alone needs {base} tokens (system message and summary "
                     f"included); the window allows {self.limit} (max_tokens {self.max_tokens} "
@@ -385,28 +426,37 @@ class TokenBudget:
         # Counting each turn apart costs what the window sends, not the whole history;
         # counters add a constant per call, so the sum errs on the safe side. Counts of
         # the whole request then confirm it, or drop or add turns.
-        room, kept = self.limit - base, 0
-        for turn in reversed(complete):
+        newest = history.newest(stored)
+        looked_at: list[Turn] = []  # newest first
+        room, taken = self.limit - base, 0
+        for turn in newest:
+            looked_at.append(turn)
             size = count(_whole([turn]))
             if size > room:
                 break
             room -= size
-            kept += 1
+            taken += 1
 
-        def request(kept: int) -> list[Msg]:
-            return [*head, *_whole(complete[len(complete) - kept :] if kept else []), *tail]
+        def request(n: int) -> list[Msg]:
+            return [*head, *_whole(looked_at[:n][::-1]), *tail]
 
-        tokens = count(request(kept)) if kept else base
+        tokens = count(request(taken)) if taken else base
+        shrunk = False
         while tokens > self.limit:
-            kept -= 1
-            tokens = count(request(kept)) if kept else base
+            taken, shrunk = taken - 1, True
+            tokens = count(request(taken)) if taken else base
         # The estimate errs on the safe side: take older turns while the whole fits.
-        while kept < len(complete):
-            more = count(request(kept + 1))
+        while not shrunk:
+            if taken == len(looked_at):
+                older = next(newest, None)
+                if older is None:
+                    break
+                looked_at.append(older)
+            more = count(request(taken + 1))
             if more > self.limit:
                 break
-            kept, tokens = kept + 1, more
-        return Selection(request(kept), dropped_turns=len(complete) - kept, tokens=tokens)
+            taken, tokens = taken + 1, more
+        return _selection(history, stored, looked_at[:taken][::-1], new, tokens)
 
 
 Window: TypeAlias = LastTurns | TokenBudget | Callable[[list[Msg]], list[Msg]]
@@ -433,17 +483,19 @@ def select_messages(
         return window.select(stored, new)
     if isinstance(window, TokenBudget):
         return window.select(stored, new, count)
-    system, summary, turns = _active(stored)
-    complete = [turn for turn in turns if turn.complete]
+    history = _history(stored)
+    complete = list(history.newest(stored))
+    complete.reverse()
     if window is None:
-        return Selection([*_head(system, summary), *_whole(complete), *_new_turn(new)])
+        return _selection(history, stored, complete, new)
     if not callable(window):
         raise ConfigurationError(
             f"history must be LastTurns, TokenBudget, a function or None; got {window!r}"
         )
     offered: list[Msg] = []
-    if system is not None or summary is not None:
-        head = _head(system, summary)[0]
+    system = history.system
+    if system is not None or history.summary is not None:
+        head = _head(system, history.summary)[0]
         if system is not None and "meta" in system:
             head["meta"] = dict(system["meta"])
         offered.append(head)
@@ -461,7 +513,7 @@ def select_messages(
         raise ConfigurationError(
             f"the history window {name} returned messages that are not a valid request: {problem}"
         )
-    return Selection(messages, dropped_turns=None)
+    return Selection(messages)
 
 
 def litellm_token_counter(
