@@ -333,6 +333,15 @@ def test_default_window_uses_the_input_limit_litellm_knows() -> None:
     assert default_window("openai/gpt-4o-mini") == known
 
 
+def test_token_budget_counts_with_litellm_for_the_model() -> None:
+    counter = litellm_token_counter("openai/gpt-4o-mini")
+    new = [user("d")]
+    only_c = counter(sent([system(), *turn("c"), *new]))
+    selection = select_messages(TokenBudget(only_c), HISTORY, new, model="openai/gpt-4o-mini")
+    assert selection.messages == sent([system(), *turn("c"), *new])
+    assert selection.tokens == only_c
+
+
 def test_litellm_token_counter_counts_messages_and_tools() -> None:
     counter = litellm_token_counter("openai/gpt-4o-mini")
     short = counter(sent([system(), user("hi")]))

@@ -469,6 +469,7 @@ def select_messages(
     new: Sequence[Msg],
     *,
     count: TokenCounter | None = None,
+    model: str | None = None,
 ) -> Selection:
     """Apply ``window`` to the stored messages and the new turn's messages.
 
@@ -477,11 +478,14 @@ def select_messages(
     with the summary folded in, then the turns after the newest summary; it returns
     the history messages to send, and the new turn is appended. Its result must make
     a valid request (``check_request``), else ``ConfigurationError`` says why.
-    ``count`` is the token counter for a ``TokenBudget`` built without one.
+    ``count`` is the token counter for a ``TokenBudget`` built without one; when it is
+    not given either, LiteLLM's counter for ``model`` is used.
     """
     if isinstance(window, LastTurns):
         return window.select(stored, new)
     if isinstance(window, TokenBudget):
+        if count is None and model is not None:
+            count = litellm_token_counter(model)
         return window.select(stored, new, count)
     history = _history(stored)
     complete = list(history.newest(stored))
