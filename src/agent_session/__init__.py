@@ -11,6 +11,7 @@ import typing as _typing
 from .errors import (
     AgentSessionError,
     ApprovalPendingError,
+    BudgetExceededError,
     ConfigurationError,
     ContextError,
     ContextWindowError,
@@ -29,6 +30,7 @@ from .errors import (
 if _typing.TYPE_CHECKING:
     from .agent import DEFAULT_MAX_INPUT_BYTES, Agent, TextInput
     from .context import CONTEXT_VERSION, Context, Message, MessageMeta, Usage
+    from .history import LastTurns, Summarize, TokenBudget
     from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse, aprepare, prepare
     from .mixin import AgentSessionMixin, SessionStatus
     from .result import Result
@@ -46,6 +48,9 @@ _LAZY = {
     "Message": "context",
     "MessageMeta": "context",
     "Usage": "context",
+    "LastTurns": "history",
+    "Summarize": "history",
+    "TokenBudget": "history",
     "LiteLLMModel": "llm",
     "Model": "llm",
     "ModelRequest": "llm",
@@ -91,12 +96,14 @@ __all__ = [
     "AgentSessionError",
     "AgentSessionMixin",
     "ApprovalPendingError",
+    "BudgetExceededError",
     "ConfigurationError",
     "Context",
     "ContextError",
     "ContextWindowError",
     "Denied",
     "InputValidationError",
+    "LastTurns",
     "LiteLLMModel",
     "Message",
     "MessageMeta",
@@ -112,8 +119,10 @@ __all__ = [
     "SessionStatus",
     "StaleSessionError",
     "StorageError",
+    "Summarize",
     "TemplateError",
     "TextInput",
+    "TokenBudget",
     "Tool",
     "ToolCall",
     "ToolContext",
