@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _turn
-from .errors import ConfigurationError, ModelCallError, ToolExecutionError
+from .errors import ConfigurationError, ModelCallError, ToolExecutionError, show_key
 from .llm import ModelRequest, ModelResponse
 from .tools import ToolCall, ToolCallResult, run_awaitable
 
@@ -210,16 +210,6 @@ def _db_system(store: Any) -> str | None:
     return name
 
 
-def _identity(instance: Any) -> Any:
-    import sqlalchemy as sa
-
-    identity = sa.inspect(instance).identity
-    if identity is None:
-        return None
-    values = tuple(identity)
-    return values[0] if len(values) == 1 else values
-
-
 # -- one observed call --------------------------------------------------------------
 
 
@@ -242,6 +232,8 @@ class Observation:
         self.key = key
         self.store = store
         self.tracer = tracer
+        self.trace: Any = sys.modules["opentelemetry.trace"] if tracer is not None else None
+        """The ``opentelemetry.trace`` module, when there is a tracer."""
         self.hooks = hooks
         self.is_async = is_async
         self.turn_span: Any = _NO_SPAN
@@ -261,8 +253,6 @@ class Observation:
         """How logs name what runs: ``Chat session 42``, ``new Chat session``, ``agent 'x'``."""
         if self.store is None:
             return f"agent {self.agent.name!r}"
-        from .errors import show_key
-
         name = self.store.cls.__name__
         return f"new {name} session" if self.key is None else f"{name} session {show_key(self.key)}"
 
@@ -285,15 +275,16 @@ class Observation:
         """A context manager opening a span as the current one (a stand-in without a tracer)."""
         if self.tracer is None:
             return _NO_SPAN
-        trace = sys.modules["opentelemetry.trace"]
-        kind = trace.SpanKind.CLIENT if client else trace.SpanKind.INTERNAL
+        kind = self.trace.SpanKind.CLIENT if client else self.trace.SpanKind.INTERNAL
         return self.tracer.start_as_current_span(name, kind=kind, attributes=dict(attributes))
 
-    def finished_span(self, name: str, attributes: Mapping[str, Any], start_ns: int) -> Any:
-        """A span to end later: a tool call, timed by the code that ran it."""
-        trace = sys.modules["opentelemetry.trace"]
+    def start_span(self, name: str, attributes: Mapping[str, Any], start_ns: int) -> Any:
+        """A span that is not made current, started at ``start_ns``; the caller ends it."""
         return self.tracer.start_span(
-            name, kind=trace.SpanKind.INTERNAL, attributes=dict(attributes), start_time=start_ns
+            name,
+            kind=self.trace.SpanKind.INTERNAL,
+            attributes=dict(attributes),
+            start_time=start_ns,
         )
 
     # -- the turn
@@ -398,13 +389,13 @@ class Observation:
             span.set_attribute("gen_ai.response.model", self.response_model)
         if self.conflicts:
             span.set_attribute("agent_session.conflicts", self.conflicts)
+        if self.waits:
+            span.set_attribute("agent_session.waits", self.waits)
         if self.key is not None:
             span.set_attribute("gen_ai.conversation.id", _conversation_id(self.key))
 
 
 def _conversation_id(key: Any) -> str:
-    from .errors import show_key
-
     return show_key(key)
 
 
@@ -547,6 +538,8 @@ def _database_observer(operation: str) -> Observer:
                         op.seen_revision,
                     )
             elif operation == "INSERT" and obs.key is None:
+                from .mixin import _identity  # loaded: this is a stored session
+
                 obs.key = _identity(value)
         db_log.debug("%s %s in %.3fs", operation, table, time.perf_counter() - started)
         return value
@@ -632,10 +625,9 @@ def _tool_span(
         attributes["agent_session.tool.status"] = status
     if error is not None:
         attributes["error.type"] = error
-    span = obs.finished_span(f"execute_tool {name}", attributes, start_ns)
+    span = obs.start_span(f"execute_tool {name}", attributes, start_ns)
     if error is not None:
-        trace = sys.modules["opentelemetry.trace"]
-        span.set_status(trace.Status(trace.StatusCode.ERROR, error))
+        span.set_status(obs.trace.Status(obs.trace.StatusCode.ERROR, error))
     span.end(end_time=max(end_ns, start_ns))
 
 

@@ -159,7 +159,9 @@ class AgentSessionMixin(Generic[OutputT]):
         spec = _spec(cls)
         store = SyncStore(spec, spec.agent.model, db)
         flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
-        return _observe.drive(spec.agent, flow, store, call="start_session", store=store)  # type: ignore[no-any-return]
+        return _observe.drive(  # type: ignore[no-any-return]
+            spec.agent, flow, store, call="start_session", store=store
+        )
 
     @classmethod
     def continue_session(
