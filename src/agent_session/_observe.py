@@ -456,11 +456,7 @@ def observe_model_call(obs: Observation, request: ModelRequest) -> Steps:
                 try:
                     yield HookCall(hooks.after_model_call, (request, response))
                 except Exception as exc:
-                    raise ModelCallError(
-                        f"the after_model_call hook raised: {exc!r}",
-                        model=request.model,
-                        retryable=False,
-                    ) from exc
+                    raise _hook_failed("the after_model_call hook raised", request, exc) from exc
             return response
         except Exception as exc:
             span.set_attribute("error.type", _error_type(exc))
@@ -474,11 +470,8 @@ def _before_model_call(
     try:
         changed = yield HookCall(hook, (request,))
     except Exception as exc:
-        raise ModelCallError(
-            f"the before_model_call hook refused the call to {request.model}: {exc!r}",
-            model=request.model,
-            retryable=False,
-        ) from exc
+        refused = f"the before_model_call hook refused the call to {request.model}"
+        raise _hook_failed(refused, request, exc) from exc
     if changed is None:
         return request
     if not isinstance(changed, ModelRequest):
@@ -486,6 +479,11 @@ def _before_model_call(
             f"before_model_call must return a ModelRequest or None, got {type(changed).__name__}"
         )
     return changed
+
+
+def _hook_failed(what: str, request: ModelRequest, exc: Exception) -> ModelCallError:
+    """The error of a turn whose model hook raised: never retried, ``exc`` its cause."""
+    return ModelCallError(f"{what}: {exc!r}", model=request.model, retryable=False)
 
 
 def _request_attributes(span: Any, request: ModelRequest) -> None:
