@@ -279,9 +279,22 @@ cleanups.append(connection.close)
     after_block=_run_migrations,
 )
 
+OBSERVABILITY = Page(
+    prelude=COMMON
+    + CHAT_AGENT
+    + """
+import logging as _logging
+
+# The page turns the library's logging on: put its level back after the page.
+_level = _logging.getLogger("agent_session").level
+cleanups.append(lambda: _logging.getLogger("agent_session").setLevel(_level))
+"""
+)
+
 PAGES: dict[str, Page] = {
     "README.md": Page(prelude=COMMON),
     "docs/migrations.md": MIGRATIONS,
+    "docs/observability.md": OBSERVABILITY,
 }
 
 

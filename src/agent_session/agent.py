@@ -20,7 +20,8 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
-from . import _turn
+from . import _observe, _turn
+from ._observe import AfterModelCall, BeforeModelCall, OnError, OnToolCall
 from .errors import ConfigurationError
 from .llm import LiteLLMModel, Model, OutputMode, aprepare, resolve_output_mode
 from .result import Result
@@ -79,6 +80,13 @@ class Agent(Generic[OutputT]):
     only) or ``"auto"``: ``"json_schema"`` for an OpenAI-compatible server
     (``openai/...`` with an ``api_base``, ``hosted_vllm/...``, ``ollama_chat/...``,
     ``lm_studio/...``) or a model LiteLLM knows supports it, else ``"prompt"``.
+
+    Hooks, each a function or an async function (see docs/observability.md):
+    ``before_model_call(request)`` may return a changed ``ModelRequest`` (``None``
+    keeps it); raising vetoes the call and the turn fails with ``ModelCallError``
+    (the hook's exception as ``__cause__``), nothing stored.
+    ``after_model_call(request, response)``, ``on_tool_call(result)`` (a
+    ``ToolCallResult``) and ``on_error(error)`` (the error a turn raises) observe.
     """
 
     @overload
@@ -96,6 +104,10 @@ class Agent(Generic[OutputT]):
         model_settings: Mapping[str, Any] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         name: str | None = None,
+        before_model_call: BeforeModelCall | None = None,
+        after_model_call: AfterModelCall | None = None,
+        on_tool_call: OnToolCall | None = None,
+        on_error: OnError | None = None,
     ) -> None: ...
 
     @overload
@@ -113,6 +125,10 @@ class Agent(Generic[OutputT]):
         model_settings: Mapping[str, Any] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         name: str | None = None,
+        before_model_call: BeforeModelCall | None = None,
+        after_model_call: AfterModelCall | None = None,
+        on_tool_call: OnToolCall | None = None,
+        on_error: OnError | None = None,
     ) -> None: ...
 
     def __init__(
@@ -129,6 +145,10 @@ class Agent(Generic[OutputT]):
         model_settings: Mapping[str, Any] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         name: str | None = None,
+        before_model_call: BeforeModelCall | None = None,
+        after_model_call: AfterModelCall | None = None,
+        on_tool_call: OnToolCall | None = None,
+        on_error: OnError | None = None,
     ) -> None:
         if isinstance(model, str):
             if not model.strip():
@@ -165,6 +185,12 @@ class Agent(Generic[OutputT]):
         if instruction is not None and not isinstance(instruction, str):
             raise ConfigurationError("instruction must be a string (a Jinja template)")
 
+        self._hooks = _observe.Hooks.build(
+            before_model_call=before_model_call,
+            after_model_call=after_model_call,
+            on_tool_call=on_tool_call,
+            on_error=on_error,
+        )
         self.name = name or "agent"
         self.instruction = instruction
         self.template = InstructionTemplate(instruction) if instruction is not None else None
@@ -269,7 +295,7 @@ class Agent(Generic[OutputT]):
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
         flow = _turn.model_flow(self, plan, self.output_mode(model))
-        return _turn.drive(flow, _turn.model_handler(model))
+        return _observe.drive(self, flow, _turn.model_handler(model), call="run")
 
     async def arun(
         self,
@@ -283,7 +309,7 @@ class Agent(Generic[OutputT]):
         if isinstance(model, LiteLLMModel):
             await aprepare()  # the first import of LiteLLM, off the event loop
         flow = _turn.model_flow(self, plan, self.output_mode(model))
-        return await _turn.adrive(flow, _turn.amodel_handler(model))
+        return await _observe.adrive(self, flow, _turn.amodel_handler(model), call="arun")
 
     def parse_output(self, text: str) -> Any:
         """Parse and validate model text into the output (``ValidationError`` if invalid)."""

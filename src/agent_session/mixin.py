@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from . import _flows, _turn
+from . import _flows, _observe
 from ._flows import SessionSpec, SessionStatus
 from ._store import AsyncStore, SyncStore
 from .agent import Agent
@@ -159,7 +159,9 @@ class AgentSessionMixin(Generic[OutputT]):
         spec = _spec(cls)
         store = SyncStore(spec, spec.agent.model, db)
         flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
-        return _turn.drive(flow, store)  # type: ignore[no-any-return]
+        return _observe.drive(  # type: ignore[no-any-return]
+            spec.agent, flow, store, call="start_session", store=store
+        )
 
     @classmethod
     def continue_session(
@@ -195,7 +197,9 @@ class AgentSessionMixin(Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=criteria,
         )
-        return _turn.drive(flow, store)  # type: ignore[no-any-return]
+        return _observe.drive(  # type: ignore[no-any-return]
+            spec.agent, flow, store, call="continue_session", key=key, store=store
+        )
 
     @classmethod
     def get_context(
@@ -210,7 +214,10 @@ class AgentSessionMixin(Generic[OutputT]):
         spec = _spec(cls)
         store = SyncStore(spec, spec.agent.model, db)
         key, _ = _key_and_instance(cls, pk)
-        return _turn.drive(_flows.read_flow(spec, key, _criteria(spec, where)), store)
+        flow = _flows.read_flow(spec, key, _criteria(spec, where))
+        return _observe.drive(
+            spec.agent, flow, store, call="get_context", key=key, store=store, turn=False
+        )
 
     # -- async API ----------------------------------------------------------------
 
@@ -228,7 +235,7 @@ class AgentSessionMixin(Generic[OutputT]):
         spec = _spec(cls)
         store = AsyncStore(spec, spec.agent.model, db)
         flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
-        return await _turn.adrive(flow, store)
+        return await _observe.adrive(spec.agent, flow, store, call="astart_session", store=store)
 
     @classmethod
     async def acontinue_session(
@@ -257,7 +264,9 @@ class AgentSessionMixin(Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=criteria,
         )
-        return await _turn.adrive(flow, store)
+        return await _observe.adrive(
+            spec.agent, flow, store, call="acontinue_session", key=key, store=store
+        )
 
     @classmethod
     async def aget_context(
@@ -272,7 +281,10 @@ class AgentSessionMixin(Generic[OutputT]):
         spec = _spec(cls)
         store = AsyncStore(spec, spec.agent.model, db)
         key, _ = _key_and_instance(cls, pk)
-        return await _turn.adrive(_flows.read_flow(spec, key, _criteria(spec, where)), store)
+        flow = _flows.read_flow(spec, key, _criteria(spec, where))
+        return await _observe.adrive(
+            spec.agent, flow, store, call="aget_context", key=key, store=store, turn=False
+        )
 
 
 # -- class set-up ------------------------------------------------------------------
