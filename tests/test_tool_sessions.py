@@ -8,6 +8,7 @@ error and that the stored row did not change.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -376,3 +377,29 @@ async def test_a_caller_owned_session_pauses_and_resumes(database: Database) -> 
     row = _row(database, StatusChat, chat.id)
     assert row["status"] == "completed" and row["context"]["turns"] == 1
     assert [r[0] for r in RAN] == ["transfer", "get_order"]
+
+
+async def test_two_resumes_at_once_one_wins(database: Database, chat_cls: type[Any]) -> None:
+    """Two workers resume the same pause at the same moment (tasks, or threads for a
+    sync driver): whatever the interleaving, one finishes the turn and the other gets
+    ``StaleSessionError``; the approved tool ran once."""
+    database.create_all(Base.metadata)
+    api = Api(database, chat_cls, maker=True)
+    chat = await _paused(api, chat_cls)
+
+    async def resume() -> Any:
+        if api.is_async:
+            return await chat_cls.aresume_session(api.maker, chat.id, approvals={"pay": True})
+        return await asyncio.to_thread(
+            chat_cls.resume_session, api.maker, chat.id, approvals={"pay": True}
+        )
+
+    with AGENT.override(model=TestModel(text="Sent.")):
+        outcomes = await asyncio.gather(resume(), resume(), return_exceptions=True)
+
+    stale = [o for o in outcomes if isinstance(o, StaleSessionError)]
+    won = [o for o in outcomes if isinstance(o, chat_cls)]
+    assert len(stale) == 1 and len(won) == 1, outcomes
+    assert [r[0] for r in RAN].count("transfer") == 1
+    row = _row(database, chat_cls, chat.id)
+    assert "pending" not in row["context"] and row["context"]["turns"] == 1
