@@ -568,7 +568,9 @@ def _turn_loop(
             state.messages.append(_tool_calls_message(response, step_usage, step_cost, step_calls))
             step_usage, step_cost, step_calls = Usage(), None, 0
             pending = [
-                found for call in response.tool_calls if (found := toolset.pending_approval(call))
+                found
+                for call in response.tool_calls
+                if _may_wait(toolset, call) and (found := toolset.pending_approval(call))
             ]
             waiting = {p.tool_call_id for p in pending}
             runnable = tuple(call for call in response.tool_calls if call.id not in waiting)
@@ -637,6 +639,12 @@ def _turn_loop(
             tool_calls=list(state.tool_calls),
             stored_messages=state.messages,
         )
+
+
+def _may_wait(toolset: Toolset, call: ToolCall) -> bool:
+    """Whether the call is to a tool that needs approval (checked fully only then)."""
+    tool = toolset.tools.get(call.name)
+    return tool is not None and tool.requires_approval
 
 
 def _tool_calls_message(
