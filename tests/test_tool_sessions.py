@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -403,3 +404,40 @@ async def test_two_resumes_at_once_one_wins(database: Database, chat_cls: type[A
     assert [r[0] for r in RAN].count("transfer") == 1
     row = _row(database, chat_cls, chat.id)
     assert "pending" not in row["context"] and row["context"]["turns"] == 1
+
+
+async def test_a_claim_left_by_a_crashed_resume_is_taken_over_after_the_running_timeout(
+    database: Database, chat_cls: type[Any]
+) -> None:
+    """A worker that claimed the pause and died leaves ``claimed_at`` behind: other
+    resumes get ``StaleSessionError`` (after waiting ``busy_timeout``) until
+    ``__running_timeout__`` has passed, then one takes it over."""
+    database.create_all(Base.metadata)
+    api = Api(database, chat_cls, maker=True)
+    chat = await _paused(api, chat_cls)
+    document = _row(database, chat_cls, chat.id)["context"]
+
+    def claim(ago: timedelta) -> dict[str, Any]:
+        at = (datetime.now(UTC) - ago).isoformat().replace("+00:00", "Z")
+        claimed = {**document, "pending": {**document["pending"], "claimed_at": at}}
+        values: dict[str, Any] = {"context": claimed}
+        if chat_cls is StatusChat:
+            values.update(status="running", status_changed_at=datetime.now(UTC) - ago)
+        with database.sync_engine().begin() as conn:
+            table = chat_cls.__table__
+            conn.execute(sa.update(table).where(table.c.id == chat.id).values(**values))
+        return _row(database, chat_cls, chat.id)
+
+    before = claim(timedelta(seconds=1))
+    with AGENT.override(model=_script("never")):
+        with pytest.raises(StaleSessionError, match="claimed this pause"):
+            await api.resume(None, chat.id, approvals={"pay": True})
+        with pytest.raises(StaleSessionError, match="claimed this pause"):
+            await api.resume(None, chat.id, approvals={"pay": True}, busy_timeout=0.05)
+    assert _row(database, chat_cls, chat.id) == before
+    assert [r[0] for r in RAN] == ["get_order"]
+
+    claim(timedelta(minutes=11))  # older than __running_timeout__ (10 minutes)
+    with AGENT.override(model=_script("Sent.")):
+        done = await api.resume(None, chat.id, approvals={"pay": True})
+    assert done.last_output == "Sent." and [r[0] for r in RAN] == ["get_order", "transfer"]
