@@ -297,10 +297,10 @@ def resume_flow(
         claim = yield from claim_pause_flow(spec, key, instance, contention, where, approvals)
         instance = claim.instance
         paused = claim.document
-        decided = _turn.check_approvals(paused["pending"], approvals, name=_session(key))
-        plan = _turn.plan_resumed_turn(paused, _input_of(agent, paused, key))
         revision = claim.revision
         try:
+            decided = _turn.check_approvals(paused["pending"], approvals, name=_session(key))
+            plan = _turn.plan_resumed_turn(paused, _input_of(agent, paused, key))
             result = yield from _turn.resume_flow(agent, plan, paused["pending"], decided, mode)
             new_document = _turn.next_document(plan, result, paused)
             values: dict[str, Any] = {spec.context_attr: new_document}
