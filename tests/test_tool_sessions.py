@@ -141,7 +141,7 @@ async def test_tool_turns_are_stored_in_chat_form_and_continue(
         chat = await api.start(None, "where are 1 and 2?", deps={"user": "ann"})
     second = _script(ToolCall("get_order", {"order_id": "3"}, id="c3"), "And 3 too.")
     with AGENT.override(model=second):
-        chat = await api.cont(None, chat.id, "and 3?", deps="D")
+        chat = await api.cont(None, chat.id, "and 3?", deps="D-secret-7f3")
 
     row = _row(database, chat_cls, chat.id)
     document = row["context"]
@@ -158,7 +158,8 @@ async def test_tool_turns_are_stored_in_chat_form_and_continue(
     # Usage: the session's total is the sum of every model call (four of them).
     assert document["usage"] == _usage_of_messages(document)
     assert sum(1 for m in document["messages"] if "usage" in m.get("meta", {})) == 4
-    assert [r[1] for r in RAN] == [("1", None, {"user": "ann"}), ("3", chat.id, "D")]
+    assert [r[1] for r in RAN] == [("1", None, {"user": "ann"}), ("3", chat.id, "D-secret-7f3")]
+    assert "D-secret-7f3" not in str(row)  # deps reach the tools, never the row
     if chat_cls is StatusChat:
         assert row["status"] == "completed"
     assert chat.last_output == "And 3 too."
@@ -193,6 +194,10 @@ async def test_a_raising_tool_fails_the_turn_and_stores_nothing(
 ) -> None:
     database.create_all(Base.metadata)
     api = Api(database, chat_cls, maker=True)
+    at_once = _script(ToolCall("explode", {}))
+    with AGENT.override(model=at_once), pytest.raises(ToolExecutionError):
+        await api.start(None, "explode at once")
+    assert stored_rows(database, chat_cls.__table__) == []
     with AGENT.override(model=_script("hello")):
         chat = await api.start(None, "hi")
     before = _row(database, chat_cls, chat.id)
