@@ -10,6 +10,7 @@ from __future__ import annotations
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "imports": ("import_cost", "Import cost"),
     "overhead": ("turn_overhead", "Per-turn overhead"),
+    "tools": ("tool_turn", "Tool-turn overhead"),
     "growth": ("growth", "Growth with the conversation"),
     "concurrency": ("concurrency", "Concurrency"),
     "peer": ("peer", "Peer: OpenAI Agents SDK SQLAlchemySession"),

@@ -243,7 +243,7 @@ def make_document(messages: int, *, check: bool = True) -> dict[str, Any]:
         )
     turns = messages // 2
     document = {
-        "version": 2,
+        "version": 3,
         "created_at": _stamp(0),
         "updated_at": _stamp(max(messages - 1, 0)),
         "turns": turns,

@@ -166,6 +166,80 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _databases.drop_run_databases()
 
 
+# -- the tool-call invariant -------------------------------------------------
+#
+# Every context document a store writes (Insert, Swap) and every request a turn
+# builds (``_turn._request``, for stores and ``Agent.run`` alike) is recorded, and
+# each test's records are checked when the test ends (tests/_invariants.py): a
+# stored history never holds a call without its result, nor a result without its
+# call, and no request carries an unresolved call. A breach fails the test that wrote or sent it.
+
+_RECORDED: dict[str, list[tuple[str, Any]]] = {"documents": [], "requests": []}
+_CHECKED = {"documents": 0, "requests": 0}
+
+
+def _record_operation(store: Any, op: Any) -> None:
+    from agent_session._flows import Insert, Swap
+
+    attr = store.spec.context_attr
+    if isinstance(op, Insert):
+        _RECORDED["documents"].append(("insert", getattr(op.instance, attr, None)))
+    elif isinstance(op, Swap) and attr in op.values:
+        _RECORDED["documents"].append(("swap", op.values[attr]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def record_writes_and_requests() -> Iterator[None]:
+    """Wrap the stores' operations and the turn's request builder, for the whole run."""
+    from agent_session import _store, _turn
+
+    sync_call, async_call = _store.SyncStore.__call__, _store.AsyncStore.__call__
+    build_request = _turn._request
+
+    def sync_recorded(self: Any, op: Any) -> Any:
+        _record_operation(self, op)
+        return sync_call(self, op)
+
+    async def async_recorded(self: Any, op: Any) -> Any:
+        _record_operation(self, op)
+        return await async_call(self, op)
+
+    def recorded_request(*args: Any, **kwargs: Any) -> Any:
+        request = build_request(*args, **kwargs)
+        _RECORDED["requests"].append(("request", request.messages))
+        return request
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_store.SyncStore, "__call__", sync_recorded)
+        patch.setattr(_store.AsyncStore, "__call__", async_recorded)
+        patch.setattr(_turn, "_request", recorded_request)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def tool_call_invariant(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Check what this test stored and sent, when it ends."""
+    from _invariants import check_document, check_history
+
+    for records in _RECORDED.values():
+        records.clear()
+    yield
+    test = request.node.nodeid
+    for kind, document in _RECORDED["documents"]:
+        check_document(document, where=f"{test}: {kind}")
+        _CHECKED["documents"] += 1
+    for _, messages in _RECORDED["requests"]:
+        check_history(messages, where=f"{test}: request")
+        _CHECKED["requests"] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(
+        f"tool-call invariant: {_CHECKED['documents']} stored documents and "
+        f"{_CHECKED['requests']} model requests checked"
+    )
+
+
 @pytest.fixture(params=["sync", "async"])
 def run(request: pytest.FixtureRequest) -> runner.Run:
     """``await run(agent, input, **kwargs)`` through ``agent.run`` or ``agent.arun``."""

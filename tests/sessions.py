@@ -66,6 +66,11 @@ class Api:
             return await self.model.acontinue_session(self._db(db), key, input, **kw)
         return self.model.continue_session(self._db(db), key, input, **kw)
 
+    async def resume(self, db: Any, key: Any, **kw: Any) -> Any:
+        if self.is_async:
+            return await self.model.aresume_session(self._db(db), key, **kw)
+        return self.model.resume_session(self._db(db), key, **kw)
+
     async def context(self, db: Any, key: Any) -> Any:
         if self.is_async:
             return await self.model.aget_context(self._db(db), key)

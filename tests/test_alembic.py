@@ -39,7 +39,7 @@ REVISION_COLUMN = (
     "sa.Column('context_revision', sa.Integer(), server_default=sa.text('0'), nullable=False)"
 )
 STATUS_COLUMN = (
-    "sa.Column('status', sa.String(length=16), server_default='pending', nullable=False)"
+    "sa.Column('status', sa.String(length=32), server_default='pending', nullable=False)"
 )
 STATUS_CHANGED_COLUMN = "sa.Column('status_changed_at', sa.DateTime(), nullable=True)"
 
@@ -242,7 +242,7 @@ def test_offline_sql_uses_plain_json(tmp_path: Path, url: str) -> None:
     assert len(revision) == 2 and all(
         "INTEGER" in line and "DEFAULT 0" in line for line in revision
     )
-    assert len(status) == 1 and "VARCHAR(16)" in status[0] and "DEFAULT 'pending'" in status[0]
+    assert len(status) == 1 and "VARCHAR(32)" in status[0] and "DEFAULT 'pending'" in status[0]
 
 
 # -- adding the mixin to an existing table -----------------------------------

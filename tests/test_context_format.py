@@ -3,8 +3,9 @@
 The files in ``tests/data/context_v<N>_*.json`` are documents as version N writes
 them. They are the compatibility promise: every later release must read every
 earlier version, so these files are never edited, only added to. The version-2
-files hold the same conversations as the version-1 ones, so the upgrade is checked
-against them.
+files hold the same conversations as the version-1 ones, and the version-3 files
+the same as the version-2 ones (plus ``context_v3_pending_approval.json``, a
+session paused for an approval), so each upgrade is checked against them.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from agent_session import (
     Usage,
     _turn,
 )
+from agent_session import context as _context
 from agent_session.context import load_context
 from agent_session.testing import TestModel
 
 DATA = Path(__file__).parent / "data"
 GOLDEN_V1 = sorted(DATA.glob("context_v1_*.json"))
 GOLDEN_V2 = sorted(DATA.glob("context_v2_*.json"))
-GOLDEN = GOLDEN_V1 + GOLDEN_V2
+GOLDEN_V3 = sorted(DATA.glob("context_v3_*.json"))
+GOLDEN = GOLDEN_V1 + GOLDEN_V2 + GOLDEN_V3
 KINDS = ["plain_text", "structured", "tool_calls"]
 
 
@@ -64,7 +67,8 @@ def _minimal_v2() -> dict[str, Any]:
 
 def test_golden_documents_are_present() -> None:
     names = {path.name for path in GOLDEN}
-    assert {f"context_v{v}_{kind}.json" for v in (1, 2) for kind in KINDS} <= names
+    assert {f"context_v{v}_{kind}.json" for v in (1, 2, 3) for kind in KINDS} <= names
+    assert "context_v3_pending_approval.json" in names
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda path: path.stem)
@@ -76,7 +80,7 @@ def test_every_golden_document_loads(path: Path) -> None:
 
     assert isinstance(context, Context)
     assert raw == before, "load_context must not modify the stored document"
-    assert context.version == CONTEXT_VERSION == 2
+    assert context.version == CONTEXT_VERSION == 3
     assert context.messages
     assert all(m.meta.created_at.tzinfo is not None for m in context.messages)
     assert context.created_at.tzinfo is not None
@@ -86,16 +90,62 @@ def test_every_golden_document_loads(path: Path) -> None:
     assert load_context(context.to_document()) == context
 
 
-@pytest.mark.parametrize("path", GOLDEN_V2, ids=lambda path: path.stem)
-def test_version_2_golden_documents_are_what_the_library_writes(path: Path) -> None:
+@pytest.mark.parametrize("path", GOLDEN_V3, ids=lambda path: path.stem)
+def test_version_3_golden_documents_are_what_the_library_writes(path: Path) -> None:
     raw = json.loads(path.read_text(encoding="utf-8"))
     assert load_context(raw).to_document() == raw
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_version_1_upgrades_to_the_version_2_golden_document(kind: str) -> None:
-    upgraded = load_context(_golden(f"context_v1_{kind}.json")).to_document()
+    upgraded = _context._UPGRADES[1](_golden(f"context_v1_{kind}.json"))
     assert upgraded == _golden(f"context_v2_{kind}.json")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("kind", KINDS)
+def test_older_versions_upgrade_to_the_version_3_golden_document(version: int, kind: str) -> None:
+    upgraded = load_context(_golden(f"context_v{version}_{kind}.json")).to_document()
+    assert upgraded == _golden(f"context_v3_{kind}.json")
+    assert "pending" not in upgraded
+
+
+def test_version_2_with_a_pending_part_is_refused() -> None:
+    document = {**_golden("context_v3_pending_approval.json"), "version": 2}
+    with pytest.raises(ContextError, match="pending"):
+        load_context(document, key=7)
+
+
+def test_the_pending_approval_golden_document() -> None:
+    raw = _golden("context_v3_pending_approval.json")
+    context = load_context(raw)
+
+    assert context.turns == 1
+    assert [m.role for m in context.messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    # A call whose arguments were cut off is replayed as {} with the raw text kept.
+    cut = context.messages[2]
+    assert cut.tool_calls is not None and cut.tool_calls[0]["function"]["arguments"] == "{}"
+    assert cut.meta.raw_arguments == {"call_a1": '{"order_id": "4'}
+    assert "raw_arguments" not in context.chat_messages()[2]
+    pending = context.pending
+    assert pending is not None
+    assert [m.role for m in pending.messages] == ["user", "assistant", "tool"]
+    assert pending.steps == 1
+    assert pending.usage == Usage(prompt_tokens=260, completion_tokens=30, total_tokens=290)
+    assert [a.tool_call_id for a in pending.approvals] == ["call_b2"]
+    assert context.pending_approvals[0].arguments == {"order_id": "42", "amount": 20.0}
+    # The history holds finished turns only: every call has its result.
+    calls = {c["id"] for m in context.messages for c in (m.tool_calls or [])}
+    results = {m.tool_call_id for m in context.messages if m.role == "tool"}
+    assert calls == results
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda path: path.stem)
@@ -120,7 +170,7 @@ def test_chat_messages_strip_meta_and_keep_the_chat_fields(path: Path) -> None:
     json.dumps(chat)  # plain JSON, ready to send
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_plain_text_golden_document(version: int) -> None:
     context = load_context(_golden(f"context_v{version}_plain_text.json"))
     agent = Agent(TestModel())
@@ -222,7 +272,7 @@ def test_what_version_1_stored_twice_is_derived_back(kind: str) -> None:
     assert checked >= 2
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_tool_calls_golden_document(version: int) -> None:
     context = load_context(_golden(f"context_v{version}_tool_calls.json"))
 
@@ -291,7 +341,7 @@ def test_a_turn_continues_every_golden_document(path: Path) -> None:
 
 def test_what_the_compact_form_leaves_out_is_filled_in() -> None:
     document = {
-        "version": 2,
+        "version": CONTEXT_VERSION,
         "created_at": "2026-01-01T00:00:00Z",
         "updated_at": "2026-01-01T00:05:00Z",
         "messages": [

@@ -238,13 +238,28 @@ def _fresh_base(namespace: dict[str, Any], block: Block) -> None:
     namespace["Base"] = type("Base", (DeclarativeBase,), {"__module__": namespace["__name__"]})
 
 
+def _before_migration(namespace: dict[str, Any], block: Block) -> None:
+    """A fresh base for each block; a block that alters the status column finds
+    ``tickets`` as an older release left it, with a ``String(16)`` status."""
+    _fresh_base(namespace, block)
+    if "alter_column(" in block.source and '"status"' in block.source:
+        connection: sa.Connection = namespace["connection"]
+        if "status" in {c["name"] for c in sa.inspect(connection).get_columns("tickets")}:
+            with namespace["op"].batch_alter_table("tickets") as batch_op:
+                batch_op.drop_column("status")  # added by an earlier block, as String(32)
+        connection.exec_driver_sql(
+            "ALTER TABLE tickets ADD COLUMN status VARCHAR(16) DEFAULT 'pending' NOT NULL"
+        )
+
+
 def _run_migrations(namespace: dict[str, Any], block: Block) -> None:
     """Run the ``upgrade``/``downgrade`` a block defines on ``tickets``, which has a row:
-    ``upgrade`` changes the columns, ``downgrade`` restores them, the row stays."""
+    ``upgrade`` changes the columns (names or types), ``downgrade`` restores them, the
+    row stays."""
     connection: sa.Connection = namespace["connection"]
 
-    def columns() -> list[str]:
-        return [c["name"] for c in sa.inspect(connection).get_columns("tickets")]
+    def columns() -> list[tuple[str, str]]:
+        return [(c["name"], str(c["type"])) for c in sa.inspect(connection).get_columns("tickets")]
 
     def rows() -> list[Any]:
         return [tuple(row) for row in connection.exec_driver_sql("SELECT id, title FROM tickets")]
@@ -275,7 +290,7 @@ connection.exec_driver_sql("INSERT INTO tickets (title) VALUES ('printer on fire
 op = Operations(MigrationContext.configure(connection))
 cleanups.append(connection.close)
 """,
-    before_block=_fresh_base,
+    before_block=_before_migration,
     after_block=_run_migrations,
 )
 

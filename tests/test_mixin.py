@@ -12,6 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from _databases import Database
 from agent_session import (
+    CONTEXT_VERSION,
     Agent,
     AgentSessionMixin,
     Context,
@@ -114,7 +115,7 @@ async def test_three_turns_round_trip(api: Api) -> None:
     [row] = stored_rows(api.database, Chat.__table__)
     assert row["user_id"] == "u1"
     assert row["context_revision"] == 3
-    assert row["context"]["version"] == 2
+    assert row["context"]["version"] == CONTEXT_VERSION == 3
 
 
 async def test_history_is_sent_and_instruction_rendered_once(database: Database) -> None:

@@ -728,3 +728,28 @@ async def test_a_cancelled_turn_ends_its_spans(
     assert [s.name for s in spans.all()] == ["invoke_agent slow", "chat function-model"]
     assert "Failed to detach context" not in caplog.text
     assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_real_tool_turn_is_observed(spans: Spans, kind: str) -> None:
+    """The tool step of a real turn (``RunTools``) gets its spans and ``on_tool_call``."""
+    seen: list[ToolCallResult] = []
+
+    def lookup(order_id: str) -> str:
+        """Look up an order."""
+        return f"order {order_id}: shipped"
+
+    def on_tool_call(result: ToolCallResult) -> None:
+        seen.append(result)
+
+    agent = Agent(TestModel(), tools=[lookup], on_tool_call=on_tool_call)
+    if kind == "sync":
+        result = agent.run("Where is my order?")
+    else:
+        result = await agent.arun("Where is my order?")
+    assert [r.name for r in seen] == ["lookup"] and seen == list(result.tool_calls)
+    assert seen[0].status == "ok"
+    turn = spans.one("invoke_agent")
+    names = [s.name for s in spans.children(turn)]
+    assert names.count("execute_tool lookup") == 1
+    assert sum(name.startswith("chat ") for name in names) == 2

@@ -26,7 +26,7 @@ def test_every_mixin_classmethod_has_an_async_twin() -> None:
         for name, member in _public(AgentSessionMixin).items()
         if inspect.ismethod(member) and not name.startswith("a")
     }
-    assert set(methods) == {"start_session", "continue_session", "get_context"}
+    assert set(methods) == {"start_session", "continue_session", "resume_session", "get_context"}
     for name, sync in methods.items():
         twin = getattr(AgentSessionMixin, f"a{name}")
         assert inspect.iscoroutinefunction(twin), name
@@ -44,6 +44,17 @@ def test_every_async_method_has_a_sync_twin() -> None:
 def test_agent_run_and_arun_match() -> None:
     assert inspect.iscoroutinefunction(Agent.arun)
     _same_parameters(Agent.run, Agent.arun)
+    assert inspect.iscoroutinefunction(Agent.aresume)
+    _same_parameters(Agent.resume, Agent.aresume)
+
+
+def test_every_session_classmethod_takes_deps() -> None:
+    for name in ("start_session", "continue_session", "resume_session"):
+        for method in (getattr(AgentSessionMixin, name), getattr(AgentSessionMixin, f"a{name}")):
+            deps = inspect.signature(method).parameters["deps"]
+            assert deps.kind is deps.KEYWORD_ONLY and deps.default is None, name
+    for method in (Agent.run, Agent.arun, Agent.resume, Agent.aresume):
+        assert inspect.signature(method).parameters["deps"].default is None
 
 
 def test_stores_answer_the_same_operations() -> None:

@@ -269,7 +269,7 @@ async def test_a_large_cjk_and_emoji_message_is_stored_once_as_utf8(
     assert stored_size - bare_bytes(chat.context) < 1_000
 
 
-async def test_a_version_1_row_continues_and_is_written_back_as_version_2(
+async def test_a_version_1_row_continues_and_is_written_back_as_current_version(
     database: Database,
 ) -> None:
     database.create_all(Base.metadata)
@@ -286,7 +286,7 @@ async def test_a_version_1_row_continues_and_is_written_back_as_version_2(
 
     text, _ = stored(database, Legacy.__table__, key)
     document = json.loads(text)
-    assert document["version"] == 2
+    assert document["version"] == 3
     assert document["messages"][:-2] == v2["messages"]
     assert document["created_at"] == v2["created_at"]
     assert document["instruction_args"] == v1["instruction_args"]

@@ -43,7 +43,7 @@ def upgrade() -> None:
         sa.Column("user_id", sa.String(length=64), nullable=False),
         sa.Column("context", sa.JSON(), nullable=True),
         sa.Column("context_revision", sa.Integer(), server_default=sa.text("0"), nullable=False),
-        sa.Column("status", sa.String(length=16), server_default="pending", nullable=False),
+        sa.Column("status", sa.String(length=32), server_default="pending", nullable=False),
         sa.Column("status_changed_at", sa.DateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )

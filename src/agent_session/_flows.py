@@ -4,6 +4,7 @@ Each flow is a generator that yields operations and receives their results:
 
 - ``ModelRequest`` -> ``ModelResponse``: call the model (no connection is needed);
 - ``Sleep`` -> ``None``: wait before a failed model call is retried (from ``model_flow``);
+- ``RunTools`` -> the calls' results: run tools (the handler holds ``deps``);
 - ``Load`` -> ``Snapshot``: read the row (raises ``SessionNotFoundError``);
 - ``Insert`` -> the instance: add a new row;
 - ``Swap`` -> ``bool``: compare-and-swap on the revision column; ``False`` when
@@ -30,9 +31,10 @@ from typing import Any, cast
 from . import _turn
 from ._turn import Sleep
 from .agent import Agent
-from .context import Context, load_context, utcnow
+from .context import Context, Message, isoformat, load_context, utcnow
 from .errors import (
     AgentSessionError,
+    ApprovalPendingError,
     InputValidationError,
     SessionBusyError,
     StaleSessionError,
@@ -54,6 +56,7 @@ __all__ = [
     "claim_flow",
     "continue_flow",
     "read_flow",
+    "resume_flow",
     "start_flow",
 ]
 
@@ -65,6 +68,7 @@ class SessionStatus(enum.StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    AWAITING_APPROVAL = "awaiting_approval"
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ def start_flow(
     setattr(instance, spec.context_attr, document)
     setattr(instance, spec.revision_attr, 1)
     if spec.status_attr is not None:
-        setattr(instance, spec.status_attr, SessionStatus.COMPLETED.value)
+        setattr(instance, spec.status_attr, _outcome(result).value)
         setattr(instance, spec.status_changed_attr or "", _naive_utc(plan.now))
     instance = yield Insert(instance)
     remember(instance, document, result)
@@ -218,7 +222,9 @@ def continue_flow(
     contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
     while True:
-        claim = yield from claim_flow(spec, key, instance, contention, where)
+        claim = yield from claim_flow(
+            spec, key, instance, contention, where, check=_not_paused(key)
+        )
         instance = claim.instance
         plan = _turn.plan_next_turn(claim.document, turn_input)
         revision = claim.revision
@@ -227,7 +233,7 @@ def continue_flow(
             new_document = _turn.next_document(plan, result, claim.document)
             values: dict[str, Any] = {spec.context_attr: new_document}
             if spec.status_attr is not None:
-                values.update(_status(spec, SessionStatus.COMPLETED, revision))
+                values.update(_status(spec, _outcome(result), revision))
             else:
                 values[spec.revision_attr] = revision + 1
             written = yield Swap(instance, key, revision, values, where)
@@ -244,6 +250,162 @@ def continue_flow(
             remember(instance, new_document, result)
             return instance
         yield from contention.lost(revision, claim=False)
+
+
+def _outcome(result: Any) -> SessionStatus:
+    return SessionStatus.AWAITING_APPROVAL if result.pending_approvals else SessionStatus.COMPLETED
+
+
+def _not_paused(key: Any) -> Callable[[dict[str, Any]], None]:
+    def check(document: dict[str, Any]) -> None:
+        pending = document.get("pending")
+        if pending is not None:
+            ids = [a["tool_call_id"] for a in pending["approvals"]]
+            raise ApprovalPendingError(
+                f"session {show_key(key)} waits for approvals of {ids}: resume it "
+                "(resume_session) before continuing; nothing was run",
+                key=key,
+                pending=load_context(document, key=key).pending_approvals,
+            )
+
+    return check
+
+
+def resume_flow(
+    spec: SessionSpec,
+    model: Model,
+    key: Any,
+    instance: Any,
+    approvals: Any,
+    conflict_retries: int,
+    *,
+    busy_timeout: float | None = None,
+    waits: Waits | None = None,
+    where: tuple[Any, ...] = (),
+) -> Flow:
+    """Claim a paused turn, run the approved calls, and go on to the end or the next pause.
+
+    The claim is a compare-and-swap that marks the pause taken (``claimed_at`` in the
+    pending part, and ``running`` with a status column) before any tool runs: of two
+    resumes of one pause, the second finds it taken, or loses the swap, and gets
+    ``StaleSessionError``. A resume that fails puts the pause back as it was.
+    """
+    agent = spec.agent
+    contention = Contention.start(key, conflict_retries, busy_timeout, waits)
+    mode = agent.output_mode(model)
+    while True:
+        claim = yield from claim_pause_flow(spec, key, instance, contention, where, approvals)
+        instance = claim.instance
+        paused = claim.document
+        revision = claim.revision
+        try:
+            decided = _turn.check_approvals(paused["pending"], approvals, name=_session(key))
+            plan = _turn.plan_resumed_turn(paused, _input_of(agent, paused, key))
+            result = yield from _turn.resume_flow(agent, plan, paused["pending"], decided, mode)
+            new_document = _turn.next_document(plan, result, paused)
+            values: dict[str, Any] = {spec.context_attr: new_document}
+            if spec.status_attr is not None:
+                values.update(_status(spec, _outcome(result), revision))
+            else:
+                values[spec.revision_attr] = revision + 1
+            written = yield Swap(instance, key, revision, values, where)
+        except Exception:
+            # Put the pause back, unclaimed, so that it can be resumed again.
+            back: dict[str, Any] = {spec.context_attr: paused}
+            if spec.status_attr is not None:
+                back.update(_status(spec, SessionStatus.AWAITING_APPROVAL, revision))
+            else:
+                back[spec.revision_attr] = revision + 1
+            with contextlib.suppress(AgentSessionError):
+                yield Swap(instance, key, revision, back, where)
+            raise
+        if written:
+            remember(instance, new_document, result)
+            return instance
+        yield from contention.lost(revision, claim=False)
+
+
+def _session(key: Any) -> str:
+    return f"session {show_key(key)}"
+
+
+def _input_of(agent: Agent[Any], document: dict[str, Any], key: Any) -> Any:
+    """The paused turn's input, read back from its stored user message."""
+    message = Message.model_validate(document["pending"]["messages"][0])
+    try:
+        return message.parse_input(agent)
+    except Exception as exc:
+        raise InputValidationError(
+            f"the paused turn of {_session(key)} has an input the agent no longer accepts: {exc}",
+            errors=[],
+            source="input",
+        ) from exc
+
+
+def _decided_before(document: dict[str, Any], approvals: Any) -> bool:
+    """Whether every id in ``approvals`` is a call already answered in the history."""
+    if not isinstance(approvals, Mapping) or not approvals:
+        return False
+    answered = {
+        m.get("tool_call_id") for m in document.get("messages", ()) if m.get("role") == "tool"
+    }
+    return all(key in answered for key in approvals)
+
+
+def claim_pause_flow(
+    spec: SessionSpec,
+    key: Any,
+    instance: Any,
+    contention: Contention,
+    where: tuple[Any, ...],
+    approvals: Any,
+) -> Generator[Any, Any, Claim]:
+    """Load the row and claim its paused turn for this call, before anything runs.
+
+    Decisions that do not match the pending calls are refused before the claim. A
+    pause that another resume has claimed (less than ``__running_timeout__`` ago) is
+    waited for within ``busy_timeout``, then ``StaleSessionError``; a pause gone
+    because another resume finished it is ``StaleSessionError`` too.
+    """
+    while True:
+        snap: Snapshot = yield Load(key, instance, where)
+        instance = snap.instance
+        contention.check_visible(snap)
+        document = read_document(snap, key)
+        pending = document.get("pending")
+        if pending is None and _decided_before(document, approvals):
+            raise StaleSessionError(
+                f"{_session(key)}: these calls were already decided by another resume; "
+                "nothing was run",
+                key=key,
+            )
+        _turn.check_approvals(pending, approvals, name=_session(key))
+        assert pending is not None
+        age = _claimed_for(spec, pending)
+        if age is not None:
+            yield from contention.wait_busy(spec, age, taken=True)
+            continue
+        now = utcnow()
+        claimed = {**document, "pending": {**pending, "claimed_at": isoformat(now)}}
+        values: dict[str, Any] = {spec.context_attr: claimed}
+        if spec.status_attr is not None:
+            values.update(_status(spec, SessionStatus.RUNNING, snap.revision))
+        else:
+            values[spec.revision_attr] = snap.revision + 1
+        if (yield Swap(instance, key, snap.revision, values, where)):
+            unclaimed = Snapshot(instance, document, snap.revision, snap.status)
+            return Claim(unclaimed, document, snap.revision + 1)
+        yield from contention.lost(snap.revision, claim=True)
+
+
+def _claimed_for(spec: SessionSpec, pending: Mapping[str, Any]) -> timedelta | None:
+    """How long ago another resume claimed this pause, if that claim still holds."""
+    raw = pending.get("claimed_at")
+    if raw is None:
+        return None
+    since = datetime.fromisoformat(raw.replace("Z", "+00:00")) if isinstance(raw, str) else raw
+    age = utcnow() - since
+    return age if age < spec.running_timeout else None
 
 
 # -- waiting for other writers ------------------------------------------------------
@@ -350,9 +512,21 @@ class Contention:
                 key=self.key,
             )
 
-    def wait_busy(self, spec: SessionSpec, age: timedelta) -> Generator[Sleep, None, None]:
-        """Another worker's turn is running: sleep a poll's delay, or raise when out of time."""
+    def wait_busy(
+        self, spec: SessionSpec, age: timedelta, *, taken: bool = False
+    ) -> Generator[Sleep, None, None]:
+        """Another worker's turn is running: sleep a poll's delay, or raise when out of time.
+
+        ``taken``: the running turn is another resume of the pause this call resumes;
+        out of time, that is a ``StaleSessionError`` (the pause is that worker's).
+        """
         remaining = 0.0 if self.busy_timeout is None else self.deadline - self.waits.clock()
+        if remaining <= 0 and taken:
+            raise StaleSessionError(
+                f"session {show_key(self.key)}: another worker claimed this pause "
+                f"{age.total_seconds():.1f}s ago and is resuming it; nothing was run",
+                key=self.key,
+            )
         if remaining <= 0:
             waited = (
                 "" if self.busy_timeout is None else f"; still running after {self.busy_timeout}s"
@@ -418,8 +592,13 @@ def claim_flow(
     instance: Any,
     contention: Contention,
     where: tuple[Any, ...] = (),
+    *,
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> Generator[Any, Any, Claim]:
     """Load the row and make its next turn this call's.
+
+    ``check`` sees the stored document before the claim and may refuse it (a
+    session paused for approvals is not continued).
 
     With a status column: while another worker's turn is ``running`` (and younger
     than ``__running_timeout__``), wait within ``busy_timeout`` and load again; then
@@ -437,6 +616,8 @@ def claim_flow(
             yield from contention.wait_busy(spec, age)
             continue
         document = read_document(snap, key)
+        if check is not None:
+            check(document)
         if spec.status_attr is None:
             return Claim(snap, document, snap.revision)
         running = _status(spec, SessionStatus.RUNNING, snap.revision)

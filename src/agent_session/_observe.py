@@ -645,6 +645,7 @@ def _observers() -> dict[type, Observer]:
                 Load: _database_observer("SELECT"),
                 Insert: _database_observer("INSERT"),
                 Swap: _database_observer("UPDATE"),
+                _turn.RunTools: observe_tool_calls,
             }
         )
     return _OBSERVERS

@@ -24,7 +24,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.types import TypeDecorator
 
 from ._flows import Insert, Load, SessionSpec, Snapshot, Swap, written_marker
-from ._turn import Sleep
+from ._turn import RunTools, Sleep, ToolScope
 from .errors import (
     ConfigurationError,
     ContextError,
@@ -152,10 +152,12 @@ class _StoreBase:
     owns_transactions = False
     """True with a sessionmaker: the store begins and commits its own transactions."""
 
-    def __init__(self, spec: SessionSpec, model: Model) -> None:
+    def __init__(self, spec: SessionSpec, model: Model, tools: ToolScope | None = None) -> None:
         self.spec = spec
         self.model = model
         self.cls = spec.cls
+        self.tools = tools if tools is not None else ToolScope(spec.agent.toolset, agent=spec.agent)
+        """Runs the flow's ``RunTools`` with the caller's ``deps`` and the session key."""
 
     def name(self, key: Any) -> str:
         """How messages name a session: ``Chat session 42``, or ``new Chat session``."""
@@ -326,9 +328,13 @@ class SyncStore(_StoreBase):
     """Answers flow operations with a ``Session`` or a ``sessionmaker``."""
 
     def __init__(
-        self, spec: SessionSpec, model: Model, db: Session | sessionmaker[Session]
+        self,
+        spec: SessionSpec,
+        model: Model,
+        db: Session | sessionmaker[Session],
+        tools: ToolScope | None = None,
     ) -> None:
-        super().__init__(spec, model)
+        super().__init__(spec, model, tools)
         if isinstance(db, Session):
             self.session: Session | None = db
             self.maker: sessionmaker[Session] | None = None
@@ -344,6 +350,8 @@ class SyncStore(_StoreBase):
     def __call__(self, op: Any) -> Any:
         if isinstance(op, ModelRequest):
             return self.model.complete(op)
+        if isinstance(op, RunTools):
+            return self.tools.run(op)
         if isinstance(op, Sleep):
             time.sleep(op.seconds)
             return None
@@ -435,8 +443,10 @@ class SyncStore(_StoreBase):
 class AsyncStore(_StoreBase):
     """Async twin of ``SyncStore`` for ``AsyncSession`` and ``async_sessionmaker``."""
 
-    def __init__(self, spec: SessionSpec, model: Model, db: Any) -> None:
-        super().__init__(spec, model)
+    def __init__(
+        self, spec: SessionSpec, model: Model, db: Any, tools: ToolScope | None = None
+    ) -> None:
+        super().__init__(spec, model, tools)
         from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
         if isinstance(db, AsyncSession):
@@ -454,6 +464,8 @@ class AsyncStore(_StoreBase):
     async def __call__(self, op: Any) -> Any:
         if isinstance(op, ModelRequest):
             return await self.model.acomplete(op)
+        if isinstance(op, RunTools):
+            return await self.tools.arun(op)
         if isinstance(op, Sleep):
             await asyncio.sleep(op.seconds)
             return None

@@ -14,7 +14,9 @@ A turn is:
 
 ``drive``/``adrive`` run such generators with a sync or async handler for what
 they yield; they are the only difference between the sync and async code paths.
-A tool loop or a streaming turn is another generator over the same pieces.
+A reply with tool calls makes ``model_flow`` yield ``RunTools`` (answered with the
+results) and ask the model again; a call that needs approval pauses the turn, and
+``resume_flow`` goes on with it once decided.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,9 +44,10 @@ from .context import (
     usage_document,
     utcnow,
 )
-from .errors import InputValidationError, ModelCallError, OutputValidationError
+from .errors import InputValidationError, ModelCallError, OutputValidationError, ToolLoopError
 from .llm import Model, ModelRequest, ModelResponse, OutputMode
 from .result import Result
+from .tools import Denied, PendingApproval, ToolCall, ToolCallResult, Toolset, replay_arguments
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -54,18 +57,25 @@ InputLike = BaseModel | Mapping[str, Any] | str
 ArgsLike = BaseModel | Mapping[str, Any] | None
 
 __all__ = [
+    "PausedTurn",
+    "RunTools",
     "Sleep",
+    "ToolScope",
     "TurnInput",
     "TurnPlan",
     "adrive",
     "amodel_handler",
+    "check_approvals",
     "drive",
     "model_flow",
     "model_handler",
     "next_document",
+    "pause_document",
     "plan_first_turn",
     "plan_next_turn",
+    "plan_resumed_turn",
     "reask_feedback",
+    "resume_flow",
     "retry_delay",
     "validate_input",
 ]
@@ -290,14 +300,19 @@ def _request(
         response_format=response_format,
         settings=agent.model_settings,
         output_schema=agent.output_schema,
+        tools=agent.toolset.definitions or None,
     )
 
 
 def outgoing_messages(
-    agent: Agent[Any], plan: TurnPlan, mode: OutputMode | None
+    agent: Agent[Any],
+    plan: TurnPlan,
+    mode: OutputMode | None,
+    turn: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The chat messages to send: history, user message, and the schema hint if needed."""
-    messages = chat_messages([*plan.history, plan.user_message])
+    """The chat messages to send: history, this turn's messages so far (the user
+    message, then any tool exchange), and the schema hint if needed."""
+    messages = chat_messages([*plan.history, *(turn or [plan.user_message])])
     hint = agent.schema_hint
     if hint is not None and mode in ("json_object", "prompt"):
         if messages and messages[0]["role"] == "system":
@@ -365,52 +380,208 @@ def _truncation_hint(agent: Agent[Any]) -> str:
     return "set a larger model_settings['max_tokens']"
 
 
+@dataclass
+class _TurnState:
+    """A turn in progress: its stored messages so far and what it spent."""
+
+    messages: list[dict[str, Any]]
+    """This turn's messages in the stored form (user message first, with ``meta``)."""
+    usage: Usage
+    cost: float | None
+    steps: int
+    """Model calls answered so far (they count against ``max_tool_steps``)."""
+    calls: int = 0
+    """Model calls made by this run of the flow, failed and re-asked ones included."""
+    tool_calls: list[ToolCallResult] = field(default_factory=list)
+
+    def spend(self, response: ModelResponse) -> None:
+        self.usage = self.usage + response.usage
+        if response.cost is not None:
+            self.cost = (self.cost or 0.0) + response.cost
+
+
+@dataclass(frozen=True)
+class PausedTurn:
+    """What ``Agent.resume`` needs to go on with a turn paused for approvals."""
+
+    plan: TurnPlan
+    pending: dict[str, Any]
+    """The pending part of the document (``Context.pending``), compact."""
+
+
+@dataclass(frozen=True)
+class RunTools:
+    """Run these calls (tools that need no approval, or approved ones); answered with
+    one ``ToolCallResult`` per call, in call order.
+
+    The operation carries only the calls: ``deps``, the session key and the agent
+    are held by the handler, so nothing that sees operations sees ``deps``.
+    """
+
+    calls: tuple[ToolCall, ...]
+
+
+def _model_call(
+    agent: Agent[Any], request: ModelRequest, state: _TurnState
+) -> Generator[ModelRequest | Sleep, Any, tuple[ModelResponse, int]]:
+    """One model call, retried after a backoff on a retryable ``ModelCallError``.
+
+    Returns the response and how many calls it took.
+    """
+    retries = 0
+    while True:
+        state.calls += 1
+        try:
+            response: ModelResponse = yield request
+        except ModelCallError as exc:
+            exc.attempts = state.calls
+            if not exc.retryable or retries >= agent.model_retries:
+                raise
+            retries += 1
+            delay = retry_delay(retries, exc.retry_after)
+            if exc.retry_after is not None and exc.retry_after > delay:
+                logger.warning(
+                    "%s asked to wait %.0fs before retrying; waiting %.0fs (the cap)",
+                    agent.model_name,
+                    exc.retry_after,
+                    delay,
+                )
+            logger.warning("%s; retry %d of %d in %.2fs", exc, retries, agent.model_retries, delay)
+            yield Sleep(delay)
+            continue
+        return response, retries + 1
+
+
 def model_flow(
     agent: Agent[Any], plan: TurnPlan, mode: OutputMode | None
-) -> Generator[ModelRequest | Sleep, Any, Result[Any]]:
-    """Call the model, validate its output and re-ask up to ``max_retries`` times.
+) -> Generator[ModelRequest | Sleep | RunTools, Any, Result[Any]]:
+    """Call the model, run the tools it asks for, validate its output; return the ``Result``.
 
     ``mode`` is how structured output is asked for (``None`` for a text agent).
     A retryable ``ModelCallError`` (429, 5xx, timeout, refused connection) thrown
     in at a request is retried after a backoff, up to ``model_retries`` times per
-    request; the calls that failed add no usage but count in ``attempts``.
+    request; the calls that failed add no usage but count in ``attempts``. A reply
+    with tool calls is answered with the tools' results (a ``RunTools``) and the
+    model is asked again; a call that needs approval pauses the turn (the ``Result``
+    has ``pending_approvals`` and no output).
+    """
+    state = _TurnState(messages=[plan.user_message], usage=Usage(), cost=None, steps=0)
+    return (yield from _turn_loop(agent, plan, mode, state, time.perf_counter()))
+
+
+def resume_flow(
+    agent: Agent[Any],
+    plan: TurnPlan,
+    pending: Mapping[str, Any],
+    approvals: Mapping[str, bool | Denied],
+    mode: OutputMode | None,
+) -> Generator[ModelRequest | Sleep | RunTools, Any, Result[Any]]:
+    """Go on with a paused turn: run the approved calls, deny the others, and loop on.
+
+    ``pending`` is the stored pending part, ``approvals`` already checked with
+    ``check_approvals``.
     """
     started = time.perf_counter()
-    sent = outgoing_messages(agent, plan, mode)
-    messages = sent
-    usage = Usage()
-    cost: float | None = None
-    calls = 0
+    toolset = agent.toolset
+    state = _TurnState(
+        messages=[dict(m) for m in pending["messages"]],
+        usage=stored_usage(pending.get("usage")),
+        cost=pending.get("cost"),
+        steps=int(pending.get("steps", 0)),
+    )
+    assistant = _last_tool_calls_message(state.messages)
+    calls = [_stored_call(entry) for entry in assistant["tool_calls"]]
+    approved = [call for call in calls if approvals.get(call.id) is True]
+    results: dict[str, ToolCallResult] = {}
+    if approved:
+        ran: list[ToolCallResult] = yield RunTools(tuple(approved))
+        results.update((r.tool_call_id, r) for r in ran)
+    for call in calls:
+        decision = approvals.get(call.id)
+        if decision is not None and decision is not True:
+            results[call.id] = toolset.denied(call, decision)
+    state.tool_calls.extend(results[c.id] for c in calls if c.id in results)
+    _insert_results(state.messages, calls, results)
+    return (yield from _turn_loop(agent, plan, mode, state, started))
+
+
+def _last_tool_calls_message(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    for message in reversed(messages):
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            found: dict[str, Any] = message
+            return found
+    raise ValueError("a paused turn without a tool call")  # not a document this library wrote
+
+
+def _stored_call(entry: Mapping[str, Any]) -> ToolCall:
+    function = entry["function"]
+    return ToolCall(function["name"], function.get("arguments") or "{}", id=entry["id"])
+
+
+def _insert_results(
+    messages: list[dict[str, Any]], calls: list[ToolCall], results: Mapping[str, ToolCallResult]
+) -> None:
+    """Put the new results among those of the last reply's calls, in call order."""
+    start = len(messages)
+    while start > 0 and messages[start - 1].get("role") == "tool":
+        start -= 1
+    existing = {m["tool_call_id"]: m for m in messages[start:]}
+    ordered = []
+    for call in calls:
+        if call.id in existing:
+            ordered.append(existing[call.id])
+        elif call.id in results:
+            ordered.append(results[call.id].to_message())
+    messages[start:] = ordered
+
+
+def _turn_loop(
+    agent: Agent[Any],
+    plan: TurnPlan,
+    mode: OutputMode | None,
+    state: _TurnState,
+    started: float,
+) -> Generator[ModelRequest | Sleep | RunTools, Any, Result[Any]]:
+    toolset = agent.toolset
     reasks = 0
+    reask_tail: list[dict[str, Any]] = []
+    step_usage, step_cost, step_calls = Usage(), None, 0
     while True:
-        request = _request(agent, messages, mode)
-        retries = 0
-        while True:
-            calls += 1
-            try:
-                response: ModelResponse = yield request
-            except ModelCallError as exc:
-                exc.attempts = calls
-                if not exc.retryable or retries >= agent.model_retries:
-                    raise
-                retries += 1
-                delay = retry_delay(retries, exc.retry_after)
-                if exc.retry_after is not None and exc.retry_after > delay:
-                    logger.warning(
-                        "%s asked to wait %.0fs before retrying; waiting %.0fs (the cap)",
-                        agent.model_name,
-                        exc.retry_after,
-                        delay,
-                    )
-                logger.warning(
-                    "%s; retry %d of %d in %.2fs", exc, retries, agent.model_retries, delay
-                )
-                yield Sleep(delay)
-                continue
-            break
-        usage = usage + response.usage
+        sent = outgoing_messages(agent, plan, mode, state.messages)
+        request = _request(agent, [*sent, *reask_tail], mode)
+        response, calls = yield from _model_call(agent, request, state)
+        state.spend(response)
+        state.steps += 1
+        step_usage = step_usage + response.usage
         if response.cost is not None:
-            cost = (cost or 0.0) + response.cost
+            step_cost = (step_cost or 0.0) + response.cost
+        step_calls += calls
+        if response.tool_calls:
+            if state.steps >= agent.max_tool_steps:
+                raise ToolLoopError(
+                    f"{agent.model_name} still called tools after {state.steps} model call(s) "
+                    f"in one turn (max_tool_steps={agent.max_tool_steps}); nothing was stored",
+                    max_tool_steps=agent.max_tool_steps,
+                    usage=state.usage,
+                )
+            reask_tail = []
+            state.messages.append(_tool_calls_message(response, step_usage, step_cost, step_calls))
+            step_usage, step_cost, step_calls = Usage(), None, 0
+            pending = [
+                found
+                for call in response.tool_calls
+                if _may_wait(toolset, call) and (found := toolset.pending_approval(call))
+            ]
+            waiting = {p.tool_call_id for p in pending}
+            runnable = tuple(call for call in response.tool_calls if call.id not in waiting)
+            ran: list[ToolCallResult] = []
+            if runnable:
+                ran = yield RunTools(runnable)
+            state.tool_calls.extend(ran)
+            state.messages.extend(result.to_message() for result in ran)
+            if pending:
+                return _paused_result(agent, plan, mode, state, response, pending, started)
+            continue
         try:
             output = agent.parse_output(response.text)
         except (ValidationError, ValueError) as exc:
@@ -423,37 +594,175 @@ def model_flow(
                     f"cannot help: {_truncation_hint(agent)}",
                     raw_text=response.text,
                     errors=errors,
-                    attempts=calls,
-                    usage=usage,
+                    attempts=state.calls,
+                    usage=state.usage,
                 ) from exc
             if reasks >= agent.max_retries:
                 raise OutputValidationError(
                     f"output of {agent.model_name} did not match {schema_name} "
-                    f"after {calls} attempt(s): {exc}",
+                    f"after {state.calls} attempt(s): {exc}",
                     raw_text=response.text,
                     errors=errors,
-                    attempts=calls,
-                    usage=usage,
+                    attempts=state.calls,
+                    usage=state.usage,
                 ) from exc
             reasks += 1
-            messages = [
-                *messages,
+            reask_tail = [
+                *reask_tail,
                 {"role": "assistant", "content": response.text},
                 {"role": "user", "content": reask_feedback(exc)},
             ]
             continue
+        model = response.model or agent.model_name
+        state.messages.append(
+            _stored(
+                "assistant",
+                response.text,
+                model=model,
+                usage=usage_document(step_usage),
+                cost=step_cost,
+                finish_reason=response.finish_reason,
+                attempts=step_calls if step_calls != 1 else None,
+            )
+        )
         return Result(
             output=output,
             text=response.text,
             messages=[*sent, {"role": "assistant", "content": response.text}],
-            usage=usage,
-            cost=cost,
-            model=response.model or agent.model_name,
+            usage=state.usage,
+            cost=state.cost,
+            model=model,
             finish_reason=response.finish_reason,
-            attempts=calls,
+            attempts=state.calls,
             duration_s=time.perf_counter() - started,
             input=plan.input,
+            tool_calls=list(state.tool_calls),
+            stored_messages=state.messages,
         )
+
+
+def _may_wait(toolset: Toolset, call: ToolCall) -> bool:
+    """Whether the call is to a tool that needs approval (checked fully only then)."""
+    tool = toolset.tools.get(call.name)
+    return tool is not None and tool.requires_approval
+
+
+def _tool_calls_message(
+    response: ModelResponse, usage: Usage, cost: float | None, calls: int
+) -> dict[str, Any]:
+    """The assistant message with the calls, arguments replayable, raw text in ``meta``."""
+    entries = []
+    raw: dict[str, str] = {}
+    for call in response.tool_calls:
+        arguments, kept = replay_arguments(call.arguments)
+        if kept is not None:
+            raw[call.id] = kept
+        entry = call.to_openai()
+        entry["function"]["arguments"] = arguments
+        entries.append(entry)
+    message: dict[str, Any] = {"role": "assistant"}
+    if response.text:
+        message["content"] = response.text
+    message["tool_calls"] = entries
+    meta = {
+        key: value
+        for key, value in (
+            ("model", response.model or None),
+            ("usage", usage_document(usage)),
+            ("cost", cost),
+            ("finish_reason", response.finish_reason),
+            ("attempts", calls if calls != 1 else None),
+            ("raw_arguments", raw or None),
+        )
+        if value is not None
+    }
+    message["meta"] = meta
+    return message
+
+
+def _paused_result(
+    agent: Agent[Any],
+    plan: TurnPlan,
+    mode: OutputMode | None,
+    state: _TurnState,
+    response: ModelResponse,
+    pending: list[PendingApproval],
+    started: float,
+) -> Result[Any]:
+    part: dict[str, Any] = {
+        "messages": state.messages,
+        "approvals": [
+            {"tool_call_id": p.tool_call_id, "tool_name": p.tool_name, "arguments": p.arguments}
+            for p in pending
+        ],
+        "steps": state.steps,
+        "usage": usage_document(state.usage),
+    }
+    if state.cost is not None:
+        part["cost"] = state.cost
+    return Result(
+        output=None,
+        text=response.text,
+        messages=outgoing_messages(agent, plan, mode, state.messages),
+        usage=state.usage,
+        cost=state.cost,
+        model=response.model or agent.model_name,
+        finish_reason=response.finish_reason,
+        attempts=state.calls,
+        duration_s=time.perf_counter() - started,
+        input=plan.input,
+        tool_calls=list(state.tool_calls),
+        pending_approvals=pending,
+        stored_messages=state.messages,
+        paused_turn=PausedTurn(plan, part),
+    )
+
+
+def check_approvals(
+    pending: Mapping[str, Any] | None, approvals: Any, *, name: str = "the turn"
+) -> dict[str, bool | Denied]:
+    """Check that ``approvals`` decides every pending call exactly, before anything runs.
+
+    ``InputValidationError`` (``source="approvals"``) for a missing or unknown id, a
+    decision that is not ``True``, ``False`` or ``Denied``, or nothing pending.
+    """
+    if pending is None:
+        raise InputValidationError(
+            f"{name} has no pending approvals: there is nothing to resume",
+            errors=[],
+            source="approvals",
+        )
+    if not isinstance(approvals, Mapping):
+        raise InputValidationError(
+            f"approvals must be a dict of tool_call_id -> True | False | Denied(reason), "
+            f"got {type(approvals).__name__}",
+            errors=[],
+            source="approvals",
+        )
+    expected = [a["tool_call_id"] for a in pending["approvals"]]
+    unknown = sorted(str(k) for k in approvals if k not in expected)
+    missing = [k for k in expected if k not in approvals]
+    if unknown or missing:
+        parts = []
+        if missing:
+            parts.append(f"missing decisions for {missing}")
+        if unknown:
+            parts.append(f"unknown tool_call_id(s) {unknown}")
+        raise InputValidationError(
+            f"approvals must decide every pending call of {name} exactly "
+            f"(pending: {expected}): {'; '.join(parts)}",
+            errors=[],
+            source="approvals",
+        )
+    for key, decision in approvals.items():
+        if not isinstance(decision, bool | Denied):
+            raise InputValidationError(
+                f"approvals[{key!r}] must be True, False or Denied(reason), "
+                f"got {type(decision).__name__}",
+                errors=[],
+                source="approvals",
+            )
+    return dict(approvals)
 
 
 # -- step 4: the new stored document -----------------------------------------------
@@ -462,19 +771,14 @@ def model_flow(
 def next_document(
     plan: TurnPlan, result: Result[Any], previous: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """The context document after this turn. ``previous`` is never modified."""
+    """The context document after this turn. ``previous`` is never modified.
+
+    A finished turn joins ``messages`` (and the pending part, if the turn had paused,
+    is gone); a paused one is stored apart, as the pending part (see ``pause_document``).
+    """
+    if result.paused_turn is not None:
+        return pause_document(plan, result, previous)
     now = plan.now
-    # Created with the user message (no timestamp of its own); the output is
-    # ``agent.parse_output(content)``, so it is not stored.
-    assistant = _stored(
-        "assistant",
-        result.text,
-        model=result.model,
-        usage=usage_document(result.usage),
-        cost=result.cost,
-        finish_reason=result.finish_reason,
-        attempts=result.attempts if result.attempts != 1 else None,
-    )
     if previous is None:
         usage, cost, turns, created = result.usage, result.cost, 1, isoformat(now)
     else:
@@ -483,10 +787,40 @@ def next_document(
         cost = before if result.cost is None else (before or 0.0) + result.cost
         turns = int(previous.get("turns", 0)) + 1
         created = previous["created_at"]
+    doc = _summary(plan, created, usage, cost, turns)
+    doc["messages"] = [*plan.history, *result.stored_messages]
+    return doc
+
+
+def pause_document(
+    plan: TurnPlan, result: Result[Any], previous: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The document of a turn paused for approvals: the history as it was, the turn apart.
+
+    The summary (``turns``, ``usage``, ``cost``) counts finished turns only; the
+    pending part holds what the paused turn spent so far.
+    """
+    assert result.paused_turn is not None
+    if previous is None:
+        usage, cost, turns, created = Usage(), None, 0, isoformat(plan.now)
+    else:
+        usage = stored_usage(previous.get("usage"))
+        cost = previous.get("cost")
+        turns = int(previous.get("turns", 0))
+        created = previous["created_at"]
+    doc = _summary(plan, created, usage, cost, turns)
+    doc["messages"] = list(plan.history)
+    doc["pending"] = result.paused_turn.pending
+    return doc
+
+
+def _summary(
+    plan: TurnPlan, created: str, usage: Usage, cost: float | None, turns: int
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "version": CONTEXT_VERSION,
         "created_at": created,
-        "updated_at": isoformat(now),
+        "updated_at": isoformat(plan.now),
         "turns": turns,
         "usage": usage_document(usage),
     }
@@ -494,8 +828,21 @@ def next_document(
         doc["cost"] = cost
     if plan.instruction_args is not None:
         doc["instruction_args"] = plan.instruction_args
-    doc["messages"] = [*plan.history, plan.user_message, assistant]
     return doc
+
+
+def plan_resumed_turn(
+    document: Mapping[str, Any], input: BaseModel, *, now: datetime | None = None
+) -> TurnPlan:
+    """Plan the rest of a paused turn on a validated stored document."""
+    pending = document["pending"]
+    return TurnPlan(
+        input=input,
+        user_message=pending["messages"][0],
+        history=document["messages"],
+        instruction_args=document.get("instruction_args"),
+        now=now or utcnow(),
+    )
 
 
 # -- drivers ---------------------------------------------------------------------
@@ -512,25 +859,55 @@ class Sleep:
     seconds: float
 
 
-def model_handler(model: Model) -> Callable[[Any], Any]:
-    """The handler for flows that need only a model (``Agent.run``): no database."""
+@dataclass(frozen=True)
+class ToolScope:
+    """What a handler gives the tools it runs: the caller's ``deps``, the session's
+    key and the agent. Held by the handler, never by an operation, so ``deps`` is
+    neither stored nor seen by anything that looks at operations."""
+
+    toolset: Toolset
+    deps: Any = None
+    session_key: Any = None
+    agent: Agent[Any] | None = None
+
+    def run(self, op: RunTools) -> list[ToolCallResult]:
+        """Sync code: the calls one after the other."""
+        return self.toolset.run_calls(
+            op.calls, deps=self.deps, session_key=self.session_key, agent=self.agent
+        )
+
+    async def arun(self, op: RunTools) -> list[ToolCallResult]:
+        """Async code: the calls concurrently, results in call order."""
+        return await self.toolset.arun_calls(
+            op.calls, deps=self.deps, session_key=self.session_key, agent=self.agent
+        )
+
+
+def model_handler(model: Model, tools: ToolScope | None = None) -> Callable[[Any], Any]:
+    """The handler for flows that need only a model and tools (``Agent.run``): no database."""
 
     def handle(op: Any) -> Any:
         if isinstance(op, Sleep):
             time.sleep(op.seconds)
             return None
+        if isinstance(op, RunTools):
+            assert tools is not None
+            return tools.run(op)
         return model.complete(op)
 
     return handle
 
 
-def amodel_handler(model: Model) -> Callable[[Any], Awaitable[Any]]:
+def amodel_handler(model: Model, tools: ToolScope | None = None) -> Callable[[Any], Awaitable[Any]]:
     """Async twin of ``model_handler``."""
 
     async def handle(op: Any) -> Any:
         if isinstance(op, Sleep):
             await asyncio.sleep(op.seconds)
             return None
+        if isinstance(op, RunTools):
+            assert tools is not None
+            return await tools.arun(op)
         return await model.acomplete(op)
 
     return handle

@@ -13,7 +13,7 @@ import json
 import math
 import sys
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Any, Generic, Literal, TypeVar, overload
@@ -22,12 +22,19 @@ from pydantic import BaseModel
 
 from . import _observe, _turn
 from ._observe import AfterModelCall, BeforeModelCall, OnError, OnToolCall
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InputValidationError
 from .llm import LiteLLMModel, Model, OutputMode, aprepare, resolve_output_mode
 from .result import Result
 from .templates import InstructionTemplate
+from .tools import Denied, Tool, Toolset
 
-__all__ = ["DEFAULT_MAX_INPUT_BYTES", "Agent", "StructuredOutput", "TextInput"]
+__all__ = [
+    "DEFAULT_MAX_INPUT_BYTES",
+    "DEFAULT_MAX_TOOL_STEPS",
+    "Agent",
+    "StructuredOutput",
+    "TextInput",
+]
 
 StructuredOutput = Literal["auto", "json_schema", "json_object", "prompt"]
 """How an output schema is asked for; see ``Agent(structured_output=...)``."""
@@ -53,6 +60,9 @@ SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 DEFAULT_MAX_INPUT_BYTES = 8 * 1024 * 1024
 """Default cap on one user message (UTF-8 bytes): generous, but bounded."""
+
+DEFAULT_MAX_TOOL_STEPS = 10
+"""Default cap on the model calls of one turn that uses tools."""
 
 _LITELLM = LiteLLMModel()
 
@@ -81,6 +91,10 @@ class Agent(Generic[OutputT]):
     (``openai/...`` with an ``api_base``, ``hosted_vllm/...``, ``ollama_chat/...``,
     ``lm_studio/...``) or a model LiteLLM knows supports it, else ``"prompt"``.
 
+    ``tools`` are functions (or ``Tool(fn, ...)``) the model may call; a turn loops
+    model -> tools -> model until a reply without calls, at most ``max_tool_steps``
+    model calls (then ``ToolLoopError``). A call to a tool with
+    ``requires_approval=True`` pauses the turn (see ``resume``).
     Hooks, each a function or an async function (see docs/observability.md):
     ``before_model_call(request)`` may return a changed ``ModelRequest`` (``None``
     keeps it); raising vetoes the call and the turn fails with ``ModelCallError``
@@ -104,6 +118,8 @@ class Agent(Generic[OutputT]):
         model_settings: Mapping[str, Any] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         name: str | None = None,
+        tools: Iterable[Tool[Any] | Callable[..., Any]] = (),
+        max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS,
         before_model_call: BeforeModelCall | None = None,
         after_model_call: AfterModelCall | None = None,
         on_tool_call: OnToolCall | None = None,
@@ -125,6 +141,8 @@ class Agent(Generic[OutputT]):
         model_settings: Mapping[str, Any] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         name: str | None = None,
+        tools: Iterable[Tool[Any] | Callable[..., Any]] = (),
+        max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS,
         before_model_call: BeforeModelCall | None = None,
         after_model_call: AfterModelCall | None = None,
         on_tool_call: OnToolCall | None = None,
@@ -145,6 +163,8 @@ class Agent(Generic[OutputT]):
         model_settings: Mapping[str, Any] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         name: str | None = None,
+        tools: Iterable[Tool[Any] | Callable[..., Any]] = (),
+        max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS,
         before_model_call: BeforeModelCall | None = None,
         after_model_call: AfterModelCall | None = None,
         on_tool_call: OnToolCall | None = None,
@@ -174,6 +194,13 @@ class Agent(Generic[OutputT]):
         for label, count in (("max_retries", max_retries), ("model_retries", model_retries)):
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise ConfigurationError(f"{label} must be an int >= 0, got {count!r}")
+        if isinstance(max_tool_steps, bool) or not isinstance(max_tool_steps, int):
+            raise ConfigurationError(f"max_tool_steps must be an int >= 1, got {max_tool_steps!r}")
+        if max_tool_steps < 1:
+            raise ConfigurationError(f"max_tool_steps must be an int >= 1, got {max_tool_steps!r}")
+        self.toolset = Toolset(tools)
+        """The agent's tools, built once (a bad tool is a ``ConfigurationError`` here)."""
+        self.max_tool_steps = max_tool_steps
         if structured_output not in _STRUCTURED_OUTPUT_CHOICES:
             choices = ", ".join(map(repr, _STRUCTURED_OUTPUT_CHOICES))
             raise ConfigurationError(
@@ -290,26 +317,97 @@ class Agent(Generic[OutputT]):
         input: BaseModel | Mapping[str, Any] | str,
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        deps: Any = None,
     ) -> Result[OutputT]:
-        """Validate, render, call the model (re-asking on invalid output) and parse."""
+        """Validate, render, call the model (running its tool calls, re-asking on
+        invalid output) and parse. ``deps`` is handed to the tools (``ToolContext``).
+
+        A call that needs approval pauses the turn: the ``Result`` then has
+        ``pending_approvals`` and ``output`` ``None``; finish it with ``resume``.
+        """
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
         flow = _turn.model_flow(self, plan, self.output_mode(model))
-        return _observe.drive(self, flow, _turn.model_handler(model), call="run")
+        return _observe.drive(
+            self, flow, _turn.model_handler(model, self._tool_scope(deps)), call="run"
+        )
 
     async def arun(
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        deps: Any = None,
     ) -> Result[OutputT]:
-        """Async twin of ``run``."""
+        """Async twin of ``run`` (the calls of one reply run concurrently)."""
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
         if isinstance(model, LiteLLMModel):
             await aprepare()  # the first import of LiteLLM, off the event loop
         flow = _turn.model_flow(self, plan, self.output_mode(model))
-        return await _observe.adrive(self, flow, _turn.amodel_handler(model), call="arun")
+        return await _observe.adrive(
+            self, flow, _turn.amodel_handler(model, self._tool_scope(deps)), call="arun"
+        )
+
+    def resume(
+        self,
+        result: Result[OutputT],
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = None,
+    ) -> Result[OutputT]:
+        """Finish a turn that ``run`` returned paused, without a database.
+
+        ``approvals`` decides every pending call by its ``tool_call_id``: ``True``
+        runs it, ``False`` or ``Denied(reason)`` sends the model a denial. A missing
+        or unknown id, or a result with nothing pending, is an ``InputValidationError``.
+        The turn goes on to its end, or to the next pause.
+        """
+        paused, decided = self._paused(result, approvals)
+        model = self.model
+        flow = _turn.resume_flow(
+            self, paused.plan, paused.pending, decided, self.output_mode(model)
+        )
+        return _observe.drive(
+            self, flow, _turn.model_handler(model, self._tool_scope(deps)), call="resume"
+        )
+
+    async def aresume(
+        self,
+        result: Result[OutputT],
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = None,
+    ) -> Result[OutputT]:
+        """Async twin of ``resume``."""
+        paused, decided = self._paused(result, approvals)
+        model = self.model
+        if isinstance(model, LiteLLMModel):
+            await aprepare()
+        flow = _turn.resume_flow(
+            self, paused.plan, paused.pending, decided, self.output_mode(model)
+        )
+        return await _observe.adrive(
+            self, flow, _turn.amodel_handler(model, self._tool_scope(deps)), call="aresume"
+        )
+
+    def _paused(
+        self, result: Result[Any], approvals: Any
+    ) -> tuple[_turn.PausedTurn, dict[str, bool | Denied]]:
+        paused = getattr(result, "paused_turn", None)
+        if not isinstance(result, Result):
+            raise InputValidationError(
+                f"resume takes the Result of run(), got {type(result).__name__}",
+                errors=[],
+                source="approvals",
+            )
+        pending = paused.pending if isinstance(paused, _turn.PausedTurn) else None
+        decided = _turn.check_approvals(pending, approvals, name="this result")
+        assert isinstance(paused, _turn.PausedTurn)
+        return paused, decided
+
+    def _tool_scope(self, deps: Any, session_key: Any = None) -> _turn.ToolScope:
+        return _turn.ToolScope(self.toolset, deps, session_key, self)
 
     def parse_output(self, text: str) -> Any:
         """Parse and validate model text into the output (``ValidationError`` if invalid)."""

@@ -1,9 +1,9 @@
 """The stored conversation: a versioned JSON document, validated when read.
 
-A context document (version 2) looks like::
+A context document (version 3) looks like::
 
     {
-      "version": 2,
+      "version": 3,
       "created_at": "...", "updated_at": "...", "turns": 1,
       "usage": {"prompt_tokens": 21, "completion_tokens": 5},
       "cost": 0.00002,
@@ -20,7 +20,23 @@ Each message is an OpenAI chat message (``role``, ``content`` and, for tool use,
 ``tool_calls``, ``tool_call_id``, ``name``) plus, when there is something to say,
 one ``meta`` key that holds what the library knows about it;
 ``Context.chat_messages()`` drops ``meta`` so the history can be sent to any
-provider as it is.
+provider as it is. A turn that called tools is stored as OpenAI's chat form: the
+user message, each assistant message with its ``tool_calls`` followed by one
+``tool`` message per call, then the final assistant message. A call whose
+arguments were not a JSON object is stored with ``{}`` as its arguments and the
+model's raw text in the assistant message's ``meta.raw_arguments`` (by call id).
+
+``messages`` holds finished turns only: a call never appears there without its
+result. A turn that waits for a person's approval (version 3) is kept apart, in
+``pending``::
+
+    "pending": {
+      "messages": [<the user message>, <assistant tool_calls>, <tool results so far>],
+      "approvals": [{"tool_call_id": "call_1", "tool_name": "refund",
+                     "arguments": {"order_id": "42", "amount": 10.0}}],
+      "steps": 1, "usage": {...}, "cost": 0.0001,
+      "claimed_at": "..."   (while a resume runs it)
+    }
 
 No message repeats what can be derived, and what is left is written compactly:
 
@@ -62,9 +78,17 @@ from .errors import ContextError, show_key
 if TYPE_CHECKING:
     from .agent import Agent
 
-__all__ = ["CONTEXT_VERSION", "Context", "Message", "MessageMeta", "Usage", "load_context"]
+__all__ = [
+    "CONTEXT_VERSION",
+    "Context",
+    "Message",
+    "MessageMeta",
+    "PendingTurn",
+    "Usage",
+    "load_context",
+]
 
-CONTEXT_VERSION = 2
+CONTEXT_VERSION = 3
 """The version this release writes."""
 
 
@@ -145,6 +169,9 @@ class MessageMeta(BaseModel):
     cost: float | None = None
     finish_reason: str | None = None
     attempts: int | None = None
+    raw_arguments: dict[str, str] | None = None
+    """Assistant messages with tool calls: the model's raw arguments text, by call id,
+    of the calls whose arguments were not a JSON object (they are stored as ``{}``)."""
 
 
 class Message(BaseModel):
@@ -177,6 +204,58 @@ class Message(BaseModel):
         return agent.parse_output(self.content)
 
 
+class PendingApprovalData(BaseModel):
+    """A call of a paused turn that waits for a decision (``PendingApproval`` as stored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool_call_id: str
+    tool_name: str
+    arguments: dict[str, Any]
+
+
+class PendingTurn(BaseModel):
+    """A turn paused for approvals: its messages so far and the calls to decide."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message]
+    """The user message, the assistant ``tool_calls`` messages and the results so far."""
+    approvals: list[PendingApprovalData]
+    steps: int = 0
+    """Model calls the turn made so far (they count against ``max_tool_steps``)."""
+    usage: Usage = Field(default_factory=Usage)
+    cost: float | None = None
+    claimed_at: datetime | None = None
+    """Set while a resume runs the turn: another resume then finds the pause taken."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "usage" in data:
+            data["usage"] = _expand_usage(data["usage"])
+        messages = data.get("messages")
+        if isinstance(messages, list):
+            data["messages"] = _expand_messages(messages, None)
+        return data
+
+    def to_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "messages": _messages_document(self.messages, None),
+            "approvals": [approval.model_dump(mode="json") for approval in self.approvals],
+            "steps": self.steps,
+            "usage": usage_document(self.usage),
+        }
+        if self.cost is not None:
+            doc["cost"] = self.cost
+        if self.claimed_at is not None:
+            doc["claimed_at"] = isoformat(self.claimed_at)
+        return doc
+
+
 class Context(BaseModel):
     """A whole stored conversation (the current version of the document).
 
@@ -186,8 +265,11 @@ class Context(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[2] = 2
+    version: Literal[3] = 3
     messages: list[Message]
+    """Finished turns only."""
+    pending: PendingTurn | None = None
+    """The turn that waits for approvals, if one does."""
     instruction_args: dict[str, Any] | None = None
     usage: Usage = Field(default_factory=Usage)
     cost: float | None = None
@@ -243,17 +325,32 @@ class Context(BaseModel):
             doc["cost"] = self.cost
         if self.instruction_args is not None:
             doc["instruction_args"] = self.instruction_args
-        messages = []
-        previous_at = self.created_at
-        for message in self.messages:
-            stored = message.model_dump(mode="json", exclude_none=True, exclude={"meta"})
-            meta = _meta_document(message, previous_at)
-            if meta:
-                stored["meta"] = meta
-            previous_at = message.meta.created_at
-            messages.append(stored)
-        doc["messages"] = messages
+        doc["messages"] = _messages_document(self.messages, self.created_at)
+        if self.pending is not None:
+            doc["pending"] = self.pending.to_document()
         return doc
+
+    @property
+    def pending_approvals(self) -> list[Any]:
+        """The ``PendingApproval`` objects of the paused turn (empty if none waits)."""
+        if self.pending is None:
+            return []
+        from .tools import PendingApproval
+
+        return [PendingApproval(**a.model_dump()) for a in self.pending.approvals]
+
+
+def _messages_document(messages: list[Message], created_at: datetime | None) -> list[Any]:
+    stored_messages = []
+    previous_at = created_at
+    for message in messages:
+        stored = message.model_dump(mode="json", exclude_none=True, exclude={"meta"})
+        meta = _meta_document(message, previous_at)
+        if meta:
+            stored["meta"] = meta
+        previous_at = message.meta.created_at
+        stored_messages.append(stored)
+    return stored_messages
 
 
 def _expand_messages(messages: list[Any], created_at: Any) -> list[Any]:
@@ -288,10 +385,10 @@ def _expand_messages(messages: list[Any], created_at: Any) -> list[Any]:
     return expanded
 
 
-def _meta_document(message: Message, previous_at: datetime) -> dict[str, Any]:
+def _meta_document(message: Message, previous_at: datetime | None) -> dict[str, Any]:
     meta = message.meta
     stored: dict[str, Any] = {}
-    if message.role == "user" or meta.created_at != previous_at:
+    if message.role == "user" or previous_at is None or meta.created_at != previous_at:
         stored["created_at"] = isoformat(meta.created_at)
     if meta.input is not None:
         stored["input"] = meta.input
@@ -305,6 +402,8 @@ def _meta_document(message: Message, previous_at: datetime) -> dict[str, Any]:
         stored["finish_reason"] = meta.finish_reason
     if meta.attempts is not None and not (message.role == "assistant" and meta.attempts == 1):
         stored["attempts"] = meta.attempts
+    if meta.raw_arguments is not None:
+        stored["raw_arguments"] = meta.raw_arguments
     return stored
 
 
@@ -387,7 +486,32 @@ def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
     return {**context.to_document(), "version": 2}
 
 
-_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_v1}
+class _MessageMetaV2(MessageMeta):
+    raw_arguments: None = None
+
+
+class _MessageV2(Message):
+    meta: _MessageMetaV2
+
+
+class _ContextV2(Context):
+    """Version 2: version 3 without a pending part (and without ``meta.raw_arguments``)."""
+
+    version: Literal[2] = 2  # type: ignore[assignment]
+    messages: list[_MessageV2]  # type: ignore[assignment]
+    pending: None = None
+
+
+def _upgrade_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 -> 3: the same document, with nothing pending."""
+    _ContextV2.model_validate(raw)
+    return {**raw, "version": 3}
+
+
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _upgrade_v1,
+    2: _upgrade_v2,
+}
 """``_UPGRADES[n]`` turns a version-n document into a version n+1 document (and raises
 ``ValidationError`` if it is not a valid version-n document)."""
 

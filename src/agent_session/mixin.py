@@ -11,8 +11,9 @@ The mixin adds, unless the class declares them itself:
   that lost a race to another writer raises ``StaleSessionError`` instead of
   silently overwriting it.
 - With ``__status_attribute__ = "status"``: ``status`` (``pending``, ``running``,
-  ``completed``, ``failed``; server default ``pending``) and ``status_changed_at``
-  (naive UTC), so other workers can see a turn in progress.
+  ``completed``, ``failed``, ``awaiting_approval``; ``String(32)``, server default
+  ``pending``) and ``status_changed_at`` (naive UTC), so other workers can see a
+  turn in progress.
 
 Every classmethod takes ``db``: a ``Session`` (you own the transaction; the library
 flushes and never commits) or a ``sessionmaker`` (the library runs two short
@@ -32,12 +33,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from . import _flows, _observe
+from . import _flows, _observe, _turn
 from ._flows import SessionSpec, SessionStatus
 from ._store import AsyncStore, SyncStore
 from .agent import Agent
 from .context import Context
 from .errors import ConfigurationError, InputValidationError, show_key
+from .tools import Denied, PendingApproval
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -137,11 +139,29 @@ class AgentSessionMixin(Generic[OutputT]):
             return result.output  # the row still holds what that turn wrote
         from .context import load_context
 
-        message = load_context(raw, key=_identity(self)).last_assistant
-        if message is None:
+        context = load_context(raw, key=_identity(self))
+        message = context.last_assistant
+        if message is None or context.pending is not None:
             return None
         output: OutputT = message.parse_output(spec.agent)
         return output
+
+    @property
+    def pending_approvals(self) -> list[PendingApproval]:
+        """The calls the session's paused turn waits for (empty when none waits).
+
+        Decide them with ``resume_session``; ``last_output`` is ``None`` meanwhile.
+        """
+        spec: SessionSpec = getattr(type(self), _SPEC)
+        raw = getattr(self, spec.context_attr)
+        if raw is None:
+            return []
+        result = self.last_result
+        if result is not None and raw is _flows.written_marker(self):
+            return list(result.pending_approvals)
+        from .context import load_context
+
+        return load_context(raw, key=_identity(self)).pending_approvals
 
     # -- sync API -----------------------------------------------------------------
 
@@ -153,11 +173,16 @@ class AgentSessionMixin(Generic[OutputT]):
         /,
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        deps: Any = None,
         **values: Any,
     ) -> Self:
-        """Run the first turn and add a new row with ``values`` and the new context."""
+        """Run the first turn and add a new row with ``values`` and the new context.
+
+        ``deps`` is handed to the tools (``ToolContext.deps``), never stored. A turn
+        that calls a tool needing approval is stored paused (``pending_approvals``).
+        """
         spec = _spec(cls)
-        store = SyncStore(spec, spec.agent.model, db)
+        store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
         flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
         return _observe.drive(  # type: ignore[no-any-return]
             spec.agent, flow, store, call="start_session", store=store
@@ -174,6 +199,7 @@ class AgentSessionMixin(Generic[OutputT]):
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        deps: Any = None,
     ) -> Self:
         """Run one more turn on a stored session (an instance or a primary key).
 
@@ -181,11 +207,13 @@ class AgentSessionMixin(Generic[OutputT]):
         backoff, this many times. ``busy_timeout`` (status column only): wait up to this
         many seconds for a turn running in another worker, then run on its history.
         ``where``: SQL criteria on this model (``Chat.user_id == user.id``) the row must
-        match, on reading and on writing; a row outside them is not found.
+        match, on reading and on writing; a row outside them is not found. ``deps``
+        goes to the tools. A session paused for approvals raises
+        ``ApprovalPendingError`` (resume it first).
         """
         spec = _spec(cls)
-        store = SyncStore(spec, spec.agent.model, db)
         key, instance = _key_and_instance(cls, session_or_pk)
+        store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
         criteria = _criteria(spec, where)
         flow = _flows.continue_flow(
             spec,
@@ -199,6 +227,46 @@ class AgentSessionMixin(Generic[OutputT]):
         )
         return _observe.drive(  # type: ignore[no-any-return]
             spec.agent, flow, store, call="continue_session", key=key, store=store
+        )
+
+    @classmethod
+    def resume_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        session_or_pk: Any,
+        /,
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = None,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        conflict_retries: int = 0,
+        busy_timeout: float | None = None,
+    ) -> Self:
+        """Decide the calls a paused turn waits for, and finish the turn (in any process).
+
+        ``approvals`` maps every pending ``tool_call_id`` to ``True`` (run it),
+        ``False`` or ``Denied(reason)`` (the model is told it was refused); a missing
+        or unknown id, or a session with nothing pending, is an
+        ``InputValidationError`` and nothing runs. The pause is claimed with a
+        compare-and-swap before any tool runs: of two resumes of one pause, one runs
+        and the other gets ``StaleSessionError``. The turn goes on to its end, or to
+        the next pause.
+        """
+        spec = _spec(cls)
+        key, instance = _key_and_instance(cls, session_or_pk)
+        store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
+        flow = _flows.resume_flow(
+            spec,
+            store.model,
+            key,
+            instance,
+            approvals,
+            conflict_retries,
+            busy_timeout=busy_timeout,
+            where=_criteria(spec, where),
+        )
+        return _observe.drive(  # type: ignore[no-any-return]
+            spec.agent, flow, store, call="resume_session", store=store
         )
 
     @classmethod
@@ -229,11 +297,12 @@ class AgentSessionMixin(Generic[OutputT]):
         /,
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        deps: Any = None,
         **values: Any,
     ) -> Self:
         """Async twin of ``start_session``."""
         spec = _spec(cls)
-        store = AsyncStore(spec, spec.agent.model, db)
+        store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
         flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
         return await _observe.adrive(spec.agent, flow, store, call="astart_session", store=store)
 
@@ -248,11 +317,12 @@ class AgentSessionMixin(Generic[OutputT]):
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        deps: Any = None,
     ) -> Self:
         """Async twin of ``continue_session``."""
         spec = _spec(cls)
-        store = AsyncStore(spec, spec.agent.model, db)
         key, instance = _key_and_instance(cls, session_or_pk)
+        store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
         criteria = _criteria(spec, where)
         flow = _flows.continue_flow(
             spec,
@@ -267,6 +337,35 @@ class AgentSessionMixin(Generic[OutputT]):
         return await _observe.adrive(
             spec.agent, flow, store, call="acontinue_session", key=key, store=store
         )
+
+    @classmethod
+    async def aresume_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        session_or_pk: Any,
+        /,
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = None,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        conflict_retries: int = 0,
+        busy_timeout: float | None = None,
+    ) -> Self:
+        """Async twin of ``resume_session`` (approved calls run concurrently)."""
+        spec = _spec(cls)
+        key, instance = _key_and_instance(cls, session_or_pk)
+        store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
+        flow = _flows.resume_flow(
+            spec,
+            store.model,
+            key,
+            instance,
+            approvals,
+            conflict_retries,
+            busy_timeout=busy_timeout,
+            where=_criteria(spec, where),
+        )
+        return await _observe.adrive(spec.agent, flow, store, call="aresume_session", store=store)
 
     @classmethod
     async def aget_context(
@@ -319,7 +418,7 @@ def _add_columns(cls: type) -> None:
         columns[status] = (
             Mapped[str],
             mapped_column(
-                sa.String(16),
+                sa.String(32),
                 nullable=False,
                 default=SessionStatus.PENDING.value,
                 server_default=SessionStatus.PENDING.value,
@@ -406,6 +505,25 @@ def _check_output_type(cls: type, agent: Agent[Any]) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------
+
+
+def _tools(spec: SessionSpec, deps: Any, key: Any) -> _turn.ToolScope:
+    """What the store hands the tools: ``deps``, the session's key, the agent."""
+    agent = spec.agent
+    return _turn.ToolScope(agent.toolset, deps, key, agent)
+
+
+def _new_key(cls: type, values: Mapping[str, Any]) -> Any:
+    """A new row's primary key, when ``values`` gives it (else ``None`` until the insert)."""
+    mapper: Any = sa.inspect(cls)
+    try:
+        names = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
+    except Exception:
+        return None
+    if not names or any(values.get(name) is None for name in names):
+        return None
+    found = tuple(values[name] for name in names)
+    return found if len(found) > 1 else found[0]
 
 
 def _spec(cls: type) -> SessionSpec:

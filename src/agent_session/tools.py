@@ -562,20 +562,22 @@ class Toolset:
     def prepare(self, call: ToolCall) -> PreparedCall:
         """Parse and validate a call's arguments; errors become the call's result."""
         tool = self.tools.get(call.name)
-        _, raw_kept = replay_arguments(call.arguments)
+        parsed: Any = {}
+        invalid: ValueError | None = None
+        if call.arguments.strip():  # blank text (some providers send "") means {}
+            try:
+                parsed = json.loads(call.arguments)
+            except ValueError as exc:
+                invalid = exc
+        # What ``replay_arguments`` keeps: the raw text of arguments that are not an object.
+        raw_kept = None if invalid is None and isinstance(parsed, dict) else call.arguments
         if tool is None:
             available = ", ".join(self.tools) or "(none)"
             message = f"unknown tool {_preview(call.name)}; available tools: {available}"
             return PreparedCall(call, None, {}, raw_kept, _error(call, {}, raw_kept, message))
-        parsed: Any
-        if not call.arguments.strip():
-            parsed = {}
-        else:
-            try:
-                parsed = json.loads(call.arguments)
-            except ValueError as exc:
-                message = f"the arguments of {tool.name} are not valid JSON ({exc}); nothing ran"
-                return PreparedCall(call, tool, {}, raw_kept, _error(call, {}, raw_kept, message))
+        if invalid is not None:
+            message = f"the arguments of {tool.name} are not valid JSON ({invalid}); nothing ran"
+            return PreparedCall(call, tool, {}, raw_kept, _error(call, {}, raw_kept, message))
         if not isinstance(parsed, dict):
             message = (
                 f"the arguments of {tool.name} must be a JSON object,"
