@@ -701,3 +701,45 @@ def test_the_plain_flow_driver_is_unchanged() -> None:
     plan = _turn.plan_first_turn(agent, "hi", None)
     result = _turn.drive(_turn.model_flow(agent, plan, None), _turn.model_handler(agent.model))
     assert result.text == "plain"
+
+
+@dataclass(frozen=True)
+class LostSwap:
+    """Stands for the final write of a turn that another writer beat."""
+
+
+async def test_a_turn_run_again_after_a_lost_race_announces_the_discarded_attempt(
+    mode: str,
+) -> None:
+    model = TestModel(replies=["first try", "second try"])
+
+    def flow() -> Generator[Any, Any, Result[Any]]:
+        while True:
+            response: ModelResponse = yield ModelRequest(model="m", messages=[])
+            if (yield LostSwap()):
+                return _result(response.text)
+
+    answers = iter([False, True])
+
+    def handle(op: Any) -> Any:
+        assert isinstance(op, LostSwap)
+        return next(answers)
+
+    async def ahandle(op: Any) -> Any:
+        return handle(op)
+
+    agent = Agent(model)
+    stream: Any = (
+        TurnStream(agent, flow(), handle, model)
+        if mode == "sync"
+        else AsyncTurnStream(agent, flow(), ahandle, model)
+    )
+    events = await _collect(stream)
+    assert events == [
+        TextDelta("first "),
+        TextDelta("try"),
+        AttemptDiscarded("rerun", 1),
+        TextDelta("second "),
+        TextDelta("try"),
+        TurnCompleted(stream.result),
+    ]

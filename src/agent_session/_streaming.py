@@ -154,6 +154,13 @@ class _Turn:
         if self.shown:
             self.discard = "retry"
 
+    def operation(self) -> None:
+        """Another operation came between the last reply and the next request: a reply
+        without tool calls that is asked again after it was not invalid, but the turn
+        is re-run (a lost compare-and-swap, ``conflict_retries``)."""
+        if self.discard == "invalid_output":
+            self.discard = "rerun"
+
     def finish(self, value: Any) -> None:
         self.done = True
         if isinstance(value, Result):
@@ -311,6 +318,7 @@ class TurnStream(Generic[OutputT, SessionT]):
                         turn.response(response)
                         op = flow.send(response)
                     else:
+                        turn.operation()
                         yield from _started(op)
                         try:
                             value = self._handle(op)
@@ -447,6 +455,7 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
                         turn.response(response)
                         op = flow.send(response)
                     else:
+                        turn.operation()
                         for event in _started(op):
                             yield event
                         try:
@@ -459,10 +468,8 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
                         op = flow.send(value)
             except StopIteration as stop:
                 turn.finish(stop.value)
-        except (GeneratorExit, asyncio.CancelledError) as exc:
+        except (GeneratorExit, asyncio.CancelledError):
             await self._cancel()
-            if isinstance(exc, asyncio.CancelledError):
-                turn.attach_usage(exc)
             raise
         except BaseException as exc:
             turn.attach_usage(exc)

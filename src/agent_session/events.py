@@ -11,8 +11,8 @@ event, see ``agent_session.sse``) and a ``data()`` method giving its JSON form:
 - ``ToolCallStarted`` / ``ToolCallFinished``: a tool call runs, and what it gave;
 - ``ApprovalRequired(pending)``: the turn paused for a person's decision;
 - ``AttemptDiscarded``: the reply streamed so far is not the answer (it was invalid
-  and the model is asked again, or the call failed and is retried): a UI clears the
-  deltas it showed since the last request;
+  and the model is asked again, the call failed and is retried, or the turn is run
+  again after a lost race): a UI clears the deltas it showed since the last request;
 - ``TurnCompleted(result)``: the turn finished (and was stored); always the last
   event of a finished turn.
 """
@@ -148,9 +148,10 @@ class ApprovalRequired:
 class AttemptDiscarded:
     """The deltas since the last request are not the answer: clear them.
 
-    ``reason`` is ``"invalid_output"`` (the model is asked again) or ``"retry"``
-    (the call failed mid-way and is made again); ``attempt`` counts the model calls
-    of the turn so far.
+    ``reason`` is ``"invalid_output"`` (the model is asked again), ``"retry"`` (the
+    call failed mid-way and is made again) or ``"rerun"`` (the turn's write lost a
+    race and the turn runs again on the newer history); ``attempt`` counts the model
+    calls of the turn so far.
     """
 
     kind: ClassVar[str] = "attempt_discarded"
