@@ -430,14 +430,17 @@ class _Assembly:
         self.usage: Any = None
         self.model: str | None = None
         self.raw: list[Any] = []
+        """The chunks the cost is computed from."""
 
     def feed(self, piece: Any) -> list[StreamChunk]:
-        self.raw.append(piece)
         out: list[StreamChunk] = []
         try:
             usage = getattr(piece, "usage", None)
             if usage is not None:
                 self.usage = usage
+                self.raw.append(piece)
+            elif not self.raw:
+                self.raw.append(piece)  # the first chunk: id, model, provider
             if self.model is None:
                 self.model = getattr(piece, "model", None)
             choices = piece.choices
@@ -455,6 +458,8 @@ class _Assembly:
                     out.append(self._call_piece(position, call))
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
+                if usage is None:
+                    self.raw.append(piece)
         except (AttributeError, IndexError, TypeError) as exc:
             model = self.request.model
             raise ModelCallError(
@@ -491,7 +496,9 @@ class _Assembly:
             for call_id, name, pieces in (self.calls[i] for i in sorted(self.calls))
         )
         # The cost as for an unstreamed call: LiteLLM prices the response it rebuilds
-        # from the chunks (usage included) with the same function.
+        # from the chunks with the same function. Only the chunks that carry what is
+        # priced are kept (the first, the finish and the usage); rebuilding from every
+        # text chunk costs some 50 µs a chunk.
         try:
             built = litellm.stream_chunk_builder(self.raw, messages=self.request.messages)
             cost: float | None = float(litellm.completion_cost(completion_response=built))
