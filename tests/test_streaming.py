@@ -743,3 +743,35 @@ async def test_a_turn_run_again_after_a_lost_race_announces_the_discarded_attemp
         TextDelta("try"),
         TurnCompleted(stream.result),
     ]
+
+
+async def test_a_cancel_scope_that_cancels_every_await_still_ends_failed(
+    async_database: Database,
+) -> None:
+    """Starlette cancels a disconnected client's response with an anyio cancel scope,
+    which cancels every later ``await`` of the task too: the status write runs in a
+    shielded task of its own."""
+    import anyio
+
+    async_database.create_all(Base.metadata)
+    engine = async_database.engine()
+    key = await _start(async_database, engine)
+    [before] = stored_rows(async_database, Chat.__table__)
+    model = ScriptedStream([TextChunk("It "), 30.0, *_reply("never")])
+    stream = _continue_stream(async_database, engine, key, model)
+
+    with anyio.CancelScope() as scope:
+        async with stream:
+            async for _event in stream:
+                scope.cancel()
+    assert scope.cancelled_caught
+    for _ in range(500):  # the clean-up task finishes on its own
+        if not _streaming._CLEANUPS:
+            break
+        await asyncio.sleep(0.01)
+
+    assert not _streaming._CLEANUPS
+    assert model.closed_early == 1
+    [after] = stored_rows(async_database, Chat.__table__)
+    assert after["context"] == before["context"]
+    assert after["status"] == "failed"

@@ -83,6 +83,9 @@ logger = logging.getLogger("agent_session.streaming")
 OutputT = TypeVar("OutputT")
 SessionT = TypeVar("SessionT")
 
+_CLEANUPS: set[asyncio.Future[None]] = set()
+"""Clean-ups of cancelled async turns that are still running (kept from the GC)."""
+
 CLEANUP_OPERATIONS = 20
 """At most this many operations are answered after a cancellation (the status write)."""
 
@@ -469,13 +472,22 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
             except StopIteration as stop:
                 turn.finish(stop.value)
         except (GeneratorExit, asyncio.CancelledError):
-            await self._cancel()
+            await self._cancel_shielded()
             raise
         except BaseException as exc:
             turn.attach_usage(exc)
             raise
         for event in turn.final_events():
             yield event
+
+    async def _cancel_shielded(self) -> None:
+        """Run ``_cancel`` in a task of its own, shielded: under a cancel scope that
+        cancels every ``await`` of the cancelled task (anyio, so Starlette when the
+        client disconnects), the status write still runs to its end."""
+        task = asyncio.ensure_future(self._cancel())
+        _CLEANUPS.add(task)
+        task.add_done_callback(_CLEANUPS.discard)
+        await asyncio.shield(task)
 
     async def _cancel(self) -> None:
         """Throw ``TurnCancelled`` into the flow and answer its clean-up operations."""
