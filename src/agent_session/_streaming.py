@@ -158,9 +158,9 @@ class _Turn:
             self.discard = "retry"
 
     def operation(self) -> None:
-        """Another operation came between the last reply and the next request: a reply
-        without tool calls that is asked again after it was not invalid, but the turn
-        is re-run (a lost compare-and-swap, ``conflict_retries``)."""
+        """An operation other than a tool step (a write, a wait, a load) came between
+        a final reply and the next request: the reply was not re-asked, the whole turn
+        runs again (its write lost the race; ``conflict_retries``)."""
         if self.discard == "invalid_output":
             self.discard = "rerun"
 
