@@ -98,6 +98,24 @@ def test_tool_errors_carry_their_fields() -> None:
     assert agent_session.ApprovalPendingError("waiting").pending == []
 
 
+def test_budget_error_carries_its_fields() -> None:
+    error = agent_session.BudgetExceededError("spent", kind="cost", limit=0.5, spent=0.51)
+    assert (error.kind, error.limit, error.spent, str(error)) == ("cost", 0.5, 0.51, "spent")
+
+
+def test_history_names_are_loaded_lazily() -> None:
+    code = (
+        "import sys; import agent_session; a = 'agent_session.history' in sys.modules; "
+        "from agent_session import LastTurns, TokenBudget, Summarize; "
+        "print(a, LastTurns.__module__, TokenBudget.__module__, Summarize.__module__, "
+        "'litellm' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert run.stdout.split() == ["False", *["agent_session.history"] * 3, "False"]
+
+
 def test_tool_names_are_loaded_lazily() -> None:
     code = (
         "import sys; import agent_session; a = 'agent_session.tools' in sys.modules; "

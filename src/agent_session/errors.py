@@ -19,7 +19,8 @@ SQLAlchemy) are raised ``from`` that exception, so the original stays on
     ├── StorageError               the database failed (connection lost, ...); nothing written
     ├── ToolExecutionError         a tool built with on_error="raise" raised; nothing written
     ├── ToolLoopError              a turn made more than max_tool_steps model calls
-    └── ApprovalPendingError       the session waits for approvals; resume it instead
+    ├── ApprovalPendingError       the session waits for approvals; resume it instead
+    └── BudgetExceededError        a token, cost or model-call limit was reached; nothing written
 
 The first is a mistake in the code that uses the library; the others are failures
 of one run that the caller may handle, retry or report.
@@ -33,6 +34,7 @@ from typing import Any
 __all__ = [
     "AgentSessionError",
     "ApprovalPendingError",
+    "BudgetExceededError",
     "ConfigurationError",
     "ContextError",
     "ContextWindowError",
@@ -241,3 +243,19 @@ class ApprovalPendingError(AgentSessionError):
         super().__init__(message)
         self.key = key
         self.pending = list(pending)
+
+
+class BudgetExceededError(AgentSessionError):
+    """A limit was reached before a model call; the turn stored nothing.
+
+    ``kind`` says which: ``"tokens"`` (``max_session_tokens``), ``"cost"``
+    (``max_session_cost``, USD) or ``"model_calls"`` (``max_model_calls`` of one
+    turn); ``limit`` is that limit and ``spent`` what was spent when the call was
+    refused.
+    """
+
+    def __init__(self, message: str, *, kind: str, limit: float, spent: float) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.limit = limit
+        self.spent = spent
