@@ -16,5 +16,6 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "peer": ("peer", "Peer: OpenAI Agents SDK SQLAlchemySession"),
     "storage": ("storage", "Storage: json vs jsonb"),
     "profile": ("profile_turn", "Where a turn spends its time"),
+    "streaming": ("streaming", "Streaming: first delta and per-delta overhead"),
 }
 """Benchmark name -> (module in this package, title)."""

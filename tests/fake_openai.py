@@ -12,6 +12,22 @@ and answers from a script::
         ...  # point a client at server.base_url
         assert len(server.requests) == 4
 
+A request with ``"stream": true`` gets the same scripted reply as server-sent events
+(``chat.completion.chunk`` objects, OpenAI's wire form): the text in pieces of
+``chunk_chars`` characters, each tool call as a first delta with its id and name and
+then its arguments in pieces, a last delta with the ``finish_reason``, the usage chunk
+when ``stream_options.include_usage`` is set, and ``data: [DONE]``. The body is sent
+with chunked transfer encoding, so a dropped connection is visible to the client.
+``enqueue_stream`` scripts the stream's shape: a delay between chunks (a slow model,
+for cancellation tests), a connection dropped after some chunks, or an error event.
+``server.streams`` records each stream: chunks scripted, chunks sent, and whether the
+client went away before the end::
+
+    server.enqueue_stream("Hello there", chunk_delay=0.05)
+    ...  # a client reads two deltas and closes the stream
+    record = server.streams[0]
+    assert record.wait() and record.client_gone and record.sent < record.scripted
+
 The same server speaks Anthropic's Messages wire format on ``POST /v1/messages``
 (LiteLLM's ``anthropic/...`` models with ``api_base=server.anthropic_base_url``):
 the scripted replies are the same objects, rendered as Anthropic content blocks
@@ -40,6 +56,7 @@ __all__ = [
     "FakeOpenAI",
     "FakeToolCall",
     "RecordedRequest",
+    "StreamRecord",
     "running_fake_openai",
 ]
 
@@ -68,6 +85,14 @@ class Completion:
     model: str = "gpt-4o-mini"
     finish_reason: str = "stop"
     tool_calls: tuple[FakeToolCall, ...] = ()
+    chunk_chars: int = 4
+    """Streamed: characters of text (or of tool arguments) per delta."""
+    chunk_delay: float = 0.0
+    """Streamed: seconds between two chunks (a slow model)."""
+    cut_after: int | None = None
+    """Streamed: drop the connection after this many chunks, without ``[DONE]``."""
+    error_after: int | None = None
+    """Streamed: send an error event after this many chunks, then end the stream."""
 
     def body(self, number: int) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
@@ -99,6 +124,44 @@ class Completion:
                 "total_tokens": self.prompt_tokens + self.completion_tokens,
             },
         }
+
+    def chunks(self, number: int, *, include_usage: bool) -> list[dict[str, Any]]:
+        """The reply as the ``chat.completion.chunk`` objects of a stream, in order."""
+        size = max(1, self.chunk_chars)
+        head = {
+            "id": f"chatcmpl-fake-{number}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.model,
+            "system_fingerprint": None,
+        }
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return {**head, "choices": [choice]}
+
+        made = [chunk({"role": "assistant", "content": ""})]
+        text = self.content or ""
+        made += [chunk({"content": text[i : i + size]}) for i in range(0, len(text), size)]
+        for index, call in enumerate(self.tool_calls):
+            first = {
+                "index": index,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            made.append(chunk({"tool_calls": [first]}))
+            made += [
+                chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+                for piece in (
+                    call.arguments[i : i + size] for i in range(0, len(call.arguments), size)
+                )
+            ]
+        made.append(chunk({}, self.finish_reason))
+        if include_usage:
+            usage = self.body(number)["usage"]
+            made.append({**head, "choices": [], "usage": usage})
+        return made
 
     def anthropic_body(self, number: int) -> dict[str, Any]:
         """The same reply in Anthropic's Messages form (tool arguments must be JSON)."""
@@ -162,6 +225,23 @@ class Delay:
 Reply = Completion | ErrorReply | Delay
 
 
+@dataclass
+class StreamRecord:
+    """What happened to one streamed reply (``FakeOpenAI.streams``)."""
+
+    scripted: int
+    """Chunks the script would send (``[DONE]`` not counted)."""
+    sent: int = 0
+    """Chunks written before the stream ended or the client went away."""
+    client_gone: bool = False
+    """A write failed: the client closed the connection before the end."""
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, timeout: float = 10.0) -> bool:
+        """Wait until the server has finished with this stream; ``True`` if it has."""
+        return self.done.wait(timeout)
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request the server received."""
@@ -184,6 +264,8 @@ class FakeOpenAI:
     """``http://127.0.0.1:PORT``: LiteLLM's ``api_base`` for ``anthropic/...`` models."""
     port: int = 0
     requests: list[RecordedRequest] = field(default_factory=list)
+    streams: list[StreamRecord] = field(default_factory=list)
+    """One record per streamed reply, in order."""
     _script: deque[Reply] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closing: threading.Event = field(default_factory=threading.Event)
@@ -207,6 +289,60 @@ class FakeOpenAI:
     ) -> None:
         self.enqueue(Completion(content, prompt_tokens, completion_tokens, model, finish_reason))
 
+    def enqueue_stream(
+        self,
+        content: str | None,
+        *,
+        tool_calls: list[tuple[str, str | dict[str, Any]] | tuple[str, str | dict[str, Any], str]]
+        | None = None,
+        prompt_tokens: int = 10,
+        completion_tokens: int = 5,
+        model: str = "gpt-4o-mini",
+        finish_reason: str | None = None,
+        chunk_chars: int = 4,
+        chunk_delay: float = 0.0,
+        cut_after: int | None = None,
+        error_after: int | None = None,
+    ) -> list[FakeToolCall]:
+        """A reply shaped for a streamed request (also answers an unstreamed one).
+
+        ``chunk_delay`` waits between chunks, ``cut_after`` drops the connection after
+        that many chunks, ``error_after`` sends an error event after that many chunks.
+        Returns the tool calls, with their ids.
+        """
+        made = self._calls(tool_calls or [])
+        reason = finish_reason or ("tool_calls" if made else "stop")
+        self.enqueue(
+            Completion(
+                content,
+                prompt_tokens,
+                completion_tokens,
+                model,
+                reason,
+                tuple(made),
+                chunk_chars,
+                chunk_delay,
+                cut_after,
+                error_after,
+            )
+        )
+        return made
+
+    def _calls(
+        self,
+        calls: list[tuple[str, str | dict[str, Any]] | tuple[str, str | dict[str, Any], str]],
+    ) -> list[FakeToolCall]:
+        made: list[FakeToolCall] = []
+        for entry in calls:
+            name, arguments = entry[0], entry[1]
+            with self._lock:
+                self._call_ids += 1
+                default_id = f"call_fake_{self._call_ids}"
+            call_id = entry[2] if len(entry) > 2 else default_id  # type: ignore[misc]
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            made.append(FakeToolCall(call_id, name, text))
+        return made
+
     def enqueue_tool_calls(
         self,
         calls: list[tuple[str, str | dict[str, Any]] | tuple[str, str | dict[str, Any], str]],
@@ -221,15 +357,7 @@ class FakeOpenAI:
         A string ``arguments`` is sent as it is (it may be invalid JSON, as a small
         model's slip); a dict is encoded. Returns the calls, with their ids.
         """
-        made: list[FakeToolCall] = []
-        for entry in calls:
-            name, arguments = entry[0], entry[1]
-            with self._lock:
-                self._call_ids += 1
-                default_id = f"call_fake_{self._call_ids}"
-            call_id = entry[2] if len(entry) > 2 else default_id  # type: ignore[misc]
-            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
-            made.append(FakeToolCall(call_id, name, text))
+        made = self._calls(calls)
         self.enqueue(
             Completion(content, prompt_tokens, completion_tokens, model, "tool_calls", tuple(made))
         )
@@ -314,8 +442,49 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(
                 reply.status, reply.anthropic_body() if anthropic else reply.body(), reply.headers
             )
+        elif not anthropic and isinstance(body, dict) and body.get("stream") is True:
+            options = body.get("stream_options") or {}
+            self._stream(number, reply, include_usage=bool(options.get("include_usage")))
         else:
             self._send(200, reply.anthropic_body(number) if anthropic else reply.body(number))
+
+    def _stream(self, number: int, reply: Completion, *, include_usage: bool) -> None:
+        """Send ``reply`` as server-sent events, chunk by chunk (chunked encoding)."""
+        fake = self.server.fake
+        chunks = reply.chunks(number, include_usage=include_usage)
+        if reply.cut_after is not None:
+            chunks = chunks[: reply.cut_after]
+        elif reply.error_after is not None:
+            error = ErrorReply(500, "the model crashed mid-stream", "server_error").body()
+            chunks = [*chunks[: reply.error_after], error]
+        record = StreamRecord(scripted=len(chunks))
+        with fake._lock:
+            fake.streams.append(record)
+        self.close_connection = True
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for index, chunk in enumerate(chunks):
+                if index and reply.chunk_delay and fake._closing.wait(reply.chunk_delay):
+                    return
+                self._write_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+                record.sent += 1
+            if reply.cut_after is not None:
+                return  # drop the connection: no [DONE], no final empty chunk
+            self._write_chunk(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            record.client_gone = True
+        finally:
+            record.done.set()
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
     def do_GET(self) -> None:
         self._send(404, ErrorReply(404, "not found", "not_found_error").body())

@@ -65,3 +65,32 @@ def test_stores_answer_the_same_operations() -> None:
         sync, twin = getattr(SyncStore, name), getattr(AsyncStore, name)
         assert inspect.iscoroutinefunction(twin), name
         _same_parameters(sync, twin)
+
+
+def test_turn_streams_are_twins() -> None:
+    from agent_session import AsyncTurnStream, TurnStream
+    from agent_session._streaming import arun_stream, run_stream
+
+    sync = set(_public(TurnStream))
+    twin = set(_public(AsyncTurnStream))
+    assert sync - {"close"} == twin - {"aclose"}
+    for name in ("result", "session", "usage", "done"):
+        assert isinstance(getattr(TurnStream, name), property), name
+        assert isinstance(getattr(AsyncTurnStream, name), property), name
+    assert inspect.isasyncgenfunction(AsyncTurnStream.text_deltas)
+    assert inspect.iscoroutinefunction(AsyncTurnStream.aclose)
+    assert {"__iter__", "__next__", "__enter__", "__exit__"} <= set(dir(TurnStream))
+    assert {"__aiter__", "__anext__", "__aenter__", "__aexit__"} <= set(dir(AsyncTurnStream))
+    _same_parameters(TurnStream.__init__, AsyncTurnStream.__init__)
+    assert inspect.iscoroutinefunction(arun_stream)
+    _same_parameters(run_stream, arun_stream)
+
+
+def test_model_stream_and_astream_match() -> None:
+    from agent_session import LiteLLMModel, Model
+    from agent_session.testing import FunctionModel, TestModel
+
+    for cls in (Model, LiteLLMModel, TestModel, FunctionModel):
+        assert inspect.isgeneratorfunction(cls.stream), cls
+        assert inspect.isasyncgenfunction(cls.astream), cls
+        _same_parameters(cls.stream, cls.astream)

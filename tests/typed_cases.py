@@ -114,3 +114,20 @@ def rejected(db: Session, chat: OwnColumnsChat) -> None:
     DataclassChat(user_id="u1", context_revision=3)  # type: ignore[call-arg]
     chat.context_revision = "one"  # type: ignore[assignment]
     print(TextChat.start_session(db, "hi").last_output.answer)  # type: ignore[union-attr]
+
+
+async def stream_cases() -> None:
+    """A turn stream is typed by the agent's output; an agent run stores no session."""
+    from agent_session import AsyncTurnStream, StreamEvent, TurnStream
+    from agent_session._streaming import arun_stream, run_stream
+
+    stream = run_stream(reply_agent, "hi")
+    assert_type(stream, TurnStream[Reply, None])
+    for event in stream:
+        assert_type(event, StreamEvent)
+    assert_type(stream.result, Result[Reply] | None)
+    assert_type(stream.session, None)
+    astream = await arun_stream(reply_agent, "hi")
+    assert_type(astream, AsyncTurnStream[Reply, None])
+    async for item in astream:
+        assert_type(item, StreamEvent)

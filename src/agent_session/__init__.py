@@ -28,10 +28,33 @@ from .errors import (
 )
 
 if _typing.TYPE_CHECKING:
+    from ._streaming import AsyncTurnStream, TurnStream
     from .agent import DEFAULT_MAX_INPUT_BYTES, Agent, TextInput
     from .context import CONTEXT_VERSION, Context, Message, MessageMeta, Usage
+    from .events import (
+        ApprovalRequired,
+        AttemptDiscarded,
+        OutputDelta,
+        StreamEvent,
+        TextDelta,
+        ToolCallDelta,
+        ToolCallFinished,
+        ToolCallStarted,
+        TurnCompleted,
+    )
     from .history import LastTurns, Summarize, TokenBudget
-    from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse, aprepare, prepare
+    from .llm import (
+        LiteLLMModel,
+        Model,
+        ModelRequest,
+        ModelResponse,
+        StreamChunk,
+        StreamEnd,
+        TextChunk,
+        ToolCallChunk,
+        aprepare,
+        prepare,
+    )
     from .mixin import AgentSessionMixin, SessionStatus
     from .result import Result
     from .tools import Denied, PendingApproval, Tool, ToolCall, ToolContext
@@ -40,6 +63,21 @@ if _typing.TYPE_CHECKING:
 # ``import agent_session`` stays cheap and ``from agent_session import Agent``
 # does not load the SQLAlchemy ORM. Static type checkers see the imports above.
 _LAZY = {
+    "AsyncTurnStream": "_streaming",
+    "TurnStream": "_streaming",
+    "ApprovalRequired": "events",
+    "AttemptDiscarded": "events",
+    "OutputDelta": "events",
+    "StreamEvent": "events",
+    "TextDelta": "events",
+    "ToolCallDelta": "events",
+    "ToolCallFinished": "events",
+    "ToolCallStarted": "events",
+    "TurnCompleted": "events",
+    "StreamChunk": "llm",
+    "StreamEnd": "llm",
+    "TextChunk": "llm",
+    "ToolCallChunk": "llm",
     "DEFAULT_MAX_INPUT_BYTES": "agent",
     "Agent": "agent",
     "TextInput": "agent",
@@ -96,6 +134,9 @@ __all__ = [
     "AgentSessionError",
     "AgentSessionMixin",
     "ApprovalPendingError",
+    "ApprovalRequired",
+    "AsyncTurnStream",
+    "AttemptDiscarded",
     "BudgetExceededError",
     "ConfigurationError",
     "Context",
@@ -111,6 +152,7 @@ __all__ = [
     "ModelCallError",
     "ModelRequest",
     "ModelResponse",
+    "OutputDelta",
     "OutputValidationError",
     "PendingApproval",
     "Result",
@@ -119,15 +161,26 @@ __all__ = [
     "SessionStatus",
     "StaleSessionError",
     "StorageError",
+    "StreamChunk",
+    "StreamEnd",
+    "StreamEvent",
     "Summarize",
     "TemplateError",
+    "TextChunk",
+    "TextDelta",
     "TextInput",
     "TokenBudget",
     "Tool",
     "ToolCall",
+    "ToolCallChunk",
+    "ToolCallDelta",
+    "ToolCallFinished",
+    "ToolCallStarted",
     "ToolContext",
     "ToolExecutionError",
     "ToolLoopError",
+    "TurnCompleted",
+    "TurnStream",
     "Usage",
     "__version__",
     "aprepare",

@@ -16,6 +16,14 @@ Quiet: the library's calls print nothing. LiteLLM's "Give Feedback / Get Help"
 banner on failed calls is switched off (``litellm.suppress_debug_info``) when it is
 imported; diagnostics go through ``logging``, under the ``agent_session`` logger.
 
+Streaming: ``Model.stream`` / ``Model.astream`` give the reply as it arrives, as
+``TextChunk`` and ``ToolCallChunk`` items, and end with one ``StreamEnd`` holding the
+assembled ``ModelResponse`` (the same one ``complete`` would have returned: text,
+tool calls with their raw argument text, finish reason, usage and cost). They are
+generators, so ``close()`` / ``aclose()`` stops one early; ``LiteLLMModel`` then
+closes the provider's HTTP stream at once, so no more tokens are generated and paid
+for. A model that does not stream gives its whole reply as one ``StreamEnd``.
+
 Retries: LiteLLM's own (``num_retries``) and the OpenAI SDK's (``max_retries``) are
 always switched off; failed calls are retried by the turn itself
 (``Agent(model_retries=...)``), so each retry is counted, logged and backed off
@@ -34,7 +42,7 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
@@ -51,9 +59,14 @@ __all__ = [
     "ModelRequest",
     "ModelResponse",
     "OutputMode",
+    "StreamChunk",
+    "StreamEnd",
+    "TextChunk",
+    "ToolCallChunk",
     "aprepare",
     "prepare",
     "resolve_output_mode",
+    "response_chunks",
 ]
 
 logger = logging.getLogger("agent_session.llm")
@@ -91,6 +104,56 @@ class ModelResponse:
     """The calls the model asked for, arguments as the raw text it sent."""
 
 
+@dataclass(frozen=True)
+class TextChunk:
+    """A piece of the reply's text, as it arrived."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallChunk:
+    """A piece of tool call number ``index`` of the reply.
+
+    The first piece of a call carries its ``id`` and ``name``; ``arguments_delta`` is
+    the next part of its raw argument text (possibly empty).
+    """
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments_delta: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The last item of a stream: the whole reply, as ``complete`` returns it."""
+
+    response: ModelResponse
+
+
+StreamChunk = TextChunk | ToolCallChunk | StreamEnd
+"""What a model stream yields; ``StreamEnd`` comes last, once."""
+
+_WORDS = re.compile(r"\s*\S+\s*|\s+")
+
+
+def response_chunks(response: ModelResponse, *, split: bool = True) -> Iterator[StreamChunk]:
+    """A whole reply as a stream: its text word by word (or in one piece when ``split``
+    is false), each tool call as a first chunk with id and name and then its arguments
+    in a few pieces, and ``StreamEnd(response)``."""
+    if response.text:
+        pieces = _WORDS.findall(response.text) if split else [response.text]
+        for piece in pieces:
+            yield TextChunk(piece)
+    for index, call in enumerate(response.tool_calls):
+        yield ToolCallChunk(index, call.id, call.name, "")
+        arguments = _WORDS.findall(call.arguments) if split else [call.arguments]
+        for piece in arguments:
+            yield ToolCallChunk(index, None, None, piece)
+    yield StreamEnd(response)
+
+
 class Model(ABC):
     """A chat model backend: LiteLLM in production, a test double in tests."""
 
@@ -103,6 +166,20 @@ class Model(ABC):
     @abstractmethod
     async def acomplete(self, request: ModelRequest) -> ModelResponse:
         """Call the model (async)."""
+
+    def stream(self, request: ModelRequest) -> Generator[StreamChunk, None, None]:
+        """Call the model and yield the reply as it arrives, ``StreamEnd`` last.
+
+        This default calls ``complete`` and gives the whole reply at once; close the
+        generator to stop early.
+        """
+        yield from response_chunks(self.complete(request), split=False)
+
+    async def astream(self, request: ModelRequest) -> AsyncGenerator[StreamChunk, None]:
+        """Async twin of ``stream``; ``aclose()`` it to stop early."""
+        response = await self.acomplete(request)
+        for chunk in response_chunks(response, split=False):
+            yield chunk
 
     def supports_structured_output(self, model: str) -> bool:
         """Whether ``response_format`` with a JSON schema may be sent for ``model``."""
@@ -257,6 +334,184 @@ class LiteLLMModel(Model):
         except Exception as exc:
             raise _model_call_error(exc, request.model) from exc
         return _to_response(litellm, raw, request.model)
+
+    def _stream_kwargs(self, request: ModelRequest) -> dict[str, Any]:
+        kwargs = self._kwargs(request)
+        kwargs["stream"] = True
+        # The last chunk carries the usage, so a streamed call costs what an unstreamed one does.
+        kwargs["stream_options"] = {"include_usage": True}
+        return kwargs
+
+    def stream(self, request: ModelRequest) -> Generator[StreamChunk, None, None]:
+        """``litellm.completion(..., stream=True)``, chunk by chunk.
+
+        Closing the generator early closes LiteLLM's stream and the HTTP response under
+        it at once. Errors are mapped as ``complete`` maps them, also mid-stream.
+        """
+        litellm = import_litellm()
+        try:
+            raw = litellm.completion(**self._stream_kwargs(request))
+        except Exception as exc:
+            raise _model_call_error(exc, request.model) from exc
+        assembly = _Assembly(request)
+        try:
+            while True:
+                try:
+                    piece = next(raw)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    raise _model_call_error(exc, request.model) from exc
+                yield from assembly.feed(piece)
+        finally:
+            _close_stream(raw)
+        yield StreamEnd(assembly.response(litellm))
+
+    async def astream(self, request: ModelRequest) -> AsyncGenerator[StreamChunk, None]:
+        """Async twin of ``stream``: ``aclose()`` (or cancelling the task) closes the
+        HTTP stream at once."""
+        await aprepare()
+        litellm = import_litellm()
+        try:
+            raw = await litellm.acompletion(**self._stream_kwargs(request))
+        except Exception as exc:
+            raise _model_call_error(exc, request.model) from exc
+        assembly = _Assembly(request)
+        try:
+            while True:
+                try:
+                    piece = await raw.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    raise _model_call_error(exc, request.model) from exc
+                for chunk in assembly.feed(piece):
+                    yield chunk
+        finally:
+            await _aclose_stream(raw)
+        yield StreamEnd(assembly.response(litellm))
+
+
+def _close_stream(raw: Any) -> None:
+    """Close LiteLLM's stream wrapper and the provider stream (HTTP response) under it."""
+    inner = getattr(raw, "completion_stream", None)
+    try:
+        close = getattr(inner, "close", None)
+        if callable(close):
+            close()
+    except Exception:
+        logger.debug("closing a model stream failed", exc_info=True)
+
+
+async def _aclose_stream(raw: Any) -> None:
+    """Async twin of ``_close_stream`` (LiteLLM's ``aclose`` shields itself from
+    cancellation, so the connection is released in a cancelled task too)."""
+    try:
+        aclose = getattr(raw, "aclose", None)
+        if callable(aclose):
+            await aclose()
+        else:
+            _close_stream(raw)
+    except Exception:
+        logger.debug("closing a model stream failed", exc_info=True)
+
+
+class _Assembly:
+    """Turns LiteLLM's stream chunks into ``StreamChunk`` items and the final response."""
+
+    __slots__ = ("calls", "finish_reason", "model", "raw", "request", "text", "usage")
+
+    def __init__(self, request: ModelRequest) -> None:
+        self.request = request
+        self.text: list[str] = []
+        self.calls: dict[int, list[Any]] = {}
+        """index -> [id, name, argument pieces]"""
+        self.finish_reason: str | None = None
+        self.usage: Any = None
+        self.model: str | None = None
+        self.raw: list[Any] = []
+        """The chunks the cost is computed from."""
+
+    def feed(self, piece: Any) -> list[StreamChunk]:
+        out: list[StreamChunk] = []
+        try:
+            usage = getattr(piece, "usage", None)
+            if usage is not None:
+                self.usage = usage
+                self.raw.append(piece)
+            elif not self.raw:
+                self.raw.append(piece)  # the first chunk: id, model, provider
+            if self.model is None:
+                self.model = getattr(piece, "model", None)
+            choices = piece.choices
+            if not choices:
+                return out
+            choice = choices[0]
+            delta = choice.delta
+            content = delta.content
+            if content:
+                self.text.append(content)
+                out.append(TextChunk(content))
+            tool_calls = getattr(delta, "tool_calls", None)
+            if tool_calls:
+                for position, call in enumerate(tool_calls):
+                    out.append(self._call_piece(position, call))
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+                if usage is None:
+                    self.raw.append(piece)
+        except (AttributeError, IndexError, TypeError) as exc:
+            model = self.request.model
+            raise ModelCallError(
+                f"unexpected stream chunk from {model}: {exc}", model=model, retryable=False
+            ) from exc
+        return out
+
+    def _call_piece(self, position: int, call: Any) -> ToolCallChunk:
+        index = call.index if isinstance(call.index, int) else position
+        function = call.function
+        name = getattr(function, "name", None) or None
+        arguments = getattr(function, "arguments", None) or ""
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        entry = self.calls.get(index)
+        if entry is None:
+            entry = self.calls[index] = [None, None, []]
+        if call.id and entry[0] is None:
+            entry[0] = call.id
+        if name and entry[1] is None:
+            entry[1] = name
+        entry[2].append(arguments)
+        return ToolCallChunk(index, call.id or None, name, arguments)
+
+    def response(self, litellm: ModuleType) -> ModelResponse:
+        usage_obj = self.usage
+        usage = Usage(
+            prompt_tokens=int(getattr(usage_obj, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage_obj, "completion_tokens", 0) or 0),
+            total_tokens=int(getattr(usage_obj, "total_tokens", 0) or 0),
+        )
+        calls = tuple(
+            ToolCall(str(name or ""), "".join(pieces), id=call_id or None)
+            for call_id, name, pieces in (self.calls[i] for i in sorted(self.calls))
+        )
+        # The cost as for an unstreamed call: LiteLLM prices the response it rebuilds
+        # from the chunks with the same function. Only the chunks that carry what is
+        # priced are kept (the first, the finish and the usage); rebuilding from every
+        # text chunk costs some 50 µs a chunk.
+        try:
+            built = litellm.stream_chunk_builder(self.raw, messages=self.request.messages)
+            cost: float | None = float(litellm.completion_cost(completion_response=built))
+        except Exception:
+            cost = None
+        return ModelResponse(
+            text="".join(self.text),
+            usage=usage,
+            cost=cost,
+            model=str(self.model or self.request.model),
+            finish_reason=self.finish_reason,
+            tool_calls=calls,
+        )
 
 
 def _to_response(litellm: ModuleType, raw: Any, model: str) -> ModelResponse:

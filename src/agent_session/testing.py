@@ -10,6 +10,10 @@ LiteLLM, and both record every request they receive::
     with agent.override(model=model):
         result = agent.run({"message": "hi"})
     assert model.requests[0].messages[-1]["content"] == "hi"
+
+Both stream too (``stream``/``astream``): the reply's text comes word by word and
+each tool call as a first chunk (id, name) and its arguments in pieces, then the
+same ``ModelResponse`` that ``complete`` returns, so streaming code is tested offline.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import inspect
 import json
 import math
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from .context import Usage
-from .llm import Model, ModelRequest, ModelResponse
+from .llm import Model, ModelRequest, ModelResponse, StreamChunk, response_chunks
 from .tools import ToolCall, run_awaitable
 
 __all__ = ["FunctionModel", "TestModel", "sample_from_schema"]
@@ -111,6 +115,15 @@ class _RecordingModel(Model):
     def last_request(self) -> ModelRequest:
         """The most recent request (``IndexError`` if none)."""
         return self.requests[-1]
+
+    def stream(self, request: ModelRequest) -> Generator[StreamChunk, None, None]:
+        """The reply of ``complete``, word by word, then ``StreamEnd`` with it."""
+        yield from response_chunks(self.complete(request))
+
+    async def astream(self, request: ModelRequest) -> AsyncGenerator[StreamChunk, None]:
+        """Async twin of ``stream``."""
+        for chunk in response_chunks(await self.acomplete(request)):
+            yield chunk
 
 
 class TestModel(_RecordingModel):

@@ -1,0 +1,548 @@
+"""Streamed turns: run a flow, answering its model requests chunk by chunk.
+
+``TurnStream`` and ``AsyncTurnStream`` are drivers, like ``_turn.drive`` and
+``_turn.adrive``: they run a flow generator and answer what it yields. A
+``ModelRequest`` is answered by ``model.stream(request)`` (``astream``): every chunk
+becomes an event handed to the consumer as it arrives, and the flow receives the
+assembled ``ModelResponse``, so validation, re-asks, tool steps and the final write
+run the same code as an unstreamed turn. Everything else (``Load``, ``Swap``,
+``Insert``, ``Sleep``, tool operations) goes to the handler the caller gives, the
+same one ``drive`` would use.
+
+Stopping early (``break`` and ``close()``, leaving the ``with`` block, ``aclose()``,
+a cancelled task) closes the model's stream at once and throws ``TurnCancelled``
+into the flow at the operation it waits on. The flow's own failure path runs: a
+session flow with a status column yields its ``failed`` status ``Swap``, which the
+driver answers, and nothing else is written. The consumer never sees
+``TurnCancelled``; a cancelled task gets its ``CancelledError`` back.
+
+A failure (the model's stream broke, the write lost a race...) is raised to the
+consumer as unstreamed, with ``usage`` set to the tokens spent so far when the error
+does not carry its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Sequence,
+)
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from . import _turn
+from ._flows import _LAST_RESULT
+from ._turn import Sleep
+from .context import Usage
+from .errors import ModelCallError
+from .events import (
+    ApprovalRequired,
+    AttemptDiscarded,
+    PartialOutput,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    TurnCompleted,
+)
+from .llm import (
+    LiteLLMModel,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    StreamEnd,
+    TextChunk,
+    ToolCallChunk,
+    aprepare,
+)
+from .result import Result
+from .tools import ToolCall, ToolCallResult
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+__all__ = [
+    "AsyncTurnStream",
+    "TurnCancelled",
+    "TurnStream",
+    "arun_stream",
+    "run_stream",
+]
+
+logger = logging.getLogger("agent_session.streaming")
+
+OutputT = TypeVar("OutputT")
+SessionT = TypeVar("SessionT")
+
+_CLEANUPS: set[asyncio.Future[None]] = set()
+"""Clean-ups of cancelled async turns that are still running (kept from the GC)."""
+
+CLEANUP_OPERATIONS = 20
+"""At most this many operations are answered after a cancellation (the status write)."""
+
+
+class TurnCancelled(Exception):
+    """Thrown into a flow when its consumer stopped early; never reaches the consumer."""
+
+
+class _Turn:
+    """The bookkeeping of one streamed turn, shared by the sync and async drivers."""
+
+    __slots__ = (
+        "agent",
+        "calls",
+        "discard",
+        "done",
+        "flow",
+        "model",
+        "partial",
+        "result",
+        "session",
+        "shown",
+        "usage",
+    )
+
+    def __init__(self, agent: Agent[Any], flow: Generator[Any, Any, Any], model: Model) -> None:
+        self.agent = agent
+        self.flow = flow
+        self.model = model
+        self.usage = Usage()
+        self.calls = 0
+        self.shown = False
+        """Deltas of the current reply were handed out."""
+        self.discard: str | None = None
+        """Why the deltas of the last reply are void, once the next request shows it."""
+        self.partial: PartialOutput | None = None
+        self.result: Result[Any] | None = None
+        self.session: Any = None
+        self.done = False
+
+    def request(self) -> AttemptDiscarded | None:
+        """A new model request: announce the previous reply's deltas as void if they are."""
+        event = AttemptDiscarded(self.discard, self.calls) if self.discard else None
+        self.calls += 1
+        self.discard = None
+        self.shown = False
+        self.partial = PartialOutput() if self.agent.output_schema is not None else None
+        return event
+
+    def text(self, chunk: TextChunk) -> Sequence[StreamEvent]:
+        self.shown = True
+        delta = TextDelta(chunk.text)
+        if self.partial is None:
+            return (delta,)
+        output = self.partial.feed(chunk.text)
+        return (delta,) if output is None else (delta, output)
+
+    def tool_delta(self, chunk: ToolCallChunk) -> ToolCallDelta:
+        self.shown = True
+        return ToolCallDelta(chunk.index, chunk.id, chunk.name, chunk.arguments_delta)
+
+    def response(self, response: ModelResponse) -> None:
+        self.usage = self.usage + response.usage
+        if not response.tool_calls and self.shown:
+            # If the flow asks again, this reply was not valid: its deltas are void.
+            self.discard = "invalid_output"
+
+    def failed(self) -> None:
+        if self.shown:
+            self.discard = "retry"
+
+    def operation(self) -> None:
+        """An operation other than a tool step (a write, a wait, a load) came between
+        a final reply and the next request: the reply was not re-asked, the whole turn
+        runs again (its write lost the race; ``conflict_retries``)."""
+        if self.discard == "invalid_output":
+            self.discard = "rerun"
+
+    def finish(self, value: Any) -> None:
+        self.done = True
+        if isinstance(value, Result):
+            self.result = value
+        else:
+            self.session = value
+            self.result = getattr(value, _LAST_RESULT, None)
+
+    def final_events(self) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        result = self.result
+        if result is None:
+            return events
+        pending = tuple(getattr(result, "pending", None) or ())
+        if pending:
+            events.append(ApprovalRequired(pending))
+        events.append(TurnCompleted(result))
+        return events
+
+    def attach_usage(self, exc: BaseException) -> None:
+        if isinstance(exc, Exception) and getattr(exc, "usage", None) is None:
+            with suppress(AttributeError, TypeError):
+                exc.usage = self.usage  # type: ignore[attr-defined]
+
+
+def _started(op: Any) -> list[StreamEvent]:
+    """``ToolCallStarted`` for an operation that runs tool calls (it has ``calls``)."""
+    calls = getattr(op, "calls", None)
+    if not isinstance(calls, list | tuple):
+        return []
+    return [
+        ToolCallStarted(call.id, call.name, call.arguments)
+        for call in calls
+        if isinstance(call, ToolCall)
+    ]
+
+
+def _finished(answer: Any) -> list[StreamEvent]:
+    """``ToolCallFinished`` for each ``ToolCallResult`` an operation was answered with."""
+    if not isinstance(answer, list | tuple):
+        return []
+    return [
+        ToolCallFinished(r.tool_call_id, r.name, r.arguments, r.status, r.result, r.error)
+        for r in answer
+        if isinstance(r, ToolCallResult)
+    ]
+
+
+def _stream_ended(request: ModelRequest) -> ModelCallError:
+    return ModelCallError(
+        f"the stream of {request.model} ended without a complete reply",
+        model=request.model,
+        retryable=False,
+    )
+
+
+class TurnStream(Generic[OutputT, SessionT]):
+    """A turn whose events arrive as the model writes (blocking code).
+
+    ::
+
+        with stream:
+            for event in stream:
+                ...
+        stream.result  # the turn's Result, once the stream is exhausted
+
+    ``session`` is the stored instance once the stream is exhausted (``None`` for an
+    agent run); ``usage`` the tokens spent so far, also after an early stop or a
+    failure.
+    """
+
+    def __init__(
+        self,
+        agent: Agent[Any],
+        flow: Generator[Any, Any, Any],
+        handle: Callable[[Any], Any],
+        model: Model,
+    ) -> None:
+        self._turn = _Turn(agent, flow, model)
+        self._handle = handle
+        self._events = self._run()
+
+    @property
+    def result(self) -> Result[OutputT] | None:
+        """The turn's ``Result`` once the stream is exhausted, else ``None``."""
+        return self._turn.result
+
+    @property
+    def session(self) -> SessionT | None:
+        """The stored instance once the stream is exhausted (``None`` for an agent run)."""
+        session: SessionT | None = self._turn.session
+        return session
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens of the model calls that completed so far."""
+        return self._turn.usage
+
+    @property
+    def done(self) -> bool:
+        """The turn finished (and, in a session, was stored)."""
+        return self._turn.done
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        return self
+
+    def __next__(self) -> StreamEvent:
+        return next(self._events)
+
+    def __enter__(self) -> TurnStream[OutputT, SessionT]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop: close the model's stream and end the turn without storing it."""
+        self._events.close()
+
+    def text_deltas(self) -> Iterator[str]:
+        """Only the text, piece by piece (the other events are passed over)."""
+        for event in self:
+            if isinstance(event, TextDelta):
+                yield event.text
+
+    def _run(self) -> Generator[StreamEvent, None, None]:
+        turn = self._turn
+        flow = turn.flow
+        try:
+            try:
+                op = next(flow)
+                while True:
+                    if isinstance(op, ModelRequest):
+                        discarded = turn.request()
+                        if discarded is not None:
+                            yield discarded
+                        response: ModelResponse | None = None
+                        stream = turn.model.stream(op)
+                        try:
+                            for chunk in stream:
+                                if isinstance(chunk, TextChunk):
+                                    yield from turn.text(chunk)
+                                elif isinstance(chunk, ToolCallChunk):
+                                    yield turn.tool_delta(chunk)
+                                elif isinstance(chunk, StreamEnd):
+                                    response = chunk.response
+                            if response is None:
+                                raise _stream_ended(op)
+                        except Exception as exc:
+                            turn.failed()
+                            op = flow.throw(exc)
+                            continue
+                        finally:
+                            stream.close()
+                        turn.response(response)
+                        op = flow.send(response)
+                    else:
+                        turn.operation()
+                        yield from _started(op)
+                        try:
+                            value = self._handle(op)
+                        except Exception as exc:
+                            op = flow.throw(exc)
+                            continue
+                        yield from _finished(value)
+                        op = flow.send(value)
+            except StopIteration as stop:
+                turn.finish(stop.value)
+        except GeneratorExit:
+            self._cancel()
+            raise
+        except BaseException as exc:
+            turn.attach_usage(exc)
+            raise
+        yield from turn.final_events()
+
+    def _cancel(self) -> None:
+        """Throw ``TurnCancelled`` into the flow and answer its clean-up operations."""
+        flow = self._turn.flow
+        if inspect.getgeneratorstate(flow) != inspect.GEN_SUSPENDED:
+            flow.close()
+            return
+        try:
+            op = flow.throw(TurnCancelled())
+            for _ in range(CLEANUP_OPERATIONS):
+                if isinstance(op, ModelRequest):
+                    op = flow.throw(TurnCancelled())
+                    continue
+                if isinstance(op, Sleep):
+                    op = flow.send(None)
+                    continue
+                try:
+                    value = self._handle(op)
+                except Exception as exc:
+                    op = flow.throw(exc)
+                    continue
+                op = flow.send(value)
+            flow.close()
+        except (TurnCancelled, StopIteration):
+            pass
+        except Exception:
+            logger.warning("cleaning up a cancelled turn failed", exc_info=True)
+
+
+class AsyncTurnStream(Generic[OutputT, SessionT]):
+    """Async twin of ``TurnStream``: ``async with stream: async for event in stream``."""
+
+    def __init__(
+        self,
+        agent: Agent[Any],
+        flow: Generator[Any, Any, Any],
+        handle: Callable[[Any], Awaitable[Any]],
+        model: Model,
+    ) -> None:
+        self._turn = _Turn(agent, flow, model)
+        self._handle = handle
+        self._events = self._run()
+
+    @property
+    def result(self) -> Result[OutputT] | None:
+        """The turn's ``Result`` once the stream is exhausted, else ``None``."""
+        return self._turn.result
+
+    @property
+    def session(self) -> SessionT | None:
+        """The stored instance once the stream is exhausted (``None`` for an agent run)."""
+        session: SessionT | None = self._turn.session
+        return session
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens of the model calls that completed so far."""
+        return self._turn.usage
+
+    @property
+    def done(self) -> bool:
+        """The turn finished (and, in a session, was stored)."""
+        return self._turn.done
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        return await self._events.__anext__()
+
+    async def __aenter__(self) -> AsyncTurnStream[OutputT, SessionT]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop: close the model's stream and end the turn without storing it."""
+        await self._events.aclose()
+
+    async def text_deltas(self) -> AsyncIterator[str]:
+        """Only the text, piece by piece (the other events are passed over)."""
+        async for event in self:
+            if isinstance(event, TextDelta):
+                yield event.text
+
+    async def _run(self) -> AsyncGenerator[StreamEvent, None]:
+        turn = self._turn
+        flow = turn.flow
+        try:
+            try:
+                op = next(flow)
+                while True:
+                    if isinstance(op, ModelRequest):
+                        discarded = turn.request()
+                        if discarded is not None:
+                            yield discarded
+                        response: ModelResponse | None = None
+                        stream = turn.model.astream(op)
+                        try:
+                            async for chunk in stream:
+                                if isinstance(chunk, TextChunk):
+                                    for event in turn.text(chunk):
+                                        yield event
+                                elif isinstance(chunk, ToolCallChunk):
+                                    yield turn.tool_delta(chunk)
+                                elif isinstance(chunk, StreamEnd):
+                                    response = chunk.response
+                            if response is None:
+                                raise _stream_ended(op)
+                        except Exception as exc:
+                            turn.failed()
+                            op = flow.throw(exc)
+                            continue
+                        finally:
+                            await stream.aclose()
+                        turn.response(response)
+                        op = flow.send(response)
+                    else:
+                        turn.operation()
+                        for event in _started(op):
+                            yield event
+                        try:
+                            value = await self._handle(op)
+                        except Exception as exc:
+                            op = flow.throw(exc)
+                            continue
+                        for event in _finished(value):
+                            yield event
+                        op = flow.send(value)
+            except StopIteration as stop:
+                turn.finish(stop.value)
+        except (GeneratorExit, asyncio.CancelledError):
+            await self._cancel_shielded()
+            raise
+        except BaseException as exc:
+            turn.attach_usage(exc)
+            raise
+        for event in turn.final_events():
+            yield event
+
+    async def _cancel_shielded(self) -> None:
+        """Run ``_cancel`` in a task of its own, shielded: under a cancel scope that
+        cancels every ``await`` of the cancelled task (anyio, so Starlette when the
+        client disconnects), the status write still runs to its end."""
+        task = asyncio.ensure_future(self._cancel())
+        _CLEANUPS.add(task)
+        task.add_done_callback(_CLEANUPS.discard)
+        await asyncio.shield(task)
+
+    async def _cancel(self) -> None:
+        """Throw ``TurnCancelled`` into the flow and answer its clean-up operations."""
+        flow = self._turn.flow
+        if inspect.getgeneratorstate(flow) != inspect.GEN_SUSPENDED:
+            flow.close()
+            return
+        try:
+            op = flow.throw(TurnCancelled())
+            for _ in range(CLEANUP_OPERATIONS):
+                if isinstance(op, ModelRequest):
+                    op = flow.throw(TurnCancelled())
+                    continue
+                if isinstance(op, Sleep):
+                    op = flow.send(None)
+                    continue
+                try:
+                    value = await self._handle(op)
+                except Exception as exc:
+                    op = flow.throw(exc)
+                    continue
+                op = flow.send(value)
+            flow.close()
+        except (TurnCancelled, StopIteration):
+            pass
+        except Exception:
+            logger.warning("cleaning up a cancelled turn failed", exc_info=True)
+
+
+# -- an agent run, streamed ------------------------------------------------------------
+
+
+def run_stream(
+    agent: Agent[OutputT],
+    input: Any,
+    *,
+    instruction_args: Any = None,
+) -> TurnStream[OutputT, None]:
+    """``agent.run(...)`` as a stream (no database): validated before it returns."""
+    plan = _turn.plan_first_turn(agent, input, instruction_args)
+    model = agent.model
+    flow = _turn.model_flow(agent, plan, agent.output_mode(model))
+    return TurnStream(agent, flow, _turn.model_handler(model), model)
+
+
+async def arun_stream(
+    agent: Agent[OutputT],
+    input: Any,
+    *,
+    instruction_args: Any = None,
+) -> AsyncTurnStream[OutputT, None]:
+    """Async twin of ``run_stream``."""
+    plan = _turn.plan_first_turn(agent, input, instruction_args)
+    model = agent.model
+    if isinstance(model, LiteLLMModel):
+        await aprepare()  # the first import of LiteLLM, off the event loop
+    flow = _turn.model_flow(agent, plan, agent.output_mode(model))
+    return AsyncTurnStream(agent, flow, _turn.amodel_handler(model), model)
