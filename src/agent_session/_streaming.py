@@ -36,13 +36,14 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from . import _turn
+from . import _observe, _turn
 from ._flows import _LAST_RESULT
-from ._turn import Sleep
+from ._observe import HookCall
+from ._turn import Sleep, TurnCancelled
 from .context import Usage
-from .errors import ModelCallError
+from .errors import InputValidationError, ModelCallError
 from .events import (
     ApprovalRequired,
     AttemptDiscarded,
@@ -72,10 +73,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncTurnStream",
+    "OnCancel",
     "TurnCancelled",
     "TurnStream",
     "arun_stream",
+    "astream_session",
     "run_stream",
+    "stream_session",
 ]
 
 logger = logging.getLogger("agent_session.streaming")
@@ -83,15 +87,14 @@ logger = logging.getLogger("agent_session.streaming")
 OutputT = TypeVar("OutputT")
 SessionT = TypeVar("SessionT")
 
+OnCancel = Literal["discard", "keep"]
+"""What a stream stopped early stores: nothing (``discard``), or what was received."""
+
 _CLEANUPS: set[asyncio.Future[None]] = set()
 """Clean-ups of cancelled async turns that are still running (kept from the GC)."""
 
 CLEANUP_OPERATIONS = 20
 """At most this many operations are answered after a cancellation (the status write)."""
-
-
-class TurnCancelled(Exception):
-    """Thrown into a flow when its consumer stopped early; never reaches the consumer."""
 
 
 class _Turn:
@@ -103,18 +106,35 @@ class _Turn:
         "discard",
         "done",
         "flow",
+        "keep",
         "model",
         "partial",
+        "received",
         "result",
         "session",
         "shown",
         "usage",
     )
 
-    def __init__(self, agent: Agent[Any], flow: Generator[Any, Any, Any], model: Model) -> None:
+    def __init__(
+        self,
+        agent: Agent[Any],
+        flow: Generator[Any, Any, Any],
+        model: Model,
+        on_cancel: OnCancel = "discard",
+    ) -> None:
+        if on_cancel not in ("discard", "keep"):
+            raise InputValidationError(
+                f'on_cancel must be "discard" or "keep", got {on_cancel!r}',
+                errors=[],
+                source="on_cancel",
+            )
         self.agent = agent
         self.flow = flow
         self.model = model
+        self.keep = on_cancel == "keep"
+        self.received: list[str] = []
+        """The text of the current reply handed out so far."""
         self.usage = Usage()
         self.calls = 0
         self.shown = False
@@ -132,11 +152,13 @@ class _Turn:
         self.calls += 1
         self.discard = None
         self.shown = False
+        self.received = []
         self.partial = PartialOutput() if self.agent.output_schema is not None else None
         return event
 
     def text(self, chunk: TextChunk) -> Sequence[StreamEvent]:
         self.shown = True
+        self.received.append(chunk.text)
         delta = TextDelta(chunk.text)
         if self.partial is None:
             return (delta,)
@@ -157,12 +179,17 @@ class _Turn:
         if self.shown:
             self.discard = "retry"
 
-    def operation(self) -> None:
+    def operation(self, op: Any) -> None:
         """An operation other than a tool step (a write, a wait, a load) came between
         a final reply and the next request: the reply was not re-asked, the whole turn
-        runs again (its write lost the race; ``conflict_retries``)."""
-        if self.discard == "invalid_output":
+        runs again (its write lost the race; ``conflict_retries``). A hook call is
+        no such operation."""
+        if self.discard == "invalid_output" and not isinstance(op, HookCall):
             self.discard = "rerun"
+
+    def cancelled(self) -> TurnCancelled:
+        """What is thrown into the flow when the consumer stopped early."""
+        return TurnCancelled(keep=self.keep, text="".join(self.received))
 
     def finish(self, value: Any) -> None:
         self.done = True
@@ -241,8 +268,10 @@ class TurnStream(Generic[OutputT, SessionT]):
         flow: Generator[Any, Any, Any],
         handle: Callable[[Any], Any],
         model: Model,
+        *,
+        on_cancel: OnCancel = "discard",
     ) -> None:
-        self._turn = _Turn(agent, flow, model)
+        self._turn = _Turn(agent, flow, model, on_cancel)
         self._handle = handle
         self._events = self._run()
 
@@ -321,7 +350,7 @@ class TurnStream(Generic[OutputT, SessionT]):
                         turn.response(response)
                         op = flow.send(response)
                     else:
-                        turn.operation()
+                        turn.operation(op)
                         yield from _started(op)
                         try:
                             value = self._handle(op)
@@ -347,7 +376,7 @@ class TurnStream(Generic[OutputT, SessionT]):
             flow.close()
             return
         try:
-            op = flow.throw(TurnCancelled())
+            op = flow.throw(self._turn.cancelled())
             for _ in range(CLEANUP_OPERATIONS):
                 if isinstance(op, ModelRequest):
                     op = flow.throw(TurnCancelled())
@@ -362,8 +391,10 @@ class TurnStream(Generic[OutputT, SessionT]):
                     continue
                 op = flow.send(value)
             flow.close()
-        except (TurnCancelled, StopIteration):
+        except TurnCancelled:
             pass
+        except StopIteration as stop:  # the flow kept the turn (on_cancel="keep")
+            self._turn.finish(stop.value)
         except Exception:
             logger.warning("cleaning up a cancelled turn failed", exc_info=True)
 
@@ -377,8 +408,10 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
         flow: Generator[Any, Any, Any],
         handle: Callable[[Any], Awaitable[Any]],
         model: Model,
+        *,
+        on_cancel: OnCancel = "discard",
     ) -> None:
-        self._turn = _Turn(agent, flow, model)
+        self._turn = _Turn(agent, flow, model, on_cancel)
         self._handle = handle
         self._events = self._run()
 
@@ -458,7 +491,7 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
                         turn.response(response)
                         op = flow.send(response)
                     else:
-                        turn.operation()
+                        turn.operation(op)
                         for event in _started(op):
                             yield event
                         try:
@@ -496,7 +529,7 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
             flow.close()
             return
         try:
-            op = flow.throw(TurnCancelled())
+            op = flow.throw(self._turn.cancelled())
             for _ in range(CLEANUP_OPERATIONS):
                 if isinstance(op, ModelRequest):
                     op = flow.throw(TurnCancelled())
@@ -511,13 +544,52 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
                     continue
                 op = flow.send(value)
             flow.close()
-        except (TurnCancelled, StopIteration):
+        except TurnCancelled:
             pass
+        except StopIteration as stop:  # the flow kept the turn (on_cancel="keep")
+            self._turn.finish(stop.value)
         except Exception:
             logger.warning("cleaning up a cancelled turn failed", exc_info=True)
 
 
-# -- an agent run, streamed ------------------------------------------------------------
+# -- a turn, streamed -------------------------------------------------------------
+#
+# Every streamed turn runs its flow through ``_observe.observed``, the same wrapper
+# ``_observe.drive`` uses: hooks, spans and logs see a streamed turn as an unstreamed
+# one (the ``chat`` span lasts from the request to the last chunk).
+
+
+def stream_session(
+    agent: Agent[Any],
+    flow: Generator[Any, Any, Any],
+    store: Any,
+    *,
+    call: str,
+    key: Any = None,
+    on_cancel: OnCancel = "discard",
+) -> TurnStream[Any, Any]:
+    """A session flow as a stream: its database operations answered by ``store``
+    (a ``SyncStore``), its model requests by ``store.model.stream``."""
+    watched = _observe.observed(agent, flow, call=call, key=key, store=store, is_async=False)
+    handle = store if watched is flow else _observe.with_hooks(store)
+    return TurnStream(agent, watched, handle, store.model, on_cancel=on_cancel)
+
+
+async def astream_session(
+    agent: Agent[Any],
+    flow: Generator[Any, Any, Any],
+    store: Any,
+    *,
+    call: str,
+    key: Any = None,
+    on_cancel: OnCancel = "discard",
+) -> AsyncTurnStream[Any, Any]:
+    """Async twin of ``stream_session`` (``store`` an ``AsyncStore``)."""
+    if isinstance(store.model, LiteLLMModel):
+        await aprepare()  # the first import of LiteLLM, off the event loop
+    watched = _observe.observed(agent, flow, call=call, key=key, store=store, is_async=True)
+    handle = store if watched is flow else _observe.awith_hooks(store)
+    return AsyncTurnStream(agent, watched, handle, store.model, on_cancel=on_cancel)
 
 
 def run_stream(
@@ -525,12 +597,12 @@ def run_stream(
     input: Any,
     *,
     instruction_args: Any = None,
+    deps: Any = None,
 ) -> TurnStream[OutputT, None]:
-    """``agent.run(...)`` as a stream (no database): validated before it returns."""
+    """``agent.run(..., stream=True)``: validated before it returns, no database."""
     plan = _turn.plan_first_turn(agent, input, instruction_args)
-    model = agent.model
-    flow = _turn.model_flow(agent, plan, agent.output_mode(model))
-    return TurnStream(agent, flow, _turn.model_handler(model), model)
+    flow = _turn.model_flow(agent, plan, agent.output_mode(agent.model))
+    return flow_stream(agent, flow, deps, call="run")
 
 
 async def arun_stream(
@@ -538,11 +610,35 @@ async def arun_stream(
     input: Any,
     *,
     instruction_args: Any = None,
+    deps: Any = None,
 ) -> AsyncTurnStream[OutputT, None]:
     """Async twin of ``run_stream``."""
     plan = _turn.plan_first_turn(agent, input, instruction_args)
-    model = agent.model
-    if isinstance(model, LiteLLMModel):
+    if isinstance(agent.model, LiteLLMModel):
         await aprepare()  # the first import of LiteLLM, off the event loop
-    flow = _turn.model_flow(agent, plan, agent.output_mode(model))
-    return AsyncTurnStream(agent, flow, _turn.amodel_handler(model), model)
+    flow = _turn.model_flow(agent, plan, agent.output_mode(agent.model))
+    return aflow_stream(agent, flow, deps, call="arun")
+
+
+def flow_stream(
+    agent: Agent[OutputT], flow: Generator[Any, Any, Any], deps: Any, *, call: str
+) -> TurnStream[OutputT, None]:
+    """An agent's turn ``flow`` (``run``, ``resume``) as a stream, without a database."""
+    model = agent.model
+    handle = _turn.model_handler(model, agent._tool_scope(deps))
+    watched = _observe.observed(agent, flow, call=call, is_async=False)
+    if watched is not flow:
+        handle = _observe.with_hooks(handle)
+    return TurnStream(agent, watched, handle, model)
+
+
+def aflow_stream(
+    agent: Agent[OutputT], flow: Generator[Any, Any, Any], deps: Any, *, call: str
+) -> AsyncTurnStream[OutputT, None]:
+    """Async twin of ``flow_stream`` (LiteLLM already imported by the caller)."""
+    model = agent.model
+    handle = _turn.amodel_handler(model, agent._tool_scope(deps))
+    watched = _observe.observed(agent, flow, call=call, is_async=True)
+    if watched is not flow:
+        handle = _observe.awith_hooks(handle)
+    return AsyncTurnStream(agent, watched, handle, model)
