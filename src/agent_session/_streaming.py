@@ -204,7 +204,7 @@ class _Turn:
         result = self.result
         if result is None:
             return events
-        pending = tuple(getattr(result, "pending", None) or ())
+        pending = tuple(result.pending_approvals)
         if pending:
             events.append(ApprovalRequired(pending))
         events.append(TurnCompleted(result))
