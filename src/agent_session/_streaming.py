@@ -24,6 +24,7 @@ does not carry its own.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 from collections.abc import (
@@ -103,6 +104,7 @@ class _Turn:
     __slots__ = (
         "agent",
         "calls",
+        "context",
         "discard",
         "done",
         "flow",
@@ -133,6 +135,10 @@ class _Turn:
         self.flow = flow
         self.model = model
         self.keep = on_cancel == "keep"
+        self.context = contextvars.copy_context()
+        """The flow runs in a context of its own: what it makes current (the turn's
+        spans) stays there between events, whichever task steps it, and never leaks
+        into the consumer's code."""
         self.received: list[str] = []
         """The text of the current reply handed out so far."""
         self.usage = Usage()
@@ -321,9 +327,10 @@ class TurnStream(Generic[OutputT, SessionT]):
     def _run(self) -> Generator[StreamEvent, None, None]:
         turn = self._turn
         flow = turn.flow
+        step = turn.context.run
         try:
             try:
-                op = next(flow)
+                op = step(next, flow)
                 while True:
                     if isinstance(op, ModelRequest):
                         discarded = turn.request()
@@ -343,22 +350,22 @@ class TurnStream(Generic[OutputT, SessionT]):
                                 raise _stream_ended(op)
                         except Exception as exc:
                             turn.failed()
-                            op = flow.throw(exc)
+                            op = step(flow.throw, exc)
                             continue
                         finally:
                             stream.close()
                         turn.response(response)
-                        op = flow.send(response)
+                        op = step(flow.send, response)
                     else:
                         turn.operation(op)
                         yield from _started(op)
                         try:
                             value = self._handle(op)
                         except Exception as exc:
-                            op = flow.throw(exc)
+                            op = step(flow.throw, exc)
                             continue
                         yield from _finished(value)
-                        op = flow.send(value)
+                        op = step(flow.send, value)
             except StopIteration as stop:
                 turn.finish(stop.value)
         except GeneratorExit:
@@ -372,25 +379,26 @@ class TurnStream(Generic[OutputT, SessionT]):
     def _cancel(self) -> None:
         """Throw ``TurnCancelled`` into the flow and answer its clean-up operations."""
         flow = self._turn.flow
+        step = self._turn.context.run
         if inspect.getgeneratorstate(flow) != inspect.GEN_SUSPENDED:
-            flow.close()
+            step(flow.close)
             return
         try:
-            op = flow.throw(self._turn.cancelled())
+            op = step(flow.throw, self._turn.cancelled())
             for _ in range(CLEANUP_OPERATIONS):
                 if isinstance(op, ModelRequest):
-                    op = flow.throw(TurnCancelled())
+                    op = step(flow.throw, TurnCancelled())
                     continue
                 if isinstance(op, Sleep):
-                    op = flow.send(None)
+                    op = step(flow.send, None)
                     continue
                 try:
                     value = self._handle(op)
                 except Exception as exc:
-                    op = flow.throw(exc)
+                    op = step(flow.throw, exc)
                     continue
-                op = flow.send(value)
-            flow.close()
+                op = step(flow.send, value)
+            step(flow.close)
         except TurnCancelled:
             pass
         except StopIteration as stop:  # the flow kept the turn (on_cancel="keep")
@@ -461,9 +469,10 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
     async def _run(self) -> AsyncGenerator[StreamEvent, None]:
         turn = self._turn
         flow = turn.flow
+        step = turn.context.run
         try:
             try:
-                op = next(flow)
+                op = step(next, flow)
                 while True:
                     if isinstance(op, ModelRequest):
                         discarded = turn.request()
@@ -484,12 +493,12 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
                                 raise _stream_ended(op)
                         except Exception as exc:
                             turn.failed()
-                            op = flow.throw(exc)
+                            op = step(flow.throw, exc)
                             continue
                         finally:
                             await stream.aclose()
                         turn.response(response)
-                        op = flow.send(response)
+                        op = step(flow.send, response)
                     else:
                         turn.operation(op)
                         for event in _started(op):
@@ -497,11 +506,11 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
                         try:
                             value = await self._handle(op)
                         except Exception as exc:
-                            op = flow.throw(exc)
+                            op = step(flow.throw, exc)
                             continue
                         for event in _finished(value):
                             yield event
-                        op = flow.send(value)
+                        op = step(flow.send, value)
             except StopIteration as stop:
                 turn.finish(stop.value)
         except (GeneratorExit, asyncio.CancelledError):
@@ -525,25 +534,26 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
     async def _cancel(self) -> None:
         """Throw ``TurnCancelled`` into the flow and answer its clean-up operations."""
         flow = self._turn.flow
+        step = self._turn.context.run
         if inspect.getgeneratorstate(flow) != inspect.GEN_SUSPENDED:
-            flow.close()
+            step(flow.close)
             return
         try:
-            op = flow.throw(self._turn.cancelled())
+            op = step(flow.throw, self._turn.cancelled())
             for _ in range(CLEANUP_OPERATIONS):
                 if isinstance(op, ModelRequest):
-                    op = flow.throw(TurnCancelled())
+                    op = step(flow.throw, TurnCancelled())
                     continue
                 if isinstance(op, Sleep):
-                    op = flow.send(None)
+                    op = step(flow.send, None)
                     continue
                 try:
                     value = await self._handle(op)
                 except Exception as exc:
-                    op = flow.throw(exc)
+                    op = step(flow.throw, exc)
                     continue
-                op = flow.send(value)
-            flow.close()
+                op = step(flow.send, value)
+            step(flow.close)
         except TurnCancelled:
             pass
         except StopIteration as stop:  # the flow kept the turn (on_cancel="keep")
