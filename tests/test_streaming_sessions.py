@@ -448,7 +448,10 @@ async def test_a_stopped_streamed_start_inserts_nothing(
     assert stored_rows(database, chat_cls.__table__) == []
 
 
-async def test_a_cancelled_task_stores_nothing(async_database: Database) -> None:
+@pytest.mark.parametrize("on_cancel", ["discard", "keep"])
+async def test_a_cancelled_task_stores_nothing_or_what_was_received(
+    async_database: Database, on_cancel: str
+) -> None:
     async_database.create_all(Base.metadata)
     chat = await _started(async_database, StatusChat)
     before = _row(async_database, StatusChat)
@@ -456,7 +459,7 @@ async def test_a_cancelled_task_stores_nothing(async_database: Database) -> None
     first = asyncio.Event()
     with AGENT.override(model=model):
         stream = await StatusChat.acontinue_session(
-            _maker(async_database), chat.id, "Go", stream=True
+            _maker(async_database), chat.id, "Go", stream=True, on_cancel=on_cancel
         )
 
     async def consume() -> None:
@@ -472,7 +475,12 @@ async def test_a_cancelled_task_stores_nothing(async_database: Database) -> None
 
     assert model.closed_early == 1
     after = _row(async_database, StatusChat)
-    assert after["context"] == before["context"] and after["status"] == "failed"
+    if on_cancel == "discard":
+        assert after["context"] == before["context"] and after["status"] == "failed"
+    else:
+        assert after["status"] == "completed"
+        last = after["context"]["messages"][-1]
+        assert (last["content"], last["meta"]["interrupted"]) == ("It ", True)
 
 
 async def test_a_stream_broken_mid_way_stores_nothing(
@@ -667,3 +675,30 @@ async def test_keep_still_discards_a_broken_stream(database: Database) -> None:
             await _collect(stream)
     after = _row(database, StatusChat)
     assert after["context"] == before["context"] and after["status"] == "failed"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_an_agent_run_and_its_resume_stream(mode: str) -> None:
+    pay = ToolCall("transfer", {"to": "bob", "amount": 20}, id="pay")
+    with AGENT.override(model=TestModel(replies=[pay, "Sent."])):
+        if mode == "sync":
+            with AGENT.run("pay bob", stream=True) as stream:
+                events = list(stream)
+            assert stream.result is not None
+            with AGENT.resume(stream.result, approvals={"pay": True}, stream=True) as resumed:
+                more = list(resumed)
+        else:
+            async with await AGENT.arun("pay bob", stream=True) as astream:
+                events = [event async for event in astream]
+            assert astream.result is not None
+            paused = astream.result
+            async with await AGENT.aresume(paused, approvals={"pay": True}, stream=True) as ar:
+                more = [event async for event in ar]
+    assert [type(e).__name__ for e in events][-2:] == ["ApprovalRequired", "TurnCompleted"]
+    assert [type(e).__name__ for e in more] == [
+        "ToolCallStarted",
+        "ToolCallFinished",
+        "TextDelta",
+        "TurnCompleted",
+    ]
+    assert more[-1].result.output == "Sent." and RAN == ["transfer bob"]
