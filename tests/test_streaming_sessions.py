@@ -405,6 +405,26 @@ async def test_sse_of_a_stored_session_ends_with_its_key(database: Database) -> 
     assert frames[-1] == f'event: completed\ndata: {{"session_key":{key}}}\n\n'
 
 
+async def test_sse_of_a_broken_session_stream_ends_with_an_error_frame(
+    database: Database,
+) -> None:
+    database.create_all(Base.metadata)
+    chat = await _started(database, StatusChat)
+    before = _row(database, StatusChat)
+    broken = ModelCallError("the connection dropped", model="m", retryable=False)
+    with AGENT.override(model=Scripted([TextChunk("It "), broken])):
+        stream = await _call(database, StatusChat, "continue_session", chat.id, "Go", stream=True)
+        if isinstance(stream, TurnStream):
+            frames = list(sse.encode(stream))
+        else:
+            frames = [frame async for frame in sse.aencode(stream)]
+    assert frames[0] == 'event: text_delta\ndata: {"text":"It "}\n\n'
+    assert frames[-1].startswith('event: error\ndata: {"type":"ModelCallError","message":')
+    assert "completed" not in "".join(frames)
+    after = _row(database, StatusChat)
+    assert after["context"] == before["context"] and after["status"] == "failed"
+
+
 # -- stopped early, broken, raced ----------------------------------------------------
 
 
