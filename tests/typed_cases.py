@@ -157,3 +157,14 @@ async def session_stream_cases(db: Session, adb: AsyncSession, chat: OwnColumnsC
     assert_type(reply_agent.run("hi", stream=True), TurnStream[Reply, None])
     assert_type(reply_agent.run("hi"), Result[Reply])
     assert_type(await reply_agent.arun("hi", stream=True), AsyncTurnStream[Reply, None])
+
+
+def flag_cases(db: Session, chat: OwnColumnsChat, flag: bool) -> None:
+    """``stream=`` given a plain ``bool``: either result."""
+    from agent_session import TurnStream
+
+    assert_type(
+        OwnColumnsChat.continue_session(db, chat, "more", stream=flag),
+        OwnColumnsChat | TurnStream[Reply, OwnColumnsChat],
+    )
+    assert_type(reply_agent.run("hi", stream=flag), Result[Reply] | TurnStream[Reply, None])

@@ -335,6 +335,16 @@ class Agent(Generic[OutputT]):
         stream: Literal[True],
     ) -> TurnStream[OutputT, None]: ...
 
+    @overload
+    def run(
+        self,
+        input: BaseModel | Mapping[str, Any] | str,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+    ) -> Result[OutputT] | TurnStream[OutputT, None]: ...
+
     def run(
         self,
         input: BaseModel | Mapping[str, Any] | str,
@@ -382,6 +392,16 @@ class Agent(Generic[OutputT]):
         stream: Literal[True],
     ) -> AsyncTurnStream[OutputT, None]: ...
 
+    @overload
+    async def arun(
+        self,
+        input: BaseModel | Mapping[str, Any] | str,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+    ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]: ...
+
     async def arun(
         self,
         input: BaseModel | Mapping[str, Any] | str,
@@ -424,6 +444,16 @@ class Agent(Generic[OutputT]):
         deps: Any = ...,
         stream: Literal[True],
     ) -> TurnStream[OutputT, None]: ...
+
+    @overload
+    def resume(
+        self,
+        result: Result[OutputT],
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        stream: bool,
+    ) -> Result[OutputT] | TurnStream[OutputT, None]: ...
 
     def resume(
         self,
@@ -473,6 +503,16 @@ class Agent(Generic[OutputT]):
         deps: Any = ...,
         stream: Literal[True],
     ) -> AsyncTurnStream[OutputT, None]: ...
+
+    @overload
+    async def aresume(
+        self,
+        result: Result[OutputT],
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        stream: bool,
+    ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]: ...
 
     async def aresume(
         self,

@@ -206,6 +206,21 @@ class AgentSessionMixin(Generic[OutputT]):
         **values: Any,
     ) -> TurnStream[OutputT, Self]: ...
 
+    @overload
+    @classmethod
+    def start_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+        **values: Any,
+    ) -> Self | TurnStream[OutputT, Self]: ...
+
     @classmethod
     def start_session(
         cls,
@@ -271,6 +286,23 @@ class AgentSessionMixin(Generic[OutputT]):
         stream: Literal[True],
         on_cancel: OnCancel = ...,
     ) -> TurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    def continue_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        session_or_pk: Any,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+    ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
     def continue_session(
@@ -358,6 +390,23 @@ class AgentSessionMixin(Generic[OutputT]):
         stream: Literal[True],
         on_cancel: OnCancel = ...,
     ) -> TurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    def resume_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        session_or_pk: Any,
+        /,
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+    ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
     def resume_session(
@@ -455,6 +504,21 @@ class AgentSessionMixin(Generic[OutputT]):
         **values: Any,
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
+    @overload
+    @classmethod
+    async def astart_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+        **values: Any,
+    ) -> Self | AsyncTurnStream[OutputT, Self]: ...
+
     @classmethod
     async def astart_session(
         cls,
@@ -511,6 +575,23 @@ class AgentSessionMixin(Generic[OutputT]):
         stream: Literal[True],
         on_cancel: OnCancel = ...,
     ) -> AsyncTurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    async def acontinue_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        session_or_pk: Any,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+    ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
     async def acontinue_session(
@@ -583,6 +664,23 @@ class AgentSessionMixin(Generic[OutputT]):
         stream: Literal[True],
         on_cancel: OnCancel = ...,
     ) -> AsyncTurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    async def aresume_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        session_or_pk: Any,
+        /,
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+    ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
     async def aresume_session(
