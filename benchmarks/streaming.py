@@ -9,8 +9,8 @@ process, each timing one whole streamed call from its start:
   {"include_usage": True})``, iterated to its end (the baseline);
 - ``LiteLLMModel.stream``: the library's model stream (chunks, tool-call assembly,
   the cost priced from the rebuilt response at the end);
-- a turn stream: ``run_stream(agent, ...)`` (what ``Agent.run(..., stream=True)`` is
-  to return): validation and planning, the model stream, ``TextDelta`` events, the
+- a turn stream: ``run_stream(agent, ...)`` (what ``Agent.run(..., stream=True)``
+  returns): validation and planning, the model stream, ``TextDelta`` events, the
   turn's ``Result``;
 - the async twins of LiteLLM directly and of the turn stream.
 

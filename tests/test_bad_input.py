@@ -440,6 +440,20 @@ async def test_bad_busy_timeout(database: Database, busy_timeout: Any) -> None:
     assert h.rows() == before
 
 
+@pytest.mark.parametrize(
+    ("stream", "on_cancel"),
+    [(True, "kept"), (True, None), (False, "keep")],
+    ids=["unknown", "none", "keep-without-stream"],
+)
+async def test_bad_on_cancel(database: Database, stream: bool, on_cancel: Any) -> None:
+    h, chat, before = await stored_session(database, status=True)
+    with pytest.raises(InputValidationError, match="on_cancel") as info:
+        await h.cont(chat.id, "turn [t1]", stream=stream, on_cancel=on_cancel)
+    assert info.value.source == "on_cancel"
+    assert calls(h) == 1
+    assert h.rows() == before
+
+
 async def test_db_that_is_not_a_session(database: Database) -> None:
     h, chat, before = await stored_session(database)
     other_kind = Session() if h.is_async else AsyncSession()  # the twin of the right kind

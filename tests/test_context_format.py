@@ -5,7 +5,9 @@ them. They are the compatibility promise: every later release must read every
 earlier version, so these files are never edited, only added to. The version-2
 files hold the same conversations as the version-1 ones, and the version-3 files
 the same as the version-2 ones (plus ``context_v3_pending_approval.json``, a
-session paused for an approval), so each upgrade is checked against them.
+session paused for an approval, and ``context_v3_interrupted.json``, a streamed reply
+whose reader stopped early, stored with ``on_cancel="keep"``), so each upgrade is
+checked against them.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def test_golden_documents_are_present() -> None:
     names = {path.name for path in GOLDEN}
     assert {f"context_v{v}_{kind}.json" for v in (1, 2, 3) for kind in KINDS} <= names
     assert "context_v3_pending_approval.json" in names
+    assert "context_v3_interrupted.json" in names
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda path: path.stem)
@@ -146,6 +149,25 @@ def test_the_pending_approval_golden_document() -> None:
     calls = {c["id"] for m in context.messages for c in (m.tool_calls or [])}
     results = {m.tool_call_id for m in context.messages if m.role == "tool"}
     assert calls == results
+
+
+def test_the_interrupted_golden_document() -> None:
+    raw = _golden("context_v3_interrupted.json")
+    context = load_context(raw)
+
+    last = context.messages[-1]
+    assert (last.role, last.content, last.meta.interrupted) == (
+        "assistant",
+        "Order 42 was shipped on",
+        True,
+    )
+    assert all(not m.meta.interrupted for m in context.messages[:-1])
+    # Only complete pieces: the tool step before it has its result.
+    assert [m.role for m in context.messages[-3:]] == ["assistant", "tool", "assistant"]
+    assert "interrupted" not in context.chat_messages()[-1]
+    # An older version has no such key.
+    with pytest.raises(ContextError):
+        load_context({**raw, "version": 2}, key=7)
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda path: path.stem)

@@ -70,7 +70,7 @@ import sys
 import textwrap
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase
 
-from agent_session.llm import LiteLLMModel, ModelRequest, ModelResponse
+from agent_session.llm import LiteLLMModel, ModelRequest, ModelResponse, StreamChunk
 from agent_session.testing import TestModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,11 +327,19 @@ def offline_model(monkeypatch: pytest.MonkeyPatch) -> TestModel:
     async def acomplete(self: LiteLLMModel, request: ModelRequest) -> ModelResponse:
         return await double.acomplete(request)
 
+    def stream(self: LiteLLMModel, request: ModelRequest) -> Iterator[StreamChunk]:
+        return double.stream(request)
+
+    def astream(self: LiteLLMModel, request: ModelRequest) -> AsyncIterator[StreamChunk]:
+        return double.astream(request)
+
     def supports_structured_output(self: LiteLLMModel, model: str) -> bool:
         return True
 
     monkeypatch.setattr(LiteLLMModel, "complete", complete)
     monkeypatch.setattr(LiteLLMModel, "acomplete", acomplete)
+    monkeypatch.setattr(LiteLLMModel, "stream", stream)
+    monkeypatch.setattr(LiteLLMModel, "astream", astream)
     monkeypatch.setattr(LiteLLMModel, "supports_structured_output", supports_structured_output)
     return double
 

@@ -529,6 +529,75 @@ async def test_hooks_on_a_stored_session(named_database: Database, spans: Spans)
     assert chat.last_output.answer == "my [redacted] plan"
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_streamed_run_has_the_spans_of_an_unstreamed_one(mode: str, spans: Spans) -> None:
+    agent = Agent(TestModel(cost=0.5), output_schema=Reply, name="helper")
+    if mode == "sync":
+        with agent.run("hello", stream=True) as stream:
+            events = list(stream)
+    else:
+        async with await agent.arun("hello", stream=True) as astream:
+            events = [event async for event in astream]
+        stream = astream  # type: ignore[assignment]
+    result = stream.result
+    assert result is not None and events[-1].result is result  # type: ignore[attr-defined]
+    turn = spans.one("invoke_agent")
+    assert attrs(turn)["agent_session.call"] == ("run" if mode == "sync" else "arun")
+    [chat] = spans.children(turn)
+    assert attrs(chat)["gen_ai.usage.output_tokens"] == result.usage.completion_tokens > 0
+    assert attrs(turn)["agent_session.cost"] == 0.5
+    assert attrs(turn)["agent_session.model_calls"] == 1
+
+
+@pytest.mark.parametrize("named_database", ["sqlite", "sqlite+aiosqlite"], indirect=True)
+async def test_hooks_on_a_streamed_session_and_a_stop_is_no_error(
+    named_database: Database, spans: Spans
+) -> None:
+    database = named_database
+    database.create_all(Base.metadata)
+    api = Api(database, HookedChat, maker=True)
+    current: list[bool] = []
+    if api.is_async:
+        stream: Any = await HookedChat.astart_session(api.maker, "my secret plan", stream=True)
+        async with stream:
+            events = []
+            async for event in stream:
+                events.append(event)
+                current.append(otel_trace.get_current_span().get_span_context().is_valid)
+    else:
+        stream = HookedChat.start_session(api.maker, "my secret plan", stream=True)
+        with stream:
+            events = []
+            for event in stream:
+                events.append(event)
+                current.append(otel_trace.get_current_span().get_span_context().is_valid)
+    assert not any(current)
+    # The model got the request as before_model_call changed it.
+    assert calls == ["before", "after my [redacted] plan"]
+    assert events[-1].result.output.answer == "my [redacted] plan"
+    key = stream.session.id
+    assert attrs(spans.one("invoke_agent"))["gen_ai.conversation.id"] == str(key)
+
+    calls.clear()
+    if api.is_async:
+        stream = await HookedChat.acontinue_session(api.maker, key, "more", stream=True)
+        async with stream:
+            async for _event in stream:
+                break
+    else:
+        stream = HookedChat.continue_session(api.maker, key, "more", stream=True)
+        with stream:
+            for _event in stream:
+                break
+    assert calls == ["before"]  # no after_model_call, and no on_error
+    # The turn's spans were current only inside the stream, never in this code.
+    assert not otel_trace.get_current_span().get_span_context().is_valid
+    [row] = stored_rows(database, HookedChat.__table__)
+    assert row["status"] == "failed" and row["context"]["turns"] == 1
+    stopped = spans.named("invoke_agent")[-1]
+    assert attrs(stopped)["error.type"] == "TurnCancelled"
+
+
 @pytest.mark.parametrize("named_database", ["sqlite", "sqlite+aiosqlite"], indirect=True)
 async def test_a_veto_stores_nothing_and_marks_the_turn_failed(
     named_database: Database, spans: Spans

@@ -416,13 +416,6 @@ class RunTools:
     calls: tuple[ToolCall, ...]
 
 
-@dataclass(frozen=True)
-class PausedResult(Result[Any]):
-    """Stands for a Result with pending approvals."""
-
-    pending: tuple[PendingApproval, ...] = ()
-
-
 def _result(text: str, cls: type[Result[Any]] = Result, **extra: Any) -> Result[Any]:
     return cls(
         output=text,
@@ -483,12 +476,12 @@ async def test_a_paused_turn_ends_with_approval_required(mode: str) -> None:
 
     def flow() -> Generator[Any, Any, Any]:
         yield ModelRequest(model="m", messages=[])
-        return _result("calling", PausedResult, pending=pending)
+        return _result("calling", pending_approvals=list(pending))
 
     stream = _make_stream(Agent(model), flow(), mode, model)
     events = await _collect(stream)
     assert events[-2:] == [ApprovalRequired(pending), TurnCompleted(stream.result)]
-    assert stream.result.pending == pending
+    assert stream.result.pending_approvals == list(pending)
 
 
 # -- the partial-output helper ---------------------------------------------------------

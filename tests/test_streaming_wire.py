@@ -12,10 +12,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from agent_session import (
     Agent,
+    AgentSessionMixin,
     ContextWindowError,
     LiteLLMModel,
     ModelCallError,
@@ -30,6 +34,7 @@ from agent_session import (
     Usage,
     _streaming,
     llm,
+    sse,
 )
 from fake_openai import FakeOpenAI, running_fake_openai
 
@@ -334,3 +339,120 @@ async def test_cancelling_the_task_stops_the_server(fake: FakeOpenAI) -> None:
     assert record.client_gone
     assert record.sent < record.scripted
     assert stream.result is None
+
+
+# -- stored sessions streamed over LiteLLM -------------------------------------------------
+
+
+def _session_class(fake: FakeOpenAI) -> type[Any]:
+    """A session model whose agent talks to ``fake`` (a new declarative base per test)."""
+
+    def get_order(order_id: str) -> dict[str, str]:
+        """Look up an order."""
+        return {"order_id": order_id, "status": "shipped"}
+
+    class Base(DeclarativeBase):
+        pass
+
+    class WireChat(AgentSessionMixin[str], Base):
+        __tablename__ = "wire_chats"
+        __agent__ = Agent(MODEL, model_settings=_settings(fake), tools=[get_order])
+        __status_attribute__ = "status"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+        owner: Mapped[str] = mapped_column(sa.String(32), default="ann")
+
+    return WireChat
+
+
+async def _session_stream(cls: type[Any], tmp_path: Any, mode: str, **kw: Any) -> Any:
+    """``cls.start_session(maker, ..., stream=True)`` on a SQLite file (aiosqlite async)."""
+    path = tmp_path / "wire.db"
+    sync_engine = sa.create_engine(f"sqlite:///{path}")
+    cls.metadata.create_all(sync_engine)
+    sync_engine.dispose()
+    if mode == "sync":
+        return cls.start_session(
+            sessionmaker(sa.create_engine(f"sqlite:///{path}")), "where is 42?", stream=True, **kw
+        )
+    maker = async_sessionmaker(create_async_engine(f"sqlite+aiosqlite:///{path}"))
+    return await cls.astart_session(maker, "where is 42?", stream=True, **kw)
+
+
+def _stored(cls: type[Any], tmp_path: Any) -> list[dict[str, Any]]:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'wire.db'}")
+    with engine.connect() as conn:
+        rows = [dict(row._mapping) for row in conn.execute(sa.select(cls.__table__))]
+    engine.dispose()
+    return rows
+
+
+async def test_a_streamed_tool_turn_of_a_session_through_sse(
+    fake: FakeOpenAI, mode: str, tmp_path: Any
+) -> None:
+    [call] = fake.enqueue_stream(
+        "Let me check.", tool_calls=[("get_order", {"order_id": "42"})], chunk_chars=3
+    )
+    fake.enqueue_stream("Order 42 was shipped.", prompt_tokens=30, completion_tokens=6)
+    cls = _session_class(fake)
+    stream = await _session_stream(cls, tmp_path, mode)
+    if mode == "sync":
+        frames = list(sse.encode(stream))
+    else:
+        frames = [frame async for frame in sse.aencode(stream)]
+
+    kinds = [frame.split("\n", 1)[0].removeprefix("event: ") for frame in frames]
+    assert kinds[-2:] == ["turn_completed", "completed"]
+    first_tool = kinds.index("tool_call_delta")
+    assert set(kinds[:first_tool]) == {"text_delta"}
+    assert kinds.index("tool_call_started") < kinds.index("tool_call_finished")
+    assert "text_delta" in kinds[kinds.index("tool_call_finished") :]
+    [row] = _stored(cls, tmp_path)
+    assert frames[-1] == f'event: completed\ndata: {{"session_key":{row["id"]}}}\n\n'
+    messages = row["context"]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+    assert messages[1]["tool_calls"][0]["id"] == call.id
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == '{"order_id": "42"}'
+    assert messages[-1]["content"] == "Order 42 was shipped."
+    assert row["context"]["usage"] == {"prompt_tokens": 40, "completion_tokens": 11}
+    assert row["status"] == "completed"
+    assert [r.body["stream"] for r in fake.requests] == [True, True]
+
+
+@pytest.mark.parametrize("on_cancel", ["discard", "keep"])
+async def test_stopping_a_session_stream_stops_the_server(
+    fake: FakeOpenAI, mode: str, tmp_path: Any, on_cancel: str
+) -> None:
+    _slow(fake)
+    cls = _session_class(fake)
+    stream = await _session_stream(cls, tmp_path, mode, on_cancel=on_cancel)
+    seen: list[Any] = []
+    if mode == "sync":
+        with stream:
+            for event in stream:
+                seen.append(event)
+                if len(seen) == 3:
+                    break
+    else:
+        async with stream:
+            async for event in stream:
+                seen.append(event)
+                if len(seen) == 3:
+                    break
+
+    record = await _stopped(fake)
+    assert record.client_gone
+    assert record.sent < record.scripted
+    assert len(fake.requests) == 1
+    rows = _stored(cls, tmp_path)
+    if on_cancel == "discard":
+        assert rows == []
+        assert stream.session is None
+    else:
+        [row] = rows
+        last = row["context"]["messages"][-1]
+        assert last == {
+            "role": "assistant",
+            "content": "xxx",
+            "meta": {"model": MODEL, "interrupted": True},
+        }
+        assert stream.session.id == row["id"]

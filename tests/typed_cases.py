@@ -12,6 +12,7 @@ from typing import Any, assert_type
 
 import sqlalchemy as sa
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import (
     DeclarativeBase,
     InstrumentedAttribute,
@@ -131,3 +132,39 @@ async def stream_cases() -> None:
     assert_type(astream, AsyncTurnStream[Reply, None])
     async for item in astream:
         assert_type(item, StreamEvent)
+
+
+async def session_stream_cases(db: Session, adb: AsyncSession, chat: OwnColumnsChat) -> None:
+    """``stream=True`` on the session methods and on ``Agent.run``: typed by overloads."""
+    from agent_session import AsyncTurnStream, TurnStream
+
+    assert_type(OwnColumnsChat.start_session(db, "hi"), OwnColumnsChat)
+    stream = OwnColumnsChat.start_session(db, "hi", stream=True, on_cancel="keep")
+    assert_type(stream, TurnStream[Reply, OwnColumnsChat])
+    assert_type(stream.session, OwnColumnsChat | None)
+    assert_type(stream.result, Result[Reply] | None)
+    assert_type(
+        OwnColumnsChat.continue_session(db, chat, "more", stream=True),
+        TurnStream[Reply, OwnColumnsChat],
+    )
+    assert_type(
+        OwnColumnsChat.resume_session(db, chat, approvals={"c1": True}, stream=True),
+        TurnStream[Reply, OwnColumnsChat],
+    )
+    astream = await OwnColumnsChat.acontinue_session(adb, chat, "more", stream=True)
+    assert_type(astream, AsyncTurnStream[Reply, OwnColumnsChat])
+    assert_type(await OwnColumnsChat.astart_session(adb, "hi"), OwnColumnsChat)
+    assert_type(reply_agent.run("hi", stream=True), TurnStream[Reply, None])
+    assert_type(reply_agent.run("hi"), Result[Reply])
+    assert_type(await reply_agent.arun("hi", stream=True), AsyncTurnStream[Reply, None])
+
+
+def flag_cases(db: Session, chat: OwnColumnsChat, flag: bool) -> None:
+    """``stream=`` given a plain ``bool``: either result."""
+    from agent_session import TurnStream
+
+    assert_type(
+        OwnColumnsChat.continue_session(db, chat, "more", stream=flag),
+        OwnColumnsChat | TurnStream[Reply, OwnColumnsChat],
+    )
+    assert_type(reply_agent.run("hi", stream=flag), Result[Reply] | TurnStream[Reply, None])

@@ -48,8 +48,11 @@ __all__ = [
     "Hooks",
     "Observation",
     "adrive",
+    "awith_hooks",
     "drive",
     "observe_tool_calls",
+    "observed",
+    "with_hooks",
 ]
 
 T = TypeVar("T")
@@ -333,7 +336,8 @@ class Observation:
                 # The message may quote the input (a validation error does): DEBUG only.
                 turn_log.debug("%s error: %s", self.call, exc)
                 on_error = self.hooks.on_error
-                if on_error is not None:
+                # A reader that stopped a stream early is no error of the turn's.
+                if on_error is not None and not isinstance(exc, _turn.TurnCancelled):
                     try:
                         yield HookCall(on_error, (exc,))
                     except Exception:
@@ -688,9 +692,95 @@ async def _acall_hook(step: HookCall) -> Any:
     return value
 
 
+def _flattened(obs: Observation, flow: Generator[Any, Any, T]) -> Generator[Any, Any, T]:
+    """``flow`` with each operation passed through its observer: yields the
+    operations to answer (as the observers hand them on, a model request possibly
+    changed by ``before_model_call``) and the ``HookCall``s to make, so that any
+    driver (``drive``, a turn stream) answers an observed flow like a plain one."""
+    observers = _observers()
+    try:
+        op = next(flow)
+        while True:
+            observer = observers.get(type(op))
+            try:
+                if observer is None:
+                    value = yield op
+                else:
+                    value = yield from _observed_op(observer(obs, op))
+            except Exception as exc:
+                op = flow.throw(exc)
+            else:
+                op = flow.send(value)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        flow.close()
+
+
+def _observed_op(steps: Steps) -> Generator[Any, Any, Any]:
+    """One observer's steps: ``Answer(op)`` yields ``op``, a ``HookCall`` itself."""
+    try:
+        step = next(steps)
+        while True:
+            try:
+                value = yield step.op if isinstance(step, Answer) else step
+            except Exception as exc:
+                step = steps.throw(exc)
+            else:
+                step = steps.send(value)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        steps.close()
+
+
+def observed(
+    agent: Agent[Any],
+    flow: Generator[Any, Any, T],
+    *,
+    call: str,
+    key: Any = None,
+    store: Any = None,
+    turn: bool = True,
+    is_async: bool,
+) -> Generator[Any, Any, T]:
+    """The flow as every driver runs it: unchanged when nothing watches, else inside
+    the turn's span and logs (``turn=False``, a read: without them), each operation
+    through its observer. It may then yield ``HookCall``s: answer them with
+    ``call_hook``/``acall_hook`` (``with_hooks``/``awith_hooks`` wrap a handler)."""
+    obs = _observation(agent, call, key, store, is_async=is_async)
+    if obs is None:
+        return flow
+    flattened = _flattened(obs, flow)
+    return obs.turn(flattened) if turn else flattened
+
+
+def with_hooks(handle: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``handle``, also answering the ``HookCall``s of an observed flow."""
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, HookCall):
+            return _call_hook(op)
+        return handle(op)
+
+    return answer
+
+
+def awith_hooks(handle: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    """Async twin of ``with_hooks``."""
+
+    async def answer(op: Any) -> Any:
+        if isinstance(op, HookCall):
+            return await _acall_hook(op)
+        return await handle(op)
+
+    return answer
+
+
 # Both drivers close what they drove before returning or raising: a turn cancelled
 # (``asyncio.CancelledError``, ``KeyboardInterrupt``) ends its spans here, in the
-# caller's context, not whenever the abandoned generator is collected.
+# caller's context, not whenever the abandoned generator is collected. A streamed
+# turn runs the same ``observed`` flow (``_streaming``).
 
 
 def drive(
@@ -705,33 +795,13 @@ def drive(
 ) -> T:
     """``_turn.drive``, observed. ``call`` names the API (``run``, ``continue_session``);
     ``turn=False`` (a read) gives no turn span, turn logs or ``on_error``."""
-    obs = _observation(agent, call, key, store, is_async=False)
-    if obs is None:
+    watched = observed(agent, flow, call=call, key=key, store=store, turn=turn, is_async=False)
+    if watched is flow:
         return _turn.drive(flow, handle)
-    observers = _observers()
-
-    def answer_step(step: Any) -> Any:
-        if isinstance(step, Answer):
-            return handle(step.op)
-        return _call_hook(step)
-
-    def answer(op: Any) -> Any:
-        if isinstance(op, HookCall):
-            return _call_hook(op)
-        observer = observers.get(type(op))
-        if observer is None:
-            return handle(op)
-        steps = observer(obs, op)
-        try:
-            return _turn.drive(steps, answer_step)
-        finally:
-            steps.close()
-
-    observed = obs.turn(flow) if turn else flow
     try:
-        return _turn.drive(observed, answer)
+        return _turn.drive(watched, with_hooks(handle))
     finally:
-        observed.close()
+        watched.close()
 
 
 async def adrive(
@@ -745,30 +815,10 @@ async def adrive(
     turn: bool = True,
 ) -> T:
     """Async twin of ``drive``."""
-    obs = _observation(agent, call, key, store, is_async=True)
-    if obs is None:
+    watched = observed(agent, flow, call=call, key=key, store=store, turn=turn, is_async=True)
+    if watched is flow:
         return await _turn.adrive(flow, handle)
-    observers = _observers()
-
-    async def answer_step(step: Any) -> Any:
-        if isinstance(step, Answer):
-            return await handle(step.op)
-        return await _acall_hook(step)
-
-    async def answer(op: Any) -> Any:
-        if isinstance(op, HookCall):
-            return await _acall_hook(op)
-        observer = observers.get(type(op))
-        if observer is None:
-            return await handle(op)
-        steps = observer(obs, op)
-        try:
-            return await _turn.adrive(steps, answer_step)
-        finally:
-            steps.close()
-
-    observed = obs.turn(flow) if turn else flow
     try:
-        return await _turn.adrive(observed, answer)
+        return await _turn.adrive(watched, awith_hooks(handle))
     finally:
-        observed.close()
+        watched.close()

@@ -24,6 +24,7 @@ does not carry its own.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 from collections.abc import (
@@ -36,13 +37,14 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from . import _turn
+from . import _observe, _turn
 from ._flows import _LAST_RESULT
-from ._turn import Sleep
+from ._observe import HookCall
+from ._turn import Sleep, TurnCancelled
 from .context import Usage
-from .errors import ModelCallError
+from .errors import InputValidationError, ModelCallError
 from .events import (
     ApprovalRequired,
     AttemptDiscarded,
@@ -72,16 +74,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncTurnStream",
+    "OnCancel",
     "TurnCancelled",
     "TurnStream",
     "arun_stream",
+    "astream_session",
     "run_stream",
+    "stream_session",
 ]
 
 logger = logging.getLogger("agent_session.streaming")
 
 OutputT = TypeVar("OutputT")
 SessionT = TypeVar("SessionT")
+
+OnCancel = Literal["discard", "keep"]
+"""What a stream stopped early stores: nothing (``discard``), or what was received."""
 
 _CLEANUPS: set[asyncio.Future[None]] = set()
 """Clean-ups of cancelled async turns that are still running (kept from the GC)."""
@@ -90,31 +98,49 @@ CLEANUP_OPERATIONS = 20
 """At most this many operations are answered after a cancellation (the status write)."""
 
 
-class TurnCancelled(Exception):
-    """Thrown into a flow when its consumer stopped early; never reaches the consumer."""
-
-
 class _Turn:
     """The bookkeeping of one streamed turn, shared by the sync and async drivers."""
 
     __slots__ = (
         "agent",
         "calls",
+        "context",
         "discard",
         "done",
         "flow",
+        "keep",
         "model",
         "partial",
+        "received",
         "result",
         "session",
         "shown",
         "usage",
     )
 
-    def __init__(self, agent: Agent[Any], flow: Generator[Any, Any, Any], model: Model) -> None:
+    def __init__(
+        self,
+        agent: Agent[Any],
+        flow: Generator[Any, Any, Any],
+        model: Model,
+        on_cancel: OnCancel = "discard",
+    ) -> None:
+        if on_cancel not in ("discard", "keep"):
+            raise InputValidationError(
+                f'on_cancel must be "discard" or "keep", got {on_cancel!r}',
+                errors=[],
+                source="on_cancel",
+            )
         self.agent = agent
         self.flow = flow
         self.model = model
+        self.keep = on_cancel == "keep"
+        self.context = contextvars.copy_context()
+        """The flow runs in a context of its own: what it makes current (the turn's
+        spans) stays there between events, whichever task steps it, and never leaks
+        into the consumer's code."""
+        self.received: list[str] = []
+        """The text of the current reply handed out so far."""
         self.usage = Usage()
         self.calls = 0
         self.shown = False
@@ -132,11 +158,13 @@ class _Turn:
         self.calls += 1
         self.discard = None
         self.shown = False
+        self.received = []
         self.partial = PartialOutput() if self.agent.output_schema is not None else None
         return event
 
     def text(self, chunk: TextChunk) -> Sequence[StreamEvent]:
         self.shown = True
+        self.received.append(chunk.text)
         delta = TextDelta(chunk.text)
         if self.partial is None:
             return (delta,)
@@ -157,12 +185,17 @@ class _Turn:
         if self.shown:
             self.discard = "retry"
 
-    def operation(self) -> None:
+    def operation(self, op: Any) -> None:
         """An operation other than a tool step (a write, a wait, a load) came between
         a final reply and the next request: the reply was not re-asked, the whole turn
-        runs again (its write lost the race; ``conflict_retries``)."""
-        if self.discard == "invalid_output":
+        runs again (its write lost the race; ``conflict_retries``). A hook call is
+        no such operation."""
+        if self.discard == "invalid_output" and not isinstance(op, HookCall):
             self.discard = "rerun"
+
+    def cancelled(self) -> TurnCancelled:
+        """What is thrown into the flow when the consumer stopped early."""
+        return TurnCancelled(keep=self.keep, text="".join(self.received))
 
     def finish(self, value: Any) -> None:
         self.done = True
@@ -177,7 +210,7 @@ class _Turn:
         result = self.result
         if result is None:
             return events
-        pending = tuple(getattr(result, "pending", None) or ())
+        pending = tuple(result.pending_approvals)
         if pending:
             events.append(ApprovalRequired(pending))
         events.append(TurnCompleted(result))
@@ -241,8 +274,10 @@ class TurnStream(Generic[OutputT, SessionT]):
         flow: Generator[Any, Any, Any],
         handle: Callable[[Any], Any],
         model: Model,
+        *,
+        on_cancel: OnCancel = "discard",
     ) -> None:
-        self._turn = _Turn(agent, flow, model)
+        self._turn = _Turn(agent, flow, model, on_cancel)
         self._handle = handle
         self._events = self._run()
 
@@ -292,9 +327,10 @@ class TurnStream(Generic[OutputT, SessionT]):
     def _run(self) -> Generator[StreamEvent, None, None]:
         turn = self._turn
         flow = turn.flow
+        step = turn.context.run
         try:
             try:
-                op = next(flow)
+                op = step(next, flow)
                 while True:
                     if isinstance(op, ModelRequest):
                         discarded = turn.request()
@@ -314,22 +350,22 @@ class TurnStream(Generic[OutputT, SessionT]):
                                 raise _stream_ended(op)
                         except Exception as exc:
                             turn.failed()
-                            op = flow.throw(exc)
+                            op = step(flow.throw, exc)
                             continue
                         finally:
                             stream.close()
                         turn.response(response)
-                        op = flow.send(response)
+                        op = step(flow.send, response)
                     else:
-                        turn.operation()
+                        turn.operation(op)
                         yield from _started(op)
                         try:
                             value = self._handle(op)
                         except Exception as exc:
-                            op = flow.throw(exc)
+                            op = step(flow.throw, exc)
                             continue
                         yield from _finished(value)
-                        op = flow.send(value)
+                        op = step(flow.send, value)
             except StopIteration as stop:
                 turn.finish(stop.value)
         except GeneratorExit:
@@ -343,27 +379,30 @@ class TurnStream(Generic[OutputT, SessionT]):
     def _cancel(self) -> None:
         """Throw ``TurnCancelled`` into the flow and answer its clean-up operations."""
         flow = self._turn.flow
+        step = self._turn.context.run
         if inspect.getgeneratorstate(flow) != inspect.GEN_SUSPENDED:
-            flow.close()
+            step(flow.close)
             return
         try:
-            op = flow.throw(TurnCancelled())
+            op = step(flow.throw, self._turn.cancelled())
             for _ in range(CLEANUP_OPERATIONS):
                 if isinstance(op, ModelRequest):
-                    op = flow.throw(TurnCancelled())
+                    op = step(flow.throw, TurnCancelled())
                     continue
                 if isinstance(op, Sleep):
-                    op = flow.send(None)
+                    op = step(flow.send, None)
                     continue
                 try:
                     value = self._handle(op)
                 except Exception as exc:
-                    op = flow.throw(exc)
+                    op = step(flow.throw, exc)
                     continue
-                op = flow.send(value)
-            flow.close()
-        except (TurnCancelled, StopIteration):
+                op = step(flow.send, value)
+            step(flow.close)
+        except TurnCancelled:
             pass
+        except StopIteration as stop:  # the flow kept the turn (on_cancel="keep")
+            self._turn.finish(stop.value)
         except Exception:
             logger.warning("cleaning up a cancelled turn failed", exc_info=True)
 
@@ -377,8 +416,10 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
         flow: Generator[Any, Any, Any],
         handle: Callable[[Any], Awaitable[Any]],
         model: Model,
+        *,
+        on_cancel: OnCancel = "discard",
     ) -> None:
-        self._turn = _Turn(agent, flow, model)
+        self._turn = _Turn(agent, flow, model, on_cancel)
         self._handle = handle
         self._events = self._run()
 
@@ -428,9 +469,10 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
     async def _run(self) -> AsyncGenerator[StreamEvent, None]:
         turn = self._turn
         flow = turn.flow
+        step = turn.context.run
         try:
             try:
-                op = next(flow)
+                op = step(next, flow)
                 while True:
                     if isinstance(op, ModelRequest):
                         discarded = turn.request()
@@ -451,24 +493,24 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
                                 raise _stream_ended(op)
                         except Exception as exc:
                             turn.failed()
-                            op = flow.throw(exc)
+                            op = step(flow.throw, exc)
                             continue
                         finally:
                             await stream.aclose()
                         turn.response(response)
-                        op = flow.send(response)
+                        op = step(flow.send, response)
                     else:
-                        turn.operation()
+                        turn.operation(op)
                         for event in _started(op):
                             yield event
                         try:
                             value = await self._handle(op)
                         except Exception as exc:
-                            op = flow.throw(exc)
+                            op = step(flow.throw, exc)
                             continue
                         for event in _finished(value):
                             yield event
-                        op = flow.send(value)
+                        op = step(flow.send, value)
             except StopIteration as stop:
                 turn.finish(stop.value)
         except (GeneratorExit, asyncio.CancelledError):
@@ -492,32 +534,72 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
     async def _cancel(self) -> None:
         """Throw ``TurnCancelled`` into the flow and answer its clean-up operations."""
         flow = self._turn.flow
+        step = self._turn.context.run
         if inspect.getgeneratorstate(flow) != inspect.GEN_SUSPENDED:
-            flow.close()
+            step(flow.close)
             return
         try:
-            op = flow.throw(TurnCancelled())
+            op = step(flow.throw, self._turn.cancelled())
             for _ in range(CLEANUP_OPERATIONS):
                 if isinstance(op, ModelRequest):
-                    op = flow.throw(TurnCancelled())
+                    op = step(flow.throw, TurnCancelled())
                     continue
                 if isinstance(op, Sleep):
-                    op = flow.send(None)
+                    op = step(flow.send, None)
                     continue
                 try:
                     value = await self._handle(op)
                 except Exception as exc:
-                    op = flow.throw(exc)
+                    op = step(flow.throw, exc)
                     continue
-                op = flow.send(value)
-            flow.close()
-        except (TurnCancelled, StopIteration):
+                op = step(flow.send, value)
+            step(flow.close)
+        except TurnCancelled:
             pass
+        except StopIteration as stop:  # the flow kept the turn (on_cancel="keep")
+            self._turn.finish(stop.value)
         except Exception:
             logger.warning("cleaning up a cancelled turn failed", exc_info=True)
 
 
-# -- an agent run, streamed ------------------------------------------------------------
+# -- a turn, streamed -------------------------------------------------------------
+#
+# Every streamed turn runs its flow through ``_observe.observed``, the same wrapper
+# ``_observe.drive`` uses: hooks, spans and logs see a streamed turn as an unstreamed
+# one (the ``chat`` span lasts from the request to the last chunk).
+
+
+def stream_session(
+    agent: Agent[Any],
+    flow: Generator[Any, Any, Any],
+    store: Any,
+    *,
+    call: str,
+    key: Any = None,
+    on_cancel: OnCancel = "discard",
+) -> TurnStream[Any, Any]:
+    """A session flow as a stream: its database operations answered by ``store``
+    (a ``SyncStore``), its model requests by ``store.model.stream``."""
+    watched = _observe.observed(agent, flow, call=call, key=key, store=store, is_async=False)
+    handle = store if watched is flow else _observe.with_hooks(store)
+    return TurnStream(agent, watched, handle, store.model, on_cancel=on_cancel)
+
+
+async def astream_session(
+    agent: Agent[Any],
+    flow: Generator[Any, Any, Any],
+    store: Any,
+    *,
+    call: str,
+    key: Any = None,
+    on_cancel: OnCancel = "discard",
+) -> AsyncTurnStream[Any, Any]:
+    """Async twin of ``stream_session`` (``store`` an ``AsyncStore``)."""
+    if isinstance(store.model, LiteLLMModel):
+        await aprepare()  # the first import of LiteLLM, off the event loop
+    watched = _observe.observed(agent, flow, call=call, key=key, store=store, is_async=True)
+    handle = store if watched is flow else _observe.awith_hooks(store)
+    return AsyncTurnStream(agent, watched, handle, store.model, on_cancel=on_cancel)
 
 
 def run_stream(
@@ -525,12 +607,12 @@ def run_stream(
     input: Any,
     *,
     instruction_args: Any = None,
+    deps: Any = None,
 ) -> TurnStream[OutputT, None]:
-    """``agent.run(...)`` as a stream (no database): validated before it returns."""
+    """``agent.run(..., stream=True)``: validated before it returns, no database."""
     plan = _turn.plan_first_turn(agent, input, instruction_args)
-    model = agent.model
-    flow = _turn.model_flow(agent, plan, agent.output_mode(model))
-    return TurnStream(agent, flow, _turn.model_handler(model), model)
+    flow = _turn.model_flow(agent, plan, agent.output_mode(agent.model))
+    return flow_stream(agent, flow, deps, call="run")
 
 
 async def arun_stream(
@@ -538,11 +620,35 @@ async def arun_stream(
     input: Any,
     *,
     instruction_args: Any = None,
+    deps: Any = None,
 ) -> AsyncTurnStream[OutputT, None]:
     """Async twin of ``run_stream``."""
     plan = _turn.plan_first_turn(agent, input, instruction_args)
-    model = agent.model
-    if isinstance(model, LiteLLMModel):
+    if isinstance(agent.model, LiteLLMModel):
         await aprepare()  # the first import of LiteLLM, off the event loop
-    flow = _turn.model_flow(agent, plan, agent.output_mode(model))
-    return AsyncTurnStream(agent, flow, _turn.amodel_handler(model), model)
+    flow = _turn.model_flow(agent, plan, agent.output_mode(agent.model))
+    return aflow_stream(agent, flow, deps, call="arun")
+
+
+def flow_stream(
+    agent: Agent[OutputT], flow: Generator[Any, Any, Any], deps: Any, *, call: str
+) -> TurnStream[OutputT, None]:
+    """An agent's turn ``flow`` (``run``, ``resume``) as a stream, without a database."""
+    model = agent.model
+    handle = _turn.model_handler(model, agent._tool_scope(deps))
+    watched = _observe.observed(agent, flow, call=call, is_async=False)
+    if watched is not flow:
+        handle = _observe.with_hooks(handle)
+    return TurnStream(agent, watched, handle, model)
+
+
+def aflow_stream(
+    agent: Agent[OutputT], flow: Generator[Any, Any, Any], deps: Any, *, call: str
+) -> AsyncTurnStream[OutputT, None]:
+    """Async twin of ``flow_stream`` (LiteLLM already imported by the caller)."""
+    model = agent.model
+    handle = _turn.amodel_handler(model, agent._tool_scope(deps))
+    watched = _observe.observed(agent, flow, call=call, is_async=True)
+    if watched is not flow:
+        handle = _observe.awith_hooks(handle)
+    return AsyncTurnStream(agent, watched, handle, model)

@@ -61,6 +61,7 @@ __all__ = [
     "RunTools",
     "Sleep",
     "ToolScope",
+    "TurnCancelled",
     "TurnInput",
     "TurnPlan",
     "adrive",
@@ -549,7 +550,12 @@ def _turn_loop(
     while True:
         sent = outgoing_messages(agent, plan, mode, state.messages)
         request = _request(agent, [*sent, *reask_tail], mode)
-        response, calls = yield from _model_call(agent, request, state)
+        try:
+            response, calls = yield from _model_call(agent, request, state)
+        except TurnCancelled as exc:
+            if not exc.keep:
+                raise
+            return _interrupted(agent, plan, state, exc.text, step_usage, step_cost, started)
         state.spend(response)
         state.steps += 1
         step_usage = step_usage + response.usage
@@ -576,7 +582,14 @@ def _turn_loop(
             runnable = tuple(call for call in response.tool_calls if call.id not in waiting)
             ran: list[ToolCallResult] = []
             if runnable:
-                ran = yield RunTools(runnable)
+                try:
+                    ran = yield RunTools(runnable)
+                except TurnCancelled as exc:
+                    if not exc.keep:
+                        raise
+                    # The calls have no results: keep only what is complete.
+                    state.messages.pop()
+                    return _interrupted(agent, plan, state, exc.text, Usage(), None, started)
             state.tool_calls.extend(ran)
             state.messages.extend(result.to_message() for result in ran)
             if pending:
@@ -639,6 +652,46 @@ def _turn_loop(
             tool_calls=list(state.tool_calls),
             stored_messages=state.messages,
         )
+
+
+def _interrupted(
+    agent: Agent[Any],
+    plan: TurnPlan,
+    state: _TurnState,
+    text: str,
+    usage: Usage,
+    cost: float | None,
+    started: float,
+) -> Result[Any]:
+    """The turn of a consumer that stopped reading a stream with ``on_cancel="keep"``:
+    the text it received, as an assistant message marked ``interrupted``, after the
+    complete pieces of the turn (a tool step without its results is left out)."""
+    model = agent.model_name
+    state.messages.append(
+        _stored(
+            "assistant",
+            text,
+            model=model,
+            usage=usage_document(usage) if usage != Usage() else None,
+            cost=cost,
+            interrupted=True,
+        )
+    )
+    return Result(
+        output=None,
+        text=text,
+        messages=[*outgoing_messages(agent, plan, None, state.messages)],
+        usage=state.usage,
+        cost=state.cost,
+        model=model,
+        finish_reason=None,
+        attempts=state.calls,
+        duration_s=time.perf_counter() - started,
+        input=plan.input,
+        tool_calls=list(state.tool_calls),
+        stored_messages=state.messages,
+        interrupted=True,
+    )
 
 
 def _may_wait(toolset: Toolset, call: ToolCall) -> bool:
@@ -846,6 +899,17 @@ def plan_resumed_turn(
 
 
 # -- drivers ---------------------------------------------------------------------
+
+
+class TurnCancelled(Exception):
+    """Thrown into a flow when the consumer of its stream stopped early; never
+    reaches the consumer. With ``keep`` the turn ends with the ``text`` received so
+    far (``on_cancel="keep"``); else it fails, and nothing of it is stored."""
+
+    def __init__(self, *, keep: bool = False, text: str = "") -> None:
+        super().__init__("the consumer of the stream stopped early")
+        self.keep = keep
+        self.text = text
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -27,6 +27,9 @@ from .llm import LiteLLMModel, Model, OutputMode, aprepare, resolve_output_mode
 from .result import Result
 from .templates import InstructionTemplate
 from .tools import Denied, Tool, Toolset
+
+if TYPE_CHECKING:
+    from ._streaming import AsyncTurnStream, TurnStream
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
@@ -312,25 +315,92 @@ class Agent(Generic[OutputT]):
 
     # -- running ----------------------------------------------------------
 
+    @overload
+    def run(
+        self,
+        input: BaseModel | Mapping[str, Any] | str,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: Literal[False] = ...,
+    ) -> Result[OutputT]: ...
+
+    @overload
+    def run(
+        self,
+        input: BaseModel | Mapping[str, Any] | str,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: Literal[True],
+    ) -> TurnStream[OutputT, None]: ...
+
+    @overload
+    def run(
+        self,
+        input: BaseModel | Mapping[str, Any] | str,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+    ) -> Result[OutputT] | TurnStream[OutputT, None]: ...
+
     def run(
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
-    ) -> Result[OutputT]:
+        stream: bool = False,
+    ) -> Result[OutputT] | TurnStream[OutputT, None]:
         """Validate, render, call the model (running its tool calls, re-asking on
         invalid output) and parse. ``deps`` is handed to the tools (``ToolContext``).
 
         A call that needs approval pauses the turn: the ``Result`` then has
         ``pending_approvals`` and ``output`` ``None``; finish it with ``resume``.
+        ``stream=True`` returns a ``TurnStream`` of the turn's events instead
+        (validated before it returns); its ``result`` is the ``Result``.
         """
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
         flow = _turn.model_flow(self, plan, self.output_mode(model))
+        if stream:
+            from ._streaming import flow_stream
+
+            return flow_stream(self, flow, deps, call="run")
         return _observe.drive(
             self, flow, _turn.model_handler(model, self._tool_scope(deps)), call="run"
         )
+
+    @overload
+    async def arun(
+        self,
+        input: BaseModel | Mapping[str, Any] | str,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: Literal[False] = ...,
+    ) -> Result[OutputT]: ...
+
+    @overload
+    async def arun(
+        self,
+        input: BaseModel | Mapping[str, Any] | str,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: Literal[True],
+    ) -> AsyncTurnStream[OutputT, None]: ...
+
+    @overload
+    async def arun(
+        self,
+        input: BaseModel | Mapping[str, Any] | str,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+    ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]: ...
 
     async def arun(
         self,
@@ -338,16 +408,52 @@ class Agent(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
-    ) -> Result[OutputT]:
-        """Async twin of ``run`` (the calls of one reply run concurrently)."""
+        stream: bool = False,
+    ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]:
+        """Async twin of ``run`` (the calls of one reply run concurrently);
+        ``await agent.arun(..., stream=True)`` gives an ``AsyncTurnStream``."""
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
         if isinstance(model, LiteLLMModel):
             await aprepare()  # the first import of LiteLLM, off the event loop
         flow = _turn.model_flow(self, plan, self.output_mode(model))
+        if stream:
+            from ._streaming import aflow_stream
+
+            return aflow_stream(self, flow, deps, call="arun")
         return await _observe.adrive(
             self, flow, _turn.amodel_handler(model, self._tool_scope(deps)), call="arun"
         )
+
+    @overload
+    def resume(
+        self,
+        result: Result[OutputT],
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        stream: Literal[False] = ...,
+    ) -> Result[OutputT]: ...
+
+    @overload
+    def resume(
+        self,
+        result: Result[OutputT],
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        stream: Literal[True],
+    ) -> TurnStream[OutputT, None]: ...
+
+    @overload
+    def resume(
+        self,
+        result: Result[OutputT],
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        stream: bool,
+    ) -> Result[OutputT] | TurnStream[OutputT, None]: ...
 
     def resume(
         self,
@@ -355,22 +461,58 @@ class Agent(Generic[OutputT]):
         *,
         approvals: Mapping[str, bool | Denied],
         deps: Any = None,
-    ) -> Result[OutputT]:
+        stream: bool = False,
+    ) -> Result[OutputT] | TurnStream[OutputT, None]:
         """Finish a turn that ``run`` returned paused, without a database.
 
         ``approvals`` decides every pending call by its ``tool_call_id``: ``True``
         runs it, ``False`` or ``Denied(reason)`` sends the model a denial. A missing
         or unknown id, or a result with nothing pending, is an ``InputValidationError``.
-        The turn goes on to its end, or to the next pause.
+        The turn goes on to its end, or to the next pause (``stream=True``: as a
+        ``TurnStream``).
         """
         paused, decided = self._paused(result, approvals)
         model = self.model
         flow = _turn.resume_flow(
             self, paused.plan, paused.pending, decided, self.output_mode(model)
         )
+        if stream:
+            from ._streaming import flow_stream
+
+            return flow_stream(self, flow, deps, call="resume")
         return _observe.drive(
             self, flow, _turn.model_handler(model, self._tool_scope(deps)), call="resume"
         )
+
+    @overload
+    async def aresume(
+        self,
+        result: Result[OutputT],
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        stream: Literal[False] = ...,
+    ) -> Result[OutputT]: ...
+
+    @overload
+    async def aresume(
+        self,
+        result: Result[OutputT],
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        stream: Literal[True],
+    ) -> AsyncTurnStream[OutputT, None]: ...
+
+    @overload
+    async def aresume(
+        self,
+        result: Result[OutputT],
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        stream: bool,
+    ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]: ...
 
     async def aresume(
         self,
@@ -378,7 +520,8 @@ class Agent(Generic[OutputT]):
         *,
         approvals: Mapping[str, bool | Denied],
         deps: Any = None,
-    ) -> Result[OutputT]:
+        stream: bool = False,
+    ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]:
         """Async twin of ``resume``."""
         paused, decided = self._paused(result, approvals)
         model = self.model
@@ -387,6 +530,10 @@ class Agent(Generic[OutputT]):
         flow = _turn.resume_flow(
             self, paused.plan, paused.pending, decided, self.output_mode(model)
         )
+        if stream:
+            from ._streaming import aflow_stream
+
+            return aflow_stream(self, flow, deps, call="aresume")
         return await _observe.adrive(
             self, flow, _turn.amodel_handler(model, self._tool_scope(deps)), call="aresume"
         )

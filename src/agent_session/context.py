@@ -172,6 +172,9 @@ class MessageMeta(BaseModel):
     raw_arguments: dict[str, str] | None = None
     """Assistant messages with tool calls: the model's raw arguments text, by call id,
     of the calls whose arguments were not a JSON object (they are stored as ``{}``)."""
+    interrupted: bool | None = None
+    """Assistant messages: ``True`` when the reader of a streamed turn stopped early and
+    the reply was stored as far as it went (``on_cancel="keep"``); it has no output."""
 
 
 class Message(BaseModel):
@@ -404,6 +407,8 @@ def _meta_document(message: Message, previous_at: datetime | None) -> dict[str, 
         stored["attempts"] = meta.attempts
     if meta.raw_arguments is not None:
         stored["raw_arguments"] = meta.raw_arguments
+    if meta.interrupted:
+        stored["interrupted"] = True
     return stored
 
 
@@ -488,6 +493,7 @@ def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
 
 class _MessageMetaV2(MessageMeta):
     raw_arguments: None = None
+    interrupted: None = None
 
 
 class _MessageV2(Message):

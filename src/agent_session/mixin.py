@@ -27,15 +27,27 @@ import types
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Self,
+    TypeVar,
+    get_args,
+    get_origin,
+    overload,
+)
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from . import _flows, _observe, _turn
+from . import _flows, _observe, _streaming, _turn
 from ._flows import SessionSpec, SessionStatus
 from ._store import AsyncStore, SyncStore
+from ._streaming import AsyncTurnStream, OnCancel, TurnStream
 from .agent import Agent
 from .context import Context
 from .errors import ConfigurationError, InputValidationError, show_key
@@ -141,7 +153,7 @@ class AgentSessionMixin(Generic[OutputT]):
 
         context = load_context(raw, key=_identity(self))
         message = context.last_assistant
-        if message is None or context.pending is not None:
+        if message is None or context.pending is not None or message.meta.interrupted:
             return None
         output: OutputT = message.parse_output(spec.agent)
         return output
@@ -165,6 +177,50 @@ class AgentSessionMixin(Generic[OutputT]):
 
     # -- sync API -----------------------------------------------------------------
 
+    @overload
+    @classmethod
+    def start_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: Literal[False] = ...,
+        **values: Any,
+    ) -> Self: ...
+
+    @overload
+    @classmethod
+    def start_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: Literal[True],
+        on_cancel: OnCancel = ...,
+        **values: Any,
+    ) -> TurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    def start_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+        **values: Any,
+    ) -> Self | TurnStream[OutputT, Self]: ...
+
     @classmethod
     def start_session(
         cls,
@@ -174,19 +230,79 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        stream: bool = False,
+        on_cancel: OnCancel = "discard",
         **values: Any,
-    ) -> Self:
+    ) -> Self | TurnStream[OutputT, Self]:
         """Run the first turn and add a new row with ``values`` and the new context.
 
         ``deps`` is handed to the tools (``ToolContext.deps``), never stored. A turn
         that calls a tool needing approval is stored paused (``pending_approvals``).
+        ``stream=True`` returns a ``TurnStream`` of the turn's events instead; the row
+        is added once the stream is exhausted (``on_cancel``: what a stream stopped
+        early stores, see ``continue_session``).
         """
         spec = _spec(cls)
+        _check_on_cancel(stream, on_cancel)
         store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
         flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
+        if stream:
+            return _streaming.stream_session(
+                spec.agent, flow, store, call="start_session", on_cancel=on_cancel
+            )
         return _observe.drive(  # type: ignore[no-any-return]
             spec.agent, flow, store, call="start_session", store=store
         )
+
+    @overload
+    @classmethod
+    def continue_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        session_or_pk: Any,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        deps: Any = ...,
+        stream: Literal[False] = ...,
+    ) -> Self: ...
+
+    @overload
+    @classmethod
+    def continue_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        session_or_pk: Any,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        deps: Any = ...,
+        stream: Literal[True],
+        on_cancel: OnCancel = ...,
+    ) -> TurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    def continue_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        session_or_pk: Any,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+    ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
     def continue_session(
@@ -200,7 +316,9 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         deps: Any = None,
-    ) -> Self:
+        stream: bool = False,
+        on_cancel: OnCancel = "discard",
+    ) -> Self | TurnStream[OutputT, Self]:
         """Run one more turn on a stored session (an instance or a primary key).
 
         ``conflict_retries``: re-run a turn whose write lost the race, after a jittered
@@ -210,8 +328,15 @@ class AgentSessionMixin(Generic[OutputT]):
         match, on reading and on writing; a row outside them is not found. ``deps``
         goes to the tools. A session paused for approvals raises
         ``ApprovalPendingError`` (resume it first).
+
+        ``stream=True`` returns a ``TurnStream`` of the turn's events; the turn is
+        stored once, when the stream is exhausted (``stream.session``). A stream
+        stopped early stores nothing (``on_cancel="discard"``; the status ends
+        ``failed``) or, with ``on_cancel="keep"``, the text received so far as an
+        assistant message marked interrupted.
         """
         spec = _spec(cls)
+        _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
         store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
         criteria = _criteria(spec, where)
@@ -225,9 +350,63 @@ class AgentSessionMixin(Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=criteria,
         )
+        if stream:
+            return _streaming.stream_session(
+                spec.agent, flow, store, call="continue_session", key=key, on_cancel=on_cancel
+            )
         return _observe.drive(  # type: ignore[no-any-return]
             spec.agent, flow, store, call="continue_session", key=key, store=store
         )
+
+    @overload
+    @classmethod
+    def resume_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        session_or_pk: Any,
+        /,
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        stream: Literal[False] = ...,
+    ) -> Self: ...
+
+    @overload
+    @classmethod
+    def resume_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        session_or_pk: Any,
+        /,
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        stream: Literal[True],
+        on_cancel: OnCancel = ...,
+    ) -> TurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    def resume_session(
+        cls,
+        db: Session | sessionmaker[Session],
+        session_or_pk: Any,
+        /,
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+    ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
     def resume_session(
@@ -241,7 +420,9 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
-    ) -> Self:
+        stream: bool = False,
+        on_cancel: OnCancel = "discard",
+    ) -> Self | TurnStream[OutputT, Self]:
         """Decide the calls a paused turn waits for, and finish the turn (in any process).
 
         ``approvals`` maps every pending ``tool_call_id`` to ``True`` (run it),
@@ -250,9 +431,10 @@ class AgentSessionMixin(Generic[OutputT]):
         ``InputValidationError`` and nothing runs. The pause is claimed with a
         compare-and-swap before any tool runs: of two resumes of one pause, one runs
         and the other gets ``StaleSessionError``. The turn goes on to its end, or to
-        the next pause.
+        the next pause. ``stream=True`` and ``on_cancel`` as in ``continue_session``.
         """
         spec = _spec(cls)
+        _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
         store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
         flow = _flows.resume_flow(
@@ -265,6 +447,10 @@ class AgentSessionMixin(Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=_criteria(spec, where),
         )
+        if stream:
+            return _streaming.stream_session(
+                spec.agent, flow, store, call="resume_session", on_cancel=on_cancel
+            )
         return _observe.drive(  # type: ignore[no-any-return]
             spec.agent, flow, store, call="resume_session", store=store
         )
@@ -289,6 +475,50 @@ class AgentSessionMixin(Generic[OutputT]):
 
     # -- async API ----------------------------------------------------------------
 
+    @overload
+    @classmethod
+    async def astart_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: Literal[False] = ...,
+        **values: Any,
+    ) -> Self: ...
+
+    @overload
+    @classmethod
+    async def astart_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: Literal[True],
+        on_cancel: OnCancel = ...,
+        **values: Any,
+    ) -> AsyncTurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    async def astart_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+        **values: Any,
+    ) -> Self | AsyncTurnStream[OutputT, Self]: ...
+
     @classmethod
     async def astart_session(
         cls,
@@ -298,13 +528,70 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        stream: bool = False,
+        on_cancel: OnCancel = "discard",
         **values: Any,
-    ) -> Self:
-        """Async twin of ``start_session``."""
+    ) -> Self | AsyncTurnStream[OutputT, Self]:
+        """Async twin of ``start_session`` (``stream=True``: an ``AsyncTurnStream``)."""
         spec = _spec(cls)
+        _check_on_cancel(stream, on_cancel)
         store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
         flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
+        if stream:
+            return await _streaming.astream_session(
+                spec.agent, flow, store, call="astart_session", on_cancel=on_cancel
+            )
         return await _observe.adrive(spec.agent, flow, store, call="astart_session", store=store)
+
+    @overload
+    @classmethod
+    async def acontinue_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        session_or_pk: Any,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        deps: Any = ...,
+        stream: Literal[False] = ...,
+    ) -> Self: ...
+
+    @overload
+    @classmethod
+    async def acontinue_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        session_or_pk: Any,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        deps: Any = ...,
+        stream: Literal[True],
+        on_cancel: OnCancel = ...,
+    ) -> AsyncTurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    async def acontinue_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        session_or_pk: Any,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        deps: Any = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+    ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
     async def acontinue_session(
@@ -318,9 +605,12 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         deps: Any = None,
-    ) -> Self:
-        """Async twin of ``continue_session``."""
+        stream: bool = False,
+        on_cancel: OnCancel = "discard",
+    ) -> Self | AsyncTurnStream[OutputT, Self]:
+        """Async twin of ``continue_session`` (``stream=True``: an ``AsyncTurnStream``)."""
         spec = _spec(cls)
+        _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
         store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
         criteria = _criteria(spec, where)
@@ -334,9 +624,63 @@ class AgentSessionMixin(Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=criteria,
         )
+        if stream:
+            return await _streaming.astream_session(
+                spec.agent, flow, store, call="acontinue_session", key=key, on_cancel=on_cancel
+            )
         return await _observe.adrive(
             spec.agent, flow, store, call="acontinue_session", key=key, store=store
         )
+
+    @overload
+    @classmethod
+    async def aresume_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        session_or_pk: Any,
+        /,
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        stream: Literal[False] = ...,
+    ) -> Self: ...
+
+    @overload
+    @classmethod
+    async def aresume_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        session_or_pk: Any,
+        /,
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        stream: Literal[True],
+        on_cancel: OnCancel = ...,
+    ) -> AsyncTurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    async def aresume_session(
+        cls,
+        db: AsyncSession | async_sessionmaker[AsyncSession],
+        session_or_pk: Any,
+        /,
+        *,
+        approvals: Mapping[str, bool | Denied],
+        deps: Any = ...,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        conflict_retries: int = ...,
+        busy_timeout: float | None = ...,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+    ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
     async def aresume_session(
@@ -350,9 +694,12 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
-    ) -> Self:
+        stream: bool = False,
+        on_cancel: OnCancel = "discard",
+    ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``resume_session`` (approved calls run concurrently)."""
         spec = _spec(cls)
+        _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
         store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
         flow = _flows.resume_flow(
@@ -365,6 +712,10 @@ class AgentSessionMixin(Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=_criteria(spec, where),
         )
+        if stream:
+            return await _streaming.astream_session(
+                spec.agent, flow, store, call="aresume_session", on_cancel=on_cancel
+            )
         return await _observe.adrive(spec.agent, flow, store, call="aresume_session", store=store)
 
     @classmethod
@@ -505,6 +856,17 @@ def _check_output_type(cls: type, agent: Agent[Any]) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------
+
+
+def _check_on_cancel(stream: bool, on_cancel: Any) -> None:
+    """``on_cancel`` is ``"discard"`` or ``"keep"``, and other than the default only
+    with ``stream=True`` (an unstreamed turn has no reader to stop early)."""
+    if on_cancel not in ("discard", "keep") or (on_cancel == "keep" and not stream):
+        raise InputValidationError(
+            f'on_cancel={on_cancel!r}: expected "discard" or "keep", with stream=True',
+            errors=[],
+            source="on_cancel",
+        )
 
 
 def _tools(spec: SessionSpec, deps: Any, key: Any) -> _turn.ToolScope:

@@ -53,6 +53,9 @@ class Result(Generic[OutputT]):
     """This turn's messages in their stored form (the user message first, with ``meta``)."""
     paused_turn: Any = field(default=None, repr=False, compare=False)
     """What ``Agent.resume`` needs to go on with a paused turn (opaque)."""
+    interrupted: bool = False
+    """The consumer of a streamed turn stopped early and it was stored as far as it
+    went (``on_cancel="keep"``): ``output`` is ``None``, ``text`` what was received."""
 
     @property
     def output_json(self) -> Any:
