@@ -598,3 +598,16 @@ def test_usage_adds_up_and_is_frozen() -> None:
 def test_message_model_rejects_unknown_roles() -> None:
     with pytest.raises(ValidationError):
         Message.model_validate({"role": "robot", "meta": {"created_at": "2026-01-01T00:00:00Z"}})
+
+
+def test_the_summary_golden_document() -> None:
+    raw = _golden("context_v3_summary.json")
+    context = load_context(raw)
+    summary = context.messages[5]
+    assert summary.role == "system"
+    assert summary.meta.summary is not None and summary.meta.summary.covers == 4
+    assert [m.meta.summary is None for m in context.messages].count(False) == 1
+    assert context.to_document() == raw
+    # Version 2 had no summaries: such a document is refused, not guessed at.
+    with pytest.raises(ContextError):
+        load_context({**raw, "version": 2})
