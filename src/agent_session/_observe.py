@@ -244,6 +244,8 @@ class Observation:
         self.response_model: str | None = None
         self.conflicts = 0
         self.waits = 0
+        self.left_out: int | None = None
+        """Stored messages the history window left out of the turn's last request."""
         self._db_system: tuple[str | None] | None = None
 
     # -- naming
@@ -347,7 +349,7 @@ class Observation:
             cost = "unknown" if self.cost is None else f"{self.cost:.6f}"
             turn_log.info(
                 "%s ended: %s, model %s, in %.3fs: %d model call(s), %d input + %d output "
-                "tokens, cost %s%s",
+                "tokens, cost %s%s%s",
                 self.call,
                 self.session,
                 self.response_model or agent.model_name,
@@ -357,6 +359,7 @@ class Observation:
                 self.output_tokens,
                 cost,
                 f", {self.conflicts} conflict(s)" if self.conflicts else "",
+                f", window left out {self.left_out} stored message(s)" if self.left_out else "",
                 extra={"agent_session": self._summary(elapsed)},
             )
             return result
@@ -372,6 +375,7 @@ class Observation:
             "output_tokens": self.output_tokens,
             "cost": self.cost,
             "conflicts": self.conflicts,
+            "window_left_out": self.left_out,
         }
         if self.key is not None:
             summary["session"] = _conversation_id(self.key)
@@ -391,6 +395,8 @@ class Observation:
             span.set_attribute("agent_session.conflicts", self.conflicts)
         if self.waits:
             span.set_attribute("agent_session.waits", self.waits)
+        if self.left_out is not None:
+            span.set_attribute("agent_session.window.left_out", self.left_out)
         if self.key is not None:
             span.set_attribute("gen_ai.conversation.id", _conversation_id(self.key))
 
@@ -410,6 +416,9 @@ def observe_model_call(obs: Observation, request: ModelRequest) -> Steps:
             if hooks.before_model_call is not None:
                 request = yield from _before_model_call(hooks.before_model_call, request)
             _request_attributes(span, request)
+            if request.left_out is not None:
+                obs.left_out = request.left_out
+                span.set_attribute("agent_session.window.left_out", request.left_out)
             if model_log.isEnabledFor(logging.DEBUG):
                 model_log.debug(
                     "request to %s: %d message(s): %s",

@@ -89,6 +89,9 @@ class ModelRequest:
     """The schema the output must match (for test doubles; not sent)."""
     tools: list[dict[str, Any]] | None = None
     """Tool definitions (OpenAI function-tool form), sent as ``tools`` when set."""
+    left_out: int | None = field(default=None, compare=False)
+    """How many stored messages the history window left out of this request (not sent;
+    ``None`` when unknown, as for a function window)."""
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,9 @@ from . import _flows, _observe, _turn
 from ._flows import SessionSpec, SessionStatus
 from ._store import AsyncStore, SyncStore
 from .agent import Agent
-from .context import Context
+from .context import Context, Usage, stored_usage
 from .errors import ConfigurationError, InputValidationError, show_key
+from .history import BudgetLimits
 from .tools import Denied, PendingApproval
 
 if TYPE_CHECKING:
@@ -163,6 +164,29 @@ class AgentSessionMixin(Generic[OutputT]):
 
         return load_context(raw, key=_identity(self)).pending_approvals
 
+    @property
+    def usage(self) -> Usage:
+        """The session's token totals (finished turns and summaries), read from the
+        stored document's top-level ``usage`` without validating the messages."""
+        raw = getattr(self, getattr(type(self), _SPEC).context_attr)
+        if not isinstance(raw, Mapping):
+            return Usage()
+        if "usage" not in raw:  # a document older than the stored totals
+            from .context import load_context
+
+            return load_context(raw, key=_identity(self)).usage
+        return stored_usage(raw["usage"])
+
+    @property
+    def cost(self) -> float | None:
+        """The session's total cost in USD (``None`` while no call's cost was known),
+        read from the stored document's top-level ``cost``."""
+        raw = getattr(self, getattr(type(self), _SPEC).context_attr)
+        if not isinstance(raw, Mapping):
+            return None
+        cost = raw.get("cost")
+        return float(cost) if isinstance(cost, int | float) else None
+
     # -- sync API -----------------------------------------------------------------
 
     @classmethod
@@ -174,16 +198,21 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
         **values: Any,
     ) -> Self:
         """Run the first turn and add a new row with ``values`` and the new context.
 
         ``deps`` is handed to the tools (``ToolContext.deps``), never stored. A turn
         that calls a tool needing approval is stored paused (``pending_approvals``).
+        ``max_session_tokens``/``max_session_cost`` replace the agent's session budgets
+        for this call (``BudgetExceededError`` before a call past them, nothing stored).
         """
         spec = _spec(cls)
         store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
-        flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
+        limits = _limits(spec, max_session_tokens, max_session_cost)
+        flow = _flows.start_flow(spec, store.model, input, instruction_args, values, limits=limits)
         return _observe.drive(  # type: ignore[no-any-return]
             spec.agent, flow, store, call="start_session", store=store
         )
@@ -200,6 +229,8 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         deps: Any = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
     ) -> Self:
         """Run one more turn on a stored session (an instance or a primary key).
 
@@ -209,7 +240,8 @@ class AgentSessionMixin(Generic[OutputT]):
         ``where``: SQL criteria on this model (``Chat.user_id == user.id``) the row must
         match, on reading and on writing; a row outside them is not found. ``deps``
         goes to the tools. A session paused for approvals raises
-        ``ApprovalPendingError`` (resume it first).
+        ``ApprovalPendingError`` (resume it first). ``max_session_tokens`` and
+        ``max_session_cost`` replace the agent's session budgets for this call.
         """
         spec = _spec(cls)
         key, instance = _key_and_instance(cls, session_or_pk)
@@ -224,6 +256,7 @@ class AgentSessionMixin(Generic[OutputT]):
             conflict_retries,
             busy_timeout=busy_timeout,
             where=criteria,
+            limits=_limits(spec, max_session_tokens, max_session_cost),
         )
         return _observe.drive(  # type: ignore[no-any-return]
             spec.agent, flow, store, call="continue_session", key=key, store=store
@@ -241,6 +274,8 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
     ) -> Self:
         """Decide the calls a paused turn waits for, and finish the turn (in any process).
 
@@ -250,7 +285,8 @@ class AgentSessionMixin(Generic[OutputT]):
         ``InputValidationError`` and nothing runs. The pause is claimed with a
         compare-and-swap before any tool runs: of two resumes of one pause, one runs
         and the other gets ``StaleSessionError``. The turn goes on to its end, or to
-        the next pause.
+        the next pause. ``max_session_tokens``/``max_session_cost`` as in
+        ``continue_session``.
         """
         spec = _spec(cls)
         key, instance = _key_and_instance(cls, session_or_pk)
@@ -264,6 +300,7 @@ class AgentSessionMixin(Generic[OutputT]):
             conflict_retries,
             busy_timeout=busy_timeout,
             where=_criteria(spec, where),
+            limits=_limits(spec, max_session_tokens, max_session_cost),
         )
         return _observe.drive(  # type: ignore[no-any-return]
             spec.agent, flow, store, call="resume_session", store=store
@@ -298,12 +335,15 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
         **values: Any,
     ) -> Self:
         """Async twin of ``start_session``."""
         spec = _spec(cls)
         store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
-        flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
+        limits = _limits(spec, max_session_tokens, max_session_cost)
+        flow = _flows.start_flow(spec, store.model, input, instruction_args, values, limits=limits)
         return await _observe.adrive(spec.agent, flow, store, call="astart_session", store=store)
 
     @classmethod
@@ -318,6 +358,8 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         deps: Any = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
     ) -> Self:
         """Async twin of ``continue_session``."""
         spec = _spec(cls)
@@ -333,6 +375,7 @@ class AgentSessionMixin(Generic[OutputT]):
             conflict_retries,
             busy_timeout=busy_timeout,
             where=criteria,
+            limits=_limits(spec, max_session_tokens, max_session_cost),
         )
         return await _observe.adrive(
             spec.agent, flow, store, call="acontinue_session", key=key, store=store
@@ -350,6 +393,8 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
     ) -> Self:
         """Async twin of ``resume_session`` (approved calls run concurrently)."""
         spec = _spec(cls)
@@ -364,6 +409,7 @@ class AgentSessionMixin(Generic[OutputT]):
             conflict_retries,
             busy_timeout=busy_timeout,
             where=_criteria(spec, where),
+            limits=_limits(spec, max_session_tokens, max_session_cost),
         )
         return await _observe.adrive(spec.agent, flow, store, call="aresume_session", store=store)
 
@@ -511,6 +557,23 @@ def _tools(spec: SessionSpec, deps: Any, key: Any) -> _turn.ToolScope:
     """What the store hands the tools: ``deps``, the session's key, the agent."""
     agent = spec.agent
     return _turn.ToolScope(agent.toolset, deps, key, agent)
+
+
+def _limits(
+    spec: SessionSpec, max_session_tokens: int | None, max_session_cost: float | None
+) -> BudgetLimits | None:
+    """The agent's budgets with this call's overrides (``None``: the agent's as they are)."""
+    if max_session_tokens is None and max_session_cost is None:
+        return None
+    agent = spec.agent.limits
+    try:
+        return BudgetLimits(
+            agent.max_session_tokens if max_session_tokens is None else max_session_tokens,
+            agent.max_session_cost if max_session_cost is None else max_session_cost,
+            agent.max_model_calls,
+        )
+    except ConfigurationError as exc:
+        raise InputValidationError(str(exc), errors=[], source="budget") from exc
 
 
 def _new_key(cls: type, values: Mapping[str, Any]) -> Any:
