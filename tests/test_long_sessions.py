@@ -33,6 +33,7 @@ from agent_session import (
     StaleSessionError,
     Summarize,
     TokenBudget,
+    Tool,
     ToolCall,
     Usage,
 )
@@ -508,3 +509,78 @@ async def test_the_turn_log_line_says_what_the_window_left_out(
     assert "window left out" in ended.getMessage()
     left_out = ended.agent_session["window_left_out"]  # type: ignore[attr-defined]
     assert isinstance(left_out, int) and left_out > 0
+
+
+def transfer(to: str, amount: float) -> str:
+    """Send money (needs a person's approval)."""
+    return f"sent {amount} to {to}"
+
+
+class ApprovalChat(AgentSessionMixin[str], Base):
+    __tablename__ = "long_approval_chats"
+    __agent__ = Agent(
+        TestModel(),
+        instruction="You help with orders.",
+        tools=[get_order, Tool(transfer, requires_approval=True)],
+        model_retries=0,
+        history=LastTurns(1),
+        compaction=Summarize(when_tokens_over=300, keep_last_turns=1, counter=count),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+
+async def test_a_pause_is_never_compacted_and_its_resume_is(database: Database) -> None:
+    database.create_all(Base.metadata)
+    api = Api(database, ApprovalChat, maker=True)
+    shop = Shop()
+
+    def pay(messages: list[dict[str, Any]], request: ModelRequest) -> Any:
+        if not is_summary_request(request) and messages[-1]["content"] == "pay bob":
+            return ToolCall("transfer", {"to": "bob", "amount": 5}, id="pay")
+        return shop(messages, request)
+
+    model = FunctionModel(pay)
+    with ApprovalChat.__agent__.override(model=model):
+        chat = await api.start(None, "order 1?")
+        for turn in range(3):
+            chat = await api.cont(None, chat.id, f"order {turn + 2}?")
+        summaries = shop.summaries
+        stored = _row(database, ApprovalChat, chat.id)["context"]
+        chat = await api.cont(None, chat.id, "pay bob")
+        paused = _row(database, ApprovalChat, chat.id)["context"]
+        assert paused["messages"] == stored["messages"]  # the pause wrote no summary
+        assert shop.summaries == summaries and paused["pending"]["approvals"]
+        # The resume sends the paused turn whole, with the window's last turn.
+        chat = await api.resume(None, chat.id, approvals={"pay": True})
+    resumed = model.requests[-2] if is_summary_request(model.requests[-1]) else model.requests[-1]
+    assert check_request(resumed.messages) is None
+    assert [m["content"] for m in resumed.messages if m["role"] == "user"] == [
+        "order 4?",
+        "pay bob",
+    ]
+    document = _row(database, ApprovalChat, chat.id)["context"]
+    assert "pending" not in document and document["turns"] == 5
+    assert shop.summaries > summaries  # compaction is due, and ran with the resumed turn
+    check_document(document, where="stored")
+
+
+async def test_max_model_calls_counts_the_summary_call(database: Database) -> None:
+    database.create_all(Base.metadata)
+    api = Api(database, CompactChat, maker=True)
+    shop = Shop()
+    shop.fail_summaries = 100
+    chat, model = await _compacted(api, shop, 6)  # compaction is due from now on
+    before = _row(database, CompactChat, chat.id)
+    tried = shop.summaries
+    agent = _agent(
+        compaction=CompactChat.__agent__.compaction, max_model_calls=2
+    )  # a tool step and the reply: the summary call would be the third
+    saved, CompactChat.__agent__ = CompactChat.__agent__, agent
+    try:
+        with agent.override(model=model), pytest.raises(BudgetExceededError) as caught:
+            await api.cont(None, chat.id, "order 7?")
+    finally:
+        CompactChat.__agent__ = saved
+    assert caught.value.kind == "model_calls"
+    assert shop.summaries == tried
+    assert _row(database, CompactChat, chat.id) == before
