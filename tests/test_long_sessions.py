@@ -225,6 +225,9 @@ async def test_compaction_is_stored_with_the_turn_and_sent_after(database: Datab
     shop = Shop()
     chat, model = await _compacted(api, shop, 6)
     assert shop.summaries >= 1
+    summary_requests = [r for r in model.requests if is_summary_request(r)]
+    assert {r.purpose for r in summary_requests} == {"summary"}
+    assert all(r.tools is None and r.model == "test-model" for r in summary_requests)
     document = _row(database, CompactChat, chat.id)["context"]
     messages = document["messages"]
     summaries = [m for m in messages if m.get("meta", {}).get("summary")]
@@ -584,3 +587,41 @@ async def test_max_model_calls_counts_the_summary_call(database: Database) -> No
     assert caught.value.kind == "model_calls"
     assert shop.summaries == tried
     assert _row(database, CompactChat, chat.id) == before
+
+
+async def test_the_summary_call_uses_its_own_model_and_settings(
+    sync_database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    database = sync_database
+    database.create_all(Base.metadata)
+    api = Api(database, CompactChat, maker=True)
+    agent = _agent(
+        model_settings={"temperature": 0.7},
+        compaction=Summarize(
+            when_tokens_over=700,
+            keep_last_turns=1,
+            counter=count,
+            model="small-summarizer",
+            model_settings={"temperature": 0.0, "max_tokens": 300},
+        ),
+    )
+    shop = Shop()
+    model = FunctionModel(shop)
+    saved, CompactChat.__agent__ = CompactChat.__agent__, agent
+    try:
+        with agent.override(model=model), caplog.at_level(logging.INFO, "agent_session.turn"):
+            chat = await api.start(None, "order 1?")
+            for turn in range(5):
+                chat = await api.cont(None, chat.id, f"order {turn + 2}?")
+    finally:
+        CompactChat.__agent__ = saved
+    summary = [r for r in model.requests if is_summary_request(r)]
+    turn = [r for r in model.requests if not is_summary_request(r)]
+    assert summary and {r.model for r in summary} == {"small-summarizer"}
+    assert all(r.settings == {"temperature": 0.0, "max_tokens": 300} for r in summary)
+    assert all(r.settings == {"temperature": 0.7} for r in turn)
+    assert any("history compacted" in r.getMessage() for r in caplog.records)
+    assert chat.last_result is not None
+    assert chat.last_result.usage.total_tokens > 0

@@ -245,6 +245,8 @@ class Observation:
         self.conflicts = 0
         self.waits = 0
         self.left_out: int | None = None
+        self.summary_calls = 0
+        """Answered summary calls of a compaction in this turn."""
         """Stored messages the history window left out of the turn's last request."""
         self._db_system: tuple[str | None] | None = None
 
@@ -349,7 +351,7 @@ class Observation:
             cost = "unknown" if self.cost is None else f"{self.cost:.6f}"
             turn_log.info(
                 "%s ended: %s, model %s, in %.3fs: %d model call(s), %d input + %d output "
-                "tokens, cost %s%s%s",
+                "tokens, cost %s%s%s%s",
                 self.call,
                 self.session,
                 self.response_model or agent.model_name,
@@ -360,6 +362,7 @@ class Observation:
                 cost,
                 f", {self.conflicts} conflict(s)" if self.conflicts else "",
                 f", window left out {self.left_out} stored message(s)" if self.left_out else "",
+                ", history compacted" if self.summary_calls else "",
                 extra={"agent_session": self._summary(elapsed)},
             )
             return result
@@ -376,6 +379,7 @@ class Observation:
             "cost": self.cost,
             "conflicts": self.conflicts,
             "window_left_out": self.left_out,
+            "summary_calls": self.summary_calls,
         }
         if self.key is not None:
             summary["session"] = _conversation_id(self.key)
@@ -416,6 +420,8 @@ def observe_model_call(obs: Observation, request: ModelRequest) -> Steps:
             if hooks.before_model_call is not None:
                 request = yield from _before_model_call(hooks.before_model_call, request)
             _request_attributes(span, request)
+            if request.purpose != "turn":
+                span.set_attribute("agent_session.request.purpose", request.purpose)
             if request.left_out is not None:
                 obs.left_out = request.left_out
                 span.set_attribute("agent_session.window.left_out", request.left_out)
@@ -439,6 +445,8 @@ def observe_model_call(obs: Observation, request: ModelRequest) -> Steps:
                 raise
             elapsed = time.perf_counter() - started
             obs.model_calls += 1
+            if request.purpose == "summary":
+                obs.summary_calls += 1
             obs.input_tokens += response.usage.prompt_tokens
             obs.output_tokens += response.usage.completion_tokens
             if response.cost is not None:

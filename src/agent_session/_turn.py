@@ -821,10 +821,14 @@ def _paused_result(
     }
     if state.cost is not None:
         part["cost"] = state.cost
+    try:
+        sent = outgoing_messages(agent, plan, mode, state.messages)
+    except ContextWindowError:  # the results so far no longer fit: the resume will say so
+        sent = chat_messages(state.messages)
     return Result(
         output=None,
         text=response.text,
-        messages=outgoing_messages(agent, plan, mode, state.messages),
+        messages=sent,
         usage=state.usage,
         cost=state.cost,
         model=response.model or agent.model_name,
@@ -948,6 +952,7 @@ def compaction_flow(
         model=summarize.model or agent.model_name,
         messages=summary_request_messages(compaction),
         settings=settings,
+        purpose="summary",
     )
     try:
         response, calls = yield from _model_call(agent, request, state, plan)
