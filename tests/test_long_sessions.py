@@ -625,3 +625,25 @@ async def test_the_summary_call_uses_its_own_model_and_settings(
     assert any("history compacted" in r.getMessage() for r in caplog.records)
     assert chat.last_result is not None
     assert chat.last_result.usage.total_tokens > 0
+
+
+def test_the_default_window_is_the_models_input_limit_when_litellm_knows_it() -> None:
+    from agent_session import _turn
+
+    import_litellm()
+    known = Agent("openai/gpt-4o-mini")
+    assert _turn.history_window(known) == TokenBudget(128_000)
+    assert _turn.history_window(Agent("openai/a-local-model-litellm-does-not-know")) is None
+    with known.override(model=TestModel()):
+        assert _turn.history_window(known) is None  # a double: everything is sent
+    assert _turn.history_window(_agent(history=LastTurns(3))) == LastTurns(3)
+
+
+async def test_max_model_calls_bounds_agent_run(run: Any) -> None:
+    agent = _agent(max_model_calls=1)
+    with (
+        agent.override(model=FunctionModel(Shop())),
+        pytest.raises(BudgetExceededError) as caught,
+    ):
+        await run(agent, "order 1?")
+    assert caught.value.kind == "model_calls" and caught.value.spent == 1
