@@ -647,3 +647,34 @@ async def test_max_model_calls_bounds_agent_run(run: Any) -> None:
     ):
         await run(agent, "order 1?")
     assert caught.value.kind == "model_calls" and caught.value.spent == 1
+
+
+async def test_the_default_window_counts_only_when_the_history_may_not_fit(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, run: Any
+) -> None:
+    from agent_session import _turn
+
+    fake.requests.clear()
+    litellm = import_litellm()
+    counted: list[int] = []
+    real_counter = litellm.token_counter
+
+    def counter(**kw: Any) -> int:
+        counted.append(len(kw["messages"]))
+        return int(real_counter(**kw))
+
+    monkeypatch.setattr(litellm, "token_counter", counter)
+    agent = Agent(
+        "openai/gpt-4o-mini",
+        instruction="You help with orders.",
+        model_retries=0,
+        model_settings={"api_base": fake.base_url, "api_key": "test-key"},
+    )
+    fake.enqueue_completion("Delivered.")
+    assert (await run(agent, "Where is order 1?")).output == "Delivered."
+    assert counted == []  # 128,000 tokens surely hold a few hundred bytes: nothing counted
+    # A model with a small window: the request is counted, and refused before it is sent.
+    monkeypatch.setattr(_turn, "default_window", lambda model: TokenBudget(600))
+    with pytest.raises(ContextWindowError, match="the window allows 600"):
+        await run(agent, "order " * 1000)
+    assert counted and len(fake.requests) == 1

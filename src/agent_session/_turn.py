@@ -371,6 +371,17 @@ def _counter(agent: Agent[Any], mode: OutputMode | None) -> Callable[[list[dict[
     return with_hint
 
 
+def _size_bound(agent: Agent[Any], history: list[dict[str, Any]], new: list[dict[str, Any]]) -> int:
+    """An upper bound on the tokens of a request that sends everything: a token of a
+    byte-level tokenizer covers at least one byte, and the margins cover the counter's
+    per-message and per-request tokens and the tool definitions' formatting."""
+    size = 512 + 2 * len(json.dumps(agent.toolset.definitions or [], ensure_ascii=False))
+    size += len((agent.schema_hint or "").encode("utf-8"))
+    for message in (*history, *new):
+        size += 16 + len(json.dumps(message, ensure_ascii=False).encode("utf-8"))
+    return size
+
+
 def select_request(
     agent: Agent[Any],
     plan: TurnPlan,
@@ -381,6 +392,12 @@ def select_request(
     newest turn does not fit); the schema hint added to the messages if needed."""
     new = turn or [plan.user_message]
     window = history_window(agent)
+    if (
+        agent.history is None
+        and isinstance(window, TokenBudget)
+        and _size_bound(agent, plan.history, new) <= window.limit
+    ):
+        window = None  # the default window, and the whole history surely fits: no counting
     if window is None and not plan.history:
         selection = Selection(chat_messages(new), 0, 0)
     else:
