@@ -32,6 +32,7 @@ from agent_session import (
 )
 from agent_session import context as _context
 from agent_session.context import load_context
+from agent_session.history import SUMMARY_HEADER
 from agent_session.testing import TestModel
 
 DATA = Path(__file__).parent / "data"
@@ -328,10 +329,17 @@ def test_a_turn_continues_every_golden_document(path: Path) -> None:
     assert context.instruction_args == before.get("instruction_args")
     assert context.cost == pytest.approx((before.get("cost") or 0.0) + 0.5)
     assert context.to_document() == document
-    # What was sent is the stored history without meta, then the new message.
+    # What was sent is the stored history without meta (from the newest summary on,
+    # which is sent with the system message), then the new message.
     sent = model.requests[0].messages
+    history = before["messages"]
+    summaries = [i for i, m in enumerate(history) if m.get("meta", {}).get("summary")]
+    if summaries:
+        newest = history[summaries[-1]]
+        head = f"{history[0]['content']}\n\n{SUMMARY_HEADER}\n{newest['content']}"
+        history = [{"role": "system", "content": head}, *history[summaries[-1] + 1 :]]
     assert sent[:-1] == [
-        {k: v for k, v in m.items() if k != "meta" and v is not None} for m in before["messages"]
+        {k: v for k, v in m.items() if k != "meta" and v is not None} for m in history
     ]
     assert sent[-1] == {"role": "user", "content": "One more question 🙂"}
 
