@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "overhead": ("turn_overhead", "Per-turn overhead"),
     "tools": ("tool_turn", "Tool-turn overhead"),
     "growth": ("growth", "Growth with the conversation"),
+    "window": ("window", "History windows at 10 to 10,000 messages"),
     "concurrency": ("concurrency", "Concurrency"),
     "peer": ("peer", "Peer: OpenAI Agents SDK SQLAlchemySession"),
     "storage": ("storage", "Storage: json vs jsonb"),

@@ -34,6 +34,7 @@ from agent_session import (
 )
 from agent_session import context as _context
 from agent_session.context import load_context
+from agent_session.history import SUMMARY_HEADER
 from agent_session.testing import TestModel
 
 DATA = Path(__file__).parent / "data"
@@ -350,10 +351,17 @@ def test_a_turn_continues_every_golden_document(path: Path) -> None:
     assert context.instruction_args == before.get("instruction_args")
     assert context.cost == pytest.approx((before.get("cost") or 0.0) + 0.5)
     assert context.to_document() == document
-    # What was sent is the stored history without meta, then the new message.
+    # What was sent is the stored history without meta (from the newest summary on,
+    # which is sent with the system message), then the new message.
     sent = model.requests[0].messages
+    history = before["messages"]
+    summaries = [i for i, m in enumerate(history) if m.get("meta", {}).get("summary")]
+    if summaries:
+        newest = history[summaries[-1]]
+        head = f"{history[0]['content']}\n\n{SUMMARY_HEADER}\n{newest['content']}"
+        history = [{"role": "system", "content": head}, *history[summaries[-1] + 1 :]]
     assert sent[:-1] == [
-        {k: v for k, v in m.items() if k != "meta" and v is not None} for m in before["messages"]
+        {k: v for k, v in m.items() if k != "meta" and v is not None} for m in history
     ]
     assert sent[-1] == {"role": "user", "content": "One more question 🙂"}
 
@@ -620,3 +628,16 @@ def test_usage_adds_up_and_is_frozen() -> None:
 def test_message_model_rejects_unknown_roles() -> None:
     with pytest.raises(ValidationError):
         Message.model_validate({"role": "robot", "meta": {"created_at": "2026-01-01T00:00:00Z"}})
+
+
+def test_the_summary_golden_document() -> None:
+    raw = _golden("context_v3_summary.json")
+    context = load_context(raw)
+    summary = context.messages[5]
+    assert summary.role == "system"
+    assert summary.meta.summary is not None and summary.meta.summary.covers == 4
+    assert [m.meta.summary is None for m in context.messages].count(False) == 1
+    assert context.to_document() == raw
+    # Version 2 had no summaries: such a document is refused, not guessed at.
+    with pytest.raises(ContextError):
+        load_context({**raw, "version": 2})

@@ -94,3 +94,17 @@ def test_model_stream_and_astream_match() -> None:
         assert inspect.isgeneratorfunction(cls.stream), cls
         assert inspect.isasyncgenfunction(cls.astream), cls
         _same_parameters(cls.stream, cls.astream)
+
+
+def test_every_turn_classmethod_takes_per_call_budgets() -> None:
+    for name in ("start_session", "continue_session", "resume_session"):
+        for method in (getattr(AgentSessionMixin, name), getattr(AgentSessionMixin, f"a{name}")):
+            parameters = inspect.signature(method).parameters
+            for budget in ("max_session_tokens", "max_session_cost"):
+                assert parameters[budget].kind is inspect.Parameter.KEYWORD_ONLY, name
+                assert parameters[budget].default is None, name
+
+
+def test_usage_and_cost_are_properties_of_the_mixin() -> None:
+    assert isinstance(AgentSessionMixin.usage, property)
+    assert isinstance(AgentSessionMixin.cost, property)

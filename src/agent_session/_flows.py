@@ -40,6 +40,7 @@ from .errors import (
     StaleSessionError,
     show_key,
 )
+from .history import BudgetLimits
 from .llm import Model
 
 __all__ = [
@@ -165,10 +166,12 @@ def start_flow(
     input: Any,
     instruction_args: Any,
     values: Mapping[str, Any],
+    *,
+    limits: BudgetLimits | None = None,
 ) -> Flow:
     """Validate, call the model, then insert the new row with its first context."""
     agent = spec.agent
-    plan = _turn.plan_first_turn(agent, input, instruction_args)
+    plan = _turn.plan_first_turn(agent, input, instruction_args, limits=limits)
     reserved = {spec.context_attr, spec.revision_attr, spec.status_attr, spec.status_changed_attr}
     clash = {name for name in reserved if name is not None and name in values}
     if clash:
@@ -188,6 +191,7 @@ def start_flow(
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
     result = yield from _turn.model_flow(agent, plan, mode)
     document = _turn.next_document(plan, result, None)
+    document, result = yield from _turn.compaction_flow(agent, plan, document, result)
     setattr(instance, spec.context_attr, document)
     setattr(instance, spec.revision_attr, 1)
     if spec.status_attr is not None:
@@ -209,6 +213,7 @@ def continue_flow(
     busy_timeout: float | None = None,
     waits: Waits | None = None,
     where: tuple[Any, ...] = (),
+    limits: BudgetLimits | None = None,
 ) -> Flow:
     """Claim the row, call the model with the stored history, and compare-and-swap the result.
 
@@ -226,11 +231,15 @@ def continue_flow(
             spec, key, instance, contention, where, check=_not_paused(key)
         )
         instance = claim.instance
-        plan = _turn.plan_next_turn(claim.document, turn_input)
+        plan = _turn.plan_next_turn(claim.document, turn_input, limits=limits)
         revision = claim.revision
         try:
             result = yield from _turn.model_flow(agent, plan, mode)
             new_document = _turn.next_document(plan, result, claim.document)
+            # A summary, if one is due, goes into the same compare-and-swap as the turn.
+            new_document, result = yield from _turn.compaction_flow(
+                agent, plan, new_document, result
+            )
             values: dict[str, Any] = {spec.context_attr: new_document}
             if spec.status_attr is not None:
                 values.update(_status(spec, _outcome(result), revision))
@@ -282,6 +291,7 @@ def resume_flow(
     busy_timeout: float | None = None,
     waits: Waits | None = None,
     where: tuple[Any, ...] = (),
+    limits: BudgetLimits | None = None,
 ) -> Flow:
     """Claim a paused turn, run the approved calls, and go on to the end or the next pause.
 
@@ -300,9 +310,12 @@ def resume_flow(
         revision = claim.revision
         try:
             decided = _turn.check_approvals(paused["pending"], approvals, name=_session(key))
-            plan = _turn.plan_resumed_turn(paused, _input_of(agent, paused, key))
+            plan = _turn.plan_resumed_turn(paused, _input_of(agent, paused, key), limits=limits)
             result = yield from _turn.resume_flow(agent, plan, paused["pending"], decided, mode)
             new_document = _turn.next_document(plan, result, paused)
+            new_document, result = yield from _turn.compaction_flow(
+                agent, plan, new_document, result
+            )
             values: dict[str, Any] = {spec.context_attr: new_document}
             if spec.status_attr is not None:
                 values.update(_status(spec, _outcome(result), revision))

@@ -247,6 +247,10 @@ class Observation:
         self.response_model: str | None = None
         self.conflicts = 0
         self.waits = 0
+        self.left_out: int | None = None
+        self.summary_calls = 0
+        """Answered summary calls of a compaction in this turn."""
+        """Stored messages the history window left out of the turn's last request."""
         self._db_system: tuple[str | None] | None = None
 
     # -- naming
@@ -351,7 +355,7 @@ class Observation:
             cost = "unknown" if self.cost is None else f"{self.cost:.6f}"
             turn_log.info(
                 "%s ended: %s, model %s, in %.3fs: %d model call(s), %d input + %d output "
-                "tokens, cost %s%s",
+                "tokens, cost %s%s%s%s",
                 self.call,
                 self.session,
                 self.response_model or agent.model_name,
@@ -361,6 +365,8 @@ class Observation:
                 self.output_tokens,
                 cost,
                 f", {self.conflicts} conflict(s)" if self.conflicts else "",
+                f", window left out {self.left_out} stored message(s)" if self.left_out else "",
+                ", history compacted" if self.summary_calls else "",
                 extra={"agent_session": self._summary(elapsed)},
             )
             return result
@@ -376,6 +382,8 @@ class Observation:
             "output_tokens": self.output_tokens,
             "cost": self.cost,
             "conflicts": self.conflicts,
+            "window_left_out": self.left_out,
+            "summary_calls": self.summary_calls,
         }
         if self.key is not None:
             summary["session"] = _conversation_id(self.key)
@@ -395,6 +403,8 @@ class Observation:
             span.set_attribute("agent_session.conflicts", self.conflicts)
         if self.waits:
             span.set_attribute("agent_session.waits", self.waits)
+        if self.left_out is not None:
+            span.set_attribute("agent_session.window.left_out", self.left_out)
         if self.key is not None:
             span.set_attribute("gen_ai.conversation.id", _conversation_id(self.key))
 
@@ -414,6 +424,11 @@ def observe_model_call(obs: Observation, request: ModelRequest) -> Steps:
             if hooks.before_model_call is not None:
                 request = yield from _before_model_call(hooks.before_model_call, request)
             _request_attributes(span, request)
+            if request.purpose != "turn":
+                span.set_attribute("agent_session.request.purpose", request.purpose)
+            if request.left_out is not None:
+                obs.left_out = request.left_out
+                span.set_attribute("agent_session.window.left_out", request.left_out)
             if model_log.isEnabledFor(logging.DEBUG):
                 model_log.debug(
                     "request to %s: %d message(s): %s",
@@ -434,6 +449,8 @@ def observe_model_call(obs: Observation, request: ModelRequest) -> Steps:
                 raise
             elapsed = time.perf_counter() - started
             obs.model_calls += 1
+            if request.purpose == "summary":
+                obs.summary_calls += 1
             obs.input_tokens += response.usage.prompt_tokens
             obs.output_tokens += response.usage.completion_tokens
             if response.cost is not None:

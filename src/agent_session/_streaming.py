@@ -332,7 +332,9 @@ class TurnStream(Generic[OutputT, SessionT]):
             try:
                 op = step(next, flow)
                 while True:
-                    if isinstance(op, ModelRequest):
+                    if isinstance(op, ModelRequest) and op.purpose != "summary":
+                        # A compaction's summary call is answered unstreamed, below:
+                        # its text is not part of the reply the reader sees.
                         discarded = turn.request()
                         if discarded is not None:
                             yield discarded
@@ -474,7 +476,9 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
             try:
                 op = step(next, flow)
                 while True:
-                    if isinstance(op, ModelRequest):
+                    if isinstance(op, ModelRequest) and op.purpose != "summary":
+                        # A compaction's summary call is answered unstreamed, below:
+                        # its text is not part of the reply the reader sees.
                         discarded = turn.request()
                         if discarded is not None:
                             yield discarded

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,8 +44,27 @@ from .context import (
     usage_document,
     utcnow,
 )
-from .errors import InputValidationError, ModelCallError, OutputValidationError, ToolLoopError
-from .llm import Model, ModelRequest, ModelResponse, OutputMode
+from .errors import (
+    ContextWindowError,
+    InputValidationError,
+    ModelCallError,
+    OutputValidationError,
+    ToolLoopError,
+)
+from .history import (
+    BudgetLimits,
+    Selection,
+    TokenBudget,
+    Window,
+    apply_summary,
+    check_budget,
+    default_window,
+    litellm_token_counter,
+    plan_compaction,
+    select_messages,
+    summary_request_messages,
+)
+from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse, OutputMode
 from .result import Result
 from .tools import Denied, PendingApproval, ToolCall, ToolCallResult, Toolset, replay_arguments
 
@@ -67,6 +86,8 @@ __all__ = [
     "adrive",
     "amodel_handler",
     "check_approvals",
+    "check_turn_budget",
+    "compaction_flow",
     "drive",
     "model_flow",
     "model_handler",
@@ -115,6 +136,11 @@ class TurnPlan:
     """Stored messages before this turn; the system message first when there is one."""
     instruction_args: dict[str, Any] | None
     now: datetime
+    limits: BudgetLimits | None = None
+    """The budgets of this call (``None``: the agent's)."""
+    spent_usage: Usage = field(default_factory=Usage)
+    """The session's totals before this turn (finished turns), for the budgets."""
+    spent_cost: float | None = None
 
 
 # -- step 1 and 2: input, instruction, history -----------------------------------
@@ -245,6 +271,7 @@ def plan_first_turn(
     instruction_args: ArgsLike,
     *,
     now: datetime | None = None,
+    limits: BudgetLimits | None = None,
 ) -> TurnPlan:
     """Plan the first turn: validate everything and render the instruction once."""
     now = now or utcnow()
@@ -260,11 +287,16 @@ def plan_first_turn(
         history=history,
         instruction_args=stored_args,
         now=now,
+        limits=limits,
     )
 
 
 def plan_next_turn(
-    document: Mapping[str, Any], turn_input: TurnInput, *, now: datetime | None = None
+    document: Mapping[str, Any],
+    turn_input: TurnInput,
+    *,
+    now: datetime | None = None,
+    limits: BudgetLimits | None = None,
 ) -> TurnPlan:
     """Plan a later turn on a validated (current-version) stored document."""
     now = now or utcnow()
@@ -274,6 +306,9 @@ def plan_next_turn(
         history=document["messages"],
         instruction_args=document.get("instruction_args"),
         now=now,
+        limits=limits,
+        spent_usage=stored_usage(document.get("usage")),
+        spent_cost=document.get("cost"),
     )
 
 
@@ -287,7 +322,10 @@ def _user_message(turn_input: TurnInput, now: datetime) -> dict[str, Any]:
 
 
 def _request(
-    agent: Agent[Any], messages: list[dict[str, Any]], mode: OutputMode | None
+    agent: Agent[Any],
+    messages: list[dict[str, Any]],
+    mode: OutputMode | None,
+    left_out: int | None = None,
 ) -> ModelRequest:
     if mode == "json_schema":
         response_format = agent.response_format
@@ -302,7 +340,85 @@ def _request(
         settings=agent.model_settings,
         output_schema=agent.output_schema,
         tools=agent.toolset.definitions or None,
+        left_out=left_out,
     )
+
+
+def _hint_applies(agent: Agent[Any], mode: OutputMode | None) -> bool:
+    return agent.schema_hint is not None and mode in ("json_object", "prompt")
+
+
+def history_window(agent: Agent[Any]) -> Window | None:
+    """The agent's window, or the default: the model's input limit when LiteLLM knows
+    it (a ``Model`` that is not LiteLLM's, such as a test double, gets everything)."""
+    if agent.history is not None:
+        return agent.history
+    if isinstance(agent.model, LiteLLMModel):
+        return default_window(agent.model_name)
+    return None
+
+
+def _counter(agent: Agent[Any], mode: OutputMode | None) -> Callable[[list[dict[str, Any]]], int]:
+    """LiteLLM's token counter for the agent's model and tools, plus the schema hint."""
+    count = litellm_token_counter(agent.model_name, agent.toolset.definitions or None)
+    hint = agent.schema_hint
+    if hint is None or not _hint_applies(agent, mode):
+        return count
+    extra = litellm_token_counter(agent.model_name)([{"role": "system", "content": hint}])
+
+    def with_hint(messages: list[dict[str, Any]]) -> int:
+        return count(messages) + extra
+
+    return with_hint
+
+
+def _size_bound(agent: Agent[Any], history: list[dict[str, Any]], new: list[dict[str, Any]]) -> int:
+    """An upper bound on the tokens of a request that sends everything: a token of a
+    byte-level tokenizer covers at least one byte, and the margins cover the counter's
+    per-message and per-request tokens and the tool definitions' formatting."""
+    size = 512 + 2 * len(json.dumps(agent.toolset.definitions or [], ensure_ascii=False))
+    size += len((agent.schema_hint or "").encode("utf-8"))
+    for message in (*history, *new):
+        size += 16 + len(json.dumps(message, ensure_ascii=False).encode("utf-8"))
+    return size
+
+
+def select_request(
+    agent: Agent[Any],
+    plan: TurnPlan,
+    mode: OutputMode | None,
+    turn: list[dict[str, Any]] | None = None,
+) -> Selection:
+    """The history window applied to this request (``ContextWindowError`` if even the
+    newest turn does not fit); the schema hint added to the messages if needed."""
+    new = turn or [plan.user_message]
+    window = history_window(agent)
+    if (
+        agent.history is None
+        and isinstance(window, TokenBudget)
+        and _size_bound(agent, plan.history, new) <= window.limit
+    ):
+        window = None  # the default window, and the whole history surely fits: no counting
+    if window is None and not plan.history:
+        selection = Selection(chat_messages(new), 0, 0)
+    else:
+        needs_count = isinstance(window, TokenBudget) and window.counter is None
+        count = _counter(agent, mode) if needs_count else None
+        selection = select_messages(window, plan.history, new, count=count)
+    if selection.overflow is not None:
+        raise ContextWindowError(
+            f"the request to {agent.model_name} does not fit its history window: "
+            f"{selection.overflow}; nothing was sent or stored",
+            model=agent.model_name,
+        )
+    if _hint_applies(agent, mode):
+        hint = agent.schema_hint
+        messages = selection.messages
+        if messages and messages[0]["role"] == "system":
+            messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{hint}"}
+        else:
+            messages.insert(0, {"role": "system", "content": hint})
+    return selection
 
 
 def outgoing_messages(
@@ -311,16 +427,9 @@ def outgoing_messages(
     mode: OutputMode | None,
     turn: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The chat messages to send: history, this turn's messages so far (the user
-    message, then any tool exchange), and the schema hint if needed."""
-    messages = chat_messages([*plan.history, *(turn or [plan.user_message])])
-    hint = agent.schema_hint
-    if hint is not None and mode in ("json_object", "prompt"):
-        if messages and messages[0]["role"] == "system":
-            messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{hint}"}
-        else:
-            messages.insert(0, {"role": "system", "content": hint})
-    return messages
+    """The chat messages to send: the history the window keeps, this turn's messages
+    so far (the user message, then any tool exchange), and the schema hint if needed."""
+    return select_request(agent, plan, mode, turn).messages
 
 
 def reask_feedback(exc: ValidationError | ValueError) -> str:
@@ -393,6 +502,8 @@ class _TurnState:
     """Model calls answered so far (they count against ``max_tool_steps``)."""
     calls: int = 0
     """Model calls made by this run of the flow, failed and re-asked ones included."""
+    earlier_calls: int = 0
+    """Model calls of the turn before its pause (a resumed turn), for ``max_model_calls``."""
     tool_calls: list[ToolCallResult] = field(default_factory=list)
 
     def spend(self, response: ModelResponse) -> None:
@@ -422,15 +533,37 @@ class RunTools:
     calls: tuple[ToolCall, ...]
 
 
+def check_turn_budget(agent: Agent[Any], plan: TurnPlan, state: _TurnState) -> None:
+    """``BudgetExceededError`` if the next model call of this turn must not start."""
+    limits = plan.limits or agent.limits
+    if (
+        limits.max_session_tokens is None
+        and limits.max_session_cost is None
+        and limits.max_model_calls is None
+    ):
+        return
+    cost = plan.spent_cost
+    if state.cost is not None:
+        cost = (cost or 0.0) + state.cost
+    check_budget(
+        limits,
+        spent_tokens=plan.spent_usage.total_tokens + state.usage.total_tokens,
+        spent_cost=cost,
+        model_calls=state.earlier_calls + state.calls,
+    )
+
+
 def _model_call(
-    agent: Agent[Any], request: ModelRequest, state: _TurnState
+    agent: Agent[Any], request: ModelRequest, state: _TurnState, plan: TurnPlan
 ) -> Generator[ModelRequest | Sleep, Any, tuple[ModelResponse, int]]:
     """One model call, retried after a backoff on a retryable ``ModelCallError``.
 
-    Returns the response and how many calls it took.
+    The budgets are checked before each call. Returns the response and how many
+    calls it took.
     """
     retries = 0
     while True:
+        check_turn_budget(agent, plan, state)
         state.calls += 1
         try:
             response: ModelResponse = yield request
@@ -490,6 +623,7 @@ def resume_flow(
         cost=pending.get("cost"),
         steps=int(pending.get("steps", 0)),
     )
+    state.earlier_calls = state.steps
     assistant = _last_tool_calls_message(state.messages)
     calls = [_stored_call(entry) for entry in assistant["tool_calls"]]
     approved = [call for call in calls if approvals.get(call.id) is True]
@@ -548,10 +682,11 @@ def _turn_loop(
     reask_tail: list[dict[str, Any]] = []
     step_usage, step_cost, step_calls = Usage(), None, 0
     while True:
-        sent = outgoing_messages(agent, plan, mode, state.messages)
-        request = _request(agent, [*sent, *reask_tail], mode)
+        selection = select_request(agent, plan, mode, [*state.messages, *reask_tail])
+        sent = selection.messages
+        request = _request(agent, sent, mode, selection.left_out)
         try:
-            response, calls = yield from _model_call(agent, request, state)
+            response, calls = yield from _model_call(agent, request, state, plan)
         except TurnCancelled as exc:
             if not exc.keep:
                 raise
@@ -641,7 +776,10 @@ def _turn_loop(
         return Result(
             output=output,
             text=response.text,
-            messages=[*sent, {"role": "assistant", "content": response.text}],
+            messages=[
+                *sent[: len(sent) - len(reask_tail)],
+                {"role": "assistant", "content": response.text},
+            ],
             usage=state.usage,
             cost=state.cost,
             model=model,
@@ -753,10 +891,14 @@ def _paused_result(
     }
     if state.cost is not None:
         part["cost"] = state.cost
+    try:
+        sent = outgoing_messages(agent, plan, mode, state.messages)
+    except ContextWindowError:  # the results so far no longer fit: the resume will say so
+        sent = chat_messages(state.messages)
     return Result(
         output=None,
         text=response.text,
-        messages=outgoing_messages(agent, plan, mode, state.messages),
+        messages=sent,
         usage=state.usage,
         cost=state.cost,
         model=response.model or agent.model_name,
@@ -845,6 +987,80 @@ def next_document(
     return doc
 
 
+def compaction_flow(
+    agent: Agent[Any], plan: TurnPlan, document: dict[str, Any], result: Result[Any]
+) -> Generator[ModelRequest | Sleep, Any, tuple[dict[str, Any], Result[Any]]]:
+    """Summarize older turns of the new ``document`` when ``agent.compaction`` asks for it.
+
+    One more ``ModelRequest`` (the summary call, budgets checked first); its usage and
+    cost join the document's totals and the turn's result, and the summary is
+    inserted into the document's messages, so the caller writes it with the turn in
+    one compare-and-swap. A summary call that fails (``ModelCallError``, retries
+    spent) leaves the document as it was: the next turn plans again. A paused turn
+    is never compacted.
+    """
+    summarize = agent.compaction
+    if summarize is None or result.paused_turn is not None:
+        return document, result
+    messages = document["messages"]
+    window = agent.history
+    count = summarize.counter
+    if count is None and isinstance(window, TokenBudget):
+        count = window.counter
+    if count is None:
+        count = litellm_token_counter(agent.model_name)
+    compaction = plan_compaction(messages, summarize, count)
+    if compaction is None:
+        return document, result
+    state = _TurnState(
+        messages=[], usage=result.usage, cost=result.cost, steps=0, calls=result.attempts
+    )
+    settings = agent.model_settings
+    if summarize.model_settings is not None:
+        settings = dict(summarize.model_settings)
+    request = ModelRequest(
+        model=summarize.model or agent.model_name,
+        messages=summary_request_messages(compaction),
+        settings=settings,
+        purpose="summary",
+    )
+    try:
+        response, calls = yield from _model_call(agent, request, state, plan)
+    except ModelCallError as exc:
+        logger.warning(
+            "the summary call failed (%s); the turn is stored without compaction, which "
+            "is tried again next turn",
+            type(exc).__name__,
+        )
+        return document, result
+    text = response.text.strip()
+    if not text:
+        logger.warning("the summary call returned no text; the turn is stored without it")
+        return document, result
+    meta = {
+        key: value
+        for key, value in (
+            ("created_at", isoformat(plan.now)),
+            ("model", response.model or request.model),
+            ("usage", usage_document(response.usage)),
+            ("cost", response.cost),
+            ("attempts", calls if calls != 1 else None),
+        )
+        if value is not None
+    }
+    compacted = dict(document)
+    compacted["messages"] = apply_summary(messages, compaction, text, meta)
+    compacted["usage"] = usage_document(stored_usage(document.get("usage")) + response.usage)
+    if response.cost is not None:
+        compacted["cost"] = (document.get("cost") or 0.0) + response.cost
+    cost = result.cost
+    if response.cost is not None:
+        cost = (cost or 0.0) + response.cost
+    return compacted, replace(
+        result, usage=result.usage + response.usage, cost=cost, attempts=state.calls
+    )
+
+
 def pause_document(
     plan: TurnPlan, result: Result[Any], previous: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -885,7 +1101,11 @@ def _summary(
 
 
 def plan_resumed_turn(
-    document: Mapping[str, Any], input: BaseModel, *, now: datetime | None = None
+    document: Mapping[str, Any],
+    input: BaseModel,
+    *,
+    now: datetime | None = None,
+    limits: BudgetLimits | None = None,
 ) -> TurnPlan:
     """Plan the rest of a paused turn on a validated stored document."""
     pending = document["pending"]
@@ -895,6 +1115,9 @@ def plan_resumed_turn(
         history=document["messages"],
         instruction_args=document.get("instruction_args"),
         now=now or utcnow(),
+        limits=limits,
+        spent_usage=stored_usage(document.get("usage")),
+        spent_cost=document.get("cost"),
     )
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from . import _observe, _turn
 from ._observe import AfterModelCall, BeforeModelCall, OnError, OnToolCall
 from .errors import ConfigurationError, InputValidationError
+from .history import BudgetLimits, LastTurns, Summarize, TokenBudget, Window
 from .llm import LiteLLMModel, Model, OutputMode, aprepare, resolve_output_mode
 from .result import Result
 from .templates import InstructionTemplate
@@ -104,6 +105,16 @@ class Agent(Generic[OutputT]):
     (the hook's exception as ``__cause__``), nothing stored.
     ``after_model_call(request, response)``, ``on_tool_call(result)`` (a
     ``ToolCallResult``) and ``on_error(error)`` (the error a turn raises) observe.
+
+    Long conversations (see ``agent_session.history``): ``history`` decides what each
+    request sends of the stored history (``LastTurns(n)``, ``TokenBudget(max_tokens,
+    reserve_output=...)``, a function over the stored messages, or ``None``: the
+    model's context window when LiteLLM knows it, else everything); ``compaction``
+    (``Summarize(...)``) stores a summary of older turns once the history grows past
+    a size. ``max_session_tokens``/``max_session_cost`` (USD) bound a session's
+    totals and ``max_model_calls`` the model calls of one turn (re-asks, tool steps
+    and the summary call together): ``BudgetExceededError`` before the call, nothing
+    stored.
     """
 
     @overload
@@ -127,6 +138,11 @@ class Agent(Generic[OutputT]):
         after_model_call: AfterModelCall | None = None,
         on_tool_call: OnToolCall | None = None,
         on_error: OnError | None = None,
+        history: Window | None = None,
+        compaction: Summarize | None = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
+        max_model_calls: int | None = None,
     ) -> None: ...
 
     @overload
@@ -150,6 +166,11 @@ class Agent(Generic[OutputT]):
         after_model_call: AfterModelCall | None = None,
         on_tool_call: OnToolCall | None = None,
         on_error: OnError | None = None,
+        history: Window | None = None,
+        compaction: Summarize | None = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
+        max_model_calls: int | None = None,
     ) -> None: ...
 
     def __init__(
@@ -172,6 +193,11 @@ class Agent(Generic[OutputT]):
         after_model_call: AfterModelCall | None = None,
         on_tool_call: OnToolCall | None = None,
         on_error: OnError | None = None,
+        history: Window | None = None,
+        compaction: Summarize | None = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
+        max_model_calls: int | None = None,
     ) -> None:
         if isinstance(model, str):
             if not model.strip():
@@ -214,6 +240,23 @@ class Agent(Generic[OutputT]):
             raise ConfigurationError("max_input_bytes must be positive")
         if instruction is not None and not isinstance(instruction, str):
             raise ConfigurationError("instruction must be a string (a Jinja template)")
+
+        if not (history is None or isinstance(history, LastTurns | TokenBudget)) and not callable(
+            history
+        ):
+            raise ConfigurationError(
+                "history must be None, LastTurns(n), TokenBudget(max_tokens, ...) or a "
+                f"function over the stored messages; got {history!r}"
+            )
+        if compaction is not None and not isinstance(compaction, Summarize):
+            raise ConfigurationError(
+                f"compaction must be None or Summarize(...), got {compaction!r}"
+            )
+        self.history: Window | None = history
+        """What a request sends of the stored history (``None``: the model's window)."""
+        self.compaction = compaction
+        self.limits = BudgetLimits(max_session_tokens, max_session_cost, max_model_calls)
+        """The session budgets and the per-turn model call limit."""
 
         self._hooks = _observe.Hooks.build(
             before_model_call=before_model_call,

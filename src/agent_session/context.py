@@ -38,6 +38,10 @@ result. A turn that waits for a person's approval (version 3) is kept apart, in
       "claimed_at": "..."   (while a resume runs it)
     }
 
+A long conversation may hold compaction summaries: a ``system`` message after the
+first, with ``meta.summary = {"covers": n}`` (the n stored messages before it that it
+stands for, which stay stored); see ``agent_session.history``.
+
 No message repeats what can be derived, and what is left is written compactly:
 
 - a user message's input is its ``content`` (the single input field's text, or the
@@ -84,6 +88,7 @@ __all__ = [
     "Message",
     "MessageMeta",
     "PendingTurn",
+    "SummaryMeta",
     "Usage",
     "load_context",
 ]
@@ -154,6 +159,15 @@ def input_document(single_input_field: str | None, content: str) -> Any:
     return json.loads(content)
 
 
+class SummaryMeta(BaseModel):
+    """``meta.summary`` of a compaction summary (a ``system`` message after the first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    covers: int = Field(ge=0)
+    """How many stored messages directly before the summary it stands for."""
+
+
 class MessageMeta(BaseModel):
     """What the library records beside one chat message."""
 
@@ -175,6 +189,8 @@ class MessageMeta(BaseModel):
     interrupted: bool | None = None
     """Assistant messages: ``True`` when the reader of a streamed turn stopped early and
     the reply was stored as far as it went (``on_cancel="keep"``); it has no output."""
+    summary: SummaryMeta | None = None
+    """A compaction summary (``role`` ``system``): what it covers. See ``history``."""
 
 
 class Message(BaseModel):
@@ -409,6 +425,8 @@ def _meta_document(message: Message, previous_at: datetime | None) -> dict[str, 
         stored["raw_arguments"] = meta.raw_arguments
     if meta.interrupted:
         stored["interrupted"] = True
+    if meta.summary is not None:
+        stored["summary"] = meta.summary.model_dump(mode="json")
     return stored
 
 
@@ -494,6 +512,7 @@ def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
 class _MessageMetaV2(MessageMeta):
     raw_arguments: None = None
     interrupted: None = None
+    summary: None = None
 
 
 class _MessageV2(Message):

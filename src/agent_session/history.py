@@ -581,8 +581,13 @@ class Summarize:
     model: str | None = None
     model_settings: Mapping[str, Any] | None = None
     instruction: str = DEFAULT_SUMMARY_INSTRUCTION
+    counter: TokenCounter | None = field(default=None, compare=False)
+    """Counts the history against ``when_tokens_over``; by default the history window's
+    counter (a ``TokenBudget`` built with one), else LiteLLM's for the agent's model."""
 
     def __post_init__(self) -> None:
+        if self.counter is not None and not callable(self.counter):
+            raise ConfigurationError("Summarize: counter must be a function of a message list")
         for name in ("when_tokens_over", "keep_last_turns"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -49,8 +49,9 @@ from ._flows import SessionSpec, SessionStatus
 from ._store import AsyncStore, SyncStore
 from ._streaming import AsyncTurnStream, OnCancel, TurnStream
 from .agent import Agent
-from .context import Context
+from .context import Context, Usage, stored_usage
 from .errors import ConfigurationError, InputValidationError, show_key
+from .history import BudgetLimits
 from .tools import Denied, PendingApproval
 
 if TYPE_CHECKING:
@@ -175,6 +176,29 @@ class AgentSessionMixin(Generic[OutputT]):
 
         return load_context(raw, key=_identity(self)).pending_approvals
 
+    @property
+    def usage(self) -> Usage:
+        """The session's token totals (finished turns and summaries), read from the
+        stored document's top-level ``usage`` without validating the messages."""
+        raw = getattr(self, getattr(type(self), _SPEC).context_attr)
+        if not isinstance(raw, Mapping):
+            return Usage()
+        if "usage" not in raw:  # a document older than the stored totals
+            from .context import load_context
+
+            return load_context(raw, key=_identity(self)).usage
+        return stored_usage(raw["usage"])
+
+    @property
+    def cost(self) -> float | None:
+        """The session's total cost in USD (``None`` while no call's cost was known),
+        read from the stored document's top-level ``cost``."""
+        raw = getattr(self, getattr(type(self), _SPEC).context_attr)
+        if not isinstance(raw, Mapping):
+            return None
+        cost = raw.get("cost")
+        return float(cost) if isinstance(cost, int | float) else None
+
     # -- sync API -----------------------------------------------------------------
 
     @overload
@@ -187,6 +211,8 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
         **values: Any,
     ) -> Self: ...
@@ -201,6 +227,8 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
         **values: Any,
@@ -216,6 +244,8 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
         **values: Any,
@@ -230,6 +260,8 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
         **values: Any,
@@ -241,11 +273,14 @@ class AgentSessionMixin(Generic[OutputT]):
         ``stream=True`` returns a ``TurnStream`` of the turn's events instead; the row
         is added once the stream is exhausted (``on_cancel``: what a stream stopped
         early stores, see ``continue_session``).
+        ``max_session_tokens``/``max_session_cost`` replace the agent's session budgets
+        for this call (``BudgetExceededError`` before a call past them, nothing stored).
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
-        flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
+        limits = _limits(spec, max_session_tokens, max_session_cost)
+        flow = _flows.start_flow(spec, store.model, input, instruction_args, values, limits=limits)
         if stream:
             return _streaming.stream_session(
                 spec.agent, flow, store, call="start_session", on_cancel=on_cancel
@@ -267,6 +302,8 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
     ) -> Self: ...
 
@@ -283,6 +320,8 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
     ) -> TurnStream[OutputT, Self]: ...
@@ -300,6 +339,8 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
     ) -> Self | TurnStream[OutputT, Self]: ...
@@ -316,6 +357,8 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         deps: Any = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
     ) -> Self | TurnStream[OutputT, Self]:
@@ -334,6 +377,8 @@ class AgentSessionMixin(Generic[OutputT]):
         stopped early stores nothing (``on_cancel="discard"``; the status ends
         ``failed``) or, with ``on_cancel="keep"``, the text received so far as an
         assistant message marked interrupted.
+        ``max_session_tokens`` and ``max_session_cost`` replace the agent's session
+        budgets for this call.
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
@@ -349,6 +394,7 @@ class AgentSessionMixin(Generic[OutputT]):
             conflict_retries,
             busy_timeout=busy_timeout,
             where=criteria,
+            limits=_limits(spec, max_session_tokens, max_session_cost),
         )
         if stream:
             return _streaming.stream_session(
@@ -371,6 +417,8 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
     ) -> Self: ...
 
@@ -387,6 +435,8 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
     ) -> TurnStream[OutputT, Self]: ...
@@ -404,6 +454,8 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
     ) -> Self | TurnStream[OutputT, Self]: ...
@@ -420,6 +472,8 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
     ) -> Self | TurnStream[OutputT, Self]:
@@ -431,7 +485,8 @@ class AgentSessionMixin(Generic[OutputT]):
         ``InputValidationError`` and nothing runs. The pause is claimed with a
         compare-and-swap before any tool runs: of two resumes of one pause, one runs
         and the other gets ``StaleSessionError``. The turn goes on to its end, or to
-        the next pause. ``stream=True`` and ``on_cancel`` as in ``continue_session``.
+        the next pause. ``stream=True`` and ``on_cancel`` as in ``continue_session``;
+        ``max_session_tokens``/``max_session_cost`` likewise.
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
@@ -446,6 +501,7 @@ class AgentSessionMixin(Generic[OutputT]):
             conflict_retries,
             busy_timeout=busy_timeout,
             where=_criteria(spec, where),
+            limits=_limits(spec, max_session_tokens, max_session_cost),
         )
         if stream:
             return _streaming.stream_session(
@@ -485,6 +541,8 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
         **values: Any,
     ) -> Self: ...
@@ -499,6 +557,8 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
         **values: Any,
@@ -514,6 +574,8 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
         **values: Any,
@@ -528,6 +590,8 @@ class AgentSessionMixin(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
         **values: Any,
@@ -536,7 +600,8 @@ class AgentSessionMixin(Generic[OutputT]):
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
-        flow = _flows.start_flow(spec, store.model, input, instruction_args, values)
+        limits = _limits(spec, max_session_tokens, max_session_cost)
+        flow = _flows.start_flow(spec, store.model, input, instruction_args, values, limits=limits)
         if stream:
             return await _streaming.astream_session(
                 spec.agent, flow, store, call="astart_session", on_cancel=on_cancel
@@ -556,6 +621,8 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
     ) -> Self: ...
 
@@ -572,6 +639,8 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
     ) -> AsyncTurnStream[OutputT, Self]: ...
@@ -589,6 +658,8 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         deps: Any = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
@@ -605,6 +676,8 @@ class AgentSessionMixin(Generic[OutputT]):
         busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         deps: Any = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
     ) -> Self | AsyncTurnStream[OutputT, Self]:
@@ -623,6 +696,7 @@ class AgentSessionMixin(Generic[OutputT]):
             conflict_retries,
             busy_timeout=busy_timeout,
             where=criteria,
+            limits=_limits(spec, max_session_tokens, max_session_cost),
         )
         if stream:
             return await _streaming.astream_session(
@@ -645,6 +719,8 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
     ) -> Self: ...
 
@@ -661,6 +737,8 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
     ) -> AsyncTurnStream[OutputT, Self]: ...
@@ -678,6 +756,8 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
+        max_session_tokens: int | None = ...,
+        max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
@@ -694,6 +774,8 @@ class AgentSessionMixin(Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
     ) -> Self | AsyncTurnStream[OutputT, Self]:
@@ -711,6 +793,7 @@ class AgentSessionMixin(Generic[OutputT]):
             conflict_retries,
             busy_timeout=busy_timeout,
             where=_criteria(spec, where),
+            limits=_limits(spec, max_session_tokens, max_session_cost),
         )
         if stream:
             return await _streaming.astream_session(
@@ -873,6 +956,23 @@ def _tools(spec: SessionSpec, deps: Any, key: Any) -> _turn.ToolScope:
     """What the store hands the tools: ``deps``, the session's key, the agent."""
     agent = spec.agent
     return _turn.ToolScope(agent.toolset, deps, key, agent)
+
+
+def _limits(
+    spec: SessionSpec, max_session_tokens: int | None, max_session_cost: float | None
+) -> BudgetLimits | None:
+    """The agent's budgets with this call's overrides (``None``: the agent's as they are)."""
+    if max_session_tokens is None and max_session_cost is None:
+        return None
+    agent = spec.agent.limits
+    try:
+        return BudgetLimits(
+            agent.max_session_tokens if max_session_tokens is None else max_session_tokens,
+            agent.max_session_cost if max_session_cost is None else max_session_cost,
+            agent.max_model_calls,
+        )
+    except ConfigurationError as exc:
+        raise InputValidationError(str(exc), errors=[], source="budget") from exc
 
 
 def _new_key(cls: type, values: Mapping[str, Any]) -> Any:
