@@ -537,6 +537,16 @@ class Databases:
         """The URL of the run's own database, or ``None`` if the server is unusable."""
         return self._postgres.url(is_async=is_async)
 
+    def sqlite_and_postgres(self, name: str, notes: list[str]) -> list[tuple[str, str]]:
+        """``(label, url)`` of SQLite, and of PostgreSQL when its server is usable (else a
+        line in ``notes`` says why its rows are missing)."""
+        backends = [("SQLite", self.sqlite_url(name))]
+        if (pg := self.postgres_url()) is not None:
+            backends.append(("PostgreSQL", pg))
+        else:
+            notes.append(f"PostgreSQL rows skipped: {self.postgres_error}")
+        return backends
+
     # MySQL / MariaDB ------------------------------------------------------------
 
     @property

@@ -202,11 +202,7 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
         description=__doc__ or "",
     )
     sizes = (10, 100) if opts.quick else SIZES
-    backends = [("SQLite", dbs.sqlite_url("growth"))]
-    if (pg := dbs.postgres_url()) is not None:
-        backends.append(("PostgreSQL", pg))
-    else:
-        result.notes.append(f"PostgreSQL rows skipped: {dbs.postgres_error}")
+    backends = dbs.sqlite_and_postgres("growth", result.notes)
 
     time_rows, part_rows, byte_rows = [], [], []
     at_target: list[tuple[str, float]] = []

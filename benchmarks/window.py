@@ -129,11 +129,7 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
         description=__doc__ or "",
     )
     sizes = (10, 1000) if opts.quick else SIZES
-    backends = [("SQLite", dbs.sqlite_url("window"))]
-    if (pg := dbs.postgres_url()) is not None:
-        backends.append(("PostgreSQL", pg))
-    else:
-        result.notes.append(f"PostgreSQL rows skipped: {dbs.postgres_error}")
+    backends = dbs.sqlite_and_postgres("window", result.notes)
     rows = []
     at_target: list[tuple[str, float]] = []
     for label, url in backends:
