@@ -9,9 +9,9 @@ hooks and DEBUG logs per ``ModelRequest``, a database span per ``Load``, ``Inser
 and ``Swap``, a span event per ``Sleep``. When nothing watches, they cost a few
 cached checks and then run the plain drivers.
 
-An observer is a generator, like a flow: it yields ``Answer(op)`` to have the
-handler answer the operation, or ``HookCall(fn, args)`` to call a user hook, and
-returns the operation's result. The sync and async drivers answer both (an async
+An observer is a generator, like a flow: it yields the operation itself to have
+the handler answer it, or ``HookCall(fn, args)`` to call a user hook, and returns
+the operation's result. The sync and async drivers answer both (an async
 hook in sync code is run to completion with ``tools.run_awaitable``), so the two
 worlds observe the same way.
 
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from .agent import Agent
 
 __all__ = [
-    "Answer",
     "HookCall",
     "Hooks",
     "Observation",
@@ -115,13 +114,6 @@ _NO_HOOKS = Hooks()
 
 
 @dataclass(frozen=True)
-class Answer:
-    """An observer's step: have the handler answer ``op``."""
-
-    op: Any
-
-
-@dataclass(frozen=True)
 class HookCall:
     """An observer's step: call the user hook ``fn(*args)`` (awaited if it is async)."""
 
@@ -129,7 +121,8 @@ class HookCall:
     args: tuple[Any, ...]
 
 
-Steps = Generator[Answer | HookCall, Any, Any]
+Steps = Generator[Any, Any, Any]
+"""An observer: yields its operation (to be answered) and ``HookCall``s, returns the result."""
 Observer = Callable[["Observation", Any], Steps]
 
 
@@ -438,7 +431,7 @@ def observe_model_call(obs: Observation, request: ModelRequest) -> Steps:
                 )
             started = time.perf_counter()
             try:
-                response: ModelResponse = yield Answer(request)
+                response: ModelResponse = yield request
             except Exception as exc:
                 model_log.info(
                     "call to %s failed after %.3fs: %s",
@@ -525,7 +518,7 @@ def observe_sleep(obs: Observation, op: _turn.Sleep) -> Steps:
     obs.waits += 1
     obs.turn_span.add_event("agent_session.wait", {"agent_session.wait.seconds": op.seconds})
     turn_log.debug("%s: waiting %.3fs", obs.session, op.seconds)
-    return (yield Answer(op))
+    return (yield op)
 
 
 def _database_observer(operation: str) -> Observer:
@@ -537,7 +530,7 @@ def _database_observer(operation: str) -> Observer:
         started = time.perf_counter()
         with obs.span(f"{operation} {table}", attributes) as span:
             try:
-                value = yield Answer(op)
+                value = yield op
             except Exception as exc:
                 span.set_attribute("error.type", _error_type(exc))
                 db_log.debug("%s %s failed: %s", operation, table, _error_type(exc))
@@ -578,7 +571,7 @@ def observe_tool_calls(obs: Observation, op: Any) -> Steps:
     calls: Sequence[ToolCall] = tuple(op.calls)
     start_ns = time.time_ns()
     try:
-        results: Sequence[ToolCallResult] = yield Answer(op)
+        results: Sequence[ToolCallResult] = yield op
     except Exception as exc:
         if obs.tracer is not None:
             end_ns = time.time_ns()
@@ -723,7 +716,7 @@ def _flattened(obs: Observation, flow: Generator[Any, Any, T]) -> Generator[Any,
                 if observer is None:
                     value = yield op
                 else:
-                    value = yield from _observed_op(observer(obs, op))
+                    value = yield from observer(obs, op)
             except Exception as exc:
                 op = flow.throw(exc)
             else:
@@ -732,23 +725,6 @@ def _flattened(obs: Observation, flow: Generator[Any, Any, T]) -> Generator[Any,
         return stop.value  # type: ignore[no-any-return]
     finally:
         flow.close()
-
-
-def _observed_op(steps: Steps) -> Generator[Any, Any, Any]:
-    """One observer's steps: ``Answer(op)`` yields ``op``, a ``HookCall`` itself."""
-    try:
-        step = next(steps)
-        while True:
-            try:
-                value = yield step.op if isinstance(step, Answer) else step
-            except Exception as exc:
-                step = steps.throw(exc)
-            else:
-                step = steps.send(value)
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        steps.close()
 
 
 def observed(
