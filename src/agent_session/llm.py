@@ -491,12 +491,7 @@ class _Assembly:
         return ToolCallChunk(index, call.id or None, name, arguments)
 
     def response(self, litellm: ModuleType) -> ModelResponse:
-        usage_obj = self.usage
-        usage = Usage(
-            prompt_tokens=int(getattr(usage_obj, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage_obj, "completion_tokens", 0) or 0),
-            total_tokens=int(getattr(usage_obj, "total_tokens", 0) or 0),
-        )
+        usage = _usage(self.usage)
         calls = tuple(
             ToolCall(str(name or ""), "".join(pieces), id=call_id or None)
             for call_id, name, pieces in (self.calls[i] for i in sorted(self.calls))
@@ -520,18 +515,22 @@ class _Assembly:
         )
 
 
+def _usage(usage: Any) -> Usage:
+    """The token counts of a LiteLLM ``usage`` object (zeros for what it lacks)."""
+    return Usage(
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        total_tokens=int(getattr(usage, "total_tokens", 0) or 0),
+    )
+
+
 def _to_response(litellm: ModuleType, raw: Any, model: str) -> ModelResponse:
     try:
         choice = raw.choices[0]
         text = choice.message.content or ""
         finish_reason = choice.finish_reason
         tool_calls = _tool_calls(choice.message)
-        usage_obj = getattr(raw, "usage", None)
-        usage = Usage(
-            prompt_tokens=int(getattr(usage_obj, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage_obj, "completion_tokens", 0) or 0),
-            total_tokens=int(getattr(usage_obj, "total_tokens", 0) or 0),
-        )
+        usage = _usage(getattr(raw, "usage", None))
     except (AttributeError, IndexError, TypeError, ValueError) as exc:
         raise ModelCallError(
             f"unexpected response shape from {model}: {exc}", model=model, retryable=False
