@@ -48,15 +48,17 @@ def _to_response(
         return reply
     calls = _as_tool_calls(reply)
     if calls is not None:
-        return _tool_call_response(calls, request, name, cost)
-    if isinstance(reply, BaseModel):
-        text = reply.model_dump_json()
-    elif isinstance(reply, dict | list):
-        text = json.dumps(reply, ensure_ascii=False)
+        text = ""
+        completion = sum(len(f"{call.name} {call.arguments}".split()) for call in calls)
     else:
-        text = str(reply)
+        if isinstance(reply, BaseModel):
+            text = reply.model_dump_json()
+        elif isinstance(reply, dict | list):
+            text = json.dumps(reply, ensure_ascii=False)
+        else:
+            text = str(reply)
+        completion = len(text.split())
     prompt = _words(request.messages)
-    completion = len(text.split())
     return ModelResponse(
         text=text,
         usage=Usage(
@@ -64,7 +66,8 @@ def _to_response(
         ),
         cost=cost,
         model=name,
-        finish_reason="stop",
+        finish_reason="stop" if calls is None else "tool_calls",
+        tool_calls=calls or (),
     )
 
 
@@ -76,23 +79,6 @@ def _as_tool_calls(reply: Reply) -> tuple[ToolCall, ...] | None:
             raise TypeError("a reply list mixes ToolCall objects with other values")
         return tuple(reply)
     return None
-
-
-def _tool_call_response(
-    calls: tuple[ToolCall, ...], request: ModelRequest, name: str, cost: float | None
-) -> ModelResponse:
-    prompt = _words(request.messages)
-    completion = sum(len(f"{call.name} {call.arguments}".split()) for call in calls)
-    return ModelResponse(
-        text="",
-        usage=Usage(
-            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-        ),
-        cost=cost,
-        model=name,
-        finish_reason="tool_calls",
-        tool_calls=calls,
-    )
 
 
 class _RecordingModel(Model):
