@@ -30,6 +30,7 @@ from agent_session import (
     ModelCallError,
     ModelRequest,
     ModelResponse,
+    Tool,
     ToolCall,
     ToolExecutionError,
     _observe,
@@ -822,3 +823,33 @@ async def test_a_real_tool_turn_is_observed(spans: Spans, kind: str) -> None:
     names = [s.name for s in spans.children(turn)]
     assert names.count("execute_tool lookup") == 1
     assert sum(name.startswith("chat ") for name in names) == 2
+
+
+def _refund(order_id: str) -> str:
+    """Refund an order."""
+    return f"refunded {order_id}"
+
+
+class ApprovalChat(AgentSessionMixin[str], Base):
+    __tablename__ = "observe_approval_chats"
+    __agent__ = Agent(TestModel(), tools=[Tool(_refund, requires_approval=True)])
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+@pytest.mark.parametrize("named_database", ["sqlite", "sqlite+aiosqlite"], indirect=True)
+async def test_a_resume_names_its_session(
+    named_database: Database, spans: Spans, caplog: pytest.LogCaptureFixture
+) -> None:
+    named_database.create_all(Base.metadata)
+    api = Api(named_database, ApprovalChat, maker=True)
+    chat = await api.start(None, "Refund order 42")
+    approvals = {p.tool_call_id: True for p in chat.pending_approvals}
+    spans.exporter.clear()
+    caplog.set_level(logging.INFO, logger="agent_session")
+    await api.resume(None, chat.id, approvals=approvals)
+    turn = spans.one("invoke_agent")
+    prefix = "a" if api.is_async else ""
+    assert attrs(turn)["agent_session.call"] == f"{prefix}resume_session"
+    assert attrs(turn)["gen_ai.conversation.id"] == str(chat.id)
+    started = [r.getMessage() for r in caplog.records if "resume_session started" in r.getMessage()]
+    assert started and "new ApprovalChat session" not in started[0]

@@ -505,10 +505,10 @@ class AgentSessionMixin(Generic[OutputT]):
         )
         if stream:
             return _streaming.stream_session(
-                spec.agent, flow, store, call="resume_session", on_cancel=on_cancel
+                spec.agent, flow, store, call="resume_session", key=key, on_cancel=on_cancel
             )
         return _observe.drive(  # type: ignore[no-any-return]
-            spec.agent, flow, store, call="resume_session", store=store
+            spec.agent, flow, store, call="resume_session", key=key, store=store
         )
 
     @classmethod
@@ -797,9 +797,11 @@ class AgentSessionMixin(Generic[OutputT]):
         )
         if stream:
             return await _streaming.astream_session(
-                spec.agent, flow, store, call="aresume_session", on_cancel=on_cancel
+                spec.agent, flow, store, call="aresume_session", key=key, on_cancel=on_cancel
             )
-        return await _observe.adrive(spec.agent, flow, store, call="aresume_session", store=store)
+        return await _observe.adrive(
+            spec.agent, flow, store, call="aresume_session", key=key, store=store
+        )
 
     @classmethod
     async def aget_context(
