@@ -251,15 +251,7 @@ class PendingTurn(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _expand(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if "usage" in data:
-            data["usage"] = _expand_usage(data["usage"])
-        messages = data.get("messages")
-        if isinstance(messages, list):
-            data["messages"] = _expand_messages(messages, None)
-        return data
+        return _expand_document(data, None)
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -303,13 +295,7 @@ class Context(BaseModel):
         """Fill in what the stored form leaves out: carried-over timestamps, defaults."""
         if not isinstance(data, dict):
             return data
-        data = dict(data)
-        if "usage" in data:
-            data["usage"] = _expand_usage(data["usage"])
-        messages = data.get("messages")
-        if isinstance(messages, list):
-            data["messages"] = _expand_messages(messages, data.get("created_at"))
-        return data
+        return _expand_document(data, data.get("created_at"))
 
     @property
     def system(self) -> str | None:
@@ -370,6 +356,19 @@ def _messages_document(messages: list[Message], created_at: datetime | None) -> 
         previous_at = message.meta.created_at
         stored_messages.append(stored)
     return stored_messages
+
+
+def _expand_document(data: Any, created_at: Any) -> Any:
+    """A stored context or pending turn with its usage and messages filled in."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if "usage" in data:
+        data["usage"] = _expand_usage(data["usage"])
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        data["messages"] = _expand_messages(messages, created_at)
+    return data
 
 
 def _expand_messages(messages: list[Any], created_at: Any) -> list[Any]:
