@@ -216,6 +216,39 @@ class _Turn:
         events.append(TurnCompleted(result))
         return events
 
+    def cleanup(self) -> Generator[Any, Any, None]:
+        """Throw ``TurnCancelled`` into the flow and run it to its end: a flow itself,
+        whose operations (the status write) ``_turn.drive`` / ``adrive`` answer with
+        the stream's handler. Model requests are refused, waits skipped, and at most
+        ``CLEANUP_OPERATIONS`` operations are answered."""
+        flow = self.flow
+        step = self.context.run
+        if inspect.getgeneratorstate(flow) != inspect.GEN_SUSPENDED:
+            step(flow.close)
+            return
+        try:
+            op = step(flow.throw, self.cancelled())
+            for _ in range(CLEANUP_OPERATIONS):
+                if isinstance(op, ModelRequest):
+                    op = step(flow.throw, TurnCancelled())
+                    continue
+                if isinstance(op, Sleep):
+                    op = step(flow.send, None)
+                    continue
+                try:
+                    value = yield op
+                except Exception as exc:
+                    op = step(flow.throw, exc)
+                    continue
+                op = step(flow.send, value)
+            step(flow.close)
+        except TurnCancelled:
+            pass
+        except StopIteration as stop:  # the flow kept the turn (on_cancel="keep")
+            self.finish(stop.value)
+        except Exception:
+            logger.warning("cleaning up a cancelled turn failed", exc_info=True)
+
     def attach_usage(self, exc: BaseException) -> None:
         if isinstance(exc, Exception) and getattr(exc, "usage", None) is None:
             with suppress(AttributeError, TypeError):
@@ -380,33 +413,7 @@ class TurnStream(Generic[OutputT, SessionT]):
 
     def _cancel(self) -> None:
         """Throw ``TurnCancelled`` into the flow and answer its clean-up operations."""
-        flow = self._turn.flow
-        step = self._turn.context.run
-        if inspect.getgeneratorstate(flow) != inspect.GEN_SUSPENDED:
-            step(flow.close)
-            return
-        try:
-            op = step(flow.throw, self._turn.cancelled())
-            for _ in range(CLEANUP_OPERATIONS):
-                if isinstance(op, ModelRequest):
-                    op = step(flow.throw, TurnCancelled())
-                    continue
-                if isinstance(op, Sleep):
-                    op = step(flow.send, None)
-                    continue
-                try:
-                    value = self._handle(op)
-                except Exception as exc:
-                    op = step(flow.throw, exc)
-                    continue
-                op = step(flow.send, value)
-            step(flow.close)
-        except TurnCancelled:
-            pass
-        except StopIteration as stop:  # the flow kept the turn (on_cancel="keep")
-            self._turn.finish(stop.value)
-        except Exception:
-            logger.warning("cleaning up a cancelled turn failed", exc_info=True)
+        _turn.drive(self._turn.cleanup(), self._handle)
 
 
 class AsyncTurnStream(Generic[OutputT, SessionT]):
@@ -537,33 +544,7 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
 
     async def _cancel(self) -> None:
         """Throw ``TurnCancelled`` into the flow and answer its clean-up operations."""
-        flow = self._turn.flow
-        step = self._turn.context.run
-        if inspect.getgeneratorstate(flow) != inspect.GEN_SUSPENDED:
-            step(flow.close)
-            return
-        try:
-            op = step(flow.throw, self._turn.cancelled())
-            for _ in range(CLEANUP_OPERATIONS):
-                if isinstance(op, ModelRequest):
-                    op = step(flow.throw, TurnCancelled())
-                    continue
-                if isinstance(op, Sleep):
-                    op = step(flow.send, None)
-                    continue
-                try:
-                    value = await self._handle(op)
-                except Exception as exc:
-                    op = step(flow.throw, exc)
-                    continue
-                op = step(flow.send, value)
-            step(flow.close)
-        except TurnCancelled:
-            pass
-        except StopIteration as stop:  # the flow kept the turn (on_cancel="keep")
-            self._turn.finish(stop.value)
-        except Exception:
-            logger.warning("cleaning up a cancelled turn failed", exc_info=True)
+        await _turn.adrive(self._turn.cleanup(), self._handle)
 
 
 # -- a turn, streamed -------------------------------------------------------------
