@@ -286,7 +286,35 @@ def _stream_ended(request: ModelRequest) -> ModelCallError:
     )
 
 
-class TurnStream(Generic[OutputT, SessionT]):
+class _TurnStreamState(Generic[OutputT, SessionT]):
+    """What ``TurnStream`` and ``AsyncTurnStream`` tell of their turn, read from its
+    ``_Turn``."""
+
+    _turn: _Turn
+
+    @property
+    def result(self) -> Result[OutputT] | None:
+        """The turn's ``Result`` once the stream is exhausted, else ``None``."""
+        return self._turn.result
+
+    @property
+    def session(self) -> SessionT | None:
+        """The stored instance once the stream is exhausted (``None`` for an agent run)."""
+        session: SessionT | None = self._turn.session
+        return session
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens of the model calls that completed so far."""
+        return self._turn.usage
+
+    @property
+    def done(self) -> bool:
+        """The turn finished (and, in a session, was stored)."""
+        return self._turn.done
+
+
+class TurnStream(_TurnStreamState[OutputT, SessionT]):
     """A turn whose events arrive as the model writes (blocking code).
 
     ::
@@ -313,27 +341,6 @@ class TurnStream(Generic[OutputT, SessionT]):
         self._turn = _Turn(agent, flow, model, on_cancel)
         self._handle = handle
         self._events = self._run()
-
-    @property
-    def result(self) -> Result[OutputT] | None:
-        """The turn's ``Result`` once the stream is exhausted, else ``None``."""
-        return self._turn.result
-
-    @property
-    def session(self) -> SessionT | None:
-        """The stored instance once the stream is exhausted (``None`` for an agent run)."""
-        session: SessionT | None = self._turn.session
-        return session
-
-    @property
-    def usage(self) -> Usage:
-        """Tokens of the model calls that completed so far."""
-        return self._turn.usage
-
-    @property
-    def done(self) -> bool:
-        """The turn finished (and, in a session, was stored)."""
-        return self._turn.done
 
     def __iter__(self) -> Iterator[StreamEvent]:
         return self
@@ -416,7 +423,7 @@ class TurnStream(Generic[OutputT, SessionT]):
         _turn.drive(self._turn.cleanup(), self._handle)
 
 
-class AsyncTurnStream(Generic[OutputT, SessionT]):
+class AsyncTurnStream(_TurnStreamState[OutputT, SessionT]):
     """Async twin of ``TurnStream``: ``async with stream: async for event in stream``."""
 
     def __init__(
@@ -431,27 +438,6 @@ class AsyncTurnStream(Generic[OutputT, SessionT]):
         self._turn = _Turn(agent, flow, model, on_cancel)
         self._handle = handle
         self._events = self._run()
-
-    @property
-    def result(self) -> Result[OutputT] | None:
-        """The turn's ``Result`` once the stream is exhausted, else ``None``."""
-        return self._turn.result
-
-    @property
-    def session(self) -> SessionT | None:
-        """The stored instance once the stream is exhausted (``None`` for an agent run)."""
-        session: SessionT | None = self._turn.session
-        return session
-
-    @property
-    def usage(self) -> Usage:
-        """Tokens of the model calls that completed so far."""
-        return self._turn.usage
-
-    @property
-    def done(self) -> bool:
-        """The turn finished (and, in a session, was stored)."""
-        return self._turn.done
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self
