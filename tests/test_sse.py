@@ -169,3 +169,25 @@ def test_frame_is_one_json_line() -> None:
         'event: x\ndata: {"text":"two\\nlines","n":"00000000-0000-0000-0000-000000000001"}\n\n'
     )
     assert sse.MEDIA_TYPE == "text/event-stream"
+
+
+class Pair(Base):
+    __tablename__ = "sse_pairs"
+    a: Mapped[int] = mapped_column(primary_key=True)
+    b: Mapped[str] = mapped_column(primary_key=True)
+
+
+def test_session_key_is_a_list_for_a_composite_key_and_none_before_storing() -> None:
+    engine = sa.create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    pair = Pair(a=1, b="x")
+    assert sse.session_key(None) is None
+    assert sse.session_key(pair) is None  # transient: no identity yet
+    with Session(engine) as db:
+        db.add(pair)
+        db.flush()
+        assert sse.session_key(pair) == [1, "x"]
+        assert sse.frame("completed", {"session_key": sse.session_key(pair)}) == (
+            'event: completed\ndata: {"session_key":[1,"x"]}\n\n'
+        )
+    engine.dispose()
