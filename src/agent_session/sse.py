@@ -56,12 +56,10 @@ def session_key(instance: Any) -> Any:
     """The primary key of a stored instance (a list for a composite key), or ``None``."""
     if instance is None:
         return None
-    from sqlalchemy import inspect
+    from .mixin import _identity  # loaded: this is a stored session
 
-    identity = inspect(instance).identity
-    if identity is None:
-        return None
-    return identity[0] if len(identity) == 1 else list(identity)
+    key = _identity(instance)
+    return list(key) if isinstance(key, tuple) else key
 
 
 def encode(stream: TurnStream[Any, Any]) -> Iterator[str]:
