@@ -581,9 +581,7 @@ def run_stream(
     deps: Any = None,
 ) -> TurnStream[OutputT, None]:
     """``agent.run(..., stream=True)``: validated before it returns, no database."""
-    plan = _turn.plan_first_turn(agent, input, instruction_args)
-    flow = _turn.model_flow(agent, plan, agent.output_mode(agent.model))
-    return flow_stream(agent, flow, deps, call="run")
+    return agent.run(input, instruction_args=instruction_args, deps=deps, stream=True)
 
 
 async def arun_stream(
@@ -594,11 +592,7 @@ async def arun_stream(
     deps: Any = None,
 ) -> AsyncTurnStream[OutputT, None]:
     """Async twin of ``run_stream``."""
-    plan = _turn.plan_first_turn(agent, input, instruction_args)
-    if isinstance(agent.model, LiteLLMModel):
-        await aprepare()  # the first import of LiteLLM, off the event loop
-    flow = _turn.model_flow(agent, plan, agent.output_mode(agent.model))
-    return aflow_stream(agent, flow, deps, call="arun")
+    return await agent.arun(input, instruction_args=instruction_args, deps=deps, stream=True)
 
 
 def flow_stream(
