@@ -240,11 +240,7 @@ def continue_flow(
             new_document, result = yield from _turn.compaction_flow(
                 agent, plan, new_document, result
             )
-            values: dict[str, Any] = {spec.context_attr: new_document}
-            if spec.status_attr is not None:
-                values.update(_status(spec, _outcome(result), revision))
-            else:
-                values[spec.revision_attr] = revision + 1
+            values = _write(spec, new_document, _outcome(result), revision)
             written = yield Swap(instance, key, revision, values, where)
         except Exception:
             # The model call or the final write failed: with a status column, say
@@ -316,19 +312,11 @@ def resume_flow(
             new_document, result = yield from _turn.compaction_flow(
                 agent, plan, new_document, result
             )
-            values: dict[str, Any] = {spec.context_attr: new_document}
-            if spec.status_attr is not None:
-                values.update(_status(spec, _outcome(result), revision))
-            else:
-                values[spec.revision_attr] = revision + 1
+            values = _write(spec, new_document, _outcome(result), revision)
             written = yield Swap(instance, key, revision, values, where)
         except Exception:
             # Put the pause back, unclaimed, so that it can be resumed again.
-            back: dict[str, Any] = {spec.context_attr: paused}
-            if spec.status_attr is not None:
-                back.update(_status(spec, SessionStatus.AWAITING_APPROVAL, revision))
-            else:
-                back[spec.revision_attr] = revision + 1
+            back = _write(spec, paused, SessionStatus.AWAITING_APPROVAL, revision)
             with contextlib.suppress(AgentSessionError):
                 yield Swap(instance, key, revision, back, where)
             raise
@@ -400,11 +388,7 @@ def claim_pause_flow(
             continue
         now = utcnow()
         claimed = {**document, "pending": {**pending, "claimed_at": isoformat(now)}}
-        values: dict[str, Any] = {spec.context_attr: claimed}
-        if spec.status_attr is not None:
-            values.update(_status(spec, SessionStatus.RUNNING, snap.revision))
-        else:
-            values[spec.revision_attr] = snap.revision + 1
+        values = _write(spec, claimed, SessionStatus.RUNNING, snap.revision)
         if (yield Swap(instance, key, snap.revision, values, where)):
             unclaimed = Snapshot(instance, document, snap.revision, snap.status)
             return Claim(unclaimed, document, snap.revision + 1)
@@ -645,6 +629,19 @@ def read_flow(
     """Load a row and validate its stored context."""
     snap: Snapshot = yield Load(key, None, where)
     return load_context(snap.document, key=key)
+
+
+def _write(
+    spec: SessionSpec, document: dict[str, Any], status: SessionStatus, revision: int
+) -> dict[str, Any]:
+    """The values that store ``document`` over ``revision``: the next revision, and
+    ``status`` when there is a status column."""
+    values: dict[str, Any] = {spec.context_attr: document}
+    if spec.status_attr is not None:
+        values.update(_status(spec, status, revision))
+    else:
+        values[spec.revision_attr] = revision + 1
+    return values
 
 
 def _status(spec: SessionSpec, status: SessionStatus, revision: int) -> dict[str, Any]:
