@@ -157,6 +157,40 @@ def test_a_system_message_in_the_middle_is_never_sent() -> None:
     assert not is_summary(not_a_summary)
 
 
+def test_the_default_window_sends_exactly_the_complete_turns() -> None:
+    """Without a window, every complete turn after the newest summary is sent, and
+    only those: each way a turn can be incomplete leaves out that turn alone."""
+    calls = step(["c1", "c2"])
+    broken = {
+        "no reply": [user("x"), *calls],
+        "a result missing": [user("x"), *calls[:2], reply("r")],
+        "a result without its call": [user("x"), calls[1], reply("r")],
+        "a result twice": [user("x"), *calls, calls[2], reply("r")],
+        "calls without ids": [user("x"), {**calls[0], "tool_calls": [{}]}, reply("r")],
+        "an unknown role": [user("x"), {"role": "developer", "content": "d"}],
+        "a tool result first": [calls[1], user("x"), reply("r")],
+    }
+    new = [user("new")]
+    for name, bad in broken.items():
+        for stored in (
+            [system(), *turn("a"), *bad, *turn("b", [["c3"]])],
+            [*turn("a"), summary("about a", 2), *bad, *turn("b")],
+            [*bad, *turn("b")],
+        ):
+            _, segments = split_turns(stored)
+            first = _first_after_summary(stored)
+            complete = [t for t in segments if t.complete and t.start >= first]
+            selection = select_messages(None, stored, new)
+            body = [m for t in complete for m in sent(list(t.messages))]
+            assert selection.messages[-1] == sent(new)[0], name
+            assert selection.messages[len(selection.messages) - 1 - len(body) : -1] == body, name
+            assert selection.turns == len(complete), name
+            assert selection.left_out == len(stored) - first - len(body), name
+    whole = [system(), *turn("a"), *turn("b", [["c1", "c2"], ["c3"]])]
+    selection = select_messages(None, whole, new)
+    assert (selection.messages, selection.turns, selection.left_out) == (sent([*whole, *new]), 2, 0)
+
+
 def test_messages_before_the_first_user_message_are_not_a_turn() -> None:
     messages = [system(), reply("Hello, how can I help?"), *turn("a")]
     _, turns = split_turns(messages)
