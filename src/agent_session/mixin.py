@@ -42,6 +42,7 @@ from typing import (
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql import visitors
 from sqlalchemy.types import TypeDecorator
 
 from . import _flows, _observe, _streaming, _turn
@@ -1039,11 +1040,18 @@ def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
         return ()
     many = isinstance(where, Sequence) and not isinstance(where, str | bytes)
     given = tuple(where) if many else (where,)
+    cls = spec.cls
+    if not given:
+        # Criteria built from a list that happens to be empty must fail closed.
+        raise _bad_where(
+            cls,
+            f"an empty {type(where).__name__} scopes nothing; pass criteria "
+            f"(e.g. {cls.__name__}.user_id == user.id), or where=None for none",
+        )
     # An ORM attribute (``Chat.archived``) stands for its column.
     items = tuple(
         item.__clause_element__() if hasattr(item, "__clause_element__") else item for item in given
     )
-    cls = spec.cls
     table = sa.inspect(cls).get_property(spec.revision_attr).columns[0].table
     example = f"e.g. {cls.__name__}.user_id == user.id"
     for item in items:
@@ -1062,7 +1070,22 @@ def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
                 f"{item} uses {', '.join(others)}; criteria may only use the columns of "
                 f"{table.name} ({example})",
             )
+        if not _uses_table(item, table):
+            # ``and_()``, ``or_()``, ``true()``, ``literal(True)``: no row is scoped.
+            raise _bad_where(
+                cls,
+                f"{str(item) or repr(item)} uses no column of {table.name}, so it scopes "
+                f"nothing ({example})",
+            )
     return items
+
+
+def _uses_table(criterion: Any, table: Any) -> bool:
+    """Whether a criterion reads a column of ``table`` anywhere, subqueries included."""
+    return any(
+        isinstance(element, sa.ColumnClause) and element.table is table
+        for element in visitors.iterate(criterion)
+    )
 
 
 def _tables_in(criterion: Any) -> set[Any]:
