@@ -31,6 +31,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from ._secrets import mask
+
 __all__ = [
     "AgentSessionError",
     "ApprovalPendingError",
@@ -67,7 +69,15 @@ def show_key(key: Any) -> str:
 
 
 class AgentSessionError(Exception):
-    """Root of every error raised by agent-session."""
+    """Root of every error raised by agent-session.
+
+    Its message never shows a secret: the keys of the agents' ``model_settings``, and
+    anything shaped like an API token (``sk-...``, ``Bearer ...``), are masked as
+    ``****``, also in text quoted from a provider.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(mask(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class ConfigurationError(AgentSessionError):
