@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from _databases import Database
@@ -27,6 +28,7 @@ from agent_session import (
     AgentSessionMixin,
     ContextError,
     InputValidationError,
+    StorageError,
     Tool,
     ToolCall,
 )
@@ -249,3 +251,54 @@ async def test_a_paused_call_runs_with_the_arguments_its_approver_saw(database: 
             None, chat.id, approvals={document["pending"]["approvals"][0]["tool_call_id"]: True}
         )
     assert stored_rows(database, table) == before
+
+
+class _StoredBase(DeclarativeBase):
+    pass
+
+
+class CodedChat(AgentSessionMixin[str], _StoredBase):
+    __tablename__ = "hostile_coded_chats"
+    __agent__ = Agent(TestModel(text="a reply quoting private-reply-text"))
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(sa.String(40), unique=True)
+
+
+class JsonbChat(AgentSessionMixin[str], _StoredBase):
+    __tablename__ = "hostile_jsonb_chats"
+    __agent__ = Agent(TestModel(text="private-reply-text \x00 with a NUL"))
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    context: Mapped[Any] = mapped_column(
+        sa.JSON().with_variant(JSONB(), "postgresql"), nullable=True
+    )
+
+
+async def test_a_storage_error_quotes_no_stored_data(database: Database) -> None:
+    """The driver's message may quote the refused value (MySQL's ``Duplicate entry
+    '...'``, PostgreSQL's ``DETAIL``): the error keeps its class and first line only."""
+    database.create_all(_StoredBase.metadata)
+    api = Api(database, CodedChat, maker=True)
+    await api.start(None, "hi", code="private-code-4242")
+    before = stored_rows(database, CodedChat.__table__)
+    with pytest.raises(StorageError) as info:
+        await api.start(None, "hi", code="private-code-4242")
+    message = str(info.value)
+    assert "private-code-4242" not in message and "DETAIL" not in message, message
+    assert type(info.value.__cause__.orig).__name__ in message  # type: ignore[union-attr]
+    assert stored_rows(database, CodedChat.__table__) == before
+
+
+@pytest.mark.parametrize(
+    "named_database", ["postgresql+psycopg", "postgresql+asyncpg"], indirect=True
+)
+async def test_a_document_jsonb_refuses_is_not_quoted(named_database: Database) -> None:
+    """PostgreSQL's ``jsonb`` refuses ``\\u0000`` with ``CONTEXT: JSON data, line 1:
+    <the document>``: that line never reaches the error."""
+    named_database.create_all(_StoredBase.metadata)
+    api = Api(named_database, JsonbChat, maker=True)
+    with pytest.raises(StorageError) as info:
+        await api.start(None, "hi")
+    message = str(info.value)
+    assert "private-reply-text" in str(info.value.__cause__)  # what SQLAlchemy says
+    assert "private-reply-text" not in message and "JSON data" not in message, message
+    assert stored_rows(named_database, JsonbChat.__table__) == []
