@@ -23,7 +23,6 @@ from pydantic import BaseModel
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from _databases import Database
-from fake_openai import running_fake_openai
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -39,6 +38,7 @@ from agent_session import (
 )
 from agent_session.testing import FunctionModel, TestModel
 from agent_session.tools import ToolCallResult
+from fake_openai import running_fake_openai
 from sessions import Api, stored_rows
 
 otel_trace = pytest.importorskip("opentelemetry.trace")
