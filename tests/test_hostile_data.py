@@ -27,11 +27,13 @@ from agent_session import (
     Agent,
     AgentSessionMixin,
     ContextError,
+    Denied,
     InputValidationError,
     StorageError,
     Tool,
     ToolCall,
 )
+from agent_session._secrets import mask, secret_values
 from agent_session.testing import TestModel
 from fake_openai import FakeOpenAI, running_fake_openai
 from sessions import Api, stored_rows
@@ -106,6 +108,17 @@ async def test_lone_surrogates_from_the_model_and_a_tool_are_stored_replaced(
             await api.start(None, bad["input"], instruction_args=bad["instruction_args"])
         assert WARNING in str(info.value)
         assert info.value.source == ("input" if "input" in bad["input"] else "instruction_args")
+    assert stored_rows(database, cls.__table__) == [] and fake.requests == []
+    with pytest.raises(InputValidationError) as info:
+        await api.start(None, "hi", instruction_args=company, owner="bad \ud83d")
+    assert info.value.source == "values"
+    for call, source in (
+        (api.cont(None, "bad \ud83d", "hi"), "key"),
+        (api.context(None, 1, where=cls.owner == "bad \udc80"), "where"),
+    ):
+        with pytest.raises(InputValidationError) as info:
+            await call
+        assert info.value.source == source
     assert stored_rows(database, cls.__table__) == [] and fake.requests == []
 
     caplog.set_level(logging.WARNING, logger="agent_session")
@@ -233,6 +246,10 @@ async def test_a_paused_call_runs_with_the_arguments_its_approver_saw(database: 
         assert [p.arguments for p in (await api.context(None, chat.id)).pending_approvals] == [
             shown.arguments
         ]
+        paused = stored_rows(database, table)
+        with pytest.raises(InputValidationError) as info:  # the approver's text, too
+            await api.resume(None, chat.id, approvals={"p1": Denied("bad \ud83d")})
+        assert info.value.source == "approvals" and stored_rows(database, table) == paused
         chat = await api.resume(None, chat.id, approvals={"p1": True})
     assert PAID == [{"to": "bob", "amount": 10.0}]
     assert chat.last_result.tool_calls[0].arguments == shown.arguments
@@ -302,3 +319,42 @@ async def test_a_document_jsonb_refuses_is_not_quoted(named_database: Database) 
     assert "private-reply-text" in str(info.value.__cause__)  # what SQLAlchemy says
     assert "private-reply-text" not in message and "JSON data" not in message, message
     assert stored_rows(named_database, JsonbChat.__table__) == []
+
+
+def test_what_mask_hides(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = {
+        "api_key": "plain-key-value-1",
+        "temperature": 0.2,
+        "max_tokens": 12345678,
+        "extra_headers": {"Authorization": "Bearer hdr-value-22", "X-Trace": "trace-id-12345"},
+        "vertex_credentials": {"private_key": "pem-value-333"},
+        "refresh_token": "short",  # too short to mask by value
+    }
+    assert secret_values(settings) == {
+        "plain-key-value-1",
+        "Bearer hdr-value-22",
+        "hdr-value-22",
+        "pem-value-333",
+    }
+    monkeypatch.setenv("SOME_PROVIDER_API_KEY", "env-secret-4444")
+    text = (
+        "plain-key-value-1 hdr-value-22 pem-value-333 env-secret-4444 trace-id-12345 "
+        "sk-ant-api03-abcdef Bearer abc.def-123456 short sk-1 ask-me-anything"
+    )
+    assert mask(text, secret_values(settings)) == (
+        "**** **** **** **** trace-id-12345 sk-**** Bearer **** short sk-1 ask-me-anything"
+    )
+
+
+def test_the_library_logs_mask_messages_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    Agent(TestModel(), model_settings={"api_key": "registered-key-5555"})
+    log = logging.getLogger("agent_session.turn")
+    caplog.set_level(logging.DEBUG, logger="agent_session")
+    try:
+        raise RuntimeError("the provider said: registered-key-5555 is wrong")
+    except RuntimeError:
+        log.debug("call failed with %s", "registered-key-5555", exc_info=True)
+    [record] = [r for r in caplog.records if r.name == "agent_session.turn"]
+    text = logging.Formatter().format(record)
+    assert "registered-key-5555" not in text
+    assert "call failed with ****" in text and "RuntimeError: the provider said: ****" in text

@@ -1009,6 +1009,8 @@ def check_approvals(
                 errors=[],
                 source="approvals",
             )
+        if isinstance(decision, Denied) and decision.reason is not None:
+            _check_encodable(decision.reason, "approvals")
     return dict(approvals)
 
 

@@ -32,6 +32,7 @@ import uuid
 from typing import Any
 
 from ._secrets import mask
+from ._text import clean_text
 
 __all__ = [
     "AgentSessionError",
@@ -77,7 +78,8 @@ class AgentSessionError(Exception):
     """
 
     def __init__(self, *args: Any) -> None:
-        super().__init__(*(mask(arg) if isinstance(arg, str) else arg for arg in args))
+        # Text UTF-8 cannot encode (quoted from a bad key, say) would break a log handler.
+        super().__init__(*(mask(clean_text(a)) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(AgentSessionError):

@@ -49,6 +49,7 @@ from . import _flows, _observe, _streaming, _turn
 from ._flows import SessionSpec, SessionStatus
 from ._store import AsyncStore, SyncStore
 from ._streaming import AsyncTurnStream, OnCancel, TurnStream
+from ._text import encodable
 from .agent import Agent
 from .context import Context, Usage, stored_usage
 from .errors import ConfigurationError, InputValidationError, show_key
@@ -1070,22 +1071,20 @@ def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
                 f"{item} uses {', '.join(others)}; criteria may only use the columns of "
                 f"{table.name} ({example})",
             )
-        if not _uses_table(item, table):
+        elements = list(visitors.iterate(item))  # subqueries included
+        if not any(isinstance(e, sa.ColumnClause) and e.table is table for e in elements):
             # ``and_()``, ``or_()``, ``true()``, ``literal(True)``: no row is scoped.
             raise _bad_where(
                 cls,
                 f"{str(item) or repr(item)} uses no column of {table.name}, so it scopes "
                 f"nothing ({example})",
             )
+        if any(
+            isinstance(e, sa.BindParameter) and isinstance(e.value, str) and not encodable(e.value)
+            for e in elements
+        ):
+            raise _bad_where(cls, "a value holds a character that cannot be encoded as UTF-8")
     return items
-
-
-def _uses_table(criterion: Any, table: Any) -> bool:
-    """Whether a criterion reads a column of ``table`` anywhere, subqueries included."""
-    return any(
-        isinstance(element, sa.ColumnClause) and element.table is table
-        for element in visitors.iterate(criterion)
-    )
 
 
 def _tables_in(criterion: Any) -> set[Any]:
@@ -1148,6 +1147,8 @@ def _key_value(cls: type, column: Any, value: Any, key: Any) -> Any:
     if python_type not in (int, str, uuid.UUID):
         return value
     wrong_type = _bad_key(cls, key, f"{column.name} holds {python_type.__name__} values")
+    if isinstance(value, str) and not encodable(value):
+        raise _bad_key(cls, key, "a character cannot be encoded as UTF-8 (a lone surrogate)")
     if isinstance(value, str) and python_type is not str:
         try:
             value = int(value) if python_type is int else uuid.UUID(value)
