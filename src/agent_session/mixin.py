@@ -1076,8 +1076,8 @@ def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
             # ``and_()``, ``or_()``, ``true()``, ``literal(True)``: no row is scoped.
             raise _bad_where(
                 cls,
-                f"{str(item) or repr(item)} uses no column of {table.name}, so it scopes "
-                f"nothing ({example})",
+                f"{str(item) or 'an empty and_()/or_()'} uses no column of {table.name}, "
+                f"so it scopes nothing ({example})",
             )
         if any(
             isinstance(e, sa.BindParameter) and isinstance(e.value, str) and not encodable(e.value)
