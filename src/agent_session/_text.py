@@ -10,12 +10,9 @@ is refused instead (``InputValidationError``): it is the caller's to fix.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-__all__ = ["clean_json", "clean_text", "encodable", "first_unencodable", "json_encodable"]
-
-REPLACEMENT = "\ufffd"
+__all__ = ["clean_json", "clean_text", "encodable", "first_unencodable"]
 
 
 def encodable(text: str) -> bool:
@@ -31,6 +28,8 @@ def encodable(text: str) -> bool:
 
 def first_unencodable(text: str) -> int | None:
     """The position of the first character UTF-8 cannot encode, or ``None``."""
+    if text.isascii():
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -54,8 +53,3 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [clean_json(item) for item in value]
     return value
-
-
-def json_encodable(value: Any) -> bool:
-    """Whether JSON-safe ``value`` can be stored as UTF-8 JSON text."""
-    return encodable(json.dumps(value, ensure_ascii=False, default=str))
