@@ -34,6 +34,7 @@ from agent_session import (
     ToolCall,
 )
 from agent_session._secrets import mask, secret_values
+from agent_session.llm import ModelRequest, ModelResponse, StreamChunk, StreamEnd, TextChunk
 from agent_session.testing import TestModel
 from fake_openai import FakeOpenAI, running_fake_openai
 from sessions import Api, stored_rows
@@ -358,3 +359,22 @@ def test_the_library_logs_mask_messages_and_tracebacks(caplog: pytest.LogCapture
     text = logging.Formatter().format(record)
     assert "registered-key-5555" not in text
     assert "call failed with ****" in text and "RuntimeError: the provider said: ****" in text
+
+
+class _SplitPair(TestModel):
+    """Streams an emoji's surrogate pair split across two chunks, as a JSON stream may."""
+
+    def stream(self, request: ModelRequest) -> Iterator[StreamChunk]:
+        yield TextChunk("a \ud83d")
+        yield TextChunk("\ude00 b")
+        yield StreamEnd(ModelResponse(text="a \ud83d\ude00 b", model="split"))
+
+
+def test_a_surrogate_pair_split_across_chunks_is_joined(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="agent_session")
+    agent = Agent(TestModel())
+    with agent.override(model=_SplitPair()):
+        turn = agent.run("hi", stream=True)
+        list(turn)
+    assert turn.result is not None and turn.result.text == "a \U0001f600 b"
+    assert not [r for r in caplog.records if WARNING in r.getMessage()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["clean_json", "clean_text", "encodable", "first_unencodable"]
+__all__ = ["clean_json", "clean_text", "encodable", "first_unencodable", "lone_surrogates"]
 
 
 def encodable(text: str) -> bool:
@@ -42,6 +42,13 @@ def clean_text(text: str) -> str:
     if encodable(text):
         return text
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def lone_surrogates(text: str) -> int:
+    """How many U+FFFD ``clean_text`` puts in ``text`` (a split pair counts none)."""
+    if encodable(text):
+        return 0
+    return clean_text(text).count("\ufffd") - text.count("\ufffd")
 
 
 def clean_json(value: Any) -> Any:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
 from ._secrets import get_logger
-from ._text import clean_text, encodable, first_unencodable
+from ._text import clean_text, encodable, first_unencodable, lone_surrogates
 from .context import (
     CONTEXT_VERSION,
     Usage,
@@ -615,11 +615,12 @@ def storable_response(response: ModelResponse) -> ModelResponse:
     texts += [text for call in calls for text in (call.name, call.arguments, call.id)]
     if all(encodable(text) for text in texts):
         return response
-    logger.warning(
-        "the reply of %s holds text that cannot be encoded as UTF-8 (a lone surrogate); "
-        "it is kept with U+FFFD in its place",
-        response.model or "the model",
-    )
+    if any(lone_surrogates(text) for text in texts):  # not a pair split across chunks
+        logger.warning(
+            "the reply of %s holds text that cannot be encoded as UTF-8 (a lone surrogate); "
+            "it is kept with U+FFFD in its place",
+            response.model or "the model",
+        )
     return replace(
         response,
         text=clean_text(response.text),
