@@ -30,13 +30,13 @@ from typing import Any
 __all__ = ["MASK", "MaskingFilter", "get_logger", "mask", "remember", "secret_values"]
 
 MASK = "****"
-MIN_SECRET_CHARS = 8
+MIN_SECRET_CHARS = 6
 """Shorter values are not masked by value, only by shape."""
 
 _SECRET_NAME = re.compile(r"key|token|secret|passw|credential|authorization|cookie", re.IGNORECASE)
 _NOT_SECRET_NAMES = frozenset({"max_tokens", "max_completion_tokens", "max_input_tokens"})
 _TOKEN = re.compile(
-    r"(?<![A-Za-z0-9])(?:(sk-)[A-Za-z0-9_\-]{6,}|((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=\-]{6,})",
+    r"(?<![A-Za-z0-9])(?:(sk-)[A-Za-z0-9_\-]{4,}|((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=\-]{6,})",
     re.IGNORECASE,
 )
 
