@@ -40,7 +40,8 @@ _TOKEN = re.compile(
     re.IGNORECASE,
 )
 
-_known: set[str] = set()
+_known: frozenset[str] = frozenset()
+"""Replaced, never changed in place: ``mask`` reads it without the lock."""
 _lock = threading.Lock()
 
 
@@ -75,10 +76,11 @@ def secret_values(settings: Mapping[str, Any] | None) -> set[str]:
 
 def remember(settings: Mapping[str, Any] | None) -> None:
     """Mask the secrets of ``settings`` from now on (an ``Agent``'s ``model_settings``)."""
+    global _known
     found = secret_values(settings)
     if found and not found <= _known:
         with _lock:
-            _known.update(found)
+            _known = _known | found
 
 
 def _environment_secrets() -> Iterator[str]:
