@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from . import _turn
+from ._text import encodable
 from ._turn import Sleep
 from .agent import Agent
 from .context import Context, Message, isoformat, load_context, utcnow
@@ -177,6 +178,14 @@ def start_flow(
     if clash:
         raise InputValidationError(
             f"{spec.cls.__name__}.start_session: {sorted(clash)} are managed by the library",
+            errors=[],
+            source="values",
+        )
+    unencodable = sorted(k for k, v in values.items() if isinstance(v, str) and not encodable(v))
+    if unencodable:
+        raise InputValidationError(
+            f"{spec.cls.__name__}.start_session: {unencodable} hold a character that cannot "
+            "be encoded as UTF-8 (a lone surrogate)",
             errors=[],
             source="values",
         )

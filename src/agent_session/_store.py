@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -60,6 +61,39 @@ def _lost_race(exc: sa_exc.DBAPIError, text: str) -> bool:
     return bool(args) and args[0] in _LOST_RACE_MYSQL_CODES
 
 
+_QUOTED = re.compile(
+    r"""(?P<name>\b(?:column|relation|constraint|table|key|index|database|schema|type|"""
+    r"""function|trigger|class|role|user|at)\s+)?"""
+    r"""(?P<quoted>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""",
+    re.IGNORECASE,
+)
+"""A quoted part of a driver's message, and the word before it when that says it is
+the name of a column, table, constraint, ...: what is not such a name may be data."""
+
+
+def _unquoted_data(match: re.Match[str]) -> str:
+    return match.group(0) if match.group("name") else "'...'"
+
+
+def driver_message(exc: sa_exc.DBAPIError) -> str:
+    """What a driver error says, without stored data: its class and the first line of
+    its message, quoted values replaced by ``'...'``. PostgreSQL quotes the value it
+    refused in ``DETAIL`` and ``CONTEXT: JSON data ...`` lines, MySQL and MariaDB in
+    the message itself (``Duplicate entry '...'``); names of columns, tables and
+    constraints are kept."""
+    orig = exc.orig
+    if orig is None:
+        return type(exc).__name__
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        text = f"{args[1]} (error {args[0]})"  # PyMySQL and aiomysql: (code, message)
+    else:
+        text = str(orig)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = _QUOTED.sub(_unquoted_data, first)
+    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
+
+
 @contextmanager
 def _database_errors(what: str, key: Any, name: str, *, owned: bool = True) -> Iterator[None]:
     """Turn driver errors into the library's errors (never a raw OperationalError).
@@ -72,10 +106,12 @@ def _database_errors(what: str, key: Any, name: str, *, owned: bool = True) -> I
         yield
     except sa_exc.DBAPIError as exc:
         text = str(exc.orig) if exc.orig is not None else str(exc)
+        # The driver's text may quote stored data: only ``driver_message`` is shown.
+        shown = driver_message(exc)
         if _lost_race(exc, text):
             raise StaleSessionError(
                 f"{name}: another writer held or changed the row while {what} "
-                f"({text.strip()}); nothing was written. In your own transaction, roll it "
+                f"({shown}); nothing was written. In your own transaction, roll it "
                 "back before retrying",
                 key=key,
             ) from exc
@@ -86,9 +122,7 @@ def _database_errors(what: str, key: Any, name: str, *, owned: bool = True) -> I
                 "written. Roll the session back and retry; an engine created with "
                 "pool_pre_ping=True replaces a dead pooled connection before using it"
             )
-        raise StorageError(
-            f"{name}: database error while {what}: {text.strip()}{hint}", key=key
-        ) from exc
+        raise StorageError(f"{name}: database error while {what}: {shown}{hint}", key=key) from exc
 
 
 @contextmanager

@@ -42,12 +42,14 @@ from typing import (
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql import visitors
 from sqlalchemy.types import TypeDecorator
 
 from . import _flows, _observe, _streaming, _turn
 from ._flows import SessionSpec, SessionStatus
 from ._store import AsyncStore, SyncStore
 from ._streaming import AsyncTurnStream, OnCancel, TurnStream
+from ._text import encodable
 from .agent import Agent
 from .context import Context, Usage, stored_usage
 from .errors import ConfigurationError, InputValidationError, show_key
@@ -1039,11 +1041,18 @@ def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
         return ()
     many = isinstance(where, Sequence) and not isinstance(where, str | bytes)
     given = tuple(where) if many else (where,)
+    cls = spec.cls
+    if not given:
+        # Criteria built from a list that happens to be empty must fail closed.
+        raise _bad_where(
+            cls,
+            f"an empty {type(where).__name__} scopes nothing; pass criteria "
+            f"(e.g. {cls.__name__}.user_id == user.id), or where=None for none",
+        )
     # An ORM attribute (``Chat.archived``) stands for its column.
     items = tuple(
         item.__clause_element__() if hasattr(item, "__clause_element__") else item for item in given
     )
-    cls = spec.cls
     table = sa.inspect(cls).get_property(spec.revision_attr).columns[0].table
     example = f"e.g. {cls.__name__}.user_id == user.id"
     for item in items:
@@ -1062,6 +1071,19 @@ def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
                 f"{item} uses {', '.join(others)}; criteria may only use the columns of "
                 f"{table.name} ({example})",
             )
+        elements = list(visitors.iterate(item))  # subqueries included
+        if not any(isinstance(e, sa.ColumnClause) and e.table is table for e in elements):
+            # ``and_()``, ``or_()``, ``true()``, ``literal(True)``: no row is scoped.
+            raise _bad_where(
+                cls,
+                f"{str(item) or 'an empty and_()/or_()'} uses no column of {table.name}, "
+                f"so it scopes nothing ({example})",
+            )
+        if any(
+            isinstance(e, sa.BindParameter) and isinstance(e.value, str) and not encodable(e.value)
+            for e in elements
+        ):
+            raise _bad_where(cls, "a value holds a character that cannot be encoded as UTF-8")
     return items
 
 
@@ -1125,6 +1147,8 @@ def _key_value(cls: type, column: Any, value: Any, key: Any) -> Any:
     if python_type not in (int, str, uuid.UUID):
         return value
     wrong_type = _bad_key(cls, key, f"{column.name} holds {python_type.__name__} values")
+    if isinstance(value, str) and not encodable(value):
+        raise _bad_key(cls, key, "a character cannot be encoded as UTF-8 (a lone surrogate)")
     if isinstance(value, str) and python_type is not str:
         try:
             value = int(value) if python_type is int else uuid.UUID(value)
