@@ -214,24 +214,29 @@ def continue_flow(
     waits: Waits | None = None,
     where: tuple[Any, ...] = (),
     limits: BudgetLimits | None = None,
+    instruction_args: Any = None,
 ) -> Flow:
     """Claim the row, call the model with the stored history, and compare-and-swap the result.
 
     ``claim_flow`` loads the row (waiting, within ``busy_timeout``, while another
     worker's turn is ``running``). A final write that loses the race is re-run on the
     newer history up to ``conflict_retries`` times, each after a jittered backoff; then
-    ``StaleSessionError``.
+    ``StaleSessionError``. A row with no conversation yet (its context is NULL) gets
+    its first turn, the instruction rendered from ``instruction_args``; on a row with
+    one, ``instruction_args`` replace the stored ones from this turn on.
     """
     agent = spec.agent
     turn_input = _turn.validate_input(agent, input)
+    given = (
+        None if instruction_args is None else _turn.validate_instructions(agent, instruction_args)
+    )
     contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
+    plan_turn = _next_turn(agent, key, turn_input, given, limits)
     while True:
-        claim = yield from claim_flow(
-            spec, key, instance, contention, where, check=_not_paused(key)
-        )
+        claim = yield from claim_flow(spec, key, instance, contention, where, check=plan_turn)
         instance = claim.instance
-        plan = _turn.plan_next_turn(claim.document, turn_input, limits=limits)
+        plan: _turn.TurnPlan = claim.prepared
         revision = claim.revision
         try:
             result = yield from _turn.model_flow(agent, plan, mode)
@@ -255,6 +260,28 @@ def continue_flow(
             remember(instance, new_document, result)
             return instance
         yield from contention.lost(revision, claim=False)
+
+
+def _next_turn(
+    agent: Agent[Any],
+    key: Any,
+    turn_input: _turn.TurnInput,
+    given: _turn.Instructions | None,
+    limits: BudgetLimits | None,
+) -> Callable[[dict[str, Any] | None], _turn.TurnPlan]:
+    """Plan the turn on the stored document, before the row is claimed: a refusal
+    (a paused session, missing instruction arguments) leaves the row untouched."""
+    paused = _not_paused(key)
+
+    def plan(document: dict[str, Any] | None) -> _turn.TurnPlan:
+        if document is None:  # no conversation on this row yet: this turn starts it
+            return _turn.plan_first_turn(agent, turn_input, given, limits=limits)
+        paused(document)
+        if given is not None:
+            document = _turn.with_instructions(agent, document, given)
+        return _turn.plan_next_turn(document, turn_input, limits=limits)
+
+    return plan
 
 
 def _outcome(result: Any) -> SessionStatus:
@@ -303,6 +330,7 @@ def resume_flow(
         claim = yield from claim_pause_flow(spec, key, instance, contention, where, approvals)
         instance = claim.instance
         paused = claim.document
+        assert paused is not None  # a pause is stored in a document
         revision = claim.revision
         try:
             decided = _turn.check_approvals(paused["pending"], approvals, name=_session(key))
@@ -573,10 +601,13 @@ class Claim:
 
     snapshot: Snapshot
     """What the load saw (before this call's ``running`` claim)."""
-    document: dict[str, Any]
-    """The stored document, validated (upgraded to the current version)."""
+    document: dict[str, Any] | None
+    """The stored document, validated (upgraded to the current version); ``None`` on
+    a row with no conversation yet."""
     revision: int
     """The revision the turn's write must expect: after the claim, if there was one."""
+    prepared: Any = None
+    """What ``claim_flow``'s ``check`` returned for the document (the turn's plan)."""
 
     @property
     def instance(self) -> Any:
@@ -590,12 +621,13 @@ def claim_flow(
     contention: Contention,
     where: tuple[Any, ...] = (),
     *,
-    check: Callable[[dict[str, Any]], None] | None = None,
+    check: Callable[[dict[str, Any] | None], Any] | None = None,
 ) -> Generator[Any, Any, Claim]:
     """Load the row and make its next turn this call's.
 
-    ``check`` sees the stored document before the claim and may refuse it (a
-    session paused for approvals is not continued).
+    ``check`` sees the stored document (``None`` on a row with no conversation yet)
+    before the claim and may refuse it (a session paused for approvals is not
+    continued); what it returns is the claim's ``prepared``.
 
     With a status column: while another worker's turn is ``running`` (and younger
     than ``__running_timeout__``), wait within ``busy_timeout`` and load again; then
@@ -612,14 +644,13 @@ def claim_flow(
         if age is not None:
             yield from contention.wait_busy(spec, age)
             continue
-        document = read_document(snap, key)
-        if check is not None:
-            check(document)
+        document = None if snap.document is None else read_document(snap, key)
+        prepared = None if check is None else check(document)
         if spec.status_attr is None:
-            return Claim(snap, document, snap.revision)
+            return Claim(snap, document, snap.revision, prepared)
         running = _status(spec, SessionStatus.RUNNING, snap.revision)
         if (yield Swap(instance, key, snap.revision, running, where)):
-            return Claim(snap, document, snap.revision + 1)
+            return Claim(snap, document, snap.revision + 1, prepared)
         yield from contention.lost(snap.revision, claim=True)
 
 

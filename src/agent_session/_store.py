@@ -1,9 +1,10 @@
 """The I/O shells: answer the operations of a session flow with a database and a model.
 
-``SyncStore`` works with a ``Session`` (the caller owns the transaction: the store
-only flushes) or a ``sessionmaker`` (the store runs each operation in its own short
-transaction and commits it, so no connection is checked out while the model is
-called). ``AsyncStore`` is the same for ``AsyncSession``/``async_sessionmaker``.
+``SyncStore`` works with a ``Session`` or a ``scoped_session`` (the caller owns the
+transaction: the store only flushes) or a ``sessionmaker`` (the store runs each
+operation in its own short transaction and commits it, so no connection is checked
+out while the model is called). ``AsyncStore`` is the same for ``AsyncSession``,
+``async_scoped_session`` and ``async_sessionmaker``.
 Statements and results are built by ``_StoreBase``; the twins differ only in
 ``await``.
 """
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.types import TypeDecorator
 
@@ -331,10 +332,12 @@ class SyncStore(_StoreBase):
         self,
         spec: SessionSpec,
         model: Model,
-        db: Session | sessionmaker[Session],
+        db: Session | sessionmaker[Session] | scoped_session[Session],
         tools: ToolScope | None = None,
     ) -> None:
         super().__init__(spec, model, tools)
+        if isinstance(db, scoped_session):
+            db = db()  # the registry's current Session (Flask-SQLAlchemy's db.session)
         if isinstance(db, Session):
             self.session: Session | None = db
             self.maker: sessionmaker[Session] | None = None
@@ -447,8 +450,10 @@ class AsyncStore(_StoreBase):
         self, spec: SessionSpec, model: Model, db: Any, tools: ToolScope | None = None
     ) -> None:
         super().__init__(spec, model, tools)
-        from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+        from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
 
+        if isinstance(db, async_scoped_session):
+            db = db()  # the registry's AsyncSession for the current scope
         if isinstance(db, AsyncSession):
             self.session: AsyncSession | None = db
             self.maker: async_sessionmaker[AsyncSession] | None = None
