@@ -14,6 +14,7 @@ runs this module at the lowest SQLAlchemy the package allows (``.ci/sqlalchemy-l
 from __future__ import annotations
 
 import ast
+import warnings
 from typing import Any
 
 import pytest
@@ -196,13 +197,16 @@ async def test_each_style_takes_turns_and_migrates(sync_database: Database, styl
     table: sa.Table = model.__table__
     _migrate(sync_database, table)
     engine = sync_database.engine()
-    with Session(engine) as db:
-        chat = model.start_session(db, "hello", title="first")
-        chat = model.continue_session(db, chat.id, "again")
-        db.commit()
-        key = chat.id
-    with Session(engine) as db:
-        context = model.get_context(db, key)
+    session = sqlmodel.Session if style == "sqlmodel" else Session
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # none from SQLModel's Session
+        with session(engine) as db:
+            chat = model.start_session(db, "hello", title="first")
+            chat = model.continue_session(db, chat.id, "again")
+            db.commit()
+            key = chat.id
+        with session(engine) as db:
+            context = model.get_context(db, key)
     assert type(chat) is model and chat.last_output == "hi there"
     assert context.turns == 2
     assert [(m.role, m.content) for m in context.messages] == [

@@ -413,7 +413,8 @@ class SyncStore(_StoreBase):
         params = self._key_params(op.key)
         written = self.written_document(op, session)
         if written is not None:
-            row = session.execute(self.revision_statement(op.where), params).first()
+            # SQLAlchemy's own execute: SQLModel's Session deprecates its override.
+            row = Session.execute(session, self.revision_statement(op.where), params).first()
             snap = self.snapshot_from_revision(op, written, row)
             if snap is not None:
                 return snap
@@ -426,7 +427,7 @@ class SyncStore(_StoreBase):
 
     def _swap(self, session: Session, op: Swap) -> bool:
         statement, params = self.swap_statement(op)
-        result = session.execute(statement, params)
+        result = Session.execute(session, statement, params)
         return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
 
     def _insert(self, session: Session, op: Insert) -> Any:
@@ -452,6 +453,7 @@ class AsyncStore(_StoreBase):
         super().__init__(spec, model, tools)
         from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
 
+        self.execute = AsyncSession.execute  # SQLAlchemy's own (SQLModel's is deprecated)
         if isinstance(db, async_scoped_session):
             db = db()  # the registry's AsyncSession for the current scope
         if isinstance(db, AsyncSession):
@@ -523,7 +525,7 @@ class AsyncStore(_StoreBase):
         params = self._key_params(op.key)
         written = self.written_document(op, session.sync_session)
         if written is not None:
-            result = await session.execute(self.revision_statement(op.where), params)
+            result = await self.execute(session, self.revision_statement(op.where), params)
             snap = self.snapshot_from_revision(op, written, result.first())
             if snap is not None:
                 return snap
@@ -536,7 +538,7 @@ class AsyncStore(_StoreBase):
 
     async def _swap(self, session: AsyncSession, op: Swap) -> bool:
         statement, params = self.swap_statement(op)
-        result = await session.execute(statement, params)
+        result = await self.execute(session, statement, params)
         return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
 
     async def _insert(self, session: AsyncSession, op: Insert) -> Any:
