@@ -23,6 +23,7 @@ from agent_session import (
     Agent,
     AgentSessionMixin,
     InputValidationError,
+    ModelCallError,
     SessionNotFoundError,
     StaleSessionError,
     TextDelta,
@@ -162,8 +163,25 @@ async def test_a_streamed_first_turn_on_a_row_with_a_status(database: Database) 
     text = await _text(stream)
     assert stream.session.last_output == "noted (2 messages)" and text == "noted (2 messages)"
     [row] = stored_rows(database, TrackedTicket.__table__)
-    assert row["status"] == "completed" and row["context_revision"] == 2
+    # No claim on a row without a conversation: the first write is revision 1.
+    assert row["status"] == "completed" and row["context_revision"] == 1
     assert row["context"]["messages"][0] == {"role": "system", "content": "You help Cy."}
+
+
+async def test_a_failed_first_turn_leaves_the_row_as_it_was(database: Database) -> None:
+    _existing_rows(database)
+    api = Api(database, TrackedTicket, maker=True)
+    before = stored_rows(database, TrackedTicket.__table__)
+
+    async def provider_down() -> None:
+        raise ModelCallError("provider down", model="function-model", status_code=400)
+
+    during_next_call.append(provider_down)
+    with pytest.raises(ModelCallError):
+        await api.cont(None, 7, "hello", instruction_args={"customer": "Di"})
+    assert stored_rows(database, TrackedTicket.__table__) == before  # still pending, revision 0
+    ticket = await api.cont(None, 7, "hello again", instruction_args={"customer": "Di"})
+    assert ticket.status == "completed" and ticket.context_revision == 1
 
 
 async def _text(stream: Any) -> str:

@@ -221,9 +221,10 @@ def continue_flow(
     ``claim_flow`` loads the row (waiting, within ``busy_timeout``, while another
     worker's turn is ``running``). A final write that loses the race is re-run on the
     newer history up to ``conflict_retries`` times, each after a jittered backoff; then
-    ``StaleSessionError``. A row with no conversation yet (its context is NULL) gets
-    its first turn, the instruction rendered from ``instruction_args``; on a row with
-    one, ``instruction_args`` replace the stored ones from this turn on.
+    ``StaleSessionError``. A row with no conversation yet (NULL context, revision 0)
+    gets its first turn, the instruction rendered from ``instruction_args``, without a
+    claim; on a row with one, ``instruction_args`` replace the stored ones from this
+    turn on.
     """
     agent = spec.agent
     turn_input = _turn.validate_input(agent, input)
@@ -250,7 +251,7 @@ def continue_flow(
         except Exception:
             # The model call or the final write failed: with a status column, say
             # so (keeping the previous context) rather than leave it ``running``.
-            if spec.status_attr is not None:
+            if spec.status_attr is not None and claim.document is not None:
                 failed = _status(spec, SessionStatus.FAILED, revision)
                 # The turn's own error is the one to report, not a failed status write.
                 with contextlib.suppress(AgentSessionError):
@@ -644,14 +645,22 @@ def claim_flow(
         if age is not None:
             yield from contention.wait_busy(spec, age)
             continue
-        document = None if snap.document is None else read_document(snap, key)
+        document = None if _no_conversation(snap) else read_document(snap, key)
         prepared = None if check is None else check(document)
-        if spec.status_attr is None:
+        if spec.status_attr is None or document is None:
+            # Nothing to claim on a row with no conversation: its first turn is
+            # decided by the final compare-and-swap, and a failure writes nothing.
             return Claim(snap, document, snap.revision, prepared)
         running = _status(spec, SessionStatus.RUNNING, snap.revision)
         if (yield Swap(instance, key, snap.revision, running, where)):
             return Claim(snap, document, snap.revision + 1, prepared)
         yield from contention.lost(snap.revision, claim=True)
+
+
+def _no_conversation(snap: Snapshot) -> bool:
+    """A row that never had a conversation: NULL context, revision 0 (as the migration
+    that added the columns left it). A context set to NULL later is a ``ContextError``."""
+    return snap.document is None and snap.revision == 0
 
 
 def read_flow(
