@@ -36,7 +36,7 @@ from sqlalchemy.orm import (
 from sqlmodel import Field, SQLModel
 
 from _databases import Database
-from agent_session import Agent, AgentSessionMixin
+from agent_session import Agent, AgentSessionMixin, ConfigurationError
 from agent_session.testing import TestModel
 from sessions import stored_rows
 
@@ -169,6 +169,39 @@ def test_each_style_names_its_table_and_gets_the_columns() -> None:
     for model in STYLES.values():
         assert set(MIXIN_COLUMNS) <= set(model.__table__.c.keys())
         assert isinstance(model.__table__.c.context.type, sa.JSON)
+
+
+def test_mistakes_are_configuration_errors_at_class_definition_in_every_style() -> None:
+    # Each style maps the class when it is defined, and the mapping checks it.
+    with pytest.raises(ConfigurationError, match=r"NoAgent uses AgentSessionMixin but does not"):
+
+        class NoAgent(AgentSessionMixin, declarative_base()):  # type: ignore[misc]
+            __tablename__ = "no_agent"
+            id = sa.Column(sa.Integer, primary_key=True)
+
+    with pytest.raises(ConfigurationError, match=r"TextContext.context .* must be JSON-typed"):
+
+        @registry().mapped
+        class TextContext(AgentSessionMixin):
+            __tablename__ = "text_context"
+            __agent__ = agent
+            id: Mapped[int] = mapped_column(primary_key=True)
+            context: Mapped[str] = mapped_column(sa.Text())
+
+    with pytest.raises(ConfigurationError, match=r"WrongAgent.__agent__ must be an Agent"):
+
+        class WrongAgent(AgentSessionMixin, SQLAlchemy().Model):  # type: ignore[misc]
+            __agent__ = "openai/gpt-4o"
+            id = sa.Column(sa.Integer, primary_key=True)
+
+    class LocalModel(SQLModel, registry=registry()):
+        pass
+
+    with pytest.raises(ConfigurationError, match=r"declared AgentSessionMixin\[int\]"):
+
+        class Mismatched(AgentSessionMixin[int], LocalModel, table=True):
+            __agent__ = agent
+            id: int | None = Field(default=None, primary_key=True)
 
 
 def _migrate(database: Database, table: sa.Table) -> None:
