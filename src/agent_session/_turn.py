@@ -309,8 +309,8 @@ def plan_first_turn(
 def with_instructions(
     agent: Agent[Any], document: Mapping[str, Any], instructions: Instructions
 ) -> dict[str, Any]:
-    """``document`` with new instruction arguments, from the next turn on: stored in
-    place of the old ones, and the system message rendered again from them."""
+    """``document`` with new instruction arguments for the turn being planned and the
+    ones after it: stored in place of the old ones, the system message rendered again."""
     new = {key: value for key, value in document.items() if key != "instruction_args"}
     if instructions.stored is not None:
         new["instruction_args"] = instructions.stored
