@@ -89,7 +89,7 @@ def test_a_flask_app_passes_db_session(tmp_path: Path) -> None:
     ]
 
 
-class Invoice(AgentSessionMixin[str], SQLModel, table=True):
+class Receipt(AgentSessionMixin[str], SQLModel, table=True):
     __agent__ = agent
     __status_attribute__ = "status"
     id: int | None = Field(default=None, primary_key=True)
@@ -117,24 +117,24 @@ def _fastapi_app(maker: async_sessionmaker[AsyncSession]) -> FastAPI:
 
     app.dependency_overrides[_session] = session
 
-    @app.post("/invoices")
+    @app.post("/receipts")
     async def start(message: Message, db: Db) -> dict[str, Any]:
-        invoice = await Invoice.astart_session(
-            db, message.text, instruction_args={"topic": "invoices"}, number="A-1"
+        receipt = await Receipt.astart_session(
+            db, message.text, instruction_args={"topic": "receipts"}, number="A-1"
         )
         await db.commit()
-        return {"id": invoice.id, "reply": invoice.last_output}
+        return {"id": receipt.id, "reply": receipt.last_output}
 
-    @app.post("/invoices/{invoice_id}/messages")
-    async def reply(invoice_id: int, message: Message, db: Db) -> dict[str, Any]:
-        invoice = await Invoice.acontinue_session(db, invoice_id, message.text)
+    @app.post("/receipts/{receipt_id}/messages")
+    async def reply(receipt_id: int, message: Message, db: Db) -> dict[str, Any]:
+        receipt = await Receipt.acontinue_session(db, receipt_id, message.text)
         await db.commit()
-        return {"reply": invoice.last_output, "status": invoice.status}
+        return {"reply": receipt.last_output, "status": receipt.status}
 
-    @app.get("/invoices/{invoice_id}")
-    async def read(invoice_id: int, db: Db) -> dict[str, Any]:
-        context = await Invoice.aget_context(db, invoice_id)
-        return {"turns": context.turns, "number": (await db.get(Invoice, invoice_id)).number}  # type: ignore[union-attr]
+    @app.get("/receipts/{receipt_id}")
+    async def read(receipt_id: int, db: Db) -> dict[str, Any]:
+        context = await Receipt.aget_context(db, receipt_id)
+        return {"turns": context.turns, "number": (await db.get(Receipt, receipt_id)).number}  # type: ignore[union-attr]
 
     return app
 
@@ -142,19 +142,19 @@ def _fastapi_app(maker: async_sessionmaker[AsyncSession]) -> FastAPI:
 async def test_a_fastapi_app_takes_async_turns_with_sqlmodel(tmp_path: Path) -> None:
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'fastapi.sqlite3'}")
     async with engine.begin() as conn:
-        await conn.run_sync(Invoice.__table__.create)  # type: ignore[attr-defined]
+        await conn.run_sync(Receipt.__table__.create)  # type: ignore[attr-defined]
     maker = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
     transport = httpx.ASGITransport(app=_fastapi_app(maker))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-            response = await client.post("/invoices", json={"text": "hello"})
+            response = await client.post("/receipts", json={"text": "hello"})
             started = response.json()
             assert started["reply"] == "on it", response.text
             key = started["id"]
             for question in ("when is it due?", "can I pay later?"):
-                answer = await client.post(f"/invoices/{key}/messages", json={"text": question})
+                answer = await client.post(f"/receipts/{key}/messages", json={"text": question})
                 assert answer.json() == {"reply": "on it", "status": "completed"}
-            read = (await client.get(f"/invoices/{key}")).json()
+            read = (await client.get(f"/receipts/{key}")).json()
     finally:
         await engine.dispose()
     assert read == {"turns": 3, "number": "A-1"}
@@ -163,21 +163,21 @@ async def test_a_fastapi_app_takes_async_turns_with_sqlmodel(tmp_path: Path) -> 
 async def test_an_async_scoped_session_works_like_its_session(tmp_path: Path) -> None:
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'scoped.sqlite3'}")
     async with engine.begin() as conn:
-        await conn.run_sync(Invoice.__table__.create)  # type: ignore[attr-defined]
+        await conn.run_sync(Receipt.__table__.create)  # type: ignore[attr-defined]
     scoped = async_scoped_session(
         async_sessionmaker(engine, class_=AsyncSession), scopefunc=asyncio.current_task
     )
     try:
-        invoice = await Invoice.astart_session(
-            scoped, "hi", instruction_args={"topic": "invoices"}, number="B-2"
+        receipt = await Receipt.astart_session(
+            scoped, "hi", instruction_args={"topic": "receipts"}, number="B-2"
         )
-        assert invoice in scoped() and invoice.context_revision == 1
+        assert receipt in scoped() and receipt.context_revision == 1
         await scoped.rollback()  # flushed, never committed: the rollback leaves nothing
         async with engine.connect() as conn:
-            count = await conn.scalar(sa.select(sa.func.count()).select_from(Invoice.__table__))  # type: ignore[attr-defined]
+            count = await conn.scalar(sa.select(sa.func.count()).select_from(Receipt.__table__))  # type: ignore[attr-defined]
         assert count == 0
         with pytest.raises(ConfigurationError, match="db must be a Session or a sessionmaker"):
-            Invoice.start_session(scoped, "hi", number="B-3")  # type: ignore[arg-type]
+            Receipt.start_session(scoped, "hi", number="B-3")  # type: ignore[arg-type]
     finally:
         await scoped.remove()
         await engine.dispose()
