@@ -1,9 +1,10 @@
 """The I/O shells: answer the operations of a session flow with a database and a model.
 
-``SyncStore`` works with a ``Session`` (the caller owns the transaction: the store
-only flushes) or a ``sessionmaker`` (the store runs each operation in its own short
-transaction and commits it, so no connection is checked out while the model is
-called). ``AsyncStore`` is the same for ``AsyncSession``/``async_sessionmaker``.
+``SyncStore`` works with a ``Session`` or a ``scoped_session`` (the caller owns the
+transaction: the store only flushes) or a ``sessionmaker`` (the store runs each
+operation in its own short transaction and commits it, so no connection is checked
+out while the model is called). ``AsyncStore`` is the same for ``AsyncSession``,
+``async_scoped_session`` and ``async_sessionmaker``.
 Statements and results are built by ``_StoreBase``; the twins differ only in
 ``await``.
 """
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.types import TypeDecorator
 
@@ -365,10 +366,12 @@ class SyncStore(_StoreBase):
         self,
         spec: SessionSpec,
         model: Model,
-        db: Session | sessionmaker[Session],
+        db: Session | sessionmaker[Session] | scoped_session[Session],
         tools: ToolScope | None = None,
     ) -> None:
         super().__init__(spec, model, tools)
+        if isinstance(db, scoped_session):
+            db = db()  # the registry's current Session (Flask-SQLAlchemy's db.session)
         if isinstance(db, Session):
             self.session: Session | None = db
             self.maker: sessionmaker[Session] | None = None
@@ -444,7 +447,8 @@ class SyncStore(_StoreBase):
         params = self._key_params(op.key)
         written = self.written_document(op, session)
         if written is not None:
-            row = session.execute(self.revision_statement(op.where), params).first()
+            # SQLAlchemy's own execute: SQLModel's Session deprecates its override.
+            row = Session.execute(session, self.revision_statement(op.where), params).first()
             snap = self.snapshot_from_revision(op, written, row)
             if snap is not None:
                 return snap
@@ -457,7 +461,7 @@ class SyncStore(_StoreBase):
 
     def _swap(self, session: Session, op: Swap) -> bool:
         statement, params = self.swap_statement(op)
-        result = session.execute(statement, params)
+        result = Session.execute(session, statement, params)
         return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
 
     def _insert(self, session: Session, op: Insert) -> Any:
@@ -481,8 +485,11 @@ class AsyncStore(_StoreBase):
         self, spec: SessionSpec, model: Model, db: Any, tools: ToolScope | None = None
     ) -> None:
         super().__init__(spec, model, tools)
-        from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+        from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
 
+        self.execute = AsyncSession.execute  # SQLAlchemy's own (SQLModel's is deprecated)
+        if isinstance(db, async_scoped_session):
+            db = db()  # the registry's AsyncSession for the current scope
         if isinstance(db, AsyncSession):
             self.session: AsyncSession | None = db
             self.maker: async_sessionmaker[AsyncSession] | None = None
@@ -552,7 +559,7 @@ class AsyncStore(_StoreBase):
         params = self._key_params(op.key)
         written = self.written_document(op, session.sync_session)
         if written is not None:
-            result = await session.execute(self.revision_statement(op.where), params)
+            result = await self.execute(session, self.revision_statement(op.where), params)
             snap = self.snapshot_from_revision(op, written, result.first())
             if snap is not None:
                 return snap
@@ -565,7 +572,7 @@ class AsyncStore(_StoreBase):
 
     async def _swap(self, session: AsyncSession, op: Swap) -> bool:
         statement, params = self.swap_statement(op)
-        result = await session.execute(statement, params)
+        result = await self.execute(session, statement, params)
         return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
 
     async def _insert(self, session: AsyncSession, op: Insert) -> Any:

@@ -60,6 +60,7 @@ from .history import (
     apply_summary,
     check_budget,
     default_window,
+    is_summary,
     litellm_token_counter,
     plan_compaction,
     select_messages,
@@ -286,10 +287,23 @@ def _stored(role: str, content: str, **meta: Any) -> dict[str, Any]:
     return message
 
 
+@dataclass(frozen=True)
+class Instructions:
+    """Validated instruction arguments: the template's values and their stored JSON."""
+
+    values: dict[str, Any]
+    stored: dict[str, Any] | None
+
+
+def validate_instructions(agent: Agent[Any], instruction_args: ArgsLike) -> Instructions:
+    """Validate ``instruction_args`` as the first turn does (``InputValidationError``)."""
+    return Instructions(*_instruction_args(agent, instruction_args))
+
+
 def plan_first_turn(
     agent: Agent[Any],
     input: InputLike | TurnInput,
-    instruction_args: ArgsLike,
+    instruction_args: ArgsLike | Instructions,
     *,
     now: datetime | None = None,
     limits: BudgetLimits | None = None,
@@ -297,19 +311,41 @@ def plan_first_turn(
     """Plan the first turn: validate everything and render the instruction once."""
     now = now or utcnow()
     turn_input = input if isinstance(input, TurnInput) else validate_input(agent, input)
-    values, stored_args = _instruction_args(agent, instruction_args)
+    if not isinstance(instruction_args, Instructions):
+        instruction_args = validate_instructions(agent, instruction_args)
     history: list[dict[str, Any]] = []
     if agent.template is not None:
         # Created with the document: no timestamp of its own.
-        history.append(_stored("system", agent.template.render(values)))
+        history.append(_stored("system", agent.template.render(instruction_args.values)))
     return TurnPlan(
         input=turn_input.value,
         user_message=_user_message(turn_input, now),
         history=history,
-        instruction_args=stored_args,
+        instruction_args=instruction_args.stored,
         now=now,
         limits=limits,
     )
+
+
+def with_instructions(
+    agent: Agent[Any], document: Mapping[str, Any], instructions: Instructions
+) -> dict[str, Any]:
+    """``document`` with new instruction arguments for the turn being planned and the
+    ones after it: stored in place of the old ones, the system message rendered again."""
+    new = {key: value for key, value in document.items() if key != "instruction_args"}
+    if instructions.stored is not None:
+        new["instruction_args"] = instructions.stored
+    if agent.template is None:
+        return new
+    messages = list(document["messages"])
+    system = _stored("system", agent.template.render(instructions.values))
+    first = messages[0] if messages else None
+    if first is not None and first.get("role") == "system" and not is_summary(first):
+        messages[0] = system
+    else:
+        messages.insert(0, system)
+    new["messages"] = messages
+    return new
 
 
 def plan_next_turn(
