@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import random
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -54,6 +55,7 @@ __all__ = [
     "Snapshot",
     "Swap",
     "Waits",
+    "charge_flow",
     "claim_flow",
     "continue_flow",
     "read_flow",
@@ -129,6 +131,8 @@ _VALID_DOC = "_agent_session_valid_document"
 _LAST_RESULT = "_agent_session_last_result"
 
 Flow = Generator[Any, Any, Any]
+
+logger = logging.getLogger("agent_session.flows")
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -226,9 +230,11 @@ def continue_flow(
     turn_input = _turn.validate_input(agent, input)
     contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
+    budget = _turn.session_budget(agent, limits)
+    check = _not_paused(key) if budget is None else _not_paused_within(key, budget)
     while True:
         claim = yield from claim_flow(
-            spec, key, instance, contention, where, check=_not_paused(key)
+            spec, key, instance, contention, where, check=check, mark=budget is not None
         )
         instance = claim.instance
         plan = _turn.plan_next_turn(claim.document, turn_input, limits=limits)
@@ -244,17 +250,82 @@ def continue_flow(
             written = yield Swap(instance, key, revision, values, where)
         except Exception:
             # The model call or the final write failed: with a status column, say
-            # so (keeping the previous context) rather than leave it ``running``.
+            # so (keeping the previous context) rather than leave it ``running``;
+            # without one, take back this turn's claim, if it made one.
+            back = None
             if spec.status_attr is not None:
-                failed = _status(spec, SessionStatus.FAILED, revision)
+                back = _status(spec, SessionStatus.FAILED, revision)
+            elif claim.marker is not None:
+                back = _unclaimed(spec, claim.snapshot)
+            if back is not None:
                 # The turn's own error is the one to report, not a failed status write.
                 with contextlib.suppress(AgentSessionError):
-                    yield Swap(instance, key, revision, failed, where)
+                    yield Swap(instance, key, revision, back, where)
             raise
         if written:
             remember(instance, new_document, result)
             return instance
+        if budget is not None:
+            # The calls were paid for: their usage counts against the budget.
+            yield from charge_flow(spec, key, instance, where, result, claim.marker)
         yield from contention.lost(revision, claim=False)
+
+
+def _not_paused_within(key: Any, budget: BudgetLimits) -> Callable[[dict[str, Any]], None]:
+    """``_not_paused``, and the session's stored totals within ``budget``: a turn that
+    the budget refuses is refused before its claim, so it writes nothing."""
+    paused = _not_paused(key)
+
+    def check(document: dict[str, Any]) -> None:
+        paused(document)
+        _turn.check_stored_budget(budget, document)
+
+    return check
+
+
+CHARGE_ATTEMPTS = 5
+"""Writes tried to add a lost turn's usage to the session's totals (each on a new load)."""
+
+
+def charge_flow(
+    spec: SessionSpec,
+    key: Any,
+    instance: Any,
+    where: tuple[Any, ...],
+    result: Any,
+    marker: str | None,
+) -> Flow:
+    """Add the usage and cost of a turn whose write lost the race to the stored totals.
+
+    Its model calls were paid for, so with a session budget they count although the
+    turn is not stored: a write of the totals alone (the document as stored, its
+    ``usage`` and ``cost`` raised, this turn's claim ``marker`` removed) under the
+    compare-and-swap, tried again on a new load when it loses too. Each try also
+    ends another turn's write that expected the older revision (that turn was taken
+    over or ignored the claim): it is charged and re-run in turn.
+    """
+    for _ in range(CHARGE_ATTEMPTS):
+        snap: Snapshot = yield Load(key, instance, where)
+        instance = snap.instance
+        document = _turn.charged_document(read_document(snap, key), result.usage, result.cost)
+        if marker is not None and document.get("claimed_at") == marker:
+            del document["claimed_at"]
+        values = {spec.context_attr: document, spec.revision_attr: snap.revision + 1}
+        if (yield Swap(instance, key, snap.revision, values, where)):
+            return
+    logger.warning(
+        "the usage of a turn of session %s that lost its write could not be added to the "
+        "session's totals after %d tries",
+        show_key(key),
+        CHARGE_ATTEMPTS,
+    )
+
+
+def _unclaimed(spec: SessionSpec, seen: Snapshot) -> dict[str, Any]:
+    """The values that put back the row as the claim found it, revision included: the
+    row is then exactly what it was, so a refused or failed turn leaves nothing behind
+    (a writer that read it before the claim may still write over it, rightly)."""
+    return {spec.context_attr: seen.document, spec.revision_attr: seen.revision}
 
 
 def _outcome(result: Any) -> SessionStatus:
@@ -577,6 +648,9 @@ class Claim:
     """The stored document, validated (upgraded to the current version)."""
     revision: int
     """The revision the turn's write must expect: after the claim, if there was one."""
+    marker: str | None = None
+    """The ``claimed_at`` this call wrote into the document (a claim without a status
+    column), else ``None``."""
 
     @property
     def instance(self) -> Any:
@@ -591,18 +665,22 @@ def claim_flow(
     where: tuple[Any, ...] = (),
     *,
     check: Callable[[dict[str, Any]], None] | None = None,
+    mark: bool = False,
 ) -> Generator[Any, Any, Claim]:
     """Load the row and make its next turn this call's.
 
     ``check`` sees the stored document before the claim and may refuse it (a
-    session paused for approvals is not continued).
+    session paused for approvals is not continued, a spent budget refuses the turn).
 
     With a status column: while another worker's turn is ``running`` (and younger
     than ``__running_timeout__``), wait within ``busy_timeout`` and load again; then
     claim the row (``running``, a compare-and-swap on the revision). A lost claim
     costs no model call: the row is reloaded and, with ``busy_timeout``, waited for.
-    Without a status column nothing can be seen running: the load is the claim, and
-    only conflict retries (with their backoff) help against concurrent turns.
+    Without a status column, ``mark`` (a session budget is set) claims the row the
+    same way with a ``claimed_at`` in the document, so that concurrent turns cannot
+    together spend past the budget. Otherwise nothing can be seen running: the load
+    is the claim, and only conflict retries (with their backoff) help against
+    concurrent turns.
     """
     while True:
         snap: Snapshot = yield Load(key, instance, where)
@@ -615,11 +693,17 @@ def claim_flow(
         document = read_document(snap, key)
         if check is not None:
             check(document)
-        if spec.status_attr is None:
+        marker = None
+        if spec.status_attr is not None:
+            values = _status(spec, SessionStatus.RUNNING, snap.revision)
+        elif mark:
+            marker = isoformat(utcnow())
+            claimed = {**document, "claimed_at": marker}
+            values = {spec.context_attr: claimed, spec.revision_attr: snap.revision + 1}
+        else:
             return Claim(snap, document, snap.revision)
-        running = _status(spec, SessionStatus.RUNNING, snap.revision)
-        if (yield Swap(instance, key, snap.revision, running, where)):
-            return Claim(snap, document, snap.revision + 1)
+        if (yield Swap(instance, key, snap.revision, values, where)):
+            return Claim(snap, document, snap.revision + 1, marker)
         yield from contention.lost(snap.revision, claim=True)
 
 
@@ -654,7 +738,10 @@ def _status(spec: SessionSpec, status: SessionStatus, revision: int) -> dict[str
 
 def _running_for(spec: SessionSpec, snap: Snapshot) -> timedelta | None:
     """How long another worker's turn has been running, if it still blocks this one."""
-    if spec.status_attr is None or snap.status != SessionStatus.RUNNING.value:
+    if spec.status_attr is None:
+        document = snap.document
+        return _claimed_for(spec, document) if isinstance(document, Mapping) else None
+    if snap.status != SessionStatus.RUNNING.value:
         return None
     since = snap.status_changed_at
     if since is None:

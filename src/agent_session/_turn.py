@@ -85,7 +85,9 @@ __all__ = [
     "TurnPlan",
     "adrive",
     "amodel_handler",
+    "charged_document",
     "check_approvals",
+    "check_stored_budget",
     "check_turn_budget",
     "compaction_flow",
     "drive",
@@ -99,6 +101,7 @@ __all__ = [
     "reask_feedback",
     "resume_flow",
     "retry_delay",
+    "session_budget",
     "validate_input",
 ]
 
@@ -551,6 +554,36 @@ def check_turn_budget(agent: Agent[Any], plan: TurnPlan, state: _TurnState) -> N
         spent_cost=cost,
         model_calls=state.earlier_calls + state.calls,
     )
+
+
+def session_budget(agent: Agent[Any], limits: BudgetLimits | None) -> BudgetLimits | None:
+    """The session's token and cost limits for this call, if it has any (``max_model_calls``
+    left out: it bounds one turn, not the session)."""
+    limits = limits or agent.limits
+    if limits.max_session_tokens is None and limits.max_session_cost is None:
+        return None
+    return replace(limits, max_model_calls=None)
+
+
+def check_stored_budget(limits: BudgetLimits, document: Mapping[str, Any]) -> None:
+    """``BudgetExceededError`` if the stored totals already reach the session's limits:
+    checked before a turn claims the session, so a refused turn writes nothing."""
+    check_budget(
+        limits,
+        spent_tokens=stored_usage(document.get("usage")).total_tokens,
+        spent_cost=document.get("cost"),
+    )
+
+
+def charged_document(
+    document: Mapping[str, Any], usage: Usage, cost: float | None
+) -> dict[str, Any]:
+    """``document`` with ``usage`` and ``cost`` added to its totals, nothing else changed."""
+    charged = dict(document)
+    charged["usage"] = usage_document(stored_usage(document.get("usage")) + usage)
+    if cost is not None:
+        charged["cost"] = (document.get("cost") or 0.0) + cost
+    return charged
 
 
 def _model_call(
@@ -1048,11 +1081,8 @@ def compaction_flow(
         )
         if value is not None
     }
-    compacted = dict(document)
+    compacted = charged_document(document, response.usage, response.cost)
     compacted["messages"] = apply_summary(messages, compaction, text, meta)
-    compacted["usage"] = usage_document(stored_usage(document.get("usage")) + response.usage)
-    if response.cost is not None:
-        compacted["cost"] = (document.get("cost") or 0.0) + response.cost
     cost = result.cost
     if response.cost is not None:
         cost = (cost or 0.0) + response.cost
