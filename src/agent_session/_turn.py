@@ -50,6 +50,7 @@ from .errors import (
     ModelCallError,
     OutputValidationError,
     ToolLoopError,
+    TurnTimeoutError,
 )
 from .history import (
     BudgetLimits,
@@ -64,7 +65,16 @@ from .history import (
     select_messages,
     summary_request_messages,
 )
-from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse, OutputMode
+from .llm import (
+    CallBounds,
+    LiteLLMModel,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    OutputMode,
+    acomplete_within,
+    complete_within,
+)
 from .result import Result
 from .tools import Denied, PendingApproval, ToolCall, ToolCallResult, Toolset, replay_arguments
 
@@ -76,6 +86,7 @@ InputLike = BaseModel | Mapping[str, Any] | str
 ArgsLike = BaseModel | Mapping[str, Any] | None
 
 __all__ = [
+    "ModelTime",
     "PausedTurn",
     "RunTools",
     "Sleep",
@@ -128,6 +139,14 @@ class TurnInput:
     """The input as JSON when ``content`` does not give it back (stored in ``meta.input``)."""
 
 
+@dataclass
+class ModelTime:
+    """The model time a turn has spent (its calls and chunks, retries and their
+    backoffs, the summary call), bounded by ``Agent.turn_timeout``."""
+
+    spent: float = 0.0
+
+
 @dataclass(frozen=True)
 class TurnPlan:
     """Everything needed to call the model for one turn and store its outcome."""
@@ -144,6 +163,8 @@ class TurnPlan:
     spent_usage: Usage = field(default_factory=Usage)
     """The session's totals before this turn (finished turns), for the budgets."""
     spent_cost: float | None = None
+    model_time: ModelTime = field(default_factory=ModelTime, compare=False)
+    """What the turn's model calls have taken so far (``turn_timeout``)."""
 
 
 # -- step 1 and 2: input, instruction, history -----------------------------------
@@ -595,11 +616,17 @@ def _model_call(
     calls it took.
     """
     retries = 0
+    clock = plan.model_time
     while True:
         check_turn_budget(agent, plan, state)
+        left = agent.turn_timeout - clock.spent
+        if left <= 0:
+            raise _turn_timeout(agent, request, state, "before its next call")
         state.calls += 1
+        bounds = CallBounds(left, agent.turn_timeout, agent.max_output_bytes)
+        started = time.monotonic()
         try:
-            response: ModelResponse = yield request
+            response: ModelResponse = yield replace(request, bounds=bounds)
         except ModelCallError as exc:
             exc.attempts = state.calls
             if not exc.retryable or retries >= agent.model_retries:
@@ -613,10 +640,28 @@ def _model_call(
                     exc.retry_after,
                     delay,
                 )
+            if delay >= left - (time.monotonic() - started):
+                raise _turn_timeout(
+                    agent, request, state, f"before a retry in {delay:.2f}s ({exc})"
+                ) from exc
             logger.warning("%s; retry %d of %d in %.2fs", exc, retries, agent.model_retries, delay)
             yield Sleep(delay)
             continue
+        finally:
+            clock.spent += time.monotonic() - started
         return response, retries + 1
+
+
+def _turn_timeout(
+    agent: Agent[Any], request: ModelRequest, state: _TurnState, when: str
+) -> TurnTimeoutError:
+    return TurnTimeoutError(
+        f"the turn's model time reached turn_timeout={agent.turn_timeout:g}s "
+        f"(Agent(turn_timeout=...)) {when}; nothing was stored",
+        model=request.model,
+        turn_timeout=agent.turn_timeout,
+        attempts=state.calls,
+    )
 
 
 def model_flow(
@@ -1210,7 +1255,7 @@ def model_handler(model: Model, tools: ToolScope | None = None) -> Callable[[Any
         if isinstance(op, RunTools):
             assert tools is not None
             return tools.run(op)
-        return model.complete(op)
+        return complete_within(model, op)
 
     return handle
 
@@ -1225,7 +1270,7 @@ def amodel_handler(model: Model, tools: ToolScope | None = None) -> Callable[[An
         if isinstance(op, RunTools):
             assert tools is not None
             return await tools.arun(op)
-        return await model.acomplete(op)
+        return await acomplete_within(model, op)
 
     return handle
 
