@@ -259,6 +259,8 @@ class RecordedRequest:
     """Header names lower-cased."""
     body: Any
     """The parsed JSON body (``None`` if it was not JSON)."""
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (``time.monotonic()``)."""
 
 
 @dataclass
@@ -472,16 +474,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif reply.error_after is not None:
             error = ErrorReply(500, "the model crashed mid-stream", "server_error").body()
             chunks = [*chunks[: reply.error_after], error]
-        record = StreamRecord(scripted=len(chunks))
-        with fake._lock:
-            fake.streams.append(record)
-        self.close_connection = True
+        record = self._start_stream(len(chunks))
         try:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Connection", "close")
-            self.end_headers()
+            self._send_stream_headers()
             for index, chunk in enumerate(chunks):
                 if index and reply.chunk_delay and fake._closing.wait(reply.chunk_delay):
                     return
@@ -497,20 +492,27 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             record.done.set()
 
+    def _start_stream(self, scripted: int) -> StreamRecord:
+        record = StreamRecord(scripted=scripted)
+        with self.server.fake._lock:
+            self.server.fake.streams.append(record)
+        self.close_connection = True
+        return record
+
+    def _send_stream_headers(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
     def _endless(self, first: dict[str, Any], delta: dict[str, Any], delay: float) -> None:
         """Send ``first``, then ``delta`` forever (every ``delay`` seconds) until the
         client goes away or the server shuts down."""
         fake = self.server.fake
-        record = StreamRecord(scripted=0)
-        with fake._lock:
-            fake.streams.append(record)
-        self.close_connection = True
+        record = self._start_stream(0)
         try:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Connection", "close")
-            self.end_headers()
+            self._send_stream_headers()
             chunk = first
             while not fake._closing.is_set():
                 self._write_chunk(f"data: {json.dumps(chunk)}\n\n".encode())

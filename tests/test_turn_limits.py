@@ -51,8 +51,9 @@ async def _stopped_turn(
     database: Database, fake: FakeOpenAI, agent: Agent[str], text: str, drip: float = 0.0
 ) -> tuple[ModelCallError, float]:
     """Start a session, then stream a turn that gets an endless stream of ``text`` (a
-    chunk every ``drip`` seconds) to its end; the error it raised, how long it took.
-    The row must be as the first turn left it."""
+    chunk every ``drip`` seconds) to its end; the error it raised, and how long after
+    the request reached the server it was raised. The row must be as the first turn
+    left it."""
 
     class Base(DeclarativeBase):
         pass
@@ -68,7 +69,6 @@ async def _stopped_turn(
     chat = await api.start(None, "hi")
     before = stored_rows(database, LimitChat.__table__)
     fake.enqueue_endless_stream(text, chunk_delay=drip)
-    started = time.monotonic()
     with pytest.raises(ModelCallError) as caught:
         if api.is_async:
             stream = await LimitChat.acontinue_session(api.maker, chat.id, "go on", stream=True)
@@ -80,7 +80,7 @@ async def _stopped_turn(
             with stream:
                 for _ in stream:
                     pass
-    took = time.monotonic() - started
+    took = time.monotonic() - fake.requests[-1].at
     assert stored_rows(database, LimitChat.__table__) == before  # nothing stored
     assert len(fake.requests) == 2  # never retried
     record = fake.streams[-1]

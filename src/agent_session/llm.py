@@ -54,7 +54,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel
 
@@ -477,6 +477,13 @@ class _Bounds:
             turn_timeout=limit,
         )
 
+    def reraise(self, exc: ModelCallError, now: float, what: str) -> NoReturn:
+        """Raise the error of a call: a provider's timeout that ended the call at the
+        deadline is the turn's (``TurnTimeoutError``); any other error as it is."""
+        if isinstance(exc, TurnTimeoutError | OutputLimitError) or not self.timed_out(now):
+            raise exc
+        raise self.timeout_error(what) from exc
+
     def check(self, chunk: StreamChunk) -> None:
         """Raise if ``chunk`` takes the stream past a limit, or arrived past the deadline."""
         if isinstance(chunk, TextChunk):
@@ -513,9 +520,7 @@ def complete_within(model: Model, request: ModelRequest) -> ModelResponse:
     try:
         return model.complete(request)
     except ModelCallError as exc:
-        if bounds.bounds is not None and bounds.timed_out(time.monotonic()):
-            raise bounds.timeout_error("the call") from exc
-        raise
+        bounds.reraise(exc, time.monotonic(), "the call")
 
 
 async def acomplete_within(model: Model, request: ModelRequest) -> ModelResponse:
@@ -527,10 +532,10 @@ async def acomplete_within(model: Model, request: ModelRequest) -> ModelResponse
     try:
         async with asyncio.timeout_at(bounds.deadline):
             return await model.acomplete(request)
-    except (TimeoutError, ModelCallError) as exc:
-        if isinstance(exc, TimeoutError) or bounds.timed_out(loop.time()):
-            raise bounds.timeout_error("the call") from exc
-        raise
+    except TimeoutError as exc:
+        raise bounds.timeout_error("the call") from exc
+    except ModelCallError as exc:
+        bounds.reraise(exc, loop.time(), "the call")
 
 
 def stream_within(model: Model, request: ModelRequest) -> Generator[StreamChunk, None, None]:
@@ -546,18 +551,15 @@ def stream_within(model: Model, request: ModelRequest) -> Generator[StreamChunk,
             bounds.check(chunk)
             yield chunk
     except ModelCallError as exc:
-        if isinstance(exc, TurnTimeoutError | OutputLimitError) or not bounds.timed_out(
-            time.monotonic()
-        ):
-            raise
-        raise bounds.timeout_error("the stream") from exc
+        bounds.reraise(exc, time.monotonic(), "the stream")
     finally:
         stream.close()
 
 
 async def astream_within(model: Model, request: ModelRequest) -> AsyncGenerator[StreamChunk, None]:
     """Async twin of ``stream_within``: ``asyncio.timeout`` bounds the wait for each chunk
-    by the deadline, so a stream that drips or stalls ends on time."""
+    by the deadline, so a stream that drips or stalls ends on time, and the deadline is
+    checked as each chunk arrives, so does a fast one."""
     loop = asyncio.get_running_loop()
     bounds = _Bounds(request, loop.time())
     deadline = None if request.bounds is None else bounds.deadline
@@ -571,14 +573,13 @@ async def astream_within(model: Model, request: ModelRequest) -> AsyncGenerator[
                 break
             except TimeoutError as exc:
                 raise bounds.timeout_error("the stream") from exc
+            if bounds.timed_out(loop.time()):
+                # Chunks read from a buffer never suspend, so the timeout cannot fire.
+                raise bounds.timeout_error("the stream")
             bounds.check(chunk)
             yield chunk
     except ModelCallError as exc:
-        if isinstance(exc, TurnTimeoutError | OutputLimitError) or not bounds.timed_out(
-            loop.time()
-        ):
-            raise
-        raise bounds.timeout_error("the stream") from exc
+        bounds.reraise(exc, loop.time(), "the stream")
     finally:
         await stream.aclose()
 
