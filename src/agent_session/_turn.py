@@ -612,8 +612,9 @@ def _model_call(
 ) -> Generator[ModelRequest | Sleep, Any, tuple[ModelResponse, int]]:
     """One model call, retried after a backoff on a retryable ``ModelCallError``.
 
-    The budgets are checked before each call. Returns the response and how many
-    calls it took.
+    The budgets are checked before each call, and each call is handed the time left
+    of ``turn_timeout`` (``CallBounds``); the time it takes, its backoff included,
+    is added to ``plan.model_time``. Returns the response and how many calls it took.
     """
     retries = 0
     clock = plan.model_time
