@@ -484,8 +484,11 @@ class _Bounds:
             raise exc
         raise self.timeout_error(what) from exc
 
-    def check(self, chunk: StreamChunk) -> None:
-        """Raise if ``chunk`` takes the stream past a limit, or arrived past the deadline."""
+    def check(self, chunk: StreamChunk, now: float) -> None:
+        """Raise if ``chunk`` arrived past the deadline (``now``) or takes the stream past
+        a size limit."""
+        if self.timed_out(now):
+            raise self.timeout_error("the stream")
         if isinstance(chunk, TextChunk):
             piece = chunk.text
         elif isinstance(chunk, ToolCallChunk):
@@ -546,9 +549,7 @@ def stream_within(model: Model, request: ModelRequest) -> Generator[StreamChunk,
     stream = model.stream(request)
     try:
         for chunk in stream:
-            if bounds.timed_out(time.monotonic()):
-                raise bounds.timeout_error("the stream")
-            bounds.check(chunk)
+            bounds.check(chunk, time.monotonic())
             yield chunk
     except ModelCallError as exc:
         bounds.reraise(exc, time.monotonic(), "the stream")
@@ -573,10 +574,8 @@ async def astream_within(model: Model, request: ModelRequest) -> AsyncGenerator[
                 break
             except TimeoutError as exc:
                 raise bounds.timeout_error("the stream") from exc
-            if bounds.timed_out(loop.time()):
-                # Chunks read from a buffer never suspend, so the timeout cannot fire.
-                raise bounds.timeout_error("the stream")
-            bounds.check(chunk)
+            # Chunks read from a buffer never suspend, so the timeout cannot fire: check.
+            bounds.check(chunk, loop.time())
             yield chunk
     except ModelCallError as exc:
         bounds.reraise(exc, loop.time(), "the stream")
