@@ -20,6 +20,9 @@ when ``stream_options.include_usage`` is set, and ``data: [DONE]``. The body is 
 with chunked transfer encoding, so a dropped connection is visible to the client.
 ``enqueue_stream`` scripts the stream's shape: a delay between chunks (a slow model,
 for cancellation tests), a connection dropped after some chunks, or an error event.
+``enqueue_endless_stream`` scripts a stream that never ends: the same text delta
+forever, as fast as the client reads (``chunk_delay=0``) or one every ``chunk_delay``
+seconds (a slow drip, whose client is seen leaving between two chunks).
 ``server.streams`` records each stream: chunks scripted, chunks sent, and whether the
 client went away before the end::
 
@@ -40,6 +43,8 @@ other, so a test that counts requests sees hidden retries.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from collections import deque
@@ -94,6 +99,8 @@ class Completion:
     """Streamed: drop the connection after this many chunks, without ``[DONE]``."""
     error_after: int | None = None
     """Streamed: send an error event after this many chunks, then end the stream."""
+    endless: bool = False
+    """Streamed: after the first chunk, send the text as one delta again and again."""
 
     def body(self, number: int) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
@@ -240,7 +247,7 @@ class StreamRecord:
     """What happened to one streamed reply (``FakeOpenAI.streams``)."""
 
     scripted: int
-    """Chunks the script would send (``[DONE]`` not counted)."""
+    """Chunks the script would send (``[DONE]`` not counted; 0 for an endless stream)."""
     sent: int = 0
     """Chunks written before the stream ended or the client went away."""
     client_gone: bool = False
@@ -262,6 +269,8 @@ class RecordedRequest:
     """Header names lower-cased."""
     body: Any
     """The parsed JSON body (``None`` if it was not JSON)."""
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (``time.monotonic()``)."""
 
 
 @dataclass
@@ -389,6 +398,11 @@ class FakeOpenAI:
             extra["Retry-After"] = str(retry_after)
         self.enqueue(ErrorReply(status, message, error_type, code, extra))
 
+    def enqueue_endless_stream(self, text: str = "x", *, chunk_delay: float = 0.0) -> None:
+        """A stream that never ends: ``text`` as a delta, again and again, every
+        ``chunk_delay`` seconds, until the client goes away."""
+        self.enqueue(Completion(text, chunk_chars=len(text), chunk_delay=chunk_delay, endless=True))
+
     def enqueue_delay(self, seconds: float, then: Completion | ErrorReply | None = None) -> None:
         self.enqueue(Delay(seconds, then))
 
@@ -473,21 +487,17 @@ class _Handler(BaseHTTPRequestHandler):
         """Send ``reply`` as server-sent events, chunk by chunk (chunked encoding)."""
         fake = self.server.fake
         chunks = reply.chunks(number, include_usage=include_usage)
+        if reply.endless:
+            self._endless(chunks[0], chunks[1], reply.chunk_delay)
+            return
         if reply.cut_after is not None:
             chunks = chunks[: reply.cut_after]
         elif reply.error_after is not None:
             error = ErrorReply(500, "the model crashed mid-stream", "server_error").body()
             chunks = [*chunks[: reply.error_after], error]
-        record = StreamRecord(scripted=len(chunks))
-        with fake._lock:
-            fake.streams.append(record)
-        self.close_connection = True
+        record = self._start_stream(len(chunks))
         try:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Connection", "close")
-            self.end_headers()
+            self._send_stream_headers()
             for index, chunk in enumerate(chunks):
                 if index and reply.chunk_delay and fake._closing.wait(reply.chunk_delay):
                     return
@@ -502,6 +512,56 @@ class _Handler(BaseHTTPRequestHandler):
             record.client_gone = True
         finally:
             record.done.set()
+
+    def _start_stream(self, scripted: int) -> StreamRecord:
+        record = StreamRecord(scripted=scripted)
+        with self.server.fake._lock:
+            self.server.fake.streams.append(record)
+        self.close_connection = True
+        return record
+
+    def _send_stream_headers(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _endless(self, first: dict[str, Any], delta: dict[str, Any], delay: float) -> None:
+        """Send ``first``, then ``delta`` forever (every ``delay`` seconds) until the
+        client goes away or the server shuts down."""
+        fake = self.server.fake
+        record = self._start_stream(0)
+        try:
+            self._send_stream_headers()
+            chunk = first
+            while not fake._closing.is_set():
+                self._write_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+                record.sent += 1
+                chunk = delta
+                if delay and self._client_left_within(delay):
+                    record.client_gone = True
+                    return
+        except OSError:
+            record.client_gone = True
+        finally:
+            record.done.set()
+
+    def _client_left_within(self, seconds: float) -> bool:
+        """Wait ``seconds``; ``True`` as soon as the client closes the connection."""
+        fake = self.server.fake
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not fake._closing.is_set():
+            readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+            if not readable:
+                continue
+            try:
+                if not self.connection.recv(1, socket.MSG_PEEK):
+                    return True
+            except OSError:
+                return True
+            time.sleep(0.05)  # the client sent something: look again later
+        return False
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")

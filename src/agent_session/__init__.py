@@ -17,6 +17,7 @@ from .errors import (
     ContextWindowError,
     InputValidationError,
     ModelCallError,
+    OutputLimitError,
     OutputValidationError,
     SessionBusyError,
     SessionNotFoundError,
@@ -25,6 +26,7 @@ from .errors import (
     TemplateError,
     ToolExecutionError,
     ToolLoopError,
+    TurnTimeoutError,
 )
 
 if _typing.TYPE_CHECKING:
@@ -153,6 +155,7 @@ __all__ = [
     "ModelRequest",
     "ModelResponse",
     "OutputDelta",
+    "OutputLimitError",
     "OutputValidationError",
     "PendingApproval",
     "Result",
@@ -181,6 +184,7 @@ __all__ = [
     "ToolLoopError",
     "TurnCompleted",
     "TurnStream",
+    "TurnTimeoutError",
     "Usage",
     "__version__",
     "aprepare",

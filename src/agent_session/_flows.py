@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import random
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -55,6 +56,7 @@ __all__ = [
     "Snapshot",
     "Swap",
     "Waits",
+    "charge_flow",
     "claim_flow",
     "continue_flow",
     "read_flow",
@@ -130,6 +132,8 @@ _VALID_DOC = "_agent_session_valid_document"
 _LAST_RESULT = "_agent_session_last_result"
 
 Flow = Generator[Any, Any, Any]
+
+logger = logging.getLogger("agent_session.flows")
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -242,9 +246,12 @@ def continue_flow(
     )
     contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
-    plan_turn = _next_turn(agent, key, turn_input, given, limits)
+    budget = _turn.session_budget(agent, limits)
+    plan_turn = _next_turn(agent, key, turn_input, given, limits, budget)
     while True:
-        claim = yield from claim_flow(spec, key, instance, contention, where, check=plan_turn)
+        claim = yield from claim_flow(
+            spec, key, instance, contention, where, check=plan_turn, mark=budget is not None
+        )
         instance = claim.instance
         plan: _turn.TurnPlan = claim.prepared
         revision = claim.revision
@@ -259,16 +266,24 @@ def continue_flow(
             written = yield Swap(instance, key, revision, values, where)
         except Exception:
             # The model call or the final write failed: with a status column, say
-            # so (keeping the previous context) rather than leave it ``running``.
+            # so (keeping the previous context) rather than leave it ``running``;
+            # without one, take back this turn's claim, if it made one.
+            back = None
             if spec.status_attr is not None and claim.document is not None:
-                failed = _status(spec, SessionStatus.FAILED, revision)
+                back = _status(spec, SessionStatus.FAILED, revision)
+            elif claim.marker is not None:
+                back = _unclaimed(spec, claim.snapshot)
+            if back is not None:
                 # The turn's own error is the one to report, not a failed status write.
                 with contextlib.suppress(AgentSessionError):
-                    yield Swap(instance, key, revision, failed, where)
+                    yield Swap(instance, key, revision, back, where)
             raise
         if written:
             remember(instance, new_document, result)
             return instance
+        if budget is not None:
+            # The calls were paid for: their usage counts against the budget.
+            yield from charge_flow(spec, key, instance, where, result, claim.marker)
         yield from contention.lost(revision, claim=False)
 
 
@@ -278,20 +293,69 @@ def _next_turn(
     turn_input: _turn.TurnInput,
     given: _turn.Instructions | None,
     limits: BudgetLimits | None,
+    budget: BudgetLimits | None,
 ) -> Callable[[dict[str, Any] | None], _turn.TurnPlan]:
     """Plan the turn on the stored document, before the row is claimed: a refusal
-    (a paused session, missing instruction arguments) leaves the row untouched."""
+    (a paused session, missing instruction arguments, a spent session budget) leaves
+    the row untouched."""
     paused = _not_paused(key)
 
     def plan(document: dict[str, Any] | None) -> _turn.TurnPlan:
         if document is None:  # no conversation on this row yet: this turn starts it
             return _turn.plan_first_turn(agent, turn_input, given, limits=limits)
         paused(document)
+        if budget is not None:
+            _turn.check_stored_budget(budget, document)
         if given is not None:
             document = _turn.with_instructions(agent, document, given)
         return _turn.plan_next_turn(document, turn_input, limits=limits)
 
     return plan
+
+
+CHARGE_ATTEMPTS = 5
+"""Writes tried to add a lost turn's usage to the session's totals (each on a new load)."""
+
+
+def charge_flow(
+    spec: SessionSpec,
+    key: Any,
+    instance: Any,
+    where: tuple[Any, ...],
+    result: Any,
+    marker: str | None,
+) -> Flow:
+    """Add the usage and cost of a turn whose write lost the race to the stored totals.
+
+    Its model calls were paid for, so with a session budget they count although the
+    turn is not stored: a write of the totals alone (the document as stored, its
+    ``usage`` and ``cost`` raised, this turn's claim ``marker`` removed) under the
+    compare-and-swap, tried again on a new load when it loses too. Each try also
+    ends another turn's write that expected the older revision (that turn was taken
+    over or ignored the claim): it is charged and re-run in turn.
+    """
+    for _ in range(CHARGE_ATTEMPTS):
+        snap: Snapshot = yield Load(key, instance, where)
+        instance = snap.instance
+        document = _turn.charged_document(read_document(snap, key), result.usage, result.cost)
+        if marker is not None and document.get("claimed_at") == marker:
+            del document["claimed_at"]
+        values = {spec.context_attr: document, spec.revision_attr: snap.revision + 1}
+        if (yield Swap(instance, key, snap.revision, values, where)):
+            return
+    logger.warning(
+        "the usage of a turn of session %s that lost its write could not be added to the "
+        "session's totals after %d tries",
+        show_key(key),
+        CHARGE_ATTEMPTS,
+    )
+
+
+def _unclaimed(spec: SessionSpec, seen: Snapshot) -> dict[str, Any]:
+    """The values that put back the row as the claim found it, revision included: the
+    row is then exactly what it was, so a refused or failed turn leaves nothing behind
+    (a writer that read it before the claim may still write over it, rightly)."""
+    return {spec.context_attr: seen.document, spec.revision_attr: seen.revision}
 
 
 def _outcome(result: Any) -> SessionStatus:
@@ -618,6 +682,9 @@ class Claim:
     """The revision the turn's write must expect: after the claim, if there was one."""
     prepared: Any = None
     """What ``claim_flow``'s ``check`` returned for the document (the turn's plan)."""
+    marker: str | None = None
+    """The ``claimed_at`` this call wrote into the document (a claim without a status
+    column), else ``None``."""
 
     @property
     def instance(self) -> Any:
@@ -632,19 +699,25 @@ def claim_flow(
     where: tuple[Any, ...] = (),
     *,
     check: Callable[[dict[str, Any] | None], Any] | None = None,
+    mark: bool = False,
 ) -> Generator[Any, Any, Claim]:
     """Load the row and make its next turn this call's.
 
     ``check`` sees the stored document (``None`` on a row with no conversation yet)
     before the claim and may refuse it (a session paused for approvals is not
-    continued); what it returns is the claim's ``prepared``.
+    continued, a spent budget refuses the turn); what it returns is the claim's
+    ``prepared``. ``mark``: without a status column, claim the session with a
+    ``claimed_at`` in its document (a turn under a session budget).
 
     With a status column: while another worker's turn is ``running`` (and younger
     than ``__running_timeout__``), wait within ``busy_timeout`` and load again; then
     claim the row (``running``, a compare-and-swap on the revision). A lost claim
     costs no model call: the row is reloaded and, with ``busy_timeout``, waited for.
-    Without a status column nothing can be seen running: the load is the claim, and
-    only conflict retries (with their backoff) help against concurrent turns.
+    Without a status column, ``mark`` (a session budget is set) claims the row the
+    same way with a ``claimed_at`` in the document, so that concurrent turns cannot
+    together spend past the budget. Otherwise nothing can be seen running: the load
+    is the claim, and only conflict retries (with their backoff) help against
+    concurrent turns.
     """
     while True:
         snap: Snapshot = yield Load(key, instance, where)
@@ -656,13 +729,21 @@ def claim_flow(
             continue
         document = None if _no_conversation(snap) else read_document(snap, key)
         prepared = None if check is None else check(document)
-        if spec.status_attr is None or document is None:
+        if document is None:
             # Nothing to claim on a row with no conversation: its first turn is
             # decided by the final compare-and-swap, and a failure writes nothing.
             return Claim(snap, document, snap.revision, prepared)
-        running = _status(spec, SessionStatus.RUNNING, snap.revision)
-        if (yield Swap(instance, key, snap.revision, running, where)):
-            return Claim(snap, document, snap.revision + 1, prepared)
+        marker = None
+        if spec.status_attr is not None:
+            values = _status(spec, SessionStatus.RUNNING, snap.revision)
+        elif mark:
+            marker = isoformat(utcnow())
+            claimed = {**document, "claimed_at": marker}
+            values = {spec.context_attr: claimed, spec.revision_attr: snap.revision + 1}
+        else:
+            return Claim(snap, document, snap.revision, prepared)
+        if (yield Swap(instance, key, snap.revision, values, where)):
+            return Claim(snap, document, snap.revision + 1, prepared, marker)
         yield from contention.lost(snap.revision, claim=True)
 
 
@@ -703,7 +784,10 @@ def _status(spec: SessionSpec, status: SessionStatus, revision: int) -> dict[str
 
 def _running_for(spec: SessionSpec, snap: Snapshot) -> timedelta | None:
     """How long another worker's turn has been running, if it still blocks this one."""
-    if spec.status_attr is None or snap.status != SessionStatus.RUNNING.value:
+    if spec.status_attr is None:
+        document = snap.document
+        return _claimed_for(spec, document) if isinstance(document, Mapping) else None
+    if snap.status != SessionStatus.RUNNING.value:
         return None
     since = snap.status_changed_at
     if since is None:

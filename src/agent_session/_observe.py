@@ -25,6 +25,7 @@ or tool ``deps``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -528,6 +529,8 @@ def _before_model_call(
         raise ConfigurationError(
             f"before_model_call must return a ModelRequest or None, got {type(changed).__name__}"
         )
+    if changed.bounds is not request.bounds:  # the turn's time and output limits stay
+        changed = dataclasses.replace(changed, bounds=request.bounds)
     return changed
 
 

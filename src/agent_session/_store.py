@@ -35,7 +35,7 @@ from .errors import (
     StorageError,
     show_key,
 )
-from .llm import Model, ModelRequest
+from .llm import Model, ModelRequest, acomplete_within, complete_within
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -386,7 +386,7 @@ class SyncStore(_StoreBase):
 
     def __call__(self, op: Any) -> Any:
         if isinstance(op, ModelRequest):
-            return self.model.complete(op)
+            return complete_within(self.model, op)
         if isinstance(op, RunTools):
             return self.tools.run(op)
         if isinstance(op, Sleep):
@@ -504,7 +504,7 @@ class AsyncStore(_StoreBase):
 
     async def __call__(self, op: Any) -> Any:
         if isinstance(op, ModelRequest):
-            return await self.model.acomplete(op)
+            return await acomplete_within(self.model, op)
         if isinstance(op, RunTools):
             return await self.tools.arun(op)
         if isinstance(op, Sleep):

@@ -66,6 +66,8 @@ from .llm import (
     TextChunk,
     ToolCallChunk,
     aprepare,
+    astream_within,
+    stream_within,
 )
 from .result import Result
 from .tools import ToolCall, ToolCallResult
@@ -387,7 +389,7 @@ class TurnStream(_TurnStreamState[OutputT, SessionT]):
                         if discarded is not None:
                             yield discarded
                         response: ModelResponse | None = None
-                        stream = turn.model.stream(op)
+                        stream = stream_within(turn.model, op)
                         try:
                             for chunk in stream:
                                 if isinstance(chunk, TextChunk):
@@ -484,7 +486,7 @@ class AsyncTurnStream(_TurnStreamState[OutputT, SessionT]):
                         if discarded is not None:
                             yield discarded
                         response: ModelResponse | None = None
-                        stream = turn.model.astream(op)
+                        stream = astream_within(turn.model, op)
                         try:
                             async for chunk in stream:
                                 if isinstance(chunk, TextChunk):

@@ -51,6 +51,7 @@ from .errors import (
     ModelCallError,
     OutputValidationError,
     ToolLoopError,
+    TurnTimeoutError,
 )
 from .history import (
     BudgetLimits,
@@ -66,7 +67,16 @@ from .history import (
     select_messages,
     summary_request_messages,
 )
-from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse, OutputMode
+from .llm import (
+    CallBounds,
+    LiteLLMModel,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    OutputMode,
+    acomplete_within,
+    complete_within,
+)
 from .result import Result
 from .tools import Denied, PendingApproval, ToolCall, ToolCallResult, Toolset, replay_arguments
 
@@ -78,6 +88,7 @@ InputLike = BaseModel | Mapping[str, Any] | str
 ArgsLike = BaseModel | Mapping[str, Any] | None
 
 __all__ = [
+    "ModelTime",
     "PausedTurn",
     "RunTools",
     "Sleep",
@@ -87,7 +98,9 @@ __all__ = [
     "TurnPlan",
     "adrive",
     "amodel_handler",
+    "charged_document",
     "check_approvals",
+    "check_stored_budget",
     "check_turn_budget",
     "compaction_flow",
     "drive",
@@ -101,6 +114,7 @@ __all__ = [
     "reask_feedback",
     "resume_flow",
     "retry_delay",
+    "session_budget",
     "validate_input",
 ]
 
@@ -127,6 +141,14 @@ class TurnInput:
     """The input as JSON when ``content`` does not give it back (stored in ``meta.input``)."""
 
 
+@dataclass
+class ModelTime:
+    """The model time a turn has spent (its calls and chunks, retries and their
+    backoffs, the summary call), bounded by ``Agent.turn_timeout``."""
+
+    spent: float = 0.0
+
+
 @dataclass(frozen=True)
 class TurnPlan:
     """Everything needed to call the model for one turn and store its outcome."""
@@ -143,6 +165,8 @@ class TurnPlan:
     spent_usage: Usage = field(default_factory=Usage)
     """The session's totals before this turn (finished turns), for the budgets."""
     spent_cost: float | None = None
+    model_time: ModelTime = field(default_factory=ModelTime, compare=False)
+    """What the turn's model calls have taken so far (``turn_timeout``)."""
 
 
 # -- step 1 and 2: input, instruction, history -----------------------------------
@@ -610,20 +634,57 @@ def check_turn_budget(agent: Agent[Any], plan: TurnPlan, state: _TurnState) -> N
     )
 
 
+def session_budget(agent: Agent[Any], limits: BudgetLimits | None) -> BudgetLimits | None:
+    """The session's token and cost limits for this call, if it has any (``max_model_calls``
+    left out: it bounds one turn, not the session)."""
+    limits = limits or agent.limits
+    if limits.max_session_tokens is None and limits.max_session_cost is None:
+        return None
+    return replace(limits, max_model_calls=None)
+
+
+def check_stored_budget(limits: BudgetLimits, document: Mapping[str, Any]) -> None:
+    """``BudgetExceededError`` if the stored totals already reach the session's limits:
+    checked before a turn claims the session, so a refused turn writes nothing."""
+    check_budget(
+        limits,
+        spent_tokens=stored_usage(document.get("usage")).total_tokens,
+        spent_cost=document.get("cost"),
+    )
+
+
+def charged_document(
+    document: Mapping[str, Any], usage: Usage, cost: float | None
+) -> dict[str, Any]:
+    """``document`` with ``usage`` and ``cost`` added to its totals, nothing else changed."""
+    charged = dict(document)
+    charged["usage"] = usage_document(stored_usage(document.get("usage")) + usage)
+    if cost is not None:
+        charged["cost"] = (document.get("cost") or 0.0) + cost
+    return charged
+
+
 def _model_call(
     agent: Agent[Any], request: ModelRequest, state: _TurnState, plan: TurnPlan
 ) -> Generator[ModelRequest | Sleep, Any, tuple[ModelResponse, int]]:
     """One model call, retried after a backoff on a retryable ``ModelCallError``.
 
-    The budgets are checked before each call. Returns the response and how many
-    calls it took.
+    The budgets are checked before each call, and each call is handed the time left
+    of ``turn_timeout`` (``CallBounds``); the time it takes, its backoff included,
+    is added to ``plan.model_time``. Returns the response and how many calls it took.
     """
     retries = 0
+    clock = plan.model_time
     while True:
         check_turn_budget(agent, plan, state)
+        left = agent.turn_timeout - clock.spent
+        if left <= 0:
+            raise _turn_timeout(agent, request, state, "before its next call")
         state.calls += 1
+        bounds = CallBounds(left, agent.turn_timeout, agent.max_output_bytes)
+        started = time.monotonic()
         try:
-            response: ModelResponse = storable_response((yield request))
+            response: ModelResponse = storable_response((yield replace(request, bounds=bounds)))
         except ModelCallError as exc:
             exc.attempts = state.calls
             if not exc.retryable or retries >= agent.model_retries:
@@ -637,9 +698,15 @@ def _model_call(
                     exc.retry_after,
                     delay,
                 )
+            if delay >= left - (time.monotonic() - started):
+                raise _turn_timeout(
+                    agent, request, state, f"before a retry in {delay:.2f}s ({exc})"
+                ) from exc
             logger.warning("%s; retry %d of %d in %.2fs", exc, retries, agent.model_retries, delay)
             yield Sleep(delay)
             continue
+        finally:
+            clock.spent += time.monotonic() - started
         return response, retries + 1
 
 
@@ -666,6 +733,18 @@ def storable_response(response: ModelResponse) -> ModelResponse:
             ToolCall(clean_text(c.name), clean_text(c.arguments), id=clean_text(c.id))
             for c in calls
         ),
+    )
+
+
+def _turn_timeout(
+    agent: Agent[Any], request: ModelRequest, state: _TurnState, when: str
+) -> TurnTimeoutError:
+    return TurnTimeoutError(
+        f"the turn's model time reached turn_timeout={agent.turn_timeout:g}s "
+        f"(Agent(turn_timeout=...)) {when}; nothing was stored",
+        model=request.model,
+        turn_timeout=agent.turn_timeout,
+        attempts=state.calls,
     )
 
 
@@ -1139,11 +1218,8 @@ def compaction_flow(
         )
         if value is not None
     }
-    compacted = dict(document)
+    compacted = charged_document(document, response.usage, response.cost)
     compacted["messages"] = apply_summary(messages, compaction, text, meta)
-    compacted["usage"] = usage_document(stored_usage(document.get("usage")) + response.usage)
-    if response.cost is not None:
-        compacted["cost"] = (document.get("cost") or 0.0) + response.cost
     cost = result.cost
     if response.cost is not None:
         cost = (cost or 0.0) + response.cost
@@ -1271,7 +1347,7 @@ def model_handler(model: Model, tools: ToolScope | None = None) -> Callable[[Any
         if isinstance(op, RunTools):
             assert tools is not None
             return tools.run(op)
-        return model.complete(op)
+        return complete_within(model, op)
 
     return handle
 
@@ -1286,7 +1362,7 @@ def amodel_handler(model: Model, tools: ToolScope | None = None) -> Callable[[An
         if isinstance(op, RunTools):
             assert tools is not None
             return await tools.arun(op)
-        return await model.acomplete(op)
+        return await acomplete_within(model, op)
 
     return handle
 

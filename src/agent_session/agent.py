@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
+    "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_TOOL_STEPS",
+    "DEFAULT_TURN_TIMEOUT",
     "Agent",
     "StructuredOutput",
     "TextInput",
@@ -67,6 +69,13 @@ DEFAULT_MAX_INPUT_BYTES = 8 * 1024 * 1024
 """Default cap on one user message (UTF-8 bytes): generous, but bounded."""
 
 DEFAULT_MAX_TOOL_STEPS = 10
+"""Default cap on the model calls of one turn that uses tools."""
+
+DEFAULT_TURN_TIMEOUT = 600.0
+"""Default bound on the model time of one turn, in seconds (``Agent(turn_timeout=...)``)."""
+
+DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+"""Default cap on one streamed reply (UTF-8 bytes of its text and tool arguments)."""
 """Default cap on the model calls of one turn that uses tools."""
 
 _LITELLM = LiteLLMModel()
@@ -116,6 +125,13 @@ class Agent(Generic[OutputT]):
     totals and ``max_model_calls`` the model calls of one turn (re-asks, tool steps
     and the summary call together): ``BudgetExceededError`` before the call, nothing
     stored.
+
+    Hostile or broken providers: ``turn_timeout`` (seconds, default 600) bounds the
+    model time of a whole turn, every call, chunk, re-ask, retry and backoff
+    together, and ``max_output_bytes`` (default 1 MiB) a streamed reply, which is
+    also stopped once it passes ``model_settings["max_tokens"]`` when that is set:
+    ``TurnTimeoutError`` / ``OutputLimitError``, the provider stream closed, nothing
+    stored.
     """
 
     @overload
@@ -144,6 +160,8 @@ class Agent(Generic[OutputT]):
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
         max_model_calls: int | None = None,
+        turn_timeout: float = DEFAULT_TURN_TIMEOUT,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     ) -> None: ...
 
     @overload
@@ -172,6 +190,8 @@ class Agent(Generic[OutputT]):
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
         max_model_calls: int | None = None,
+        turn_timeout: float = DEFAULT_TURN_TIMEOUT,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     ) -> None: ...
 
     def __init__(
@@ -199,6 +219,8 @@ class Agent(Generic[OutputT]):
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
         max_model_calls: int | None = None,
+        turn_timeout: float = DEFAULT_TURN_TIMEOUT,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     ) -> None:
         if isinstance(model, str):
             if not model.strip():
@@ -239,6 +261,27 @@ class Agent(Generic[OutputT]):
         settings = _checked_settings(model_settings)
         if max_input_bytes <= 0:
             raise ConfigurationError("max_input_bytes must be positive")
+        if (
+            isinstance(turn_timeout, bool)
+            or not isinstance(turn_timeout, int | float)
+            or not turn_timeout > 0  # also refuses NaN
+            or turn_timeout == float("inf")
+        ):
+            raise ConfigurationError(
+                f"turn_timeout must be a positive number of seconds, got {turn_timeout!r}"
+            )
+        if (
+            isinstance(max_output_bytes, bool)
+            or not isinstance(max_output_bytes, int)
+            or max_output_bytes <= 0
+        ):
+            raise ConfigurationError(
+                f"max_output_bytes must be a positive int, got {max_output_bytes!r}"
+            )
+        self.turn_timeout = float(turn_timeout)
+        """The longest model time of one turn, in seconds."""
+        self.max_output_bytes = max_output_bytes
+        """The largest streamed reply, in UTF-8 bytes."""
         if instruction is not None and not isinstance(instruction, str):
             raise ConfigurationError("instruction must be a string (a Jinja template)")
 

@@ -38,6 +38,10 @@ result. A turn that waits for a person's approval (version 3) is kept apart, in
       "claimed_at": "..."   (while a resume runs it)
     }
 
+A session with a token or cost budget and no status column is claimed by a turn
+before its model call: the document then has a top-level ``"claimed_at"``, which
+the turn's own write (or its failure) removes again.
+
 A long conversation may hold compaction summaries: a ``system`` message after the
 first, with ``meta.summary = {"covers": n}`` (the n stored messages before it that it
 stands for, which stay stored); see ``agent_session.history``.
@@ -309,6 +313,9 @@ class Context(BaseModel):
     turns: int = 0
     created_at: datetime
     updated_at: datetime
+    claimed_at: datetime | None = None
+    """Set while a turn with a session budget runs (without a status column): other
+    turns wait for it, or get ``SessionBusyError``."""
 
     @model_validator(mode="before")
     @classmethod
@@ -354,6 +361,8 @@ class Context(BaseModel):
         doc["messages"] = _messages_document(self.messages, self.created_at)
         if self.pending is not None:
             doc["pending"] = self.pending.to_document()
+        if self.claimed_at is not None:
+            doc["claimed_at"] = isoformat(self.claimed_at)
         return doc
 
     @property

@@ -10,7 +10,9 @@ SQLAlchemy) are raised ``from`` that exception, so the original stays on
     ├── TemplateError              the instruction failed to render at run time
     ├── InputValidationError       input or instruction arguments are invalid (also ValueError)
     ├── ModelCallError             the LLM call failed: auth, rate limit, timeout, 5xx, ...
-    │   └── ContextWindowError     the request is longer than the model's context window
+    │   ├── ContextWindowError     the request is longer than the model's context window
+    │   ├── TurnTimeoutError       the turn's model time passed turn_timeout; nothing stored
+    │   └── OutputLimitError       a streamed reply passed max_tokens or max_output_bytes
     ├── OutputValidationError      the model's output stayed invalid after every re-ask
     ├── ContextError               a stored context is not a valid context document
     ├── SessionNotFoundError       no row has that primary key (also LookupError)
@@ -43,6 +45,7 @@ __all__ = [
     "ContextWindowError",
     "InputValidationError",
     "ModelCallError",
+    "OutputLimitError",
     "OutputValidationError",
     "SessionBusyError",
     "SessionNotFoundError",
@@ -51,6 +54,7 @@ __all__ = [
     "TemplateError",
     "ToolExecutionError",
     "ToolLoopError",
+    "TurnTimeoutError",
 ]
 
 
@@ -162,6 +166,35 @@ class ContextWindowError(ModelCallError):
             retry_after=retry_after,
             attempts=attempts,
         )
+
+
+class TurnTimeoutError(ModelCallError):
+    """The turn's model time (its calls, chunks, re-asks, retries and their backoffs)
+    passed ``Agent(turn_timeout=...)``: the call or stream was stopped and closed, and
+    nothing of the turn was stored. Never retried. ``turn_timeout`` is the limit, in
+    seconds."""
+
+    def __init__(self, message: str, *, model: str, turn_timeout: float, attempts: int = 1) -> None:
+        super().__init__(message, model=model, retryable=False, attempts=attempts)
+        self.turn_timeout = turn_timeout
+
+
+class OutputLimitError(ModelCallError):
+    """A streamed reply passed a limit on its size and was stopped (the provider stream
+    closed); nothing of the turn was stored. Never retried.
+
+    ``limit_name`` is ``"max_tokens"`` (``model_settings``; also
+    ``"max_completion_tokens"``), counted as the reply's pieces of text or tool
+    arguments (each at least one token), or ``"max_output_bytes"`` (``Agent``), its
+    UTF-8 bytes; ``limit`` is the value.
+    """
+
+    def __init__(
+        self, message: str, *, model: str, limit_name: str, limit: int, attempts: int = 1
+    ) -> None:
+        super().__init__(message, model=model, retryable=False, attempts=attempts)
+        self.limit_name = limit_name
+        self.limit = limit
 
 
 class OutputValidationError(AgentSessionError):

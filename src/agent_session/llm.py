@@ -24,6 +24,15 @@ generators, so ``close()`` / ``aclose()`` stops one early; ``LiteLLMModel`` then
 closes the provider's HTTP stream at once, so no more tokens are generated and paid
 for. A model that does not stream gives its whole reply as one ``StreamEnd``.
 
+Bounds: a turn hands each request the model time it has left (``CallBounds``). The
+drivers call the model through ``complete_within`` / ``stream_within`` and their
+async twins, which stop a call or stream that runs out of time (``TurnTimeoutError``)
+and a streamed reply that passes ``max_tokens`` or ``max_output_bytes``
+(``OutputLimitError``), closing the stream. In blocking code the deadline is checked
+between chunks, and ``LiteLLMModel`` passes the time left as the provider's
+``timeout``, which bounds each read; in async code ``asyncio.timeout`` bounds the
+call and each chunk.
+
 Retries: LiteLLM's own (``num_retries``) and the OpenAI SDK's (``max_retries``) are
 always switched off; failed calls are retried by the turn itself
 (``Agent(model_retries=...)``), so each retry is counted, logged and backed off
@@ -44,16 +53,23 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel
 
 from ._secrets import get_logger, mask, secret_values
 from .context import Usage
-from .errors import RETRYABLE_STATUS_CODES, ContextWindowError, ModelCallError
+from .errors import (
+    RETRYABLE_STATUS_CODES,
+    ContextWindowError,
+    ModelCallError,
+    OutputLimitError,
+    TurnTimeoutError,
+)
 from .tools import ToolCall
 
 __all__ = [
+    "CallBounds",
     "LiteLLMModel",
     "Model",
     "ModelRequest",
@@ -63,10 +79,14 @@ __all__ = [
     "StreamEnd",
     "TextChunk",
     "ToolCallChunk",
+    "acomplete_within",
     "aprepare",
+    "astream_within",
+    "complete_within",
     "prepare",
     "resolve_output_mode",
     "response_chunks",
+    "stream_within",
 ]
 
 logger = get_logger("agent_session.llm")
@@ -75,6 +95,16 @@ OutputMode = Literal["json_schema", "json_object", "prompt"]
 """How a structured output is asked for: ``response_format`` with the JSON schema,
 ``response_format`` ``{"type": "json_object"}`` plus the schema in the prompt, or the
 schema in the prompt only."""
+
+
+@dataclass(frozen=True)
+class CallBounds:
+    """What one call may spend: ``timeout`` seconds (what is left of the turn's
+    ``turn_timeout``), and, streamed, ``max_output_bytes`` of reply."""
+
+    timeout: float
+    turn_timeout: float
+    max_output_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +125,9 @@ class ModelRequest:
     purpose: Literal["turn", "summary"] = field(default="turn", compare=False)
     """``"summary"`` for the summary call of a compaction (its text is not the turn's
     reply: a streaming driver answers it whole, without deltas); not sent."""
+    bounds: CallBounds | None = field(default=None, compare=False)
+    """The time and output this call may spend (set by the turn for each call; not sent,
+    but ``LiteLLMModel`` bounds the provider's ``timeout`` by ``bounds.timeout``)."""
 
 
 @dataclass(frozen=True)
@@ -318,6 +351,12 @@ class LiteLLMModel(Model):
         if request.tools:
             kwargs["tools"] = request.tools
         kwargs.update(request.settings)
+        bounds = request.bounds
+        if bounds is not None:
+            # Each read waits at most what is left of the turn's model time.
+            given = kwargs.get("timeout")
+            if given is None or isinstance(given, int | float):
+                kwargs["timeout"] = min(bounds.timeout, given or math.inf)
         # The turn retries failed calls itself (Agent(model_retries=...)): neither
         # LiteLLM nor the OpenAI SDK under it may retry on their own.
         kwargs["num_retries"] = 0
@@ -396,6 +435,152 @@ class LiteLLMModel(Model):
         finally:
             await _aclose_stream(raw)
         yield StreamEnd(assembly.response(litellm))
+
+
+# -- bounded calls -----------------------------------------------------------------
+
+
+def _max_tokens(settings: Mapping[str, Any]) -> tuple[str, int] | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = settings.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return name, value
+    return None
+
+
+class _Bounds:
+    """The limits of one call while it runs: its deadline, and for a stream the
+    reply's size (pieces of text or tool arguments, each at least one token, and
+    UTF-8 bytes)."""
+
+    __slots__ = ("bounds", "deadline", "max_tokens", "pieces", "request", "size")
+
+    def __init__(self, request: ModelRequest, now: float) -> None:
+        self.request = request
+        self.bounds = request.bounds
+        self.deadline = math.inf if self.bounds is None else now + self.bounds.timeout
+        self.max_tokens = _max_tokens(request.settings)
+        self.pieces = 0
+        self.size = 0
+
+    def timed_out(self, now: float) -> bool:
+        # A read the provider's timeout ended may end a hair before the deadline.
+        return now >= self.deadline - 0.05
+
+    def timeout_error(self, what: str) -> TurnTimeoutError:
+        assert self.bounds is not None
+        limit = self.bounds.turn_timeout
+        return TurnTimeoutError(
+            f"{what} of {self.request.model} passed the turn's model time, turn_timeout="
+            f"{limit:g}s (Agent(turn_timeout=...)); it was stopped and nothing was stored",
+            model=self.request.model,
+            turn_timeout=limit,
+        )
+
+    def reraise(self, exc: ModelCallError, now: float, what: str) -> NoReturn:
+        """Raise the error of a call: a provider's timeout that ended the call at the
+        deadline is the turn's (``TurnTimeoutError``); any other error as it is."""
+        if isinstance(exc, TurnTimeoutError | OutputLimitError) or not self.timed_out(now):
+            raise exc
+        raise self.timeout_error(what) from exc
+
+    def check(self, chunk: StreamChunk, now: float) -> None:
+        """Raise if ``chunk`` arrived past the deadline (``now``) or takes the stream past
+        a size limit."""
+        if self.timed_out(now):
+            raise self.timeout_error("the stream")
+        if isinstance(chunk, TextChunk):
+            piece = chunk.text
+        elif isinstance(chunk, ToolCallChunk):
+            piece = chunk.arguments_delta
+        else:
+            piece = ""
+        if piece:
+            self.pieces += 1
+            self.size += len(piece) if piece.isascii() else len(piece.encode("utf-8", "replace"))
+            limit = self.bounds.max_output_bytes if self.bounds is not None else None
+            if limit is not None and self.size > limit:
+                self._over("max_output_bytes", limit, "Agent(max_output_bytes=...)")
+            if self.max_tokens is not None and self.pieces > self.max_tokens[1]:
+                name, value = self.max_tokens
+                self._over(name, value, "model_settings")
+
+    def _over(self, name: str, limit: int, where: str) -> None:
+        model = self.request.model
+        raise OutputLimitError(
+            f"the streamed reply of {model} passed {name}={limit} ({where}); the stream "
+            "was stopped and nothing was stored",
+            model=model,
+            limit_name=name,
+            limit=limit,
+        )
+
+
+def complete_within(model: Model, request: ModelRequest) -> ModelResponse:
+    """``model.complete(request)``; a call that the provider's timeout (bounded by
+    what is left of ``turn_timeout``) ended at the deadline is a ``TurnTimeoutError``."""
+    bounds = _Bounds(request, time.monotonic())
+    try:
+        return model.complete(request)
+    except ModelCallError as exc:
+        bounds.reraise(exc, time.monotonic(), "the call")
+
+
+async def acomplete_within(model: Model, request: ModelRequest) -> ModelResponse:
+    """Async twin of ``complete_within``: ``asyncio.timeout`` bounds the call."""
+    if request.bounds is None:
+        return await model.acomplete(request)
+    loop = asyncio.get_running_loop()
+    bounds = _Bounds(request, loop.time())
+    try:
+        async with asyncio.timeout_at(bounds.deadline):
+            return await model.acomplete(request)
+    except TimeoutError as exc:
+        raise bounds.timeout_error("the call") from exc
+    except ModelCallError as exc:
+        bounds.reraise(exc, loop.time(), "the call")
+
+
+def stream_within(model: Model, request: ModelRequest) -> Generator[StreamChunk, None, None]:
+    """``model.stream(request)`` within the request's bounds: the deadline checked as
+    each chunk arrives (a blocked read ends at the provider's timeout), the reply's
+    size as it grows. Past a limit, the model's stream is closed and the error raised."""
+    bounds = _Bounds(request, time.monotonic())
+    stream = model.stream(request)
+    try:
+        for chunk in stream:
+            bounds.check(chunk, time.monotonic())
+            yield chunk
+    except ModelCallError as exc:
+        bounds.reraise(exc, time.monotonic(), "the stream")
+    finally:
+        stream.close()
+
+
+async def astream_within(model: Model, request: ModelRequest) -> AsyncGenerator[StreamChunk, None]:
+    """Async twin of ``stream_within``: ``asyncio.timeout`` bounds the wait for each chunk
+    by the deadline, so a stream that drips or stalls ends on time, and the deadline is
+    checked as each chunk arrives, so does a fast one."""
+    loop = asyncio.get_running_loop()
+    bounds = _Bounds(request, loop.time())
+    deadline = None if request.bounds is None else bounds.deadline
+    stream = model.astream(request)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                break
+            except TimeoutError as exc:
+                raise bounds.timeout_error("the stream") from exc
+            # Chunks read from a buffer never suspend, so the timeout cannot fire: check.
+            bounds.check(chunk, loop.time())
+            yield chunk
+    except ModelCallError as exc:
+        bounds.reraise(exc, loop.time(), "the stream")
+    finally:
+        await stream.aclose()
 
 
 def _close_stream(raw: Any) -> None:
