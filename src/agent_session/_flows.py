@@ -226,10 +226,15 @@ def continue_flow(
     turn_input = _turn.validate_input(agent, input)
     contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
+    not_paused = _not_paused(key)
+
+    def check(document: dict[str, Any]) -> None:
+        not_paused(document)
+        plan = _turn.plan_next_turn(document, turn_input, limits=limits)
+        _turn.check_first_call_budget(agent, plan)
+
     while True:
-        claim = yield from claim_flow(
-            spec, key, instance, contention, where, check=_not_paused(key)
-        )
+        claim = yield from claim_flow(spec, key, instance, contention, where, check=check)
         instance = claim.instance
         plan = _turn.plan_next_turn(claim.document, turn_input, limits=limits)
         revision = claim.revision
@@ -299,8 +304,15 @@ def resume_flow(
     agent = spec.agent
     contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)
+
+    def check(document: dict[str, Any]) -> None:
+        plan = _turn.plan_resumed_turn(document, _input_of(agent, document, key), limits=limits)
+        _turn.check_first_call_budget(agent, plan, document["pending"])
+
     while True:
-        claim = yield from claim_pause_flow(spec, key, instance, contention, where, approvals)
+        claim = yield from claim_pause_flow(
+            spec, key, instance, contention, where, approvals, check=check
+        )
         instance = claim.instance
         paused = claim.document
         revision = claim.revision
@@ -360,10 +372,13 @@ def claim_pause_flow(
     contention: Contention,
     where: tuple[Any, ...],
     approvals: Any,
+    *,
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> Generator[Any, Any, Claim]:
     """Load the row and claim its paused turn for this call, before anything runs.
 
-    Decisions that do not match the pending calls are refused before the claim. A
+    Decisions that do not match the pending calls are refused before the claim, and
+    so is what ``check`` refuses (a spent budget). A
     pause that another resume has claimed (less than ``__running_timeout__`` ago) is
     waited for within ``busy_timeout``, then ``StaleSessionError``; a pause gone
     because another resume finished it is ``StaleSessionError`` too.
@@ -382,6 +397,8 @@ def claim_pause_flow(
             )
         _turn.check_approvals(pending, approvals, name=_session(key))
         assert pending is not None
+        if check is not None:
+            check(document)
         age = _claimed_for(spec, pending)
         if age is not None:
             yield from contention.wait_busy(spec, age, taken=True)

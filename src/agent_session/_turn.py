@@ -86,6 +86,7 @@ __all__ = [
     "adrive",
     "amodel_handler",
     "check_approvals",
+    "check_first_call_budget",
     "check_turn_budget",
     "compaction_flow",
     "drive",
@@ -599,8 +600,31 @@ def model_flow(
     model is asked again; a call that needs approval pauses the turn (the ``Result``
     has ``pending_approvals`` and no output).
     """
-    state = _TurnState(messages=[plan.user_message], usage=Usage(), cost=None, steps=0)
+    state = _first_state(plan)
     return (yield from _turn_loop(agent, plan, mode, state, time.perf_counter()))
+
+
+def _first_state(plan: TurnPlan, pending: Mapping[str, Any] | None = None) -> _TurnState:
+    """A turn before its first model call: new, or a paused one going on (``pending``)."""
+    if pending is None:
+        return _TurnState(messages=[plan.user_message], usage=Usage(), cost=None, steps=0)
+    state = _TurnState(
+        messages=[dict(m) for m in pending["messages"]],
+        usage=stored_usage(pending.get("usage")),
+        cost=pending.get("cost"),
+        steps=int(pending.get("steps", 0)),
+    )
+    state.earlier_calls = state.steps
+    return state
+
+
+def check_first_call_budget(
+    agent: Agent[Any], plan: TurnPlan, pending: Mapping[str, Any] | None = None
+) -> None:
+    """``check_turn_budget`` for the turn's first model call, before the turn starts:
+    the session flows check it before they claim the row or run a tool, so a budget
+    already spent is refused with nothing written."""
+    check_turn_budget(agent, plan, _first_state(plan, pending))
 
 
 def resume_flow(
@@ -617,13 +641,7 @@ def resume_flow(
     """
     started = time.perf_counter()
     toolset = agent.toolset
-    state = _TurnState(
-        messages=[dict(m) for m in pending["messages"]],
-        usage=stored_usage(pending.get("usage")),
-        cost=pending.get("cost"),
-        steps=int(pending.get("steps", 0)),
-    )
-    state.earlier_calls = state.steps
+    state = _first_state(plan, pending)
     assistant = _last_tool_calls_message(state.messages)
     calls = [_stored_call(entry) for entry in assistant["tool_calls"]]
     approved = [call for call in calls if approvals.get(call.id) is True]

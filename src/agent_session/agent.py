@@ -463,7 +463,7 @@ class Agent(Generic[OutputT]):
         if stream:
             from ._streaming import aflow_stream
 
-            return aflow_stream(self, flow, deps, call="arun")
+            return await aflow_stream(self, flow, deps, call="arun")
         return await _observe.adrive(
             self, flow, _turn.amodel_handler(model, self._tool_scope(deps)), call="arun"
         )
@@ -576,7 +576,7 @@ class Agent(Generic[OutputT]):
         if stream:
             from ._streaming import aflow_stream
 
-            return aflow_stream(self, flow, deps, call="aresume")
+            return await aflow_stream(self, flow, deps, call="aresume")
         return await _observe.adrive(
             self, flow, _turn.amodel_handler(model, self._tool_scope(deps)), call="aresume"
         )
