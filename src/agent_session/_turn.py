@@ -59,9 +59,12 @@ from .history import (
     apply_summary,
     check_budget,
     default_window,
+    fitted_window,
     litellm_token_counter,
+    output_tokens,
     plan_compaction,
     select_messages,
+    stated_window,
     summary_request_messages,
 )
 from .llm import LiteLLMModel, Model, ModelRequest, ModelResponse, OutputMode
@@ -350,13 +353,59 @@ def _hint_applies(agent: Agent[Any], mode: OutputMode | None) -> bool:
 
 
 def history_window(agent: Agent[Any]) -> Window | None:
-    """The agent's window, or the default: the model's input limit when LiteLLM knows
-    it (a ``Model`` that is not LiteLLM's, such as a test double, gets everything)."""
+    """The agent's window, or the default: the window learned from the provider, else
+    ``context_window``, else the model's input limit when LiteLLM knows it (a
+    ``Model`` that is not LiteLLM's, such as a test double, gets everything)."""
     if agent.history is not None:
         return agent.history
     if isinstance(agent.model, LiteLLMModel):
+        learned = agent.learned_windows.get(agent.model_name)
+        if learned is not None:
+            return learned
+        if agent.context_window is not None:  # the reply counts in the same window
+            output = output_tokens(agent.model_settings) or 0
+            return TokenBudget(agent.context_window, reserve_output=output)
         return default_window(agent.model_name)
     return None
+
+
+def learn_window(
+    agent: Agent[Any], exc: ContextWindowError, sent: list[dict[str, Any]], mode: OutputMode | None
+) -> bool:
+    """Fit the default window to the context window ``exc`` states, if that helps.
+
+    Only for the default window of a LiteLLM model, when the provider's message states
+    its window and the fitted window is smaller than the one the request was sent
+    with. The window is remembered on the agent for this model (``learned_windows``);
+    returns whether the request should be made again.
+    """
+    if agent.history is not None or not isinstance(agent.model, LiteLLMModel):
+        return False
+    stated = stated_window(str(exc))
+    if stated is None:
+        return False
+    limit, counted = stated
+    try:
+        ours: int | None = _counter(agent, mode)(sent)
+    except Exception:  # no count, no calibration: the margin is used
+        ours = None
+    fitted = fitted_window(
+        limit, counted=counted, ours=ours, output=output_tokens(agent.model_settings)
+    )
+    current = history_window(agent)
+    if fitted is None or (isinstance(current, TokenBudget) and fitted.limit >= current.limit):
+        return False
+    agent.learned_windows[agent.model_name] = fitted
+    logger.warning(
+        "%s refused the request as longer than its context window of %d tokens; the "
+        "default history window is now TokenBudget(%d, reserve_output=%d) for this model, "
+        "and the turn is sent again",
+        agent.model_name,
+        limit,
+        fitted.max_tokens,
+        fitted.reserve_output,
+    )
+    return True
 
 
 def _counter(agent: Agent[Any], mode: OutputMode | None) -> Callable[[list[dict[str, Any]]], int]:
@@ -697,6 +746,7 @@ def _turn_loop(
 ) -> Generator[ModelRequest | Sleep | RunTools, Any, Result[Any]]:
     toolset = agent.toolset
     reasks = 0
+    refitted = False
     reask_tail: list[dict[str, Any]] = []
     step_usage, step_cost, step_calls = Usage(), None, 0
     while True:
@@ -709,6 +759,13 @@ def _turn_loop(
             if not exc.keep:
                 raise
             return _interrupted(agent, plan, state, exc.text, step_usage, step_cost, started)
+        except ContextWindowError as exc:
+            # The provider stated its window: the request goes again (once per turn)
+            # with the default window fitted to it; nothing was received to keep.
+            if refitted or not learn_window(agent, exc, sent, mode):
+                raise
+            refitted = True
+            continue
         state.spend(response)
         state.steps += 1
         step_usage = step_usage + response.usage
