@@ -159,16 +159,20 @@ async def test_early_errors_are_raised_before_the_stream_exists(database: Databa
     assert len(model.requests) == 1
     assert stream.session.last_output == "never sent"
 
-    # A stream closed unread (the row was claimed by the call) ends the turn: the
-    # status says failed, not running; nothing else is written, even with "keep".
+    # The stream starts at the first write (here the claim of the row): a stream that
+    # is never read has written nothing, and leaves no running status behind, closed
+    # or not; even with "keep" there is nothing to keep.
     before = stored_rows(database, EarlyChat.__table__)
     with AGENT.override(model=model):
-        unread = await _stream(database, maker, "continue_session", chat_id, "Hi", on_cancel="keep")
-        await (unread.aclose() if database.is_async else _closed(unread))
+        for method, args in (("continue_session", (chat_id, "Hi")), ("start_session", ("Hi",))):
+            kw = {"instruction_args": ARGS} if method == "start_session" else {}
+            unread = await _stream(database, maker, method, *args, on_cancel="keep", **kw)
+            await (unread.aclose() if database.is_async else _closed(unread))
+            del unread
+            assert stored_rows(database, EarlyChat.__table__) == before
+            await _stream(database, maker, method, *args, **kw)  # dropped unclosed
+            assert stored_rows(database, EarlyChat.__table__) == before
     assert len(model.requests) == 1
-    [row] = [r for r in stored_rows(database, EarlyChat.__table__) if r["id"] == chat_id]
-    [old] = [r for r in before if r["id"] == chat_id]
-    assert row["context"] == old["context"] and row["status"] == "failed"
 
 
 async def _closed(stream: TurnStream[Any, Any]) -> None:

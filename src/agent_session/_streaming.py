@@ -9,12 +9,12 @@ run the same code as an unstreamed turn. Everything else (``Load``, ``Swap``,
 ``Insert``, ``Sleep``, tool operations) goes to the handler the caller gives, the
 same one ``drive`` would use.
 
-The call that creates a stream runs the flow up to its first model request (or tool
-step): the database reads, the claim of the row and every check before the model is
-called happen there, so an error known before the call (no such session, invalid
-input, a paused session, a spent budget, a busy row) is raised by that call itself,
-before the stream exists. Only what happens from the first request on is reported
-while iterating.
+The call that creates a stream runs the flow up to its first write or model request
+(or tool step): the reads and every check before them happen there, so an error known
+before the model is called (no such session, invalid input, a paused session, a spent
+budget, a busy row) is raised by that call itself, before the stream exists. Only what
+happens from there on is reported while iterating; a stream that is never read has
+written nothing, and needs no clean-up.
 
 Stopping early (``break`` and ``close()``, leaving the ``with`` block, ``aclose()``,
 a cancelled task) closes the model's stream at once and throws ``TurnCancelled``
@@ -47,7 +47,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from . import _observe, _turn
-from ._flows import _LAST_RESULT
+from ._flows import _LAST_RESULT, Insert, Swap
 from ._observe import HookCall
 from ._turn import RunTools, Sleep, TurnCancelled
 from .context import Usage
@@ -205,7 +205,7 @@ class _Turn:
 
     def cancelled(self) -> TurnCancelled:
         """What is thrown into the flow when the consumer stopped early."""
-        # Closed before it was read: no request was made, there is nothing to keep.
+        # Closed before it was read: nothing was received, there is nothing to keep.
         return TurnCancelled(keep=self.keep and self.reading, text="".join(self.received))
 
     def finish(self, value: Any) -> None:
@@ -290,9 +290,10 @@ def _finished(answer: Any) -> list[StreamEvent]:
 
 
 def _streamed(op: Any) -> bool:
-    """Where a stream starts: at the first model request or tool step. What comes
-    before (database operations, waits, hooks) is answered by the call that creates it."""
-    return isinstance(op, ModelRequest | RunTools)
+    """Where a stream starts: at the first write (the claim of the row, an insert),
+    model request or tool step. What comes before (reads, waits, hooks) is answered
+    by the call that creates the stream."""
+    return isinstance(op, ModelRequest | RunTools | Swap | Insert)
 
 
 def _stream_ended(request: ModelRequest) -> ModelCallError:
@@ -360,7 +361,8 @@ class TurnStream(_TurnStreamState[OutputT, SessionT]):
         self._events = self._run()
 
     def _start(self) -> None:
-        """Run the flow up to its first model request: what fails before it is raised here."""
+        """Run the flow up to where the stream starts (``_streamed``): what fails
+        before is raised here."""
         next(self._events)
 
     def __iter__(self) -> Iterator[StreamEvent]:
@@ -469,7 +471,8 @@ class AsyncTurnStream(_TurnStreamState[OutputT, SessionT]):
         self._events = self._run()
 
     async def _start(self) -> None:
-        """Run the flow up to its first model request: what fails before it is raised here."""
+        """Run the flow up to where the stream starts (``_streamed``): what fails
+        before is raised here."""
         await self._events.__anext__()
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
