@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from agent_session import (
@@ -165,23 +166,32 @@ def test_the_default_window_learns_the_window_a_server_states(
     assert "Where is order 1?" not in str(last)
 
 
-def test_a_stream_learns_the_window_too(
-    server: FakeOpenAI, maker: sessionmaker[Any], monkeypatch: pytest.MonkeyPatch
+async def test_an_async_stream_learns_the_window_too(
+    server: FakeOpenAI, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agent = _agent(server)
     monkeypatch.setattr(LocalChat, "__agent__", agent)
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'chats.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    maker = async_sessionmaker(engine)
     for _ in range(7):
         server.enqueue_stream(REPLY)
-    chat = LocalChat.start_session(maker, "Where is order 1?", stream=True)
-    list(chat)
-    key = chat.session.id
-    server.context_size = ("llama.cpp", 300)
-    for turn in range(2, 8):
-        with LocalChat.continue_session(maker, key, f"Where is order {turn}?", stream=True) as s:
-            events = list(s)
-        assert type(events[-1]).__name__ == "TurnCompleted"
+    try:
+        async with await LocalChat.astart_session(maker, "Where is order 1?", stream=True) as s:
+            [event async for event in s]
+        key = s.session.id
+        server.context_size = ("llama.cpp", 300)
+        for turn in range(2, 8):
+            text = f"Where is order {turn}?"
+            async with await LocalChat.acontinue_session(maker, key, text, stream=True) as s:
+                events = [event async for event in s]
+            assert type(events[-1]).__name__ == "TurnCompleted"
+        context = await LocalChat.aget_context(maker, key)
+    finally:
+        await engine.dispose()
     assert len(_refused(server)) == 1 and MODEL in agent.learned_windows
-    assert LocalChat.get_context(maker, key).turns == 7
+    assert context.turns == 7 and len(server.requests) == 8
 
 
 def test_a_second_refusal_in_the_same_turn_is_raised(
