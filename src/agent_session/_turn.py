@@ -369,9 +369,7 @@ def history_window(agent: Agent[Any]) -> Window | None:
     return None
 
 
-def learn_window(
-    agent: Agent[Any], exc: ContextWindowError, sent: list[dict[str, Any]], mode: OutputMode | None
-) -> bool:
+def learn_window(agent: Agent[Any], exc: ContextWindowError, sent: list[dict[str, Any]]) -> bool:
     """Fit the default window to the context window ``exc`` states, if that helps.
 
     Only for the default window of a LiteLLM model, when the provider's message states
@@ -385,8 +383,9 @@ def learn_window(
     if stated is None:
         return False
     limit, counted = stated
+    count = litellm_token_counter(agent.model_name, agent.toolset.definitions or None)
     try:
-        ours: int | None = _counter(agent, mode)(sent)
+        ours: int | None = count(sent)  # ``sent`` holds the schema hint, if any
     except Exception:  # no count, no calibration: the margin is used
         ours = None
     fitted = fitted_window(
@@ -762,7 +761,7 @@ def _turn_loop(
         except ContextWindowError as exc:
             # The provider stated its window: the request goes again (once per turn)
             # with the default window fitted to it; nothing was received to keep.
-            if refitted or not learn_window(agent, exc, sent, mode):
+            if refitted or not learn_window(agent, exc, sent):
                 raise
             refitted = True
             continue
