@@ -199,25 +199,36 @@ def test_a_second_refusal_in_the_same_turn_is_raised(
 ) -> None:
     agent = _agent(server)
     monkeypatch.setattr(LocalChat, "__agent__", agent)
-    server.enqueue_completion(REPLY)
+    for _ in range(4):
+        server.enqueue_completion(REPLY)
     chat = LocalChat.start_session(maker, "Where is order 1?")
+    for turn in range(2, 5):
+        chat = LocalChat.continue_session(maker, chat.id, f"Where is order {turn}?")
     before = LocalChat.get_context(maker, chat.id)
-    # The request sent again with the fitted window is refused too: raised, not
-    # retried again, nothing stored.
-    too_long = ErrorReply(400, "This model's maximum context length is 1000 tokens.")
+    # The request sent again with the fitted window (without the counts in the
+    # message: FITTED_MARGIN of it) is refused too: raised, not retried again.
+    too_long = ErrorReply(400, "This model's maximum context length is 200 tokens.")
     server.enqueue(too_long, too_long)
     with pytest.raises(ContextWindowError):
-        LocalChat.continue_session(maker, chat.id, "Where is order 2?")
-    assert len(server.requests) == 3
-    assert agent.learned_windows[MODEL] == TokenBudget(900, reserve_output=58)
+        LocalChat.continue_session(maker, chat.id, "Where is order 5?")
+    first, second = server.bodies[-2:]
+    assert len(server.requests) == 6 and len(second["messages"]) < len(first["messages"])
+    assert agent.learned_windows[MODEL] == TokenBudget(180, reserve_output=58)
     assert LocalChat.get_context(maker, chat.id) == before
 
     # A window too small to leave room for the reply: nothing to fit, raised at once.
     server.enqueue(context_window_error("llama.cpp", 60, 80))
     with pytest.raises(ContextWindowError, match="available context size"):
-        LocalChat.continue_session(maker, chat.id, "Where is order 2?")
-    assert len(server.requests) == 4
+        LocalChat.continue_session(maker, chat.id, "Where is order 5?")
+    assert len(server.requests) == 7
     assert LocalChat.get_context(maker, chat.id) == before
+
+    # A refusal of a request that a fitted window would not shorten is raised as it is.
+    agent = _agent(server)
+    server.enqueue(context_window_error("openai", 2048, 9000))
+    with pytest.raises(ContextWindowError, match="maximum context length"):
+        agent.run("Hi")
+    assert len(server.requests) == 8
 
 
 # -- context_window= ------------------------------------------------------------------
@@ -263,3 +274,7 @@ def test_fitted_window_converts_to_our_counter_and_keeps_room_for_the_reply() ->
         1843, reserve_output=231
     )
     assert fitted_window(100, counted=None, ours=None, output=200) is None
+    # A count far off is not trusted past a halving.
+    assert fitted_window(2048, counted=9000, ours=10, output=None) == TokenBudget(
+        1024, reserve_output=128
+    )

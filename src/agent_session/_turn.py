@@ -407,6 +407,25 @@ def learn_window(agent: Agent[Any], exc: ContextWindowError, sent: list[dict[str
     return True
 
 
+def _refit(
+    agent: Agent[Any],
+    plan: TurnPlan,
+    mode: OutputMode | None,
+    exc: ContextWindowError,
+    sent: list[dict[str, Any]],
+    turn: list[dict[str, Any]],
+) -> Selection | None:
+    """The refused request ``sent`` made again, with the default window fitted to the
+    window ``exc`` states (``None`` if nothing was learned, or the newest turn alone
+    does not fit it)."""
+    if not learn_window(agent, exc, sent):
+        return None
+    try:
+        return select_request(agent, plan, mode, turn)
+    except ContextWindowError:
+        return None
+
+
 def _counter(agent: Agent[Any], mode: OutputMode | None) -> Callable[[list[dict[str, Any]]], int]:
     """LiteLLM's token counter for the agent's model and tools, plus the schema hint."""
     count = litellm_token_counter(agent.model_name, agent.toolset.definitions or None)
@@ -748,8 +767,10 @@ def _turn_loop(
     refitted = False
     reask_tail: list[dict[str, Any]] = []
     step_usage, step_cost, step_calls = Usage(), None, 0
+    refit: Selection | None = None
     while True:
-        selection = select_request(agent, plan, mode, [*state.messages, *reask_tail])
+        selection = refit or select_request(agent, plan, mode, [*state.messages, *reask_tail])
+        refit = None
         sent = selection.messages
         request = _request(agent, sent, mode, selection.left_out)
         try:
@@ -760,8 +781,11 @@ def _turn_loop(
             return _interrupted(agent, plan, state, exc.text, step_usage, step_cost, started)
         except ContextWindowError as exc:
             # The provider stated its window: the request goes again (once per turn)
-            # with the default window fitted to it; nothing was received to keep.
-            if refitted or not learn_window(agent, exc, sent):
+            # with the default window fitted to it, if that sends less; nothing was
+            # received to keep.
+            turn = [*state.messages, *reask_tail]
+            refit = None if refitted else _refit(agent, plan, mode, exc, sent, turn)
+            if refit is None or len(refit.messages) >= len(sent):
                 raise
             refitted = True
             continue

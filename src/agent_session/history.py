@@ -612,13 +612,15 @@ def fitted_window(
     stated (``stated_window``), in the units of our token counter.
 
     ``counted``/``ours``: the prompt tokens of the refused request as the provider and
-    as our counter counted them; their ratio converts the limit to our units (our
-    counter only approximates the server's tokenizer), else ``FITTED_MARGIN`` of it
-    is used. ``output``: the reply's ``max_tokens`` setting, kept free (else an eighth
-    of the window: a server such as llama.cpp counts the reply in the same window).
+    as our counter counted them; their ratio (between 0.5 and 1) converts the limit to
+    our units (our counter only approximates the server's tokenizer), else
+    ``FITTED_MARGIN`` of it is used. ``output``: the reply's ``max_tokens`` setting,
+    kept free (else an eighth of the window: a server such as llama.cpp counts the
+    reply in the same window).
     ``None`` when no request can fit.
     """
-    scale = min(1.0, ours / counted) if counted and ours else FITTED_MARGIN
+    # A ratio far off (the count is of something else) is bounded: at most a halving.
+    scale = max(0.5, min(1.0, ours / counted)) if counted and ours else FITTED_MARGIN
     budget = math.floor(limit * scale)
     reserve = math.ceil((output if output is not None else limit // 8) * scale)
     if reserve >= budget:
