@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import logging
 import math
 import os
 import re
@@ -49,6 +48,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from ._secrets import get_logger, mask, secret_values
 from .context import Usage
 from .errors import RETRYABLE_STATUS_CODES, ContextWindowError, ModelCallError
 from .tools import ToolCall
@@ -69,7 +69,7 @@ __all__ = [
     "response_chunks",
 ]
 
-logger = logging.getLogger("agent_session.llm")
+logger = get_logger("agent_session.llm")
 
 OutputMode = Literal["json_schema", "json_object", "prompt"]
 """How a structured output is asked for: ``response_format`` with the JSON schema,
@@ -329,7 +329,7 @@ class LiteLLMModel(Model):
         try:
             raw = litellm.completion(**self._kwargs(request))
         except Exception as exc:
-            raise _model_call_error(exc, request.model) from exc
+            raise _model_call_error(exc, request) from exc
         return _to_response(litellm, raw, request.model)
 
     async def acomplete(self, request: ModelRequest) -> ModelResponse:
@@ -338,7 +338,7 @@ class LiteLLMModel(Model):
         try:
             raw = await litellm.acompletion(**self._kwargs(request))
         except Exception as exc:
-            raise _model_call_error(exc, request.model) from exc
+            raise _model_call_error(exc, request) from exc
         return _to_response(litellm, raw, request.model)
 
     def _stream_kwargs(self, request: ModelRequest) -> dict[str, Any]:
@@ -358,7 +358,7 @@ class LiteLLMModel(Model):
         try:
             raw = litellm.completion(**self._stream_kwargs(request))
         except Exception as exc:
-            raise _model_call_error(exc, request.model) from exc
+            raise _model_call_error(exc, request) from exc
         assembly = _Assembly(request)
         try:
             while True:
@@ -367,7 +367,7 @@ class LiteLLMModel(Model):
                 except StopIteration:
                     break
                 except Exception as exc:
-                    raise _model_call_error(exc, request.model) from exc
+                    raise _model_call_error(exc, request) from exc
                 yield from assembly.feed(piece)
         finally:
             _close_stream(raw)
@@ -381,7 +381,7 @@ class LiteLLMModel(Model):
         try:
             raw = await litellm.acompletion(**self._stream_kwargs(request))
         except Exception as exc:
-            raise _model_call_error(exc, request.model) from exc
+            raise _model_call_error(exc, request) from exc
         assembly = _Assembly(request)
         try:
             while True:
@@ -390,7 +390,7 @@ class LiteLLMModel(Model):
                 except StopAsyncIteration:
                     break
                 except Exception as exc:
-                    raise _model_call_error(exc, request.model) from exc
+                    raise _model_call_error(exc, request) from exc
                 for chunk in assembly.feed(piece):
                     yield chunk
         finally:
@@ -659,14 +659,16 @@ def _is_context_window(exc: BaseException, status: int | None, message: str) -> 
     return status in (400, 413) and _CONTEXT_WINDOW_PHRASES.search(message) is not None
 
 
-def _model_call_error(exc: Exception, model: str) -> ModelCallError:
-    """Map a LiteLLM (or transport) exception to ``ModelCallError``."""
+def _model_call_error(exc: Exception, request: ModelRequest) -> ModelCallError:
+    """Map a LiteLLM (or transport) exception to ``ModelCallError``; the provider's
+    text is quoted with the request's secrets masked (a 401 may echo the key)."""
+    model = request.model
     kind = type(exc).__name__
     transport = _no_response_cause(exc)
     status = None if transport is not None else getattr(exc, "status_code", None)
     if not isinstance(status, int):
         status = None
-    message = str(exc).strip() or kind
+    message = mask(str(exc).strip() or kind, secret_values(request.settings))
     where = f"HTTP {status}" if status is not None else type(transport or exc).__name__
     text = f"model call to {model} failed ({where}): {message}"
     retry_after = _retry_after(exc) if transport is None else None
