@@ -55,6 +55,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 __all__ = [
+    "CONTEXT_SERVERS",
     "Completion",
     "Delay",
     "ErrorReply",
@@ -63,6 +64,8 @@ __all__ = [
     "RawReply",
     "RecordedRequest",
     "StreamRecord",
+    "context_window_error",
+    "prompt_tokens",
     "running_fake_openai",
 ]
 
@@ -207,8 +210,12 @@ class ErrorReply:
     code: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     """Extra response headers (``Retry-After``, ...)."""
+    raw: dict[str, Any] | None = None
+    """The body as a given server sends it, instead of OpenAI's form."""
 
     def body(self) -> dict[str, Any]:
+        if self.raw is not None:
+            return self.raw
         return {
             "error": {
                 "message": self.message,
@@ -220,6 +227,50 @@ class ErrorReply:
 
     def anthropic_body(self) -> dict[str, Any]:
         return {"type": "error", "error": {"type": self.error_type, "message": self.message}}
+
+
+CONTEXT_SERVERS = ("openai", "vllm", "llama.cpp")
+
+
+def context_window_error(server: str, limit: int, prompt: int, completion: int = 0) -> ErrorReply:
+    """The "request too long" error of ``server`` (one of ``CONTEXT_SERVERS``), with
+    its HTTP status and body as that server sends them."""
+    if server == "openai":
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, your messages "
+            f"resulted in {prompt} tokens. Please reduce the length of the messages."
+        )
+        return ErrorReply(400, message, "invalid_request_error", "context_length_exceeded")
+    if server == "vllm":  # vLLM's OpenAI-compatible server: a flat error object
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the "
+            "completion). Please reduce the length of the messages or completion."
+        )
+        raw = {"object": "error", "message": message, "type": "BadRequestError", "param": None}
+        return ErrorReply(400, message, raw={**raw, "code": 400})
+    if server == "llama.cpp":  # llama-server started with -c LIMIT
+        message = (
+            f"request ({prompt} tokens) exceeds the available context size ({limit} tokens), "
+            "try increasing it"
+        )
+        error = {"code": 400, "message": message, "type": "exceed_context_size_error"}
+        return ErrorReply(
+            400, message, raw={"error": {**error, "n_prompt_tokens": prompt, "n_ctx": limit}}
+        )
+    raise ValueError(f"unknown server {server!r}; one of {CONTEXT_SERVERS}")
+
+
+def prompt_tokens(body: Any) -> int:
+    """The fake's tokenizer: 4 per message and one per 3 characters of its content
+    (it counts more than LiteLLM's counter does, as a server's own tokenizer may)."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    total = 0
+    for message in messages or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        text = content if isinstance(content, str) else json.dumps(content or "")
+        total += 4 + len(text) // 3
+    return total
 
 
 @dataclass(frozen=True)
@@ -285,6 +336,10 @@ class FakeOpenAI:
     requests: list[RecordedRequest] = field(default_factory=list)
     streams: list[StreamRecord] = field(default_factory=list)
     """One record per streamed reply, in order."""
+    context_size: tuple[str, int] | None = None
+    """``(server, tokens)``: refuse a chat request longer than ``tokens`` (its prompt by
+    ``prompt_tokens``, plus its ``max_tokens`` except for llama.cpp) with that server's
+    error, as a server with that context size does; the script is left as it is."""
     _script: deque[Reply] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closing: threading.Event = field(default_factory=threading.Event)
@@ -433,8 +488,21 @@ class FakeOpenAI:
         with self._lock:
             self.requests.append(request)
             number = len(self.requests)
+            refused = self._too_long(request.body)
+            if refused is not None:
+                return number, refused
             reply = self._script.popleft() if self._script else None
         return number, reply
+
+    def _too_long(self, body: Any) -> ErrorReply | None:
+        if self.context_size is None or not isinstance(body, dict) or "messages" not in body:
+            return None
+        server, limit = self.context_size
+        prompt = prompt_tokens(body)
+        completion = 0 if server == "llama.cpp" else int(body.get("max_tokens") or 0)
+        if prompt + completion <= limit:
+            return None
+        return context_window_error(server, limit, prompt, completion)
 
 
 class _Handler(BaseHTTPRequestHandler):

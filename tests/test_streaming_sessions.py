@@ -578,17 +578,16 @@ async def test_where_applies_to_a_streamed_continue(database: Database) -> None:
     before = _row(database, StatusChat)
     model = Scripted(_reply("yours"))
     with AGENT.override(model=model):
-        stream = await _call(
-            database,
-            StatusChat,
-            "continue_session",
-            chat.id,
-            "Go",
-            stream=True,
-            where=StatusChat.owner == "someone else",
-        )
-        with pytest.raises(SessionNotFoundError):
-            await _collect(stream)
+        with pytest.raises(SessionNotFoundError):  # raised by the call, before any stream
+            await _call(
+                database,
+                StatusChat,
+                "continue_session",
+                chat.id,
+                "Go",
+                stream=True,
+                where=StatusChat.owner == "someone else",
+            )
         assert _row(database, StatusChat) == before
         assert model.scripts  # the model was never asked
 

@@ -247,7 +247,7 @@ def continue_flow(
     contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
     budget = _turn.session_budget(agent, limits)
-    plan_turn = _next_turn(agent, key, turn_input, given, limits, budget)
+    plan_turn = _next_turn(agent, key, turn_input, given, limits)
     while True:
         claim = yield from claim_flow(
             spec, key, instance, contention, where, check=plan_turn, mark=budget is not None
@@ -293,22 +293,22 @@ def _next_turn(
     turn_input: _turn.TurnInput,
     given: _turn.Instructions | None,
     limits: BudgetLimits | None,
-    budget: BudgetLimits | None,
 ) -> Callable[[dict[str, Any] | None], _turn.TurnPlan]:
     """Plan the turn on the stored document, before the row is claimed: a refusal
-    (a paused session, missing instruction arguments, a spent session budget) leaves
-    the row untouched."""
+    (a paused session, missing instruction arguments, a spent budget) leaves the row
+    untouched."""
     paused = _not_paused(key)
 
     def plan(document: dict[str, Any] | None) -> _turn.TurnPlan:
         if document is None:  # no conversation on this row yet: this turn starts it
-            return _turn.plan_first_turn(agent, turn_input, given, limits=limits)
-        paused(document)
-        if budget is not None:
-            _turn.check_stored_budget(budget, document)
-        if given is not None:
-            document = _turn.with_instructions(agent, document, given)
-        return _turn.plan_next_turn(document, turn_input, limits=limits)
+            planned = _turn.plan_first_turn(agent, turn_input, given, limits=limits)
+        else:
+            paused(document)
+            if given is not None:
+                document = _turn.with_instructions(agent, document, given)
+            planned = _turn.plan_next_turn(document, turn_input, limits=limits)
+        _turn.check_first_call_budget(agent, planned)
+        return planned
 
     return plan
 
@@ -400,8 +400,15 @@ def resume_flow(
     agent = spec.agent
     contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)
+
+    def check(document: dict[str, Any]) -> None:
+        plan = _turn.plan_resumed_turn(document, _input_of(agent, document, key), limits=limits)
+        _turn.check_first_call_budget(agent, plan, document["pending"])
+
     while True:
-        claim = yield from claim_pause_flow(spec, key, instance, contention, where, approvals)
+        claim = yield from claim_pause_flow(
+            spec, key, instance, contention, where, approvals, check=check
+        )
         instance = claim.instance
         paused = claim.document
         assert paused is not None  # a pause is stored in a document
@@ -462,10 +469,13 @@ def claim_pause_flow(
     contention: Contention,
     where: tuple[Any, ...],
     approvals: Any,
+    *,
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> Generator[Any, Any, Claim]:
     """Load the row and claim its paused turn for this call, before anything runs.
 
-    Decisions that do not match the pending calls are refused before the claim. A
+    Decisions that do not match the pending calls are refused before the claim, and
+    so is what ``check`` refuses (a spent budget). A
     pause that another resume has claimed (less than ``__running_timeout__`` ago) is
     waited for within ``busy_timeout``, then ``StaleSessionError``; a pause gone
     because another resume finished it is ``StaleSessionError`` too.
@@ -484,6 +494,8 @@ def claim_pause_flow(
             )
         _turn.check_approvals(pending, approvals, name=_session(key))
         assert pending is not None
+        if check is not None:
+            check(document)
         age = _claimed_for(spec, pending)
         if age is not None:
             yield from contention.wait_busy(spec, age, taken=True)

@@ -9,6 +9,13 @@ run the same code as an unstreamed turn. Everything else (``Load``, ``Swap``,
 ``Insert``, ``Sleep``, tool operations) goes to the handler the caller gives, the
 same one ``drive`` would use.
 
+The call that creates a stream runs the flow up to its first write or model request
+(or tool step): the reads and every check before them happen there, so an error known
+before the model is called (no such session, invalid input, a paused session, a spent
+budget, a busy row) is raised by that call itself, before the stream exists. Only what
+happens from there on is reported while iterating; a stream that is never read has
+written nothing, and needs no clean-up.
+
 Stopping early (``break`` and ``close()``, leaving the ``with`` block, ``aclose()``,
 a cancelled task) closes the model's stream at once and throws ``TurnCancelled``
 into the flow at the operation it waits on. The flow's own failure path runs: a
@@ -39,11 +46,11 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from . import _observe, _turn
-from ._flows import _LAST_RESULT
+from ._flows import _LAST_RESULT, Insert, Swap
 from ._observe import HookCall
 from ._secrets import get_logger
 from ._text import clean_text
-from ._turn import Sleep, TurnCancelled
+from ._turn import RunTools, Sleep, TurnCancelled
 from .context import Usage
 from .errors import InputValidationError, ModelCallError
 from .events import (
@@ -114,6 +121,7 @@ class _Turn:
         "keep",
         "model",
         "partial",
+        "reading",
         "received",
         "result",
         "session",
@@ -154,6 +162,8 @@ class _Turn:
         self.result: Result[Any] | None = None
         self.session: Any = None
         self.done = False
+        self.reading = False
+        """The consumer asked for the first event (the stream went past its start)."""
 
     def request(self) -> AttemptDiscarded | None:
         """A new model request: announce the previous reply's deltas as void if they are."""
@@ -205,7 +215,8 @@ class _Turn:
 
     def cancelled(self) -> TurnCancelled:
         """What is thrown into the flow when the consumer stopped early."""
-        return TurnCancelled(keep=self.keep, text="".join(self.received))
+        # Closed before it was read: nothing was received, there is nothing to keep.
+        return TurnCancelled(keep=self.keep and self.reading, text="".join(self.received))
 
     def finish(self, value: Any) -> None:
         self.done = True
@@ -288,6 +299,13 @@ def _finished(answer: Any) -> list[StreamEvent]:
     ]
 
 
+def _streamed(op: Any) -> bool:
+    """Where a stream starts: at the first write (the claim of the row, an insert),
+    model request or tool step. What comes before (reads, waits, hooks) is answered
+    by the call that creates the stream."""
+    return isinstance(op, ModelRequest | RunTools | Swap | Insert)
+
+
 def _stream_ended(request: ModelRequest) -> ModelCallError:
     return ModelCallError(
         f"the stream of {request.model} ended without a complete reply",
@@ -352,11 +370,19 @@ class TurnStream(_TurnStreamState[OutputT, SessionT]):
         self._handle = handle
         self._events = self._run()
 
+    def _start(self) -> None:
+        """Run the flow up to where the stream starts (``_streamed``): what fails
+        before is raised here."""
+        next(self._events)
+
     def __iter__(self) -> Iterator[StreamEvent]:
         return self
 
     def __next__(self) -> StreamEvent:
-        return next(self._events)
+        event = next(self._events)
+        while event is None:  # the start marker, of a stream made without ``_start``
+            event = next(self._events)
+        return event
 
     def __enter__(self) -> TurnStream[OutputT, SessionT]:
         return self
@@ -374,7 +400,7 @@ class TurnStream(_TurnStreamState[OutputT, SessionT]):
             if isinstance(event, TextDelta):
                 yield event.text
 
-    def _run(self) -> Generator[StreamEvent, None, None]:
+    def _run(self) -> Generator[StreamEvent | None, None, None]:
         turn = self._turn
         flow = turn.flow
         step = turn.context.run
@@ -382,6 +408,9 @@ class TurnStream(_TurnStreamState[OutputT, SessionT]):
             try:
                 op = step(next, flow)
                 while True:
+                    if not turn.reading and _streamed(op):
+                        yield None  # the start: ``_start`` returns, the stream exists
+                        turn.reading = True
                     if isinstance(op, ModelRequest) and op.purpose != "summary":
                         # A compaction's summary call is answered unstreamed, below:
                         # its text is not part of the reply the reader sees.
@@ -426,6 +455,8 @@ class TurnStream(_TurnStreamState[OutputT, SessionT]):
         except BaseException as exc:
             turn.attach_usage(exc)
             raise
+        if not turn.reading:  # the flow ended before any model request
+            yield None
         yield from turn.final_events()
 
     def _cancel(self) -> None:
@@ -449,11 +480,19 @@ class AsyncTurnStream(_TurnStreamState[OutputT, SessionT]):
         self._handle = handle
         self._events = self._run()
 
+    async def _start(self) -> None:
+        """Run the flow up to where the stream starts (``_streamed``): what fails
+        before is raised here."""
+        await self._events.__anext__()
+
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self
 
     async def __anext__(self) -> StreamEvent:
-        return await self._events.__anext__()
+        event = await self._events.__anext__()
+        while event is None:  # the start marker, of a stream made without ``_start``
+            event = await self._events.__anext__()
+        return event
 
     async def __aenter__(self) -> AsyncTurnStream[OutputT, SessionT]:
         return self
@@ -471,7 +510,7 @@ class AsyncTurnStream(_TurnStreamState[OutputT, SessionT]):
             if isinstance(event, TextDelta):
                 yield event.text
 
-    async def _run(self) -> AsyncGenerator[StreamEvent, None]:
+    async def _run(self) -> AsyncGenerator[StreamEvent | None, None]:
         turn = self._turn
         flow = turn.flow
         step = turn.context.run
@@ -479,6 +518,9 @@ class AsyncTurnStream(_TurnStreamState[OutputT, SessionT]):
             try:
                 op = step(next, flow)
                 while True:
+                    if not turn.reading and _streamed(op):
+                        yield None  # the start: ``_start`` returns, the stream exists
+                        turn.reading = True
                     if isinstance(op, ModelRequest) and op.purpose != "summary":
                         # A compaction's summary call is answered unstreamed, below:
                         # its text is not part of the reply the reader sees.
@@ -526,6 +568,8 @@ class AsyncTurnStream(_TurnStreamState[OutputT, SessionT]):
         except BaseException as exc:
             turn.attach_usage(exc)
             raise
+        if not turn.reading:  # the flow ended before any model request
+            yield None
         for event in turn.final_events():
             yield event
 
@@ -563,7 +607,11 @@ def stream_session(
     (a ``SyncStore``), its model requests by ``store.model.stream``."""
     watched = _observe.observed(agent, flow, call=call, key=key, store=store, is_async=False)
     handle = store if watched is flow else _observe.with_hooks(store)
-    return TurnStream(agent, watched, handle, store.model, on_cancel=on_cancel)
+    stream: TurnStream[Any, Any] = TurnStream(
+        agent, watched, handle, store.model, on_cancel=on_cancel
+    )
+    stream._start()
+    return stream
 
 
 async def astream_session(
@@ -580,7 +628,11 @@ async def astream_session(
         await aprepare()  # the first import of LiteLLM, off the event loop
     watched = _observe.observed(agent, flow, call=call, key=key, store=store, is_async=True)
     handle = store if watched is flow else _observe.awith_hooks(store)
-    return AsyncTurnStream(agent, watched, handle, store.model, on_cancel=on_cancel)
+    stream: AsyncTurnStream[Any, Any] = AsyncTurnStream(
+        agent, watched, handle, store.model, on_cancel=on_cancel
+    )
+    await stream._start()
+    return stream
 
 
 def run_stream(
@@ -614,10 +666,12 @@ def flow_stream(
     watched = _observe.observed(agent, flow, call=call, is_async=False)
     if watched is not flow:
         handle = _observe.with_hooks(handle)
-    return TurnStream(agent, watched, handle, model)
+    stream: TurnStream[OutputT, None] = TurnStream(agent, watched, handle, model)
+    stream._start()
+    return stream
 
 
-def aflow_stream(
+async def aflow_stream(
     agent: Agent[OutputT], flow: Generator[Any, Any, Any], deps: Any, *, call: str
 ) -> AsyncTurnStream[OutputT, None]:
     """Async twin of ``flow_stream`` (LiteLLM already imported by the caller)."""
@@ -626,4 +680,6 @@ def aflow_stream(
     watched = _observe.observed(agent, flow, call=call, is_async=True)
     if watched is not flow:
         handle = _observe.awith_hooks(handle)
-    return AsyncTurnStream(agent, watched, handle, model)
+    stream: AsyncTurnStream[OutputT, None] = AsyncTurnStream(agent, watched, handle, model)
+    await stream._start()
+    return stream

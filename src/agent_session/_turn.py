@@ -61,10 +61,13 @@ from .history import (
     apply_summary,
     check_budget,
     default_window,
+    fitted_window,
     is_summary,
     litellm_token_counter,
+    output_tokens,
     plan_compaction,
     select_messages,
+    stated_window,
     summary_request_messages,
 )
 from .llm import (
@@ -100,7 +103,7 @@ __all__ = [
     "amodel_handler",
     "charged_document",
     "check_approvals",
-    "check_stored_budget",
+    "check_first_call_budget",
     "check_turn_budget",
     "compaction_flow",
     "drive",
@@ -430,13 +433,77 @@ def _hint_applies(agent: Agent[Any], mode: OutputMode | None) -> bool:
 
 
 def history_window(agent: Agent[Any]) -> Window | None:
-    """The agent's window, or the default: the model's input limit when LiteLLM knows
-    it (a ``Model`` that is not LiteLLM's, such as a test double, gets everything)."""
+    """The agent's window, or the default: the window learned from the provider, else
+    ``context_window``, else the model's input limit when LiteLLM knows it (a
+    ``Model`` that is not LiteLLM's, such as a test double, gets everything)."""
     if agent.history is not None:
         return agent.history
     if isinstance(agent.model, LiteLLMModel):
+        learned = agent.learned_windows.get(agent.model_name)
+        if learned is not None:
+            return learned
+        if agent.context_window is not None:  # the reply counts in the same window
+            output = output_tokens(agent.model_settings) or 0
+            return TokenBudget(agent.context_window, reserve_output=output)
         return default_window(agent.model_name)
     return None
+
+
+def learn_window(agent: Agent[Any], exc: ContextWindowError, sent: list[dict[str, Any]]) -> bool:
+    """Fit the default window to the context window ``exc`` states, if that helps.
+
+    Only for the default window of a LiteLLM model, when the provider's message states
+    its window and the fitted window is smaller than the one the request was sent
+    with. The window is remembered on the agent for this model (``learned_windows``);
+    returns whether the request should be made again.
+    """
+    if agent.history is not None or not isinstance(agent.model, LiteLLMModel):
+        return False
+    stated = stated_window(str(exc))
+    if stated is None:
+        return False
+    limit, counted = stated
+    count = litellm_token_counter(agent.model_name, agent.toolset.definitions or None)
+    try:
+        ours: int | None = count(sent)  # ``sent`` holds the schema hint, if any
+    except Exception:  # no count, no calibration: the margin is used
+        ours = None
+    fitted = fitted_window(
+        limit, counted=counted, ours=ours, output=output_tokens(agent.model_settings)
+    )
+    current = history_window(agent)
+    if fitted is None or (isinstance(current, TokenBudget) and fitted.limit >= current.limit):
+        return False
+    agent.learned_windows[agent.model_name] = fitted
+    logger.warning(
+        "%s refused the request as longer than its context window of %d tokens; the "
+        "default history window is now TokenBudget(%d, reserve_output=%d) for this model, "
+        "and the turn is sent again",
+        agent.model_name,
+        limit,
+        fitted.max_tokens,
+        fitted.reserve_output,
+    )
+    return True
+
+
+def _refit(
+    agent: Agent[Any],
+    plan: TurnPlan,
+    mode: OutputMode | None,
+    exc: ContextWindowError,
+    sent: list[dict[str, Any]],
+    turn: list[dict[str, Any]],
+) -> Selection | None:
+    """The refused request ``sent`` made again, with the default window fitted to the
+    window ``exc`` states (``None`` if nothing was learned, or the newest turn alone
+    does not fit it)."""
+    if not learn_window(agent, exc, sent):
+        return None
+    try:
+        return select_request(agent, plan, mode, turn)
+    except ContextWindowError:
+        return None
 
 
 def _counter(agent: Agent[Any], mode: OutputMode | None) -> Callable[[list[dict[str, Any]]], int]:
@@ -643,16 +710,6 @@ def session_budget(agent: Agent[Any], limits: BudgetLimits | None) -> BudgetLimi
     return replace(limits, max_model_calls=None)
 
 
-def check_stored_budget(limits: BudgetLimits, document: Mapping[str, Any]) -> None:
-    """``BudgetExceededError`` if the stored totals already reach the session's limits:
-    checked before a turn claims the session, so a refused turn writes nothing."""
-    check_budget(
-        limits,
-        spent_tokens=stored_usage(document.get("usage")).total_tokens,
-        spent_cost=document.get("cost"),
-    )
-
-
 def charged_document(
     document: Mapping[str, Any], usage: Usage, cost: float | None
 ) -> dict[str, Any]:
@@ -761,8 +818,31 @@ def model_flow(
     model is asked again; a call that needs approval pauses the turn (the ``Result``
     has ``pending_approvals`` and no output).
     """
-    state = _TurnState(messages=[plan.user_message], usage=Usage(), cost=None, steps=0)
+    state = _first_state(plan)
     return (yield from _turn_loop(agent, plan, mode, state, time.perf_counter()))
+
+
+def _first_state(plan: TurnPlan, pending: Mapping[str, Any] | None = None) -> _TurnState:
+    """A turn before its first model call: new, or a paused one going on (``pending``)."""
+    if pending is None:
+        return _TurnState(messages=[plan.user_message], usage=Usage(), cost=None, steps=0)
+    state = _TurnState(
+        messages=[dict(m) for m in pending["messages"]],
+        usage=stored_usage(pending.get("usage")),
+        cost=pending.get("cost"),
+        steps=int(pending.get("steps", 0)),
+    )
+    state.earlier_calls = state.steps
+    return state
+
+
+def check_first_call_budget(
+    agent: Agent[Any], plan: TurnPlan, pending: Mapping[str, Any] | None = None
+) -> None:
+    """``check_turn_budget`` for the turn's first model call, before the turn starts:
+    the session flows check it before they claim the row or run a tool, so a budget
+    already spent is refused with nothing written."""
+    check_turn_budget(agent, plan, _first_state(plan, pending))
 
 
 def resume_flow(
@@ -779,13 +859,7 @@ def resume_flow(
     """
     started = time.perf_counter()
     toolset = agent.toolset
-    state = _TurnState(
-        messages=[dict(m) for m in pending["messages"]],
-        usage=stored_usage(pending.get("usage")),
-        cost=pending.get("cost"),
-        steps=int(pending.get("steps", 0)),
-    )
-    state.earlier_calls = state.steps
+    state = _first_state(plan, pending)
     assistant = _last_tool_calls_message(state.messages)
     waiting = {a["tool_call_id"]: a for a in pending["approvals"]}
     calls = [_stored_call(entry, waiting.get(entry["id"])) for entry in assistant["tool_calls"]]
@@ -847,10 +921,13 @@ def _turn_loop(
 ) -> Generator[ModelRequest | Sleep | RunTools, Any, Result[Any]]:
     toolset = agent.toolset
     reasks = 0
+    refitted = False
     reask_tail: list[dict[str, Any]] = []
     step_usage, step_cost, step_calls = Usage(), None, 0
+    refit: Selection | None = None
     while True:
-        selection = select_request(agent, plan, mode, [*state.messages, *reask_tail])
+        selection = refit or select_request(agent, plan, mode, [*state.messages, *reask_tail])
+        refit = None
         sent = selection.messages
         request = _request(agent, sent, mode, selection.left_out)
         try:
@@ -859,6 +936,16 @@ def _turn_loop(
             if not exc.keep:
                 raise
             return _interrupted(agent, plan, state, exc.text, step_usage, step_cost, started)
+        except ContextWindowError as exc:
+            # The provider stated its window: the request goes again (once per turn)
+            # with the default window fitted to it, if that sends less; nothing was
+            # received to keep.
+            turn = [*state.messages, *reask_tail]
+            refit = None if refitted else _refit(agent, plan, mode, exc, sent, turn)
+            if refit is None or len(refit.messages) >= len(sent):
+                raise
+            refitted = True
+            continue
         state.spend(response)
         state.steps += 1
         step_usage = step_usage + response.usage

@@ -24,7 +24,7 @@ from . import _observe, _turn
 from ._observe import AfterModelCall, BeforeModelCall, OnError, OnToolCall
 from ._secrets import remember
 from .errors import ConfigurationError, InputValidationError
-from .history import BudgetLimits, LastTurns, Summarize, TokenBudget, Window
+from .history import BudgetLimits, LastTurns, Summarize, TokenBudget, Window, output_tokens
 from .llm import LiteLLMModel, Model, OutputMode, aprepare, resolve_output_mode
 from .result import Result
 from .templates import InstructionTemplate
@@ -119,7 +119,12 @@ class Agent(Generic[OutputT]):
     Long conversations (see ``agent_session.history``): ``history`` decides what each
     request sends of the stored history (``LastTurns(n)``, ``TokenBudget(max_tokens,
     reserve_output=...)``, a function over the stored messages, or ``None``: the
-    model's context window when LiteLLM knows it, else everything); ``compaction``
+    model's context window when LiteLLM knows it, else everything);
+    ``context_window`` (tokens) gives the default window that size for a model
+    LiteLLM does not know (a self-hosted one). Without it, a provider that refuses a
+    request as too long and states its window teaches the agent that window: the
+    turn is retried once with the default window fitted to it, and later turns use
+    it. ``compaction``
     (``Summarize(...)``) stores a summary of older turns once the history grows past
     a size. ``max_session_tokens``/``max_session_cost`` (USD) bound a session's
     totals and ``max_model_calls`` the model calls of one turn (re-asks, tool steps
@@ -156,6 +161,7 @@ class Agent(Generic[OutputT]):
         on_tool_call: OnToolCall | None = None,
         on_error: OnError | None = None,
         history: Window | None = None,
+        context_window: int | None = None,
         compaction: Summarize | None = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
@@ -186,6 +192,7 @@ class Agent(Generic[OutputT]):
         on_tool_call: OnToolCall | None = None,
         on_error: OnError | None = None,
         history: Window | None = None,
+        context_window: int | None = None,
         compaction: Summarize | None = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
@@ -215,6 +222,7 @@ class Agent(Generic[OutputT]):
         on_tool_call: OnToolCall | None = None,
         on_error: OnError | None = None,
         history: Window | None = None,
+        context_window: int | None = None,
         compaction: Summarize | None = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
@@ -298,6 +306,12 @@ class Agent(Generic[OutputT]):
             )
         self.history: Window | None = history
         """What a request sends of the stored history (``None``: the model's window)."""
+        self.context_window = _checked_context_window(context_window, settings)
+        """The model's context window in tokens, for the default window (``None``:
+        LiteLLM's figure, if it knows the model)."""
+        self.learned_windows: dict[str, TokenBudget] = {}
+        """Default windows fitted, per model name, to the context window a provider
+        stated when it refused a request as too long."""
         self.compaction = compaction
         # Their secrets are masked in every error message, log record, SSE frame and span.
         remember(settings)
@@ -511,7 +525,7 @@ class Agent(Generic[OutputT]):
         if stream:
             from ._streaming import aflow_stream
 
-            return aflow_stream(self, flow, deps, call="arun")
+            return await aflow_stream(self, flow, deps, call="arun")
         return await _observe.adrive(
             self, flow, _turn.amodel_handler(model, self._tool_scope(deps)), call="arun"
         )
@@ -624,7 +638,7 @@ class Agent(Generic[OutputT]):
         if stream:
             from ._streaming import aflow_stream
 
-            return aflow_stream(self, flow, deps, call="aresume")
+            return await aflow_stream(self, flow, deps, call="aresume")
         return await _observe.adrive(
             self, flow, _turn.amodel_handler(model, self._tool_scope(deps)), call="aresume"
         )
@@ -694,6 +708,26 @@ def _checked_settings(model_settings: Mapping[str, Any] | None) -> dict[str, Any
         ):
             raise ConfigurationError(f"model_settings[{key!r}] must be an int > 0, got {value!r}")
     return settings
+
+
+def _checked_context_window(context_window: Any, settings: Mapping[str, Any]) -> int | None:
+    if context_window is None:
+        return None
+    if (
+        isinstance(context_window, bool)
+        or not isinstance(context_window, int)
+        or context_window < 1
+    ):
+        raise ConfigurationError(
+            f"context_window must be a number of tokens > 0, got {context_window!r}"
+        )
+    output = output_tokens(settings)
+    if output is not None and output >= context_window:
+        raise ConfigurationError(
+            f"model_settings max_tokens ({output}) leaves no room for the request within "
+            f"context_window ({context_window})"
+        )
+    return context_window
 
 
 def _number(value: Any, *, minimum: float) -> bool:

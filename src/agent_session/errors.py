@@ -145,8 +145,10 @@ class ModelCallError(AgentSessionError):
 class ContextWindowError(ModelCallError):
     """The provider refused the request as longer than the model's context window.
 
-    Never retried: the same request would fail again. Shorten the history or the
-    input, lower ``max_tokens``, or use a model with a larger window.
+    Never retried as it was: the same request would fail again. With the default
+    history window and a message that states the window, the turn is sent once
+    more with the window fitted to it (``Agent.learned_windows``). Else shorten the
+    history or the input, lower ``max_tokens``, or use a model with a larger window.
     """
 
     def __init__(

@@ -39,6 +39,7 @@ import functools
 import itertools
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
@@ -60,11 +61,14 @@ __all__ = [
     "check_budget",
     "check_request",
     "default_window",
+    "fitted_window",
     "is_summary",
     "litellm_token_counter",
+    "output_tokens",
     "plan_compaction",
     "select_messages",
     "split_turns",
+    "stated_window",
     "summary_request_messages",
 ]
 
@@ -560,6 +564,68 @@ def default_window(model: str) -> TokenBudget | None:
     """
     limit = _max_input_tokens(model)
     return None if limit is None else TokenBudget(limit)
+
+
+def output_tokens(settings: Mapping[str, Any]) -> int | None:
+    """The reply's token limit that model settings ask for (``max_completion_tokens``
+    or ``max_tokens``), if any."""
+    value = settings.get("max_completion_tokens") or settings.get("max_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+_STATED_LIMIT = re.compile(
+    r"maximum context length is (\d+) tokens"  # OpenAI, vLLM
+    r"|available context size \((\d+) tokens\)"  # llama.cpp
+)
+_STATED_PROMPT = re.compile(
+    r"(\d+) in the messages"  # OpenAI, vLLM: "you requested N tokens (M in the messages, ...)"
+    r"|messages resulted in (\d+) tokens"  # OpenAI
+    r"|request \((\d+) tokens\)"  # llama.cpp
+)
+
+
+def stated_window(message: str) -> tuple[int, int | None] | None:
+    """The context window a provider's "too long" message states, and the prompt
+    tokens it counted if it says (``None`` when the message states no window).
+
+    llama.cpp: "request (2078 tokens) exceeds the available context size (2048
+    tokens)"; vLLM and OpenAI: "This model's maximum context length is 2048 tokens.
+    However, you requested 2100 tokens (2000 in the messages, 100 in the completion)".
+    """
+    limit = _STATED_LIMIT.search(message)
+    if limit is None:
+        return None
+    prompt = _STATED_PROMPT.search(message)
+    counted = next((int(g) for g in prompt.groups() if g), None) if prompt else None
+    return int(next(g for g in limit.groups() if g)), counted
+
+
+FITTED_MARGIN = 0.9
+"""Of a learned window, the share the default window fills when the provider did not
+say how many tokens it counted (so the two counters' difference is unknown)."""
+
+
+def fitted_window(
+    limit: int, *, counted: int | None, ours: int | None, output: int | None
+) -> TokenBudget | None:
+    """The default window fitted to a context window of ``limit`` tokens a provider
+    stated (``stated_window``), in the units of our token counter.
+
+    ``counted``/``ours``: the prompt tokens of the refused request as the provider and
+    as our counter counted them; their ratio (between 0.5 and 1) converts the limit to
+    our units (our counter only approximates the server's tokenizer), else
+    ``FITTED_MARGIN`` of it is used. ``output``: the reply's ``max_tokens`` setting,
+    kept free (else an eighth of the window: a server such as llama.cpp counts the
+    reply in the same window).
+    ``None`` when no request can fit.
+    """
+    # A ratio far off (the count is of something else) is bounded: at most a halving.
+    scale = max(0.5, min(1.0, ours / counted)) if counted and ours else FITTED_MARGIN
+    budget = math.floor(limit * scale)
+    reserve = math.ceil((output if output is not None else limit // 8) * scale)
+    if reserve >= budget:
+        return None
+    return TokenBudget(budget, reserve_output=reserve)
 
 
 # -- compaction ------------------------------------------------------------------------
