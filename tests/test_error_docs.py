@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from agent_session import Agent, AgentSessionMixin, Tool, _flows, _store
+from agent_session import Agent, AgentSessionMixin, Tool, _flows, _store, llm
 from agent_session.llm import ModelResponse
 from agent_session.testing import FunctionModel, TestModel
 from agent_session.tools import ToolCall
@@ -448,6 +448,26 @@ def _still_busy(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
     mp.setattr(_flows, "WAITS", replace(_flows.WAITS, clock=lambda: float(next(ticks))))
     maker = sessionmaker(engine)
     return caught(lambda: StatusChat.continue_session(maker, 1, "hi", busy_timeout=5))
+
+
+@raises(
+    "model call to openai/gpt-4o-mini failed: no API key is set: set OPENAI_API_KEY in the "
+    "environment, or api_key in model_settings (any value, for a server that checks none)"
+)
+def _no_key(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    for name in ("OPENAI_API_KEY", "OPENAI_ADMIN_KEY", "OPENAI_API_BASE", "OPENAI_BASE_URL"):
+        mp.delenv(name, raising=False)
+    return caught(lambda: Agent("openai/gpt-4o-mini", model_retries=0).run("hi"))
+
+
+@raises(
+    "model call to openai/gpt-4o-mini failed: LiteLLM imports the module 'mcp', which is not "
+    "installed; install it (pip install mcp)"
+)
+def _no_module(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    """tests/test_setup_errors.py fails LiteLLM's import for real; here the error is given."""
+    missing = ModuleNotFoundError("No module named 'mcp'", name="mcp")
+    return llm._model_call_error(missing, "openai/gpt-4o-mini")
 
 
 # -- the tests -------------------------------------------------------------------

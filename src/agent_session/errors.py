@@ -6,7 +6,8 @@ SQLAlchemy) are raised ``from`` that exception, so the original stays on
 ``__cause__``::
 
     AgentSessionError
-    ├── ConfigurationError         the Agent or the model class is defined wrongly
+    ├── ConfigurationError         the Agent or the model class is defined wrongly, or an
+    │                              API key or a module a model call needs is missing
     ├── TemplateError              the instruction failed to render at run time
     ├── InputValidationError       input or instruction arguments are invalid (also ValueError)
     ├── ModelCallError             the LLM call failed: auth, rate limit, timeout, 5xx, ...
@@ -71,7 +72,9 @@ class AgentSessionError(Exception):
 
 
 class ConfigurationError(AgentSessionError):
-    """The ``Agent`` or a model class using the mixin is defined wrongly."""
+    """The ``Agent`` or a model class using the mixin is defined wrongly, or the set-up
+    lacks what a model call needs (the provider's API key, a module LiteLLM imports):
+    raised at once, never retried."""
 
 
 class TemplateError(AgentSessionError):
