@@ -6,8 +6,7 @@ SQLAlchemy) are raised ``from`` that exception, so the original stays on
 ``__cause__``::
 
     AgentSessionError
-    ├── ConfigurationError         the Agent or the model class is defined wrongly, or an
-    │                              API key or a module a model call needs is missing
+    ├── ConfigurationError         the Agent, the model class or the set-up (key, module) is wrong
     ├── TemplateError              the instruction failed to render at run time
     ├── InputValidationError       input or instruction arguments are invalid (also ValueError)
     ├── ModelCallError             the LLM call failed: auth, rate limit, timeout, 5xx, ...
