@@ -162,8 +162,19 @@ def no_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Drop the per-run PostgreSQL and MariaDB databases."""
+    """Drop the per-run PostgreSQL and MariaDB databases; a worker reports its invariant counts."""
     _databases.drop_run_databases()
+    worker_output = getattr(session.config, "workeroutput", None)
+    if worker_output is not None:  # a pytest-xdist worker: the controller sums the counts
+        worker_output["invariant_checked"] = dict(_CHECKED)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """Add a pytest-xdist worker's invariant counts to the controller's."""
+    counts = getattr(node, "workeroutput", {}).get("invariant_checked", {})
+    for kind, count in counts.items():
+        _CHECKED[kind] += count
 
 
 # -- the tool-call invariant -------------------------------------------------

@@ -55,6 +55,7 @@ __all__ = [
     "ErrorReply",
     "FakeOpenAI",
     "FakeToolCall",
+    "RawReply",
     "RecordedRequest",
     "StreamRecord",
     "running_fake_openai",
@@ -222,7 +223,16 @@ class Delay:
     then: Completion | ErrorReply | None = None
 
 
-Reply = Completion | ErrorReply | Delay
+@dataclass(frozen=True)
+class RawReply:
+    """A response body sent exactly as given: JSON no encoder would write, such as a
+    lone surrogate escape (``"\\ud83d"`` without its pair) in a completion."""
+
+    body: str
+    status: int = 200
+
+
+Reply = Completion | ErrorReply | Delay | RawReply
 
 
 @dataclass
@@ -382,6 +392,15 @@ class FakeOpenAI:
     def enqueue_delay(self, seconds: float, then: Completion | ErrorReply | None = None) -> None:
         self.enqueue(Delay(seconds, then))
 
+    def enqueue_raw(self, body: str | dict[str, Any], *, status: int = 200) -> None:
+        """A response body sent as it is (a dict: encoded with ``json.dumps``, which
+        writes a lone surrogate as its ``\\uXXXX`` escape)."""
+        self.enqueue(RawReply(body if isinstance(body, str) else json.dumps(body), status))
+
+    def completion_body(self, content: str, **fields: Any) -> dict[str, Any]:
+        """The body of a plain completion with ``content``, for ``enqueue_raw``."""
+        return Completion(content, **fields).body(len(self.requests) + 1)
+
     @property
     def pending(self) -> int:
         """How many scripted replies are still unused."""
@@ -438,7 +457,9 @@ class _Handler(BaseHTTPRequestHandler):
             reply = reply.then or Completion("late")
         if reply is None:
             reply = ErrorReply(500, "fake server: no scripted reply", "server_error")
-        if isinstance(reply, ErrorReply):
+        if isinstance(reply, RawReply):
+            self._send_bytes(reply.status, reply.body.encode("ascii", "backslashreplace"))
+        elif isinstance(reply, ErrorReply):
             self._send(
                 reply.status, reply.anthropic_body() if anthropic else reply.body(), reply.headers
             )
@@ -492,7 +513,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(
         self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
-        data = json.dumps(payload).encode("utf-8")
+        self._send_bytes(status, json.dumps(payload).encode("utf-8"), headers)
+
+    def _send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
         # The client may have given up (a timeout test): that is not an error here.
         with suppress(OSError):
             self.send_response(status)

@@ -71,10 +71,10 @@ class Api:
             return await self.model.aresume_session(self._db(db), key, **kw)
         return self.model.resume_session(self._db(db), key, **kw)
 
-    async def context(self, db: Any, key: Any) -> Any:
+    async def context(self, db: Any, key: Any, **kw: Any) -> Any:
         if self.is_async:
-            return await self.model.aget_context(self._db(db), key)
-        return self.model.get_context(self._db(db), key)
+            return await self.model.aget_context(self._db(db), key, **kw)
+        return self.model.get_context(self._db(db), key, **kw)
 
 
 def stored_rows(database: Database, table: sa.Table) -> list[dict[str, Any]]:

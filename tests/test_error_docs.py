@@ -142,9 +142,9 @@ def set_context(engine: sa.Engine, key: int, value: Any) -> None:
         connection.execute(sa.update(Chat).where(Chat.id == key).values(context=value))
 
 
-def paused(engine: sa.Engine, key: int) -> None:
-    """Session ``key`` waits for the approval of the call ``pay``."""
-    model = TestModel(replies=[ToolCall("pay", '{"amount": 5}', id="pay")])
+def paused(engine: sa.Engine, key: int, call_id: str = "pay") -> None:
+    """Session ``key`` waits for the approval of the call ``call_id`` (of ``pay``)."""
+    model = TestModel(replies=[ToolCall("pay", '{"amount": 5}', id=call_id)])
     with Chat.__agent__.override(model=model):
         fresh(engine, Chat, key)
 
@@ -336,6 +336,43 @@ def _paused(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
     return caught(lambda: Chat.continue_session(sessionmaker(engine), 3, "hello?"))
 
 
+@raises(
+    "input holds a character that cannot be encoded as UTF-8 (a lone surrogate, '\\ud83d', "
+    "at position 4)"
+)
+def _surrogate(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    return caught(lambda: Agent(TestModel()).run("bad \ud83d reply"))
+
+
+@raises(
+    "Chat: bad where= criteria: an empty list scopes nothing; pass criteria (e.g. "
+    "Chat.user_id == user.id), or where=None for none"
+)
+def _empty_where(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    return caught(lambda: Chat.continue_session(sessionmaker(engine), 1, "hi", where=[]))
+
+
+@raises(
+    "instruction_args must be JSON-serialisable to be stored: Maximum serialization depth exceeded"
+)
+def _deep(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    deep: dict[str, Any] = {}
+    for _ in range(100_000):
+        deep = {"a": deep}
+    maker = sessionmaker(engine)
+    return caught(lambda: Chat.start_session(maker, "hi", instruction_args={"data": deep}))
+
+
+@raises("... approval 'p1' (other) is not a call of the paused reply")
+def _foreign_approval(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    paused(engine, 3, "p1")
+    with engine.connect() as connection:
+        document = connection.scalar(sa.select(Chat.context).where(Chat.id == 3))
+    document["pending"]["approvals"][0]["tool_name"] = "other"
+    set_context(engine, 3, document)
+    return caught(lambda: Chat.resume_session(sessionmaker(engine), 3, approvals={"p1": True}))
+
+
 # -- faults during a turn ----------------------------------------------------------
 
 
@@ -406,8 +443,8 @@ def _snapshot(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
 
 
 @raises(
-    "... another writer held or changed the row while writing (database is locked); nothing "
-    "was written ..."
+    "... another writer held or changed the row while writing (OperationalError: database "
+    "is locked); nothing was written ..."
 )
 def _locked(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
     fresh(engine, Chat, 1)
@@ -467,7 +504,36 @@ def _no_key(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
 def _no_module(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
     """tests/test_setup_errors.py fails LiteLLM's import for real; here the error is given."""
     missing = ModuleNotFoundError("No module named 'mcp'", name="mcp")
-    return llm._model_call_error(missing, "openai/gpt-4o-mini")
+    error = llm._setup_error(missing, "openai/gpt-4o-mini")
+    assert error is not None
+    return error
+
+
+@raises("... Incorrect API key provided: ****")
+def _echoed_key(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    from fake_openai import running_fake_openai
+
+    with running_fake_openai() as server:
+        server.enqueue_error(401, "Incorrect API key provided: sk-echoed-4242")
+        settings = {"api_base": server.base_url, "api_key": "sk-echoed-4242"}
+        return caught(lambda: Agent("openai/x", model_settings=settings).run("hi"))
+
+
+@raises(
+    "new Chat session: database error while inserting: IntegrityError: Duplicate entry '...' "
+    "for key 'code' (error 1062)"
+)
+def _duplicate(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    """MariaDB's case in tests/test_hostile_data.py, here with the driver error made up."""
+    import pymysql
+
+    refused = pymysql.err.IntegrityError(1062, "Duplicate entry 'private-4242' for key 'code'")
+
+    def fail() -> None:
+        with _store._database_errors("inserting", None, "new Chat session"):
+            raise sa_exc.IntegrityError("INSERT ...", {}, refused)
+
+    return caught(fail)
 
 
 # -- the tests -------------------------------------------------------------------

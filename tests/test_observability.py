@@ -34,9 +34,11 @@ from agent_session import (
     ToolCall,
     ToolExecutionError,
     _observe,
+    sse,
 )
 from agent_session.testing import FunctionModel, TestModel
 from agent_session.tools import ToolCallResult
+from fake_openai import running_fake_openai
 from sessions import Api, stored_rows
 
 otel_trace = pytest.importorskip("opentelemetry.trace")
@@ -853,3 +855,79 @@ async def test_a_resume_names_its_session(
     assert attrs(turn)["gen_ai.conversation.id"] == str(chat.id)
     started = [r.getMessage() for r in caplog.records if "resume_session started" in r.getMessage()]
     assert started and "new ApprovalChat session" not in started[0]
+
+
+# -- secrets echoed by a provider ---------------------------------------------------
+
+API_KEY = "hunter2-not-token-shaped-0451"
+"""Not shaped like a token: masked because the agent's model_settings hold it."""
+HEADER_TOKEN = "hdr-secret-8c7e2f91d"
+SHAPED = ("sk-live-abcdef123456", "sk-proj-zyxwv987654")
+
+
+def _leaky_chat(server: Any) -> Any:
+    class LeakyBase(DeclarativeBase):
+        pass
+
+    class LeakyChat(AgentSessionMixin[str], LeakyBase):
+        __tablename__ = "observe_leaky_chats"
+        __agent__ = Agent(
+            "openai/gpt-4o-mini",
+            model_settings={
+                "api_base": server.base_url,
+                "api_key": API_KEY,
+                "extra_headers": {"Authorization": f"Bearer {HEADER_TOKEN}"},
+            },
+            model_retries=0,
+        )
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+    return LeakyChat
+
+
+async def _frames(api: Api, stream: Any) -> str:
+    if api.is_async:
+        return "".join([frame async for frame in sse.aencode(stream)])
+    return "".join(sse.encode(stream))
+
+
+async def test_a_key_echoed_by_a_401_is_masked_everywhere(
+    database: Database, spans: Spans, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 401 whose body echoes the key: neither ``str(exc)``, the SSE error frame, the
+    library's DEBUG logs nor the spans' exception events show it; nothing is stored."""
+    echoed = (
+        f"Incorrect API key provided: {API_KEY}. Header token {HEADER_TOKEN} refused; "
+        f"also tried Bearer {SHAPED[0]} and {SHAPED[1]}."
+    )
+    caplog.set_level(logging.DEBUG, logger="agent_session")
+    with running_fake_openai() as server:
+        cls = _leaky_chat(server)
+        database.create_all(cls.metadata)
+        api = Api(database, cls, maker=True)
+        server.enqueue_error(401, echoed, code="invalid_api_key")
+        with pytest.raises(ModelCallError) as info:
+            await api.start(None, "hi")
+        server.enqueue_error(401, echoed, code="invalid_api_key")
+        frames = await _frames(api, await api.start(None, "hi", stream=True))
+    assert stored_rows(database, cls.__table__) == []
+    message = str(info.value)
+    assert info.value.status_code == 401 and "Incorrect API key provided: ****" in message
+    assert "event: error" in frames and "Incorrect API key provided: ****" in frames
+    formatter = logging.Formatter("%(name)s %(message)s")
+    logs = "\n".join(
+        formatter.format(r) for r in caplog.records if r.name.startswith("agent_session")
+    )
+    assert "a streamed turn failed" in logs and "Traceback" in logs
+    events = [e for s in spans.all() for e in s.events if e.name == "exception"]
+    assert events, "no exception event recorded"
+    shown = [
+        message,
+        frames,
+        logs,
+        *(str(dict(e.attributes or {})) for e in events),
+        *(str(s.status.description) for s in spans.all()),
+    ]
+    for text in shown:
+        for secret in (API_KEY, HEADER_TOKEN, *SHAPED):
+            assert secret not in text, (secret, text[:300])

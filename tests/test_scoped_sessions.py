@@ -9,6 +9,8 @@ and the compare-and-swap write carries the same criteria.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -172,6 +174,12 @@ async def test_a_subquery_on_another_table_is_allowed(database: Database) -> Non
     assert h.tokens(bob.id) == ["b0"]
 
 
+async def _awaited(call: Callable[[], Any]) -> Any:
+    """Call ``call`` (a sync or an async method) and await what it returns, if needed."""
+    value = call()
+    return await value if inspect.isawaitable(value) else value
+
+
 def bad_criteria(chat: Any) -> dict[str, Any]:
     other = sa.table("users", sa.column("id", sa.Integer))
     aliased = sa.orm.aliased(chat)
@@ -184,7 +192,21 @@ def bad_criteria(chat: Any) -> dict[str, Any]:
         "text()": sa.text("owner = 'alice'"),
         "not a condition": chat.owner,
         "a list holding a non-expression": [chat.owner == "alice", 1],
+        # Empty criteria scope nothing: they fail closed rather than open every row.
+        "an empty list": [],
+        "an empty tuple": (),
+        "an empty and_()": _empty(sa.and_),
+        "an empty or_()": _empty(sa.or_),
+        "true()": sa.true(),
+        "a constant condition": sa.literal(1) == 1,
+        "a list of one empty and_()": [_empty(sa.and_)],
     }
+
+
+def _empty(conjunction: Callable[..., Any]) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # and_() / or_() without arguments
+        return conjunction()
 
 
 async def test_bad_criteria_are_refused_before_any_query(database: Database) -> None:
@@ -198,11 +220,14 @@ async def test_bad_criteria_are_refused_before_any_query(database: Database) -> 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
+    resume = h.cls.aresume_session if h.is_async else h.cls.resume_session
     for what, where in bad_criteria(h.cls).items():
         for call in (
             h.cont(chat.id, "turn [x]", where=where),
             h.cont(chat, "turn [x]", where=where),
+            h.cont(chat.id, "turn [x]", where=where, stream=True),
             h.context(chat.id, where=where),
+            _awaited(lambda where=where: resume(h.maker, chat.id, approvals={}, where=where)),
         ):
             with pytest.raises(InputValidationError) as info:
                 await call

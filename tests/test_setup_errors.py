@@ -104,7 +104,7 @@ def test_a_module_missing_inside_litellm_is_a_configuration_error(
 
 def test_an_import_error_that_is_no_missing_module_names_the_upgrade() -> None:
     error = ImportError("cannot import name 'Thing' from 'openai.types'", name="openai.types")
-    mapped = llm._model_call_error(error, "openai/x")
+    mapped = llm._setup_error(error, "openai/x")
     assert isinstance(mapped, ConfigurationError)
     assert "pip install --upgrade openai" in str(mapped)
     assert "cannot import name 'Thing'" in str(mapped)

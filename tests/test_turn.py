@@ -799,3 +799,30 @@ def test_sleep_operation_is_answered_by_every_driver() -> None:
     assert drive(flow(), model_handler(model)) is None
     assert asyncio.run(adrive(flow(), amodel_handler(model))) is None
     assert model.requests == []
+
+
+def test_new_instruction_arguments_replace_the_instruction_not_a_summary() -> None:
+    """``with_instructions``: the stored arguments and the system message are replaced;
+    a document whose first message is a summary, or that has no instruction, gets one."""
+    from agent_session._turn import validate_instructions, with_instructions
+
+    class Args(BaseModel):
+        name: str
+
+    agent = Agent(TestModel(), instruction="Help {{ name }}.", instruction_schema=Args)
+    bob = validate_instructions(agent, {"name": "Bob"})
+    user = {"role": "user", "content": "hi"}
+    summary = {"role": "system", "content": "so far", "meta": {"summary": {"covers": 2}}}
+    document = {
+        "messages": [{"role": "system", "content": "Help Ada."}, user],
+        "instruction_args": {"name": "Ada"},
+    }
+    renewed = with_instructions(agent, document, bob)
+    assert renewed["messages"] == [{"role": "system", "content": "Help Bob."}, user]
+    assert renewed["instruction_args"] == {"name": "Bob"}
+    assert document["instruction_args"] == {"name": "Ada"}  # the given one is not modified
+    for messages in ([summary, user], [user]):
+        renewed = with_instructions(agent, {"messages": messages}, bob)
+        assert renewed["messages"] == [{"role": "system", "content": "Help Bob."}, *messages]
+    with pytest.raises(InputValidationError, match="name"):
+        validate_instructions(agent, {})

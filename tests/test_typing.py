@@ -1,9 +1,9 @@
 """Types: ``mypy --strict`` accepts a typed app, and the generic mixin maps and runs.
 
-The mypy runs check ``examples/typed_app.py`` and ``tests/typed_cases.py`` (their
-``assert_type`` calls and the errors marked with ``# type: ignore``) against this
-checkout's ``src``, with plain ``strict = True`` and no plugin, as an application
-would.
+The mypy runs check ``examples/typed_app.py``, ``tests/typed_cases.py`` and
+``tests/typed_styles.py`` (their ``assert_type`` calls and the errors marked with
+``# type: ignore``) against this checkout's ``src``, with plain ``strict = True`` and
+no plugin, as an application would.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from agent_session.testing import TestModel
 ROOT = Path(__file__).resolve().parents[1]
 CASES = Path(typed_cases.__file__).resolve()
 TYPED_APP = ROOT / "examples" / "typed_app.py"
+STYLES = CASES.with_name("typed_styles.py")
 
 
 def run_mypy(tmp_path: Path, *files: Path) -> subprocess.CompletedProcess[str]:
@@ -82,6 +83,16 @@ def test_mypy_strict_accepts_the_typed_app_and_the_cases(tmp_path: Path) -> None
     assert [line.split(": error: ")[0] for line in errors] == ["bad_app.py:5", "bad_app.py:8"]
     assert '"answer"' in errors[0] and "[union-attr]" in errors[0]
     assert "InstrumentedAttribute[int]" in errors[1] and "[return-value]" in errors[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_mypy_strict_accepts_an_app_in_each_style(tmp_path: Path) -> None:
+    """``tests/typed_styles.py``: a model in each declarative style, and the calls an app
+    makes with its kind of session (``db.session``, SQLModel's sessions)."""
+    run = run_mypy(tmp_path, STYLES)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert ": error:" not in run.stdout
 
 
 # -- run time: the generic mixin is an ordinary declarative mixin ----------------

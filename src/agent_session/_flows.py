@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from . import _turn
+from ._text import encodable
 from ._turn import Sleep
 from .agent import Agent
 from .context import Context, Message, isoformat, load_context, utcnow
@@ -180,6 +181,14 @@ def start_flow(
             errors=[],
             source="values",
         )
+    unencodable = sorted(k for k, v in values.items() if isinstance(v, str) and not encodable(v))
+    if unencodable:
+        raise InputValidationError(
+            f"{spec.cls.__name__}.start_session: {unencodable} hold a character that cannot "
+            "be encoded as UTF-8 (a lone surrogate)",
+            errors=[],
+            source="values",
+        )
     try:
         instance = spec.cls(**values)
     except TypeError as exc:
@@ -214,24 +223,30 @@ def continue_flow(
     waits: Waits | None = None,
     where: tuple[Any, ...] = (),
     limits: BudgetLimits | None = None,
+    instruction_args: Any = None,
 ) -> Flow:
     """Claim the row, call the model with the stored history, and compare-and-swap the result.
 
     ``claim_flow`` loads the row (waiting, within ``busy_timeout``, while another
     worker's turn is ``running``). A final write that loses the race is re-run on the
     newer history up to ``conflict_retries`` times, each after a jittered backoff; then
-    ``StaleSessionError``.
+    ``StaleSessionError``. A row with no conversation yet (NULL context, revision 0)
+    gets its first turn, the instruction rendered from ``instruction_args``, without a
+    claim; on a row with one, ``instruction_args`` replace the stored ones from this
+    turn on.
     """
     agent = spec.agent
     turn_input = _turn.validate_input(agent, input)
+    given = (
+        None if instruction_args is None else _turn.validate_instructions(agent, instruction_args)
+    )
     contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
+    plan_turn = _next_turn(agent, key, turn_input, given, limits)
     while True:
-        claim = yield from claim_flow(
-            spec, key, instance, contention, where, check=_not_paused(key)
-        )
+        claim = yield from claim_flow(spec, key, instance, contention, where, check=plan_turn)
         instance = claim.instance
-        plan = _turn.plan_next_turn(claim.document, turn_input, limits=limits)
+        plan: _turn.TurnPlan = claim.prepared
         revision = claim.revision
         try:
             result = yield from _turn.model_flow(agent, plan, mode)
@@ -245,7 +260,7 @@ def continue_flow(
         except Exception:
             # The model call or the final write failed: with a status column, say
             # so (keeping the previous context) rather than leave it ``running``.
-            if spec.status_attr is not None:
+            if spec.status_attr is not None and claim.document is not None:
                 failed = _status(spec, SessionStatus.FAILED, revision)
                 # The turn's own error is the one to report, not a failed status write.
                 with contextlib.suppress(AgentSessionError):
@@ -255,6 +270,28 @@ def continue_flow(
             remember(instance, new_document, result)
             return instance
         yield from contention.lost(revision, claim=False)
+
+
+def _next_turn(
+    agent: Agent[Any],
+    key: Any,
+    turn_input: _turn.TurnInput,
+    given: _turn.Instructions | None,
+    limits: BudgetLimits | None,
+) -> Callable[[dict[str, Any] | None], _turn.TurnPlan]:
+    """Plan the turn on the stored document, before the row is claimed: a refusal
+    (a paused session, missing instruction arguments) leaves the row untouched."""
+    paused = _not_paused(key)
+
+    def plan(document: dict[str, Any] | None) -> _turn.TurnPlan:
+        if document is None:  # no conversation on this row yet: this turn starts it
+            return _turn.plan_first_turn(agent, turn_input, given, limits=limits)
+        paused(document)
+        if given is not None:
+            document = _turn.with_instructions(agent, document, given)
+        return _turn.plan_next_turn(document, turn_input, limits=limits)
+
+    return plan
 
 
 def _outcome(result: Any) -> SessionStatus:
@@ -303,6 +340,7 @@ def resume_flow(
         claim = yield from claim_pause_flow(spec, key, instance, contention, where, approvals)
         instance = claim.instance
         paused = claim.document
+        assert paused is not None  # a pause is stored in a document
         revision = claim.revision
         try:
             decided = _turn.check_approvals(paused["pending"], approvals, name=_session(key))
@@ -573,10 +611,13 @@ class Claim:
 
     snapshot: Snapshot
     """What the load saw (before this call's ``running`` claim)."""
-    document: dict[str, Any]
-    """The stored document, validated (upgraded to the current version)."""
+    document: dict[str, Any] | None
+    """The stored document, validated (upgraded to the current version); ``None`` on
+    a row with no conversation yet."""
     revision: int
     """The revision the turn's write must expect: after the claim, if there was one."""
+    prepared: Any = None
+    """What ``claim_flow``'s ``check`` returned for the document (the turn's plan)."""
 
     @property
     def instance(self) -> Any:
@@ -590,12 +631,13 @@ def claim_flow(
     contention: Contention,
     where: tuple[Any, ...] = (),
     *,
-    check: Callable[[dict[str, Any]], None] | None = None,
+    check: Callable[[dict[str, Any] | None], Any] | None = None,
 ) -> Generator[Any, Any, Claim]:
     """Load the row and make its next turn this call's.
 
-    ``check`` sees the stored document before the claim and may refuse it (a
-    session paused for approvals is not continued).
+    ``check`` sees the stored document (``None`` on a row with no conversation yet)
+    before the claim and may refuse it (a session paused for approvals is not
+    continued); what it returns is the claim's ``prepared``.
 
     With a status column: while another worker's turn is ``running`` (and younger
     than ``__running_timeout__``), wait within ``busy_timeout`` and load again; then
@@ -612,15 +654,22 @@ def claim_flow(
         if age is not None:
             yield from contention.wait_busy(spec, age)
             continue
-        document = read_document(snap, key)
-        if check is not None:
-            check(document)
-        if spec.status_attr is None:
-            return Claim(snap, document, snap.revision)
+        document = None if _no_conversation(snap) else read_document(snap, key)
+        prepared = None if check is None else check(document)
+        if spec.status_attr is None or document is None:
+            # Nothing to claim on a row with no conversation: its first turn is
+            # decided by the final compare-and-swap, and a failure writes nothing.
+            return Claim(snap, document, snap.revision, prepared)
         running = _status(spec, SessionStatus.RUNNING, snap.revision)
         if (yield Swap(instance, key, snap.revision, running, where)):
-            return Claim(snap, document, snap.revision + 1)
+            return Claim(snap, document, snap.revision + 1, prepared)
         yield from contention.lost(snap.revision, claim=True)
+
+
+def _no_conversation(snap: Snapshot) -> bool:
+    """A row that never had a conversation: NULL context, revision 0 (as the migration
+    that added the columns left it). A context set to NULL later is a ``ContextError``."""
+    return snap.document is None and snap.revision == 0
 
 
 def read_flow(

@@ -30,11 +30,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+import traceback
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _turn
+from ._secrets import get_logger, mask
 from .errors import ConfigurationError, ModelCallError, ToolExecutionError, show_key
 from .llm import ModelRequest, ModelResponse
 from .tools import ToolCall, ToolCallResult, run_awaitable
@@ -56,10 +59,10 @@ __all__ = [
 
 T = TypeVar("T")
 
-turn_log = logging.getLogger("agent_session.turn")
-model_log = logging.getLogger("agent_session.model")
-db_log = logging.getLogger("agent_session.db")
-tools_log = logging.getLogger("agent_session.tools")
+turn_log = get_logger("agent_session.turn")
+model_log = get_logger("agent_session.model")
+db_log = get_logger("agent_session.db")
+tools_log = get_logger("agent_session.tools")
 
 _WATCHED_LEVELS = (
     (turn_log, logging.INFO),
@@ -272,11 +275,22 @@ class Observation:
     # -- spans
 
     def span(self, name: str, attributes: Mapping[str, Any], *, client: bool = True) -> Any:
-        """A context manager opening a span as the current one (a stand-in without a tracer)."""
+        """A context manager opening a span as the current one (a stand-in without a tracer).
+
+        An error that leaves it is recorded as OpenTelemetry would, its text masked
+        (``_secrets``): a provider's message or its traceback may quote a key.
+        """
         if self.tracer is None:
             return _NO_SPAN
         kind = self.trace.SpanKind.CLIENT if client else self.trace.SpanKind.INTERNAL
-        return self.tracer.start_as_current_span(name, kind=kind, attributes=dict(attributes))
+        opened = self.tracer.start_as_current_span(
+            name,
+            kind=kind,
+            attributes=dict(attributes),
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        return _masked_errors(opened, self.trace)
 
     def start_span(self, name: str, attributes: Mapping[str, Any], start_ns: int) -> Any:
         """A span that is not made current, started at ``start_ns``; the caller ends it."""
@@ -400,6 +414,28 @@ class Observation:
             span.set_attribute("agent_session.window.left_out", self.left_out)
         if self.key is not None:
             span.set_attribute("gen_ai.conversation.id", _conversation_id(self.key))
+
+
+@contextmanager
+def _masked_errors(opened: Any, trace: Any) -> Iterator[Any]:
+    """``opened`` (a span's context manager), recording an error's event and status
+    with their text masked."""
+    with opened as span:
+        try:
+            yield span
+        except Exception as exc:
+            if span.is_recording():
+                stacktrace = "".join(traceback.format_exception(exc))
+                span.record_exception(
+                    exc,
+                    attributes={
+                        "exception.message": mask(str(exc)),
+                        "exception.stacktrace": mask(stacktrace),
+                    },
+                )
+                description = mask(f"{type(exc).__name__}: {exc}")
+                span.set_status(trace.Status(trace.StatusCode.ERROR, description))
+            raise
 
 
 def _conversation_id(key: Any) -> str:

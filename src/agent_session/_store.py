@@ -1,9 +1,10 @@
 """The I/O shells: answer the operations of a session flow with a database and a model.
 
-``SyncStore`` works with a ``Session`` (the caller owns the transaction: the store
-only flushes) or a ``sessionmaker`` (the store runs each operation in its own short
-transaction and commits it, so no connection is checked out while the model is
-called). ``AsyncStore`` is the same for ``AsyncSession``/``async_sessionmaker``.
+``SyncStore`` works with a ``Session`` or a ``scoped_session`` (the caller owns the
+transaction: the store only flushes) or a ``sessionmaker`` (the store runs each
+operation in its own short transaction and commits it, so no connection is checked
+out while the model is called). ``AsyncStore`` is the same for ``AsyncSession``,
+``async_scoped_session`` and ``async_sessionmaker``.
 Statements and results are built by ``_StoreBase``; the twins differ only in
 ``await``.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.types import TypeDecorator
 
@@ -60,6 +62,39 @@ def _lost_race(exc: sa_exc.DBAPIError, text: str) -> bool:
     return bool(args) and args[0] in _LOST_RACE_MYSQL_CODES
 
 
+_QUOTED = re.compile(
+    r"""(?P<name>\b(?:column|relation|constraint|table|key|index|database|schema|type|"""
+    r"""function|trigger|class|role|user|at)\s+)?"""
+    r"""(?P<quoted>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""",
+    re.IGNORECASE,
+)
+"""A quoted part of a driver's message, and the word before it when that says it is
+the name of a column, table, constraint, ...: what is not such a name may be data."""
+
+
+def _unquoted_data(match: re.Match[str]) -> str:
+    return match.group(0) if match.group("name") else "'...'"
+
+
+def driver_message(exc: sa_exc.DBAPIError) -> str:
+    """What a driver error says, without stored data: its class and the first line of
+    its message, quoted values replaced by ``'...'``. PostgreSQL quotes the value it
+    refused in ``DETAIL`` and ``CONTEXT: JSON data ...`` lines, MySQL and MariaDB in
+    the message itself (``Duplicate entry '...'``); names of columns, tables and
+    constraints are kept."""
+    orig = exc.orig
+    if orig is None:
+        return type(exc).__name__
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        text = f"{args[1]} (error {args[0]})"  # PyMySQL and aiomysql: (code, message)
+    else:
+        text = str(orig)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = _QUOTED.sub(_unquoted_data, first)
+    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
+
+
 @contextmanager
 def _database_errors(what: str, key: Any, name: str, *, owned: bool = True) -> Iterator[None]:
     """Turn driver errors into the library's errors (never a raw OperationalError).
@@ -72,10 +107,12 @@ def _database_errors(what: str, key: Any, name: str, *, owned: bool = True) -> I
         yield
     except sa_exc.DBAPIError as exc:
         text = str(exc.orig) if exc.orig is not None else str(exc)
+        # The driver's text may quote stored data: only ``driver_message`` is shown.
+        shown = driver_message(exc)
         if _lost_race(exc, text):
             raise StaleSessionError(
                 f"{name}: another writer held or changed the row while {what} "
-                f"({text.strip()}); nothing was written. In your own transaction, roll it "
+                f"({shown}); nothing was written. In your own transaction, roll it "
                 "back before retrying",
                 key=key,
             ) from exc
@@ -86,9 +123,7 @@ def _database_errors(what: str, key: Any, name: str, *, owned: bool = True) -> I
                 "written. Roll the session back and retry; an engine created with "
                 "pool_pre_ping=True replaces a dead pooled connection before using it"
             )
-        raise StorageError(
-            f"{name}: database error while {what}: {text.strip()}{hint}", key=key
-        ) from exc
+        raise StorageError(f"{name}: database error while {what}: {shown}{hint}", key=key) from exc
 
 
 @contextmanager
@@ -331,10 +366,12 @@ class SyncStore(_StoreBase):
         self,
         spec: SessionSpec,
         model: Model,
-        db: Session | sessionmaker[Session],
+        db: Session | sessionmaker[Session] | scoped_session[Session],
         tools: ToolScope | None = None,
     ) -> None:
         super().__init__(spec, model, tools)
+        if isinstance(db, scoped_session):
+            db = db()  # the registry's current Session (Flask-SQLAlchemy's db.session)
         if isinstance(db, Session):
             self.session: Session | None = db
             self.maker: sessionmaker[Session] | None = None
@@ -410,7 +447,8 @@ class SyncStore(_StoreBase):
         params = self._key_params(op.key)
         written = self.written_document(op, session)
         if written is not None:
-            row = session.execute(self.revision_statement(op.where), params).first()
+            # SQLAlchemy's own execute: SQLModel's Session deprecates its override.
+            row = Session.execute(session, self.revision_statement(op.where), params).first()
             snap = self.snapshot_from_revision(op, written, row)
             if snap is not None:
                 return snap
@@ -423,7 +461,7 @@ class SyncStore(_StoreBase):
 
     def _swap(self, session: Session, op: Swap) -> bool:
         statement, params = self.swap_statement(op)
-        result = session.execute(statement, params)
+        result = Session.execute(session, statement, params)
         return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
 
     def _insert(self, session: Session, op: Insert) -> Any:
@@ -447,8 +485,11 @@ class AsyncStore(_StoreBase):
         self, spec: SessionSpec, model: Model, db: Any, tools: ToolScope | None = None
     ) -> None:
         super().__init__(spec, model, tools)
-        from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+        from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
 
+        self.execute = AsyncSession.execute  # SQLAlchemy's own (SQLModel's is deprecated)
+        if isinstance(db, async_scoped_session):
+            db = db()  # the registry's AsyncSession for the current scope
         if isinstance(db, AsyncSession):
             self.session: AsyncSession | None = db
             self.maker: async_sessionmaker[AsyncSession] | None = None
@@ -518,7 +559,7 @@ class AsyncStore(_StoreBase):
         params = self._key_params(op.key)
         written = self.written_document(op, session.sync_session)
         if written is not None:
-            result = await session.execute(self.revision_statement(op.where), params)
+            result = await self.execute(session, self.revision_statement(op.where), params)
             snap = self.snapshot_from_revision(op, written, result.first())
             if snap is not None:
                 return snap
@@ -531,7 +572,7 @@ class AsyncStore(_StoreBase):
 
     async def _swap(self, session: AsyncSession, op: Swap) -> bool:
         statement, params = self.swap_statement(op)
-        result = await session.execute(statement, params)
+        result = await self.execute(session, statement, params)
         return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
 
     async def _insert(self, session: AsyncSession, op: Insert) -> Any:

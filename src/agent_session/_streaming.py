@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -42,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from . import _observe, _turn
 from ._flows import _LAST_RESULT
 from ._observe import HookCall
+from ._secrets import get_logger
+from ._text import clean_text
 from ._turn import Sleep, TurnCancelled
 from .context import Usage
 from .errors import InputValidationError, ModelCallError
@@ -83,7 +84,7 @@ __all__ = [
     "stream_session",
 ]
 
-logger = logging.getLogger("agent_session.streaming")
+logger = get_logger("agent_session.streaming")
 
 OutputT = TypeVar("OutputT")
 SessionT = TypeVar("SessionT")
@@ -164,16 +165,23 @@ class _Turn:
 
     def text(self, chunk: TextChunk) -> Sequence[StreamEvent]:
         self.shown = True
-        self.received.append(chunk.text)
-        delta = TextDelta(chunk.text)
+        text = clean_text(chunk.text)  # the flow warns once, on the whole reply
+        self.received.append(text)
+        delta = TextDelta(text)
         if self.partial is None:
             return (delta,)
-        output = self.partial.feed(chunk.text)
+        output = self.partial.feed(text)
         return (delta,) if output is None else (delta, output)
 
     def tool_delta(self, chunk: ToolCallChunk) -> ToolCallDelta:
         self.shown = True
-        return ToolCallDelta(chunk.index, chunk.id, chunk.name, chunk.arguments_delta)
+        id, name = chunk.id, chunk.name
+        return ToolCallDelta(
+            chunk.index,
+            id and clean_text(id),
+            name and clean_text(name),
+            clean_text(chunk.arguments_delta),
+        )
 
     def response(self, response: ModelResponse) -> None:
         self.usage = self.usage + response.usage

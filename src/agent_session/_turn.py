@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
@@ -32,8 +31,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticSerializationError, to_jsonable_python
+from pydantic_core import to_jsonable_python
 
+from ._secrets import get_logger
+from ._text import clean_text, encodable, first_unencodable, lone_surrogates
 from .context import (
     CONTEXT_VERSION,
     Usage,
@@ -59,6 +60,7 @@ from .history import (
     apply_summary,
     check_budget,
     default_window,
+    is_summary,
     litellm_token_counter,
     plan_compaction,
     select_messages,
@@ -102,7 +104,7 @@ __all__ = [
     "validate_input",
 ]
 
-logger = logging.getLogger("agent_session.turn")
+logger = get_logger("agent_session.turn")
 
 RETRY_BASE_DELAY = 0.5
 """Seconds before the first retry of a failed call; doubled for each further one."""
@@ -184,10 +186,11 @@ def validate_input(agent: Agent[Any], input: InputLike) -> TurnInput:
     single = getattr(value, field) if field is not None else None
     try:
         content = single if isinstance(single, str) else value.model_dump_json()
-    except PydanticSerializationError as exc:
+    except (ValueError, RecursionError) as exc:  # PydanticSerializationError, too deep
         raise InputValidationError(
             f"input must be JSON-serialisable to be sent: {exc}", errors=[]
         ) from exc
+    _check_encodable(content, "input")
     limit = agent.max_input_bytes
     if len(content) * 4 > limit and len(content.encode("utf-8")) > limit:
         raise InputValidationError(
@@ -199,10 +202,27 @@ def validate_input(agent: Agent[Any], input: InputLike) -> TurnInput:
     stored_input: dict[str, Any] | None = None
     if not isinstance(single, str):
         # The content is the input as JSON: stored again only if it does not read back.
-        as_json = value.model_dump(mode="json")
-        if input_document(field, content) != as_json:
-            stored_input = as_json
+        try:
+            as_json = value.model_dump(mode="json")
+            if input_document(field, content) != as_json:
+                stored_input = as_json
+        except (ValueError, RecursionError) as exc:
+            raise InputValidationError(f"input cannot be stored: {exc}", errors=[]) from exc
     return TurnInput(value=value, content=content, stored_input=stored_input)
+
+
+def _check_encodable(text: str, source: str) -> None:
+    """``InputValidationError`` for the caller's text that UTF-8 cannot encode (a lone
+    surrogate): no database could store it, and it is the caller's to fix."""
+    position = first_unencodable(text)
+    if position is not None:
+        at = f", at position {position}" if source == "input" else ""
+        raise InputValidationError(
+            f"{source} holds a character that cannot be encoded as UTF-8 (a lone surrogate, "
+            f"{text[position]!a}{at})",
+            errors=[],
+            source=source,
+        )
 
 
 def _instruction_args(
@@ -247,12 +267,14 @@ def _storable_args(dump: Callable[[], Any]) -> dict[str, Any]:
     """The JSON form of the instruction arguments, which the context stores."""
     try:
         stored: dict[str, Any] = dump()
-    except PydanticSerializationError as exc:
+        text = json.dumps(stored, ensure_ascii=False)
+    except (ValueError, RecursionError) as exc:  # PydanticSerializationError, too deep
         raise InputValidationError(
             f"instruction_args must be JSON-serialisable to be stored: {exc}",
             errors=[],
             source="instruction_args",
         ) from exc
+    _check_encodable(text, "instruction_args")
     return stored
 
 
@@ -265,10 +287,23 @@ def _stored(role: str, content: str, **meta: Any) -> dict[str, Any]:
     return message
 
 
+@dataclass(frozen=True)
+class Instructions:
+    """Validated instruction arguments: the template's values and their stored JSON."""
+
+    values: dict[str, Any]
+    stored: dict[str, Any] | None
+
+
+def validate_instructions(agent: Agent[Any], instruction_args: ArgsLike) -> Instructions:
+    """Validate ``instruction_args`` as the first turn does (``InputValidationError``)."""
+    return Instructions(*_instruction_args(agent, instruction_args))
+
+
 def plan_first_turn(
     agent: Agent[Any],
     input: InputLike | TurnInput,
-    instruction_args: ArgsLike,
+    instruction_args: ArgsLike | Instructions,
     *,
     now: datetime | None = None,
     limits: BudgetLimits | None = None,
@@ -276,19 +311,41 @@ def plan_first_turn(
     """Plan the first turn: validate everything and render the instruction once."""
     now = now or utcnow()
     turn_input = input if isinstance(input, TurnInput) else validate_input(agent, input)
-    values, stored_args = _instruction_args(agent, instruction_args)
+    if not isinstance(instruction_args, Instructions):
+        instruction_args = validate_instructions(agent, instruction_args)
     history: list[dict[str, Any]] = []
     if agent.template is not None:
         # Created with the document: no timestamp of its own.
-        history.append(_stored("system", agent.template.render(values)))
+        history.append(_stored("system", agent.template.render(instruction_args.values)))
     return TurnPlan(
         input=turn_input.value,
         user_message=_user_message(turn_input, now),
         history=history,
-        instruction_args=stored_args,
+        instruction_args=instruction_args.stored,
         now=now,
         limits=limits,
     )
+
+
+def with_instructions(
+    agent: Agent[Any], document: Mapping[str, Any], instructions: Instructions
+) -> dict[str, Any]:
+    """``document`` with new instruction arguments for the turn being planned and the
+    ones after it: stored in place of the old ones, the system message rendered again."""
+    new = {key: value for key, value in document.items() if key != "instruction_args"}
+    if instructions.stored is not None:
+        new["instruction_args"] = instructions.stored
+    if agent.template is None:
+        return new
+    messages = list(document["messages"])
+    system = _stored("system", agent.template.render(instructions.values))
+    first = messages[0] if messages else None
+    if first is not None and first.get("role") == "system" and not is_summary(first):
+        messages[0] = system
+    else:
+        messages.insert(0, system)
+    new["messages"] = messages
+    return new
 
 
 def plan_next_turn(
@@ -566,7 +623,7 @@ def _model_call(
         check_turn_budget(agent, plan, state)
         state.calls += 1
         try:
-            response: ModelResponse = yield request
+            response: ModelResponse = storable_response((yield request))
         except ModelCallError as exc:
             exc.attempts = state.calls
             if not exc.retryable or retries >= agent.model_retries:
@@ -584,6 +641,32 @@ def _model_call(
             yield Sleep(delay)
             continue
         return response, retries + 1
+
+
+def storable_response(response: ModelResponse) -> ModelResponse:
+    """The reply with each lone surrogate (text UTF-8 cannot encode, so no database
+    can store) replaced by U+FFFD, and a warning; the reply itself when it has none."""
+    calls = response.tool_calls
+    texts = [response.text, response.model, response.finish_reason or ""]
+    texts += [text for call in calls for text in (call.name, call.arguments, call.id)]
+    if all(encodable(text) for text in texts):
+        return response
+    if any(lone_surrogates(text) for text in texts):  # not a pair split across chunks
+        logger.warning(
+            "the reply of %s holds text that cannot be encoded as UTF-8 (a lone surrogate); "
+            "it is kept with U+FFFD in its place",
+            response.model or "the model",
+        )
+    return replace(
+        response,
+        text=clean_text(response.text),
+        model=clean_text(response.model),
+        finish_reason=response.finish_reason and clean_text(response.finish_reason),
+        tool_calls=tuple(
+            ToolCall(clean_text(c.name), clean_text(c.arguments), id=clean_text(c.id))
+            for c in calls
+        ),
+    )
 
 
 def model_flow(
@@ -625,7 +708,8 @@ def resume_flow(
     )
     state.earlier_calls = state.steps
     assistant = _last_tool_calls_message(state.messages)
-    calls = [_stored_call(entry) for entry in assistant["tool_calls"]]
+    waiting = {a["tool_call_id"]: a for a in pending["approvals"]}
+    calls = [_stored_call(entry, waiting.get(entry["id"])) for entry in assistant["tool_calls"]]
     approved = [call for call in calls if approvals.get(call.id) is True]
     results: dict[str, ToolCallResult] = {}
     if approved:
@@ -648,7 +732,12 @@ def _last_tool_calls_message(messages: list[dict[str, Any]]) -> dict[str, Any]:
     raise ValueError("a paused turn without a tool call")  # not a document this library wrote
 
 
-def _stored_call(entry: Mapping[str, Any]) -> ToolCall:
+def _stored_call(entry: Mapping[str, Any], approval: Mapping[str, Any] | None) -> ToolCall:
+    """A call of the paused reply. One that waited for a decision runs with the
+    arguments the approver was shown (``PendingApproval.arguments``): one source for
+    both, never the message's text read a second time."""
+    if approval is not None:
+        return ToolCall(approval["tool_name"], approval["arguments"], id=entry["id"])
     function = entry["function"]
     return ToolCall(function["name"], function.get("arguments") or "{}", id=entry["id"])
 
@@ -957,6 +1046,8 @@ def check_approvals(
                 errors=[],
                 source="approvals",
             )
+        if isinstance(decision, Denied) and decision.reason is not None:
+            _check_encodable(decision.reason, "approvals")
     return dict(approvals)
 
 

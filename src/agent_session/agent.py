@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from . import _observe, _turn
 from ._observe import AfterModelCall, BeforeModelCall, OnError, OnToolCall
+from ._secrets import remember
 from .errors import ConfigurationError, InputValidationError
 from .history import BudgetLimits, LastTurns, Summarize, TokenBudget, Window
 from .llm import LiteLLMModel, Model, OutputMode, aprepare, resolve_output_mode
@@ -255,6 +256,10 @@ class Agent(Generic[OutputT]):
         self.history: Window | None = history
         """What a request sends of the stored history (``None``: the model's window)."""
         self.compaction = compaction
+        # Their secrets are masked in every error message, log record, SSE frame and span.
+        remember(settings)
+        if compaction is not None:
+            remember(compaction.model_settings)
         self.limits = BudgetLimits(max_session_tokens, max_session_cost, max_model_calls)
         """The session budgets and the per-turn model call limit."""
 

@@ -253,6 +253,27 @@ class PendingTurn(BaseModel):
     def _expand(cls, data: Any) -> Any:
         return _expand_document(data, None)
 
+    @model_validator(mode="after")
+    def _approvals_name_calls(self) -> PendingTurn:
+        """Each approval is a call of the last reply, to the same tool: the approver
+        is shown its arguments, and they are the arguments that run."""
+        calls: dict[Any, Any] = {}
+        for message in reversed(self.messages):
+            if message.role == "assistant" and message.tool_calls:
+                calls = {
+                    entry.get("id"): (entry.get("function") or {}).get("name")
+                    for entry in message.tool_calls
+                    if isinstance(entry, dict)
+                }
+                break
+        for approval in self.approvals:
+            if calls.get(approval.tool_call_id, object()) != approval.tool_name:
+                raise ValueError(
+                    f"approval {approval.tool_call_id!r} ({approval.tool_name}) is not a "
+                    f"call of the paused reply"
+                )
+        return self
+
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "messages": _messages_document(self.messages, None),

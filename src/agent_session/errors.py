@@ -31,6 +31,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from ._secrets import mask
+from ._text import clean_text
+
 __all__ = [
     "AgentSessionError",
     "ApprovalPendingError",
@@ -67,7 +70,16 @@ def show_key(key: Any) -> str:
 
 
 class AgentSessionError(Exception):
-    """Root of every error raised by agent-session."""
+    """Root of every error raised by agent-session.
+
+    Its message never shows a secret: the keys of the agents' ``model_settings``, and
+    anything shaped like an API token (``sk-...``, ``Bearer ...``), are masked as
+    ``****``, also in text quoted from a provider.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        # Text UTF-8 cannot encode (quoted from a bad key, say) would break a log handler.
+        super().__init__(*(mask(clean_text(a)) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(AgentSessionError):

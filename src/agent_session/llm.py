@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import logging
 import math
 import os
 import re
@@ -55,6 +54,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from ._secrets import get_logger, mask, secret_values
 from .context import Usage
 from .errors import (
     RETRYABLE_STATUS_CODES,
@@ -80,7 +80,7 @@ __all__ = [
     "response_chunks",
 ]
 
-logger = logging.getLogger("agent_session.llm")
+logger = get_logger("agent_session.llm")
 
 OutputMode = Literal["json_schema", "json_object", "prompt"]
 """How a structured output is asked for: ``response_format`` with the JSON schema,
@@ -340,7 +340,7 @@ class LiteLLMModel(Model):
         try:
             raw = litellm.completion(**self._kwargs(request))
         except Exception as exc:
-            raise _model_call_error(exc, request.model) from exc
+            raise _model_call_error(exc, request) from exc
         return _to_response(litellm, raw, request.model)
 
     async def acomplete(self, request: ModelRequest) -> ModelResponse:
@@ -349,7 +349,7 @@ class LiteLLMModel(Model):
         try:
             raw = await litellm.acompletion(**self._kwargs(request))
         except Exception as exc:
-            raise _model_call_error(exc, request.model) from exc
+            raise _model_call_error(exc, request) from exc
         return _to_response(litellm, raw, request.model)
 
     def _stream_kwargs(self, request: ModelRequest) -> dict[str, Any]:
@@ -369,7 +369,7 @@ class LiteLLMModel(Model):
         try:
             raw = litellm.completion(**self._stream_kwargs(request))
         except Exception as exc:
-            raise _model_call_error(exc, request.model) from exc
+            raise _model_call_error(exc, request) from exc
         assembly = _Assembly(request)
         try:
             while True:
@@ -378,7 +378,7 @@ class LiteLLMModel(Model):
                 except StopIteration:
                     break
                 except Exception as exc:
-                    raise _model_call_error(exc, request.model) from exc
+                    raise _model_call_error(exc, request) from exc
                 yield from assembly.feed(piece)
         finally:
             _close_stream(raw)
@@ -392,7 +392,7 @@ class LiteLLMModel(Model):
         try:
             raw = await litellm.acompletion(**self._stream_kwargs(request))
         except Exception as exc:
-            raise _model_call_error(exc, request.model) from exc
+            raise _model_call_error(exc, request) from exc
         assembly = _Assembly(request)
         try:
             while True:
@@ -401,7 +401,7 @@ class LiteLLMModel(Model):
                 except StopAsyncIteration:
                     break
                 except Exception as exc:
-                    raise _model_call_error(exc, request.model) from exc
+                    raise _model_call_error(exc, request) from exc
                 for chunk in assembly.feed(piece):
                     yield chunk
         finally:
@@ -728,9 +728,11 @@ def _key_variables(exc: BaseException, model: str) -> list[str]:
     return names or list(dict.fromkeys(_KEY_VARIABLE.findall(str(exc))))
 
 
-def _model_call_error(exc: Exception, model: str) -> ModelCallError | ConfigurationError:
-    """Map a LiteLLM (or transport) exception to ``ModelCallError``, or to
-    ``ConfigurationError`` for a set-up failure (``_setup_error``)."""
+def _model_call_error(exc: Exception, request: ModelRequest) -> ModelCallError | ConfigurationError:
+    """Map a LiteLLM (or transport) exception to ``ModelCallError``; the provider's
+    text is quoted with the request's secrets masked (a 401 may echo the key). A
+    set-up failure (``_setup_error``) is a ``ConfigurationError`` instead."""
+    model = request.model
     setup = _setup_error(exc, model)
     if setup is not None:
         return setup
@@ -739,7 +741,7 @@ def _model_call_error(exc: Exception, model: str) -> ModelCallError | Configurat
     status = None if transport is not None else getattr(exc, "status_code", None)
     if not isinstance(status, int):
         status = None
-    message = str(exc).strip() or kind
+    message = mask(str(exc).strip() or kind, secret_values(request.settings))
     where = f"HTTP {status}" if status is not None else type(transport or exc).__name__
     text = f"model call to {model} failed ({where}): {message}"
     retry_after = _retry_after(exc) if transport is None else None

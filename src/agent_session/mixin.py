@@ -15,23 +15,29 @@ The mixin adds, unless the class declares them itself:
   ``pending``) and ``status_changed_at`` (naive UTC), so other workers can see a
   turn in progress.
 
-Every classmethod takes ``db``: a ``Session`` (you own the transaction; the library
-flushes and never commits) or a ``sessionmaker`` (the library runs two short
-transactions per turn and calls the model with no connection checked out). The
-``a``-prefixed twins take an ``AsyncSession`` or ``async_sessionmaker``.
+Every classmethod takes ``db``: a ``Session`` or a ``scoped_session`` such as
+Flask-SQLAlchemy's ``db.session`` (you own the transaction; the library flushes and
+never commits) or a ``sessionmaker`` (the library runs two short transactions per turn
+and calls the model with no connection checked out). The ``a``-prefixed twins take an
+``AsyncSession``, ``async_scoped_session`` or ``async_sessionmaker``.
+
+Any declarative style maps the class: ``DeclarativeBase`` (also with
+``MappedAsDataclass``), ``declarative_base()``, ``registry.mapped``, Flask-SQLAlchemy's
+``db.Model``, SQLModel's ``table=True`` (where the columns are fields). The
+configuration is checked when SQLAlchemy maps the class.
 """
 
 from __future__ import annotations
 
+import sys
 import types
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import (
     TYPE_CHECKING,
     Any,
     ClassVar,
-    Generic,
     Literal,
     Self,
     TypeVar,
@@ -42,12 +48,14 @@ from typing import (
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql import visitors
 from sqlalchemy.types import TypeDecorator
 
 from . import _flows, _observe, _streaming, _turn
 from ._flows import SessionSpec, SessionStatus
 from ._store import AsyncStore, SyncStore
 from ._streaming import AsyncTurnStream, OnCancel, TurnStream
+from ._text import encodable
 from .agent import Agent
 from .context import Context, Usage, stored_usage
 from .errors import ConfigurationError, InputValidationError, show_key
@@ -55,11 +63,19 @@ from .history import BudgetLimits
 from .tools import Denied, PendingApproval
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from pydantic import BaseModel
     from sqlalchemy import ColumnElement
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
+    from sqlalchemy.orm import scoped_session
 
     from .result import Result
+
+    # What ``db`` may be: a session (of any subclass: SQLModel's), a sessionmaker of
+    # one, or a scoped session (Flask-SQLAlchemy's ``db.session``).
+    SyncDb: TypeAlias = Session | sessionmaker[Any] | scoped_session[Any]
+    AsyncDb: TypeAlias = AsyncSession | async_sessionmaker[Any] | async_scoped_session[Any]
 
 __all__ = ["AgentSessionMixin", "SessionStatus"]
 
@@ -71,6 +87,19 @@ if TYPE_CHECKING:
     OutputT = _TypeVar("OutputT", default=Any)
 else:
     OutputT = TypeVar("OutputT")
+
+if TYPE_CHECKING:
+    from typing import Generic as _Generic
+else:
+
+    class _Generic:
+        """``Generic`` for type checkers; at run time only subscriptable
+        (``AgentSessionMixin[Reply]``), so that the mixin can come before Pydantic's
+        ``BaseModel`` (SQLModel) without Pydantic taking the model for a generic one."""
+
+        def __class_getitem__(cls, params: Any) -> Any:
+            return types.GenericAlias(cls, params)
+
 
 _SPEC = "__agent_session_spec__"
 
@@ -95,7 +124,7 @@ def _uses_dataclasses(cls: type) -> bool:
     return any(k.__name__ == "MappedAsDataclass" for k in cls.__mro__)
 
 
-class AgentSessionMixin(Generic[OutputT]):
+class AgentSessionMixin(_Generic[OutputT]):
     """Mix into a declarative model to store an agent conversation on each row.
 
     The type parameter is the agent's output type, for type checkers:
@@ -121,14 +150,12 @@ class AgentSessionMixin(Generic[OutputT]):
     """How long a ``running`` status blocks other workers before it is taken over."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        mapped = not vars(cls).get("__abstract__", False) and (
-            "__tablename__" in vars(cls) or "__table__" in vars(cls) or _has_mapped_base(cls)
-        )
-        if mapped:
+        # Every declarative style maps the class after this (a metaclass, a decorator,
+        # SQLModel's ``table=True``) or in the ``super()`` call (``DeclarativeBase``):
+        # the columns go on the class now, and ``_on_mapped`` checks the mapped class.
+        if not vars(cls).get("__abstract__", False):
             _add_columns(cls)
         super().__init_subclass__(**kwargs)
-        if mapped:
-            _check_mapped(cls)
 
     # -- reading ----------------------------------------------------------------
 
@@ -205,7 +232,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def start_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
@@ -221,7 +248,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def start_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
@@ -238,7 +265,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def start_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
@@ -254,7 +281,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def start_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
@@ -293,7 +320,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def continue_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         session_or_pk: Any,
         input: BaseModel | Mapping[str, Any] | str,
         /,
@@ -301,6 +328,7 @@ class AgentSessionMixin(Generic[OutputT]):
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
@@ -311,7 +339,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def continue_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         session_or_pk: Any,
         input: BaseModel | Mapping[str, Any] | str,
         /,
@@ -319,6 +347,7 @@ class AgentSessionMixin(Generic[OutputT]):
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
@@ -330,7 +359,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def continue_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         session_or_pk: Any,
         input: BaseModel | Mapping[str, Any] | str,
         /,
@@ -338,6 +367,7 @@ class AgentSessionMixin(Generic[OutputT]):
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
@@ -348,7 +378,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def continue_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         session_or_pk: Any,
         input: BaseModel | Mapping[str, Any] | str,
         /,
@@ -356,6 +386,7 @@ class AgentSessionMixin(Generic[OutputT]):
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
@@ -371,6 +402,12 @@ class AgentSessionMixin(Generic[OutputT]):
         match, on reading and on writing; a row outside them is not found. ``deps``
         goes to the tools. A session paused for approvals raises
         ``ApprovalPendingError`` (resume it first).
+
+        A row with no conversation yet (an existing row, its context NULL) gets its
+        first turn here, the instruction rendered from ``instruction_args`` (validated
+        as in ``start_session``). On a row with a conversation, ``instruction_args``
+        replace the stored arguments, and the instruction is rendered again from them,
+        from this turn on.
 
         ``stream=True`` returns a ``TurnStream`` of the turn's events; the turn is
         stored once, when the stream is exhausted (``stream.session``). A stream
@@ -395,6 +432,7 @@ class AgentSessionMixin(Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=criteria,
             limits=_limits(spec, max_session_tokens, max_session_cost),
+            instruction_args=instruction_args,
         )
         if stream:
             return _streaming.stream_session(
@@ -408,7 +446,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def resume_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         session_or_pk: Any,
         /,
         *,
@@ -426,7 +464,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def resume_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         session_or_pk: Any,
         /,
         *,
@@ -445,7 +483,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def resume_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         session_or_pk: Any,
         /,
         *,
@@ -463,7 +501,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def resume_session(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         session_or_pk: Any,
         /,
         *,
@@ -514,7 +552,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     def get_context(
         cls,
-        db: Session | sessionmaker[Session],
+        db: SyncDb,
         pk: Any,
         /,
         *,
@@ -535,7 +573,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def astart_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
@@ -551,7 +589,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def astart_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
@@ -568,7 +606,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def astart_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
@@ -584,7 +622,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def astart_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
@@ -612,7 +650,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def acontinue_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         session_or_pk: Any,
         input: BaseModel | Mapping[str, Any] | str,
         /,
@@ -620,6 +658,7 @@ class AgentSessionMixin(Generic[OutputT]):
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
@@ -630,7 +669,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def acontinue_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         session_or_pk: Any,
         input: BaseModel | Mapping[str, Any] | str,
         /,
@@ -638,6 +677,7 @@ class AgentSessionMixin(Generic[OutputT]):
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
@@ -649,7 +689,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def acontinue_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         session_or_pk: Any,
         input: BaseModel | Mapping[str, Any] | str,
         /,
@@ -657,6 +697,7 @@ class AgentSessionMixin(Generic[OutputT]):
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
@@ -667,7 +708,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def acontinue_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         session_or_pk: Any,
         input: BaseModel | Mapping[str, Any] | str,
         /,
@@ -675,6 +716,7 @@ class AgentSessionMixin(Generic[OutputT]):
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
@@ -697,6 +739,7 @@ class AgentSessionMixin(Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=criteria,
             limits=_limits(spec, max_session_tokens, max_session_cost),
+            instruction_args=instruction_args,
         )
         if stream:
             return await _streaming.astream_session(
@@ -710,7 +753,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def aresume_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         session_or_pk: Any,
         /,
         *,
@@ -728,7 +771,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def aresume_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         session_or_pk: Any,
         /,
         *,
@@ -747,7 +790,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def aresume_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         session_or_pk: Any,
         /,
         *,
@@ -765,7 +808,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def aresume_session(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         session_or_pk: Any,
         /,
         *,
@@ -806,7 +849,7 @@ class AgentSessionMixin(Generic[OutputT]):
     @classmethod
     async def aget_context(
         cls,
-        db: AsyncSession | async_sessionmaker[AsyncSession],
+        db: AsyncDb,
         pk: Any,
         /,
         *,
@@ -831,7 +874,24 @@ def _has_mapped_base(cls: type) -> bool:
 
 
 def _add_columns(cls: type) -> None:
-    """Add the mixin's columns that the class does not declare itself."""
+    """Add the mixin's columns that the class does not declare itself.
+
+    Declarative classes get ``mapped_column()`` attributes, which every declarative
+    style reads from the class when it maps it. SQLModel builds a table model's
+    columns from its Pydantic fields, so there the columns are fields.
+    """
+    if _has_mapped_base(cls):
+        return  # single-table inheritance: the base's columns are inherited
+    sqlmodel = _sqlmodel_base(cls)
+    columns = _model_fields(cls) if sqlmodel else _mapped_columns(cls)
+    for name, (annotation, column) in columns.items():
+        if _declares(cls, name):
+            continue
+        setattr(cls, name, column)
+        cls.__annotations__ = {**vars(cls).get("__annotations__", {}), name: annotation}
+
+
+def _mapped_columns(cls: type) -> dict[str, tuple[Any, Any]]:
     dataclass_kw: dict[str, Any] = {"init": False} if _uses_dataclasses(cls) else {}
     columns: dict[str, tuple[Any, Any]] = {
         cls.__context_attribute__: (  # type: ignore[attr-defined]
@@ -865,17 +925,57 @@ def _add_columns(cls: type) -> None:
             Mapped[Any],
             mapped_column(sa.DateTime(), nullable=True, default=None, **dataclass_kw),
         )
-    if _has_mapped_base(cls):
-        return  # single-table inheritance: the base's columns are inherited
-    for name, (annotation, column) in columns.items():
-        if _declares(cls, name):
-            continue
-        setattr(cls, name, column)
-        cls.__annotations__ = {**vars(cls).get("__annotations__", {}), name: annotation}
+    return columns
+
+
+def _sqlmodel_base(cls: type) -> bool:
+    """Whether ``cls`` is a SQLModel model (never imports SQLModel)."""
+    sqlmodel = sys.modules.get("sqlmodel")
+    return sqlmodel is not None and issubclass(cls, sqlmodel.SQLModel)
+
+
+def _model_fields(cls: type) -> dict[str, tuple[Any, Any]]:
+    """The same columns as SQLModel fields: a table model makes each its column."""
+    from sqlmodel import Field
+
+    fields: dict[str, tuple[Any, Any]] = {
+        cls.__context_attribute__: (  # type: ignore[attr-defined]
+            dict[str, Any] | None,
+            Field(default=None, sa_type=sa.JSON(), nullable=True),
+        ),
+        cls.__revision_attribute__: (  # type: ignore[attr-defined]
+            int,
+            Field(default=0, sa_column_kwargs={"server_default": sa.text("0")}),
+        ),
+    }
+    status = cls.__status_attribute__  # type: ignore[attr-defined]
+    if status is not None:
+        fields[status] = (
+            str,
+            Field(
+                default=SessionStatus.PENDING.value,
+                sa_type=sa.String(32),
+                sa_column_kwargs={"server_default": SessionStatus.PENDING.value},
+            ),
+        )
+        fields[cls.__status_changed_attribute__] = (  # type: ignore[attr-defined]
+            datetime | None,
+            Field(default=None, sa_type=sa.DateTime(), nullable=True),
+        )
+    return fields
+
+
+def _on_mapped(mapper: Any, cls: type) -> None:
+    """Check a session model when SQLAlchemy has mapped it, whatever the style (a
+    mistake raises from the mapping, so at the class definition in practice)."""
+    _check_mapped(cls)
+
+
+sa.event.listen(AgentSessionMixin, "after_mapper_constructed", _on_mapped, propagate=True)
 
 
 def _check_mapped(cls: type) -> None:
-    """Validate the configuration at class definition time and store the spec."""
+    """Validate the configuration of a mapped class and store its spec."""
     name = cls.__name__
     agent = vars(cls).get("__agent__", getattr(cls, "__agent__", None))
     if agent is None:
@@ -1039,11 +1139,18 @@ def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
         return ()
     many = isinstance(where, Sequence) and not isinstance(where, str | bytes)
     given = tuple(where) if many else (where,)
+    cls = spec.cls
+    if not given:
+        # Criteria built from a list that happens to be empty must fail closed.
+        raise _bad_where(
+            cls,
+            f"an empty {type(where).__name__} scopes nothing; pass criteria "
+            f"(e.g. {cls.__name__}.user_id == user.id), or where=None for none",
+        )
     # An ORM attribute (``Chat.archived``) stands for its column.
     items = tuple(
         item.__clause_element__() if hasattr(item, "__clause_element__") else item for item in given
     )
-    cls = spec.cls
     table = sa.inspect(cls).get_property(spec.revision_attr).columns[0].table
     example = f"e.g. {cls.__name__}.user_id == user.id"
     for item in items:
@@ -1062,6 +1169,19 @@ def _criteria(spec: SessionSpec, where: Any) -> tuple[Any, ...]:
                 f"{item} uses {', '.join(others)}; criteria may only use the columns of "
                 f"{table.name} ({example})",
             )
+        elements = list(visitors.iterate(item))  # subqueries included
+        if not any(isinstance(e, sa.ColumnClause) and e.table is table for e in elements):
+            # ``and_()``, ``or_()``, ``true()``, ``literal(True)``: no row is scoped.
+            raise _bad_where(
+                cls,
+                f"{str(item) or 'an empty and_()/or_()'} uses no column of {table.name}, "
+                f"so it scopes nothing ({example})",
+            )
+        if any(
+            isinstance(e, sa.BindParameter) and isinstance(e.value, str) and not encodable(e.value)
+            for e in elements
+        ):
+            raise _bad_where(cls, "a value holds a character that cannot be encoded as UTF-8")
     return items
 
 
@@ -1125,6 +1245,8 @@ def _key_value(cls: type, column: Any, value: Any, key: Any) -> Any:
     if python_type not in (int, str, uuid.UUID):
         return value
     wrong_type = _bad_key(cls, key, f"{column.name} holds {python_type.__name__} values")
+    if isinstance(value, str) and not encodable(value):
+        raise _bad_key(cls, key, "a character cannot be encoded as UTF-8 (a lone surrogate)")
     if isinstance(value, str) and python_type is not str:
         try:
             value = int(value) if python_type is int else uuid.UUID(value)

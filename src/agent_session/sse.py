@@ -17,11 +17,12 @@ nothing. With Starlette or FastAPI::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_json
+
+from ._secrets import get_logger, mask
 
 if TYPE_CHECKING:
     from ._streaming import AsyncTurnStream, TurnStream
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MEDIA_TYPE", "aencode", "encode", "frame"]
 
-logger = logging.getLogger("agent_session.sse")
+logger = get_logger("agent_session.sse")
 
 MEDIA_TYPE = "text/event-stream"
 
@@ -45,7 +46,8 @@ def _event(event: StreamEvent) -> str:
 
 def _error(exc: Exception) -> str:
     logger.warning("a streamed turn failed", exc_info=exc)
-    return frame("error", {"type": type(exc).__name__, "message": str(exc)})
+    # The library's errors are masked already; any other exception's text is masked here.
+    return frame("error", {"type": type(exc).__name__, "message": mask(str(exc))})
 
 
 def _completed(session: Any) -> str:

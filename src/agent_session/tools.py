@@ -48,6 +48,8 @@ from pydantic.fields import FieldInfo
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from ._secrets import get_logger
+from ._text import clean_json, clean_text, encodable
 from .errors import ConfigurationError, ToolExecutionError
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ __all__ = [
     "replay_arguments",
     "run_awaitable",
 ]
+
+logger = get_logger("agent_session.tools")
 
 DepsT = TypeVar("DepsT")
 T = TypeVar("T")
@@ -201,7 +205,7 @@ def replay_arguments(raw: str) -> tuple[str, str | None]:
         return "{}", None
     try:
         parsed = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return "{}", raw
     if not isinstance(parsed, dict):
         return "{}", raw
@@ -569,6 +573,8 @@ class Toolset:
                 parsed = json.loads(call.arguments)
             except ValueError as exc:
                 invalid = exc
+            except RecursionError:
+                invalid = ValueError("nested too deeply")
         # What ``replay_arguments`` keeps: the raw text of arguments that are not an object.
         raw_kept = None if invalid is None and isinstance(parsed, dict) else call.arguments
         if tool is None:
@@ -726,7 +732,7 @@ def _checked_error(prepared: PreparedCall) -> ToolCallResult:
 def _error(
     call: ToolCall, arguments: dict[str, Any], raw: str | None, message: str
 ) -> ToolCallResult:
-    text = _bounded(message)
+    text = clean_text(_bounded(message))  # an exception's text may quote anything
     return ToolCallResult(
         tool_call_id=call.id,
         name=call.name,
@@ -761,7 +767,14 @@ def _success(
     arguments = _json_safe_or_empty(prepared.arguments)
     try:
         safe, content = tool_output(value)
-    except (TypeError, ValueError) as exc:
+        if not encodable(content):
+            logger.warning(
+                "the result of tool %s holds text that cannot be encoded as UTF-8 (a lone "
+                "surrogate); it is kept with U+FFFD in its place",
+                tool.name,
+            )
+            safe, content = tool_output(clean_json(safe))
+    except (TypeError, ValueError, RecursionError) as exc:
         if tool.on_error == "raise":
             raise ToolExecutionError(
                 f"tool {tool.name!r} returned a value that is not JSON-safe: {exc}",
@@ -801,11 +814,13 @@ def tool_output(value: Any) -> tuple[Any, str]:
 
 
 def _json_safe_or_empty(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments as storable JSON: a JSON escape such as ``"\\ud83d"`` in the
+    model's arguments parses to a lone surrogate, which becomes U+FFFD here."""
     try:
         safe = to_jsonable_python(dict(arguments), inf_nan_mode="null")
-    except PydanticSerializationError:
-        return {name: repr(value)[:200] for name, value in arguments.items()}
-    return safe if isinstance(safe, dict) else {}
+    except ValueError:  # PydanticSerializationError, or nested too deeply
+        return {clean_text(k): clean_text(repr(v)[:200]) for k, v in arguments.items()}
+    return clean_json(safe) if isinstance(safe, dict) else {}
 
 
 def _validation_message(tool_name: str, exc: ValidationError) -> str:
