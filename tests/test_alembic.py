@@ -358,3 +358,23 @@ def test_adding_the_mixin_to_a_table_with_rows(sync_database: Database, tmp_path
             )
     finally:
         _drop_tables(sync_database, TICKETS, "alembic_version")
+
+
+@pytest.mark.parametrize(
+    ("dialect", "rendered"),
+    [("postgresql", "astext_type=sa.Text()"), ("sqlite", "astext_type=Text()")],
+)
+def test_how_a_jsonb_column_renders(dialect: str, rendered: str) -> None:
+    """docs/migrations.md: a JSONB column (here a variant, as advanced-alchemy declares
+    it) renders ``sa.Text()`` against PostgreSQL, and the bare ``Text()`` that the
+    revision template does not import against another database."""
+    from alembic.autogenerate import render_python_code
+    from alembic.migration import MigrationContext
+    from alembic.operations import ops
+    from sqlalchemy.dialects import postgresql
+
+    column_type = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+    add = ops.AddColumnOp("chats", sa.Column("context", column_type))
+    context = MigrationContext.configure(dialect_name=dialect)
+    code = render_python_code(ops.UpgradeOps(ops=[add]), migration_context=context)
+    assert f"postgresql.JSONB({rendered})" in code

@@ -6,7 +6,7 @@ SQLAlchemy) are raised ``from`` that exception, so the original stays on
 ``__cause__``::
 
     AgentSessionError
-    ├── ConfigurationError         the Agent or the model class is defined wrongly
+    ├── ConfigurationError         the Agent, the model class or the set-up (key, module) is wrong
     ├── TemplateError              the instruction failed to render at run time
     ├── InputValidationError       input or instruction arguments are invalid (also ValueError)
     ├── ModelCallError             the LLM call failed: auth, rate limit, timeout, 5xx, ...
@@ -87,7 +87,9 @@ class AgentSessionError(Exception):
 
 
 class ConfigurationError(AgentSessionError):
-    """The ``Agent`` or a model class using the mixin is defined wrongly."""
+    """The ``Agent`` or a model class using the mixin is defined wrongly, or the set-up
+    lacks what a model call needs (the provider's API key, a module LiteLLM imports):
+    raised at once, never retried."""
 
 
 class TemplateError(AgentSessionError):

@@ -37,6 +37,12 @@ Retries: LiteLLM's own (``num_retries``) and the OpenAI SDK's (``max_retries``) 
 always switched off; failed calls are retried by the turn itself
 (``Agent(model_retries=...)``), so each retry is counted, logged and backed off
 without blocking an event loop.
+
+Set-up failures are not provider failures: a module LiteLLM imports on a call that
+is not installed (an ``ImportError`` from inside LiteLLM), or a provider's API key
+that is not set, is a ``ConfigurationError`` naming what to install or which
+environment variable to set. Both are seen before any request is sent, and never
+retried.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from ._secrets import get_logger, mask, secret_values
 from .context import Usage
 from .errors import (
     RETRYABLE_STATUS_CODES,
+    ConfigurationError,
     ContextWindowError,
     ModelCallError,
     OutputLimitError,
@@ -764,6 +771,16 @@ _NO_RESPONSE_KINDS = frozenset(
 )
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then its cause (or context), and so on (at most 20 links, no cycle)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen and len(seen) < 20:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
+
+
 def _no_response_cause(exc: BaseException) -> BaseException | None:
     """The link of ``exc``'s chain that says no HTTP response arrived, if any.
 
@@ -771,15 +788,11 @@ def _no_response_cause(exc: BaseException) -> BaseException | None:
     connection to an OpenAI-compatible server becomes ``InternalServerError`` with
     ``status_code`` 500. The transport error stays in the chain, so look there.
     """
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen and len(seen) < 20:
-        seen.add(id(link))
+    for link in _chain(exc):
         if type(link).__name__ in _NO_RESPONSE_KINDS or isinstance(
             link, TimeoutError | ConnectionError
         ):
             return link
-        link = link.__cause__ or link.__context__
     return None
 
 
@@ -844,10 +857,66 @@ def _is_context_window(exc: BaseException, status: int | None, message: str) -> 
     return status in (400, 413) and _CONTEXT_WINDOW_PHRASES.search(message) is not None
 
 
-def _model_call_error(exc: Exception, request: ModelRequest) -> ModelCallError:
+_MISSING_KEY_PHRASES = re.compile(
+    r"missing credentials|api_key client option must be set|missing \w+ api key"
+    r"|no (api )?key is set",
+    re.IGNORECASE,
+)
+"""How LiteLLM and the OpenAI SDK say that no API key is set, before any request:
+"Missing credentials. Please pass an `api_key` ... or set the `OPENAI_API_KEY` ...",
+"The api_key client option must be set ...", "Missing Anthropic API Key ..."."""
+
+_KEY_VARIABLE = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*_(?:API_KEY|KEY|TOKEN)\b")
+
+
+def _setup_error(exc: BaseException, model: str) -> ConfigurationError | None:
+    """A ``ConfigurationError`` when the installation or the configuration, not the
+    provider, failed the call: a module LiteLLM imports is missing, or no API key is
+    set. ``None`` otherwise."""
+    for link in _chain(exc):
+        if isinstance(link, ImportError):
+            module = (link.name or "").partition(".")[0]
+            if isinstance(link, ModuleNotFoundError) and module:
+                return ConfigurationError(
+                    f"model call to {model} failed: LiteLLM imports the module {module!r}, "
+                    f"which is not installed; install it (pip install {module})"
+                )
+            hint = f"pip install --upgrade {module}" if module else "check the installation"
+            return ConfigurationError(
+                f"model call to {model} failed: LiteLLM could not import what it needs "
+                f"({link}); {hint}"
+            )
+    if _no_response_cause(exc) is None and _MISSING_KEY_PHRASES.search(str(exc)):
+        names = " or ".join(_key_variables(exc, model)) or "the provider's API key variable"
+        any_value = ""
+        if model.startswith("openai/"):
+            any_value = " (any value, for a server that checks none)"
+        return ConfigurationError(
+            f"model call to {model} failed: no API key is set: set {names} in the "
+            f"environment, or api_key in model_settings{any_value}"
+        )
+    return None
+
+
+def _key_variables(exc: BaseException, model: str) -> list[str]:
+    """The environment variables LiteLLM reads the model's key from (as its
+    ``validate_environment`` says), else those the error message names."""
+    try:
+        missing = import_litellm().validate_environment(model=model).get("missing_keys") or []
+    except Exception:
+        missing = []
+    names = [str(name) for name in missing if _KEY_VARIABLE.fullmatch(str(name))]
+    return names or list(dict.fromkeys(_KEY_VARIABLE.findall(str(exc))))
+
+
+def _model_call_error(exc: Exception, request: ModelRequest) -> ModelCallError | ConfigurationError:
     """Map a LiteLLM (or transport) exception to ``ModelCallError``; the provider's
-    text is quoted with the request's secrets masked (a 401 may echo the key)."""
+    text is quoted with the request's secrets masked (a 401 may echo the key). A
+    set-up failure (``_setup_error``) is a ``ConfigurationError`` instead."""
     model = request.model
+    setup = _setup_error(exc, model)
+    if setup is not None:
+        return setup
     kind = type(exc).__name__
     transport = _no_response_cause(exc)
     status = None if transport is not None else getattr(exc, "status_code", None)
