@@ -519,6 +519,39 @@ def _echoed_key(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
         return caught(lambda: Agent("openai/x", model_settings=settings).run("hi"))
 
 
+def _endless(**options: Any) -> BaseException:
+    """Read a streamed reply of the fake server's that never ends, under ``options``."""
+    from fake_openai import running_fake_openai
+
+    with running_fake_openai() as server:
+        server.enqueue_endless_stream("x")
+        settings = {"api_base": server.base_url, "api_key": "k"}
+        settings.update(options.pop("model_settings", {}))
+        agent = Agent("openai/gpt-4o-mini", model_settings=settings, **options)
+
+        def read() -> None:
+            for _ in agent.run("hi", stream=True):
+                pass
+
+        return caught(read)
+
+
+@raises(
+    "the stream of openai/gpt-4o-mini passed the turn's model time, turn_timeout=1s "
+    "(Agent(turn_timeout=...)); it was stopped and nothing was stored"
+)
+def _endless_stream(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    return _endless(turn_timeout=1)
+
+
+@raises(
+    "the streamed reply of openai/gpt-4o-mini passed max_tokens=10 (model_settings); the "
+    "stream was stopped and nothing was stored"
+)
+def _past_max_tokens(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    return _endless(model_settings={"max_tokens": 10})
+
+
 @raises(
     "new Chat session: database error while inserting: IntegrityError: Duplicate entry '...' "
     "for key 'code' (error 1062)"
