@@ -72,8 +72,8 @@ from .llm import (
     StreamEnd,
     TextChunk,
     ToolCallChunk,
-    aprepare,
     astream_within,
+    awarm_up,
     stream_within,
 )
 from .result import Result
@@ -625,7 +625,7 @@ async def astream_session(
 ) -> AsyncTurnStream[Any, Any]:
     """Async twin of ``stream_session`` (``store`` an ``AsyncStore``)."""
     if isinstance(store.model, LiteLLMModel):
-        await aprepare()  # the first import of LiteLLM, off the event loop
+        await awarm_up()  # the first import of LiteLLM, off the event loop
     watched = _observe.observed(agent, flow, call=call, key=key, store=store, is_async=True)
     handle = store if watched is flow else _observe.awith_hooks(store)
     stream: AsyncTurnStream[Any, Any] = AsyncTurnStream(

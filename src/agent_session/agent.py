@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -25,7 +26,7 @@ from ._observe import AfterModelCall, BeforeModelCall, OnError, OnToolCall
 from ._secrets import remember
 from .errors import ConfigurationError, InputValidationError
 from .history import BudgetLimits, LastTurns, Summarize, TokenBudget, Window, output_tokens
-from .llm import LiteLLMModel, Model, OutputMode, aprepare, resolve_output_mode
+from .llm import LiteLLMModel, Model, OutputMode, awarm_up, resolve_output_mode
 from .result import Result
 from .templates import InstructionTemplate
 from .tools import Denied, Tool, Toolset
@@ -56,7 +57,7 @@ REFUSED_SETTINGS: dict[str, str] = {
     "response_format": "use output_schema= (and structured_output= to choose how it is sent)",
     "max_retries": (
         "use Agent(model_retries=...) for retries of failed calls "
-        "(Agent(max_retries=...) is re-asks after invalid output)"
+        "(Agent(output_retries=...) is re-asks after invalid output)"
     ),
     "num_retries": "use Agent(model_retries=...) for retries of failed calls",
 }
@@ -95,7 +96,9 @@ class Agent(Generic[OutputT]):
     (``temperature``, ``max_tokens``, ``api_base``, ``api_key``, ``timeout``, ...);
     the keys in ``REFUSED_SETTINGS`` are refused, with the option to use instead.
 
-    ``max_retries`` is how many times invalid output is re-asked; ``model_retries``
+    ``output_retries`` (default 2) is how many times invalid output is re-asked
+    (``max_retries``, its former name, still works until 1.0, with a
+    ``DeprecationWarning``); ``model_retries``
     how many times a failed call (429, 5xx, timeout, refused connection) is retried,
     with exponential backoff and the provider's ``Retry-After``. No other layer
     retries. ``structured_output`` chooses how an ``output_schema`` is asked for:
@@ -148,7 +151,7 @@ class Agent(Generic[OutputT]):
         instruction_schema: type[BaseModel] | None = None,
         input_schema: type[BaseModel] | None = None,
         output_schema: None = None,
-        max_retries: int = 2,
+        output_retries: int | None = None,
         model_retries: int = 2,
         structured_output: StructuredOutput = "auto",
         model_settings: Mapping[str, Any] | None = None,
@@ -168,6 +171,7 @@ class Agent(Generic[OutputT]):
         max_model_calls: int | None = None,
         turn_timeout: float = DEFAULT_TURN_TIMEOUT,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        max_retries: int | None = None,
     ) -> None: ...
 
     @overload
@@ -179,7 +183,7 @@ class Agent(Generic[OutputT]):
         instruction_schema: type[BaseModel] | None = None,
         input_schema: type[BaseModel] | None = None,
         output_schema: type[SchemaT],
-        max_retries: int = 2,
+        output_retries: int | None = None,
         model_retries: int = 2,
         structured_output: StructuredOutput = "auto",
         model_settings: Mapping[str, Any] | None = None,
@@ -199,6 +203,7 @@ class Agent(Generic[OutputT]):
         max_model_calls: int | None = None,
         turn_timeout: float = DEFAULT_TURN_TIMEOUT,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        max_retries: int | None = None,
     ) -> None: ...
 
     def __init__(
@@ -209,7 +214,7 @@ class Agent(Generic[OutputT]):
         instruction_schema: type[BaseModel] | None = None,
         input_schema: type[BaseModel] | None = None,
         output_schema: type[BaseModel] | None = None,
-        max_retries: int = 2,
+        output_retries: int | None = None,
         model_retries: int = 2,
         structured_output: StructuredOutput = "auto",
         model_settings: Mapping[str, Any] | None = None,
@@ -229,6 +234,7 @@ class Agent(Generic[OutputT]):
         max_model_calls: int | None = None,
         turn_timeout: float = DEFAULT_TURN_TIMEOUT,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        max_retries: int | None = None,
     ) -> None:
         if isinstance(model, str):
             if not model.strip():
@@ -251,7 +257,8 @@ class Agent(Generic[OutputT]):
                 isinstance(schema, type) and issubclass(schema, BaseModel)
             ):
                 raise ConfigurationError(f"{label} must be a Pydantic model class, got {schema!r}")
-        for label, count in (("max_retries", max_retries), ("model_retries", model_retries)):
+        output_retries = _output_retries(output_retries, max_retries)
+        for label, count in (("output_retries", output_retries), ("model_retries", model_retries)):
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise ConfigurationError(f"{label} must be an int >= 0, got {count!r}")
         if isinstance(max_tool_steps, bool) or not isinstance(max_tool_steps, int):
@@ -332,8 +339,10 @@ class Agent(Generic[OutputT]):
         self.instruction_schema = instruction_schema
         self.input_schema: type[BaseModel] = input_schema or TextInput
         self.output_schema = output_schema
-        self.max_retries = max_retries
-        self.model_retries = model_retries
+        self.output_retries: int = output_retries
+        """How many times invalid output is re-asked."""
+        self.model_retries: int = model_retries
+        """How many times a failed call is retried."""
         self.structured_output: StructuredOutput = structured_output
         self.model_settings: dict[str, Any] = settings
         self._output_modes: weakref.WeakKeyDictionary[Model, OutputMode] = (
@@ -363,6 +372,16 @@ class Agent(Generic[OutputT]):
         self._override: ContextVar[Model | None] = ContextVar(
             f"agent_session_override_{id(self)}", default=None
         )
+
+    @property
+    def max_retries(self) -> int:
+        """Deprecated: ``output_retries``."""
+        warnings.warn(
+            "Agent.max_retries is deprecated: use Agent.output_retries",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.output_retries
 
     def __repr__(self) -> str:
         out = self.output_schema.__name__ if self.output_schema else "str"
@@ -520,7 +539,7 @@ class Agent(Generic[OutputT]):
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
         if isinstance(model, LiteLLMModel):
-            await aprepare()  # the first import of LiteLLM, off the event loop
+            await awarm_up()  # the first import of LiteLLM, off the event loop
         flow = _turn.model_flow(self, plan, self.output_mode(model))
         if stream:
             from ._streaming import aflow_stream
@@ -631,7 +650,7 @@ class Agent(Generic[OutputT]):
         paused, decided = self._paused(result, approvals)
         model = self.model
         if isinstance(model, LiteLLMModel):
-            await aprepare()
+            await awarm_up()
         flow = _turn.resume_flow(
             self, paused.plan, paused.pending, decided, self.output_mode(model)
         )
@@ -672,6 +691,23 @@ class Agent(Generic[OutputT]):
         if self.output_schema is None:
             return data  # type: ignore[no-any-return]
         return self.output_schema.model_validate(data)  # type: ignore[return-value]
+
+
+def _output_retries(output_retries: int | None, max_retries: int | None) -> int:
+    """``output_retries``, or the deprecated ``max_retries`` (not both); default 2."""
+    if max_retries is None:
+        return 2 if output_retries is None else output_retries
+    if output_retries is not None:
+        raise ConfigurationError(
+            "output_retries= and max_retries= are the same setting: pass only output_retries="
+        )
+    warnings.warn(
+        "Agent(max_retries=...) is deprecated and will be removed in 1.0: use "
+        "Agent(output_retries=...) (re-asks after invalid output)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return max_retries
 
 
 def _checked_settings(model_settings: Mapping[str, Any] | None) -> dict[str, Any]:
