@@ -375,10 +375,10 @@ class TurnStream(_TurnStreamState[OutputT, SessionT]):
         before is raised here."""
         next(self._events)
 
-    def __iter__(self) -> Iterator[StreamEvent]:
+    def __iter__(self) -> Iterator[StreamEvent[OutputT]]:
         return self
 
-    def __next__(self) -> StreamEvent:
+    def __next__(self) -> StreamEvent[OutputT]:
         event = next(self._events)
         while event is None:  # the start marker, of a stream made without ``_start``
             event = next(self._events)
@@ -485,10 +485,10 @@ class AsyncTurnStream(_TurnStreamState[OutputT, SessionT]):
         before is raised here."""
         await self._events.__anext__()
 
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+    def __aiter__(self) -> AsyncIterator[StreamEvent[OutputT]]:
         return self
 
-    async def __anext__(self) -> StreamEvent:
+    async def __anext__(self) -> StreamEvent[OutputT]:
         event = await self._events.__anext__()
         while event is None:  # the start marker, of a stream made without ``_start``
             event = await self._events.__anext__()

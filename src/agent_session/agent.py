@@ -239,7 +239,7 @@ class Agent(Generic[OutputT]):
         if isinstance(model, str):
             if not model.strip():
                 raise ConfigurationError("Agent model must be a non-empty LiteLLM model string")
-            self.model_name = model
+            self.model_name: str = model
             self._model: Model = _LITELLM
         elif isinstance(model, Model):
             self.model_name = model.name
@@ -265,9 +265,9 @@ class Agent(Generic[OutputT]):
             raise ConfigurationError(f"max_tool_steps must be an int >= 1, got {max_tool_steps!r}")
         if max_tool_steps < 1:
             raise ConfigurationError(f"max_tool_steps must be an int >= 1, got {max_tool_steps!r}")
-        self.toolset = Toolset(tools)
+        self.toolset: Toolset = Toolset(tools)
         """The agent's tools, built once (a bad tool is a ``ConfigurationError`` here)."""
-        self.max_tool_steps = max_tool_steps
+        self.max_tool_steps: int = max_tool_steps
         if structured_output not in _STRUCTURED_OUTPUT_CHOICES:
             choices = ", ".join(map(repr, _STRUCTURED_OUTPUT_CHOICES))
             raise ConfigurationError(
@@ -293,9 +293,9 @@ class Agent(Generic[OutputT]):
             raise ConfigurationError(
                 f"max_output_bytes must be a positive int, got {max_output_bytes!r}"
             )
-        self.turn_timeout = float(turn_timeout)
+        self.turn_timeout: float = float(turn_timeout)
         """The longest model time of one turn, in seconds."""
-        self.max_output_bytes = max_output_bytes
+        self.max_output_bytes: int = max_output_bytes
         """The largest streamed reply, in UTF-8 bytes."""
         if instruction is not None and not isinstance(instruction, str):
             raise ConfigurationError("instruction must be a string (a Jinja template)")
@@ -313,18 +313,20 @@ class Agent(Generic[OutputT]):
             )
         self.history: Window | None = history
         """What a request sends of the stored history (``None``: the model's window)."""
-        self.context_window = _checked_context_window(context_window, settings)
+        self.context_window: int | None = _checked_context_window(context_window, settings)
         """The model's context window in tokens, for the default window (``None``:
         LiteLLM's figure, if it knows the model)."""
         self.learned_windows: dict[str, TokenBudget] = {}
         """Default windows fitted, per model name, to the context window a provider
         stated when it refused a request as too long."""
-        self.compaction = compaction
+        self.compaction: Summarize | None = compaction
         # Their secrets are masked in every error message, log record, SSE frame and span.
         remember(settings)
         if compaction is not None:
             remember(compaction.model_settings)
-        self.limits = BudgetLimits(max_session_tokens, max_session_cost, max_model_calls)
+        self.limits: BudgetLimits = BudgetLimits(
+            max_session_tokens, max_session_cost, max_model_calls
+        )
         """The session budgets and the per-turn model call limit."""
 
         self._hooks = _observe.Hooks.build(
@@ -333,12 +335,14 @@ class Agent(Generic[OutputT]):
             on_tool_call=on_tool_call,
             on_error=on_error,
         )
-        self.name = name or "agent"
-        self.instruction = instruction
-        self.template = InstructionTemplate(instruction) if instruction is not None else None
-        self.instruction_schema = instruction_schema
+        self.name: str = name or "agent"
+        self.instruction: str | None = instruction
+        self.template: InstructionTemplate | None = (
+            InstructionTemplate(instruction) if instruction is not None else None
+        )
+        self.instruction_schema: type[BaseModel] | None = instruction_schema
         self.input_schema: type[BaseModel] = input_schema or TextInput
-        self.output_schema = output_schema
+        self.output_schema: type[BaseModel] | None = output_schema
         self.output_retries: int = output_retries
         """How many times invalid output is re-asked."""
         self.model_retries: int = model_retries
@@ -348,7 +352,7 @@ class Agent(Generic[OutputT]):
         self._output_modes: weakref.WeakKeyDictionary[Model, OutputMode] = (
             weakref.WeakKeyDictionary()
         )
-        self.max_input_bytes = max_input_bytes
+        self.max_input_bytes: int = max_input_bytes
 
         fields = list(self.input_schema.model_fields)
         self.single_input_field: str | None = fields[0] if len(fields) == 1 else None

@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import math
 import os
 import re
@@ -99,7 +100,7 @@ __all__ = [
     "warm_up",
 ]
 
-logger = get_logger("agent_session.llm")
+logger: logging.Logger = get_logger("agent_session.llm")
 
 OutputMode = Literal["json_schema", "json_object", "prompt"]
 """How a structured output is asked for: ``response_format`` with the JSON schema,
