@@ -304,7 +304,7 @@ class AgentSessionMixin(_Generic[OutputT]):
     ) -> Self | TurnStream[OutputT, Self]:
         """Run the first turn and add a new row with the column ``values`` and the new context.
 
-        Column values go in ``values={"user_id": ...}`` (or, as before, in extra
+        Column values go in ``values={"user_id": ...}`` (or in extra
         keywords, ``user_id=...``). A model attribute named like an option of these
         methods (``stream``, ``where``, ``deps``, ...) is refused when the class is
         defined: a keyword of that name is the option, not the column.
