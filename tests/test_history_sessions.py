@@ -20,8 +20,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database, open_database
-from _invariants import check_document
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -41,8 +39,10 @@ from agent_session.context import chat_messages, load_context
 from agent_session.history import DEFAULT_SUMMARY_INSTRUCTION, SUMMARY_HEADER, check_request
 from agent_session.llm import ModelRequest, import_litellm
 from agent_session.testing import FunctionModel, TestModel
-from fake_openai import FakeOpenAI, running_fake_openai
-from sessions import Api, stored_rows
+from support.databases import Database, open_database
+from support.fake_openai import FakeOpenAI, running_fake_openai
+from support.invariants import check_document
+from support.sessions import Api, stored_rows
 
 IDS = itertools.count(1)
 
