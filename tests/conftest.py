@@ -60,6 +60,20 @@ async def server_database(
         yield db
 
 
+# -- order -------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``slow`` and ``stress`` tests first (otherwise in collection order): under
+    pytest-xdist they start while the other worker runs the short ones, rather than
+    leaving it idle at the end."""
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("slow") is None and item.get_closest_marker("stress") is None
+        )
+    )
+
+
 # -- network guard -----------------------------------------------------------
 #
 # No test may open a connection beyond this machine: in particular none may

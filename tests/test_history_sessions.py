@@ -375,6 +375,7 @@ class SmallChat(AgentSessionMixin[str], Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config",
     [
