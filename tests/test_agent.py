@@ -29,7 +29,7 @@ from agent_session import (
     Usage,
 )
 from agent_session.testing import FunctionModel, TestModel
-from runner import Run
+from support.runner import Run
 
 
 class Mood(StrEnum):

@@ -16,8 +16,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from _databases import Database
-from _stress_worker import INSTRUCTION, Echo, Harness, echo, history_tokens, make_chat
 from agent_session import (
     Agent,
     AgentSessionError,
@@ -30,6 +28,8 @@ from agent_session import (
     TemplateError,
 )
 from agent_session.testing import FunctionModel
+from support.databases import Database
+from support.stress_worker import INSTRUCTION, Echo, Harness, echo, history_tokens, make_chat
 
 
 class Question(BaseModel):

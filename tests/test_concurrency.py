@@ -21,8 +21,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from _databases import Database, open_database
-from _stress_worker import (
+from agent_session import (
+    ModelCallError,
+    SessionBusyError,
+    StaleSessionError,
+    _flows,
+)
+from agent_session._flows import Waits
+from support.databases import Database, open_database
+from support.stress_worker import (
     Harness,
     async_twin,
     check_race,
@@ -31,13 +38,6 @@ from _stress_worker import (
     run_race,
     token_of,
 )
-from agent_session import (
-    ModelCallError,
-    SessionBusyError,
-    StaleSessionError,
-    _flows,
-)
-from agent_session._flows import Waits
 
 
 def last_token(messages: list[dict[str, Any]]) -> str:

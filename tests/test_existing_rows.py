@@ -18,7 +18,6 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from _databases import Database
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -30,7 +29,8 @@ from agent_session import (
     TurnStream,
 )
 from agent_session.testing import FunctionModel
-from sessions import Api, stored_rows
+from support.databases import Database
+from support.sessions import Api, stored_rows
 
 during_next_call: list[Callable[[], Awaitable[Any]]] = []
 """What the next model call runs before it answers (another writer, for races)."""

@@ -22,8 +22,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from _databases import Database
-from _stress_worker import Harness, echo, make_chat, token_of, worker_command
 from agent_session import (
     AgentSessionError,
     ModelCallError,
@@ -31,6 +29,8 @@ from agent_session import (
     SessionBusyError,
     StorageError,
 )
+from support.databases import Database
+from support.stress_worker import Harness, echo, make_chat, token_of, worker_command
 
 
 def last_token(messages: list[dict[str, Any]]) -> str:

@@ -22,7 +22,6 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -38,8 +37,9 @@ from agent_session import (
 )
 from agent_session.testing import FunctionModel, TestModel
 from agent_session.tools import ToolCallResult
-from fake_openai import running_fake_openai
-from sessions import Api, stored_rows
+from support.databases import Database
+from support.fake_openai import running_fake_openai
+from support.sessions import Api, stored_rows
 
 otel_trace = pytest.importorskip("opentelemetry.trace")
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")

@@ -16,7 +16,6 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from _databases import Database
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -51,7 +50,8 @@ from agent_session.events import PartialOutput, parse_partial
 from agent_session.llm import Model, StreamChunk
 from agent_session.testing import FunctionModel, TestModel
 from agent_session.tools import ToolCallResult
-from sessions import stored_rows
+from support.databases import Database
+from support.sessions import stored_rows
 
 # -- helpers ---------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from agent_session import (
     Usage,
 )
 from agent_session.testing import FunctionModel, TestModel, sample_from_schema
-from runner import Run
+from support.runner import Run
 
 
 class Answer(BaseModel):

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from agent_session import Agent, llm
 from agent_session.errors import ContextWindowError, ModelCallError, OutputValidationError
 from agent_session.result import Result
-from fake_openai import FakeOpenAI, running_fake_openai
+from support.fake_openai import FakeOpenAI, running_fake_openai
 
 KNOWN_MODEL = "openai/gpt-4o-mini"
 """A model LiteLLM's bundled price map knows, with response-schema support."""
