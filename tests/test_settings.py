@@ -1,5 +1,6 @@
-"""Names and settings: ``values=``, option names refused as attributes, the checked
-``__*__`` settings, ``output_retries``, and the former names that still warn."""
+"""Names and settings checked before anything runs: attributes named like an option,
+the mixin's ``__*__`` settings (``__running_timeout__`` in seconds or a ``timedelta``),
+and ``Agent(output_retries=)`` with its former name ``max_retries=``."""
 
 from __future__ import annotations
 
@@ -12,59 +13,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database
-from agent_session import (
-    Agent,
-    AgentSessionMixin,
-    ConfigurationError,
-    InputValidationError,
-    OutputValidationError,
-)
+from agent_session import Agent, AgentSessionMixin, ConfigurationError, OutputValidationError
 from agent_session.testing import TestModel
-from sessions import Api, stored_rows
 
 agent = Agent(TestModel(text="noted"))
-
-
-class ValuesBase(DeclarativeBase):
-    pass
-
-
-class Ticket(AgentSessionMixin[str], ValuesBase):
-    __tablename__ = "values_tickets"
-    __agent__ = agent
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    user_id: Mapped[str] = mapped_column(sa.String(40))
-    # Columns named like options, under attribute names that are not.
-    streamed: Mapped[bool] = mapped_column("stream", default=False)
-    place: Mapped[str | None] = mapped_column("where", sa.String(40), default=None)
-
-
-def _columns(database: Database) -> list[tuple[Any, ...]]:
-    return [
-        (row["id"], row["user_id"], bool(row["stream"]), row["where"], row["context"] is not None)
-        for row in stored_rows(database, Ticket.__table__)  # type: ignore[arg-type]
-    ]
-
-
-async def test_values_sets_the_columns(database: Database) -> None:
-    database.create_all(ValuesBase.metadata)
-    api = Api(database, Ticket, maker=True)
-    values = {"id": 1, "user_id": "u1", "streamed": True, "place": "here"}
-    first = await api.start(None, "hi", values=values)
-    assert (first.id, first.user_id, first.streamed, first.place) == (1, "u1", True, "here")
-    await api.start(None, "hi", values={"id": 2, "user_id": "u2"}, place="there")
-    await api.start(None, "hi", id=3, user_id="u3")  # keywords alone, as before
-    stored = [(1, "u1", True, "here", True), (2, "u2", False, "there", True)]
-    assert _columns(database) == [*stored, (3, "u3", False, None, True)]
-
-    before = stored_rows(database, Ticket.__table__)  # type: ignore[arg-type]
-    with pytest.raises(InputValidationError, match=r"^user_id given both in values= and as a "):
-        await api.start(None, "hi", values={"id": 4, "user_id": "u4"}, user_id="u4")
-    with pytest.raises(InputValidationError, match=r"values= must be a mapping") as caught:
-        await api.start(None, "hi", values=[("id", 5), ("user_id", "u5")])
-    assert caught.value.source == "values"
-    assert stored_rows(database, Ticket.__table__) == before  # type: ignore[arg-type]
 
 
 def _model(namespace: dict[str, Any], annotations: dict[str, Any] | None = None) -> type:
