@@ -388,7 +388,7 @@ async def test_one_megabyte_message_round_trips_by_default(database: Database) -
 
 async def test_output_that_never_validates(database: Database) -> None:
     replies = iter([{"answer": "echo:t0"}, "not json", {"answer": 5}, "{}"])
-    h, chat, before = await stored_session(database, fn=lambda m: next(replies), max_retries=2)
+    h, chat, before = await stored_session(database, fn=lambda m: next(replies), output_retries=2)
     with pytest.raises(OutputValidationError) as info:
         await h.cont(chat.id, "turn [t1]")
     assert info.value.attempts == 3

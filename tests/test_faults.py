@@ -72,7 +72,7 @@ async def test_model_fault_writes_nothing(database: Database, fault: str) -> Non
             raise error
         return echo(messages)
 
-    h = Harness(database, make_chat(fn, max_retries=2))
+    h = Harness(database, make_chat(fn, output_retries=2))
     chat = await h.start("hello [t0]")
     before = h.rows()
     expected = OutputValidationError if error is None else ModelCallError

@@ -458,7 +458,7 @@ async def test_a_failed_turn_logs_the_error_type_not_the_input(
         count: int
 
     agent = Agent(
-        FunctionModel(lambda messages: '{"count": "many"}'), output_schema=Strict, max_retries=0
+        FunctionModel(lambda messages: '{"count": "many"}'), output_schema=Strict, output_retries=0
     )
     with pytest.raises(Exception, match="did not match"):
         await run(agent, "the input text")

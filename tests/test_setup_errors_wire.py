@@ -51,7 +51,7 @@ class _NoMcp(importlib.abc.MetaPathFinder):
 
 @pytest.fixture
 def no_mcp(monkeypatch: pytest.MonkeyPatch) -> Iterator[_NoMcp]:
-    llm.prepare()
+    llm.warm_up()
     finder = _NoMcp()
     monkeypatch.delitem(sys.modules, HANDLER, raising=False)
     monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])

@@ -268,7 +268,7 @@ async def test_a_failure_mid_stream_raises_the_typed_error_with_the_usage_so_far
 
 
 async def test_an_output_error_keeps_its_own_usage(mode: str) -> None:
-    agent = Agent(TestModel(replies=["no", "no"]), output_schema=Answer, max_retries=1)
+    agent = Agent(TestModel(replies=["no", "no"]), output_schema=Answer, output_retries=1)
     stream = await _agent_stream(agent, mode)
     with pytest.raises(OutputValidationError) as caught:
         await _collect(stream)
