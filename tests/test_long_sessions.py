@@ -39,7 +39,7 @@ from agent_session import (
 )
 from agent_session.context import chat_messages, load_context
 from agent_session.history import DEFAULT_SUMMARY_INSTRUCTION, SUMMARY_HEADER, check_request
-from agent_session.llm import ModelRequest, import_litellm
+from agent_session.llm import LiteLLMModel, ModelRequest, import_litellm
 from agent_session.testing import FunctionModel, TestModel
 from fake_openai import FakeOpenAI, running_fake_openai
 from sessions import Api, stored_rows
@@ -652,8 +652,6 @@ async def test_max_model_calls_bounds_agent_run(run: Any) -> None:
 async def test_the_default_window_counts_only_when_the_history_may_not_fit(
     fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, run: Any
 ) -> None:
-    from agent_session import _turn
-
     fake.requests.clear()
     litellm = import_litellm()
     counted: list[int] = []
@@ -674,7 +672,7 @@ async def test_the_default_window_counts_only_when_the_history_may_not_fit(
     assert (await run(agent, "Where is order 1?")).output == "Delivered."
     assert counted == []  # 128,000 tokens surely hold a few hundred bytes: nothing counted
     # A model with a small window: the request is counted, and refused before it is sent.
-    monkeypatch.setattr(_turn, "default_window", lambda model: TokenBudget(600))
+    monkeypatch.setattr(LiteLLMModel, "context_window", lambda self, model: 600)
     with pytest.raises(ContextWindowError, match="the window allows 600"):
         await run(agent, "order " * 1000)
     assert counted and len(fake.requests) == 1

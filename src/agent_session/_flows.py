@@ -27,12 +27,11 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _turn
 from ._text import encodable
 from ._turn import Sleep
-from .agent import Agent
 from .context import Context, Message, isoformat, load_context, utcnow
 from .errors import (
     AgentSessionError,
@@ -44,6 +43,9 @@ from .errors import (
 )
 from .history import BudgetLimits
 from .llm import Model
+
+if TYPE_CHECKING:
+    from .agent import Agent
 
 __all__ = [
     "WAITS",

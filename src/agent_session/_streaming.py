@@ -65,14 +65,12 @@ from .events import (
     TurnCompleted,
 )
 from .llm import (
-    LiteLLMModel,
     Model,
     ModelRequest,
     ModelResponse,
     StreamEnd,
     TextChunk,
     ToolCallChunk,
-    aprepare,
     astream_within,
     stream_within,
 )
@@ -624,8 +622,7 @@ async def astream_session(
     on_cancel: OnCancel = "discard",
 ) -> AsyncTurnStream[Any, Any]:
     """Async twin of ``stream_session`` (``store`` an ``AsyncStore``)."""
-    if isinstance(store.model, LiteLLMModel):
-        await aprepare()  # the first import of LiteLLM, off the event loop
+    await store.model.awarm_up()  # e.g. the first import of LiteLLM, off the event loop
     watched = _observe.observed(agent, flow, call=call, key=key, store=store, is_async=True)
     handle = store if watched is flow else _observe.awith_hooks(store)
     stream: AsyncTurnStream[Any, Any] = AsyncTurnStream(

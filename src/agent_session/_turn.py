@@ -60,10 +60,8 @@ from .history import (
     Window,
     apply_summary,
     check_budget,
-    default_window,
     fitted_window,
     is_summary,
-    litellm_token_counter,
     output_tokens,
     plan_compaction,
     select_messages,
@@ -72,7 +70,6 @@ from .history import (
 )
 from .llm import (
     CallBounds,
-    LiteLLMModel,
     Model,
     ModelRequest,
     ModelResponse,
@@ -434,36 +431,38 @@ def _hint_applies(agent: Agent[Any], mode: OutputMode | None) -> bool:
 
 def history_window(agent: Agent[Any]) -> Window | None:
     """The agent's window, or the default: the window learned from the provider, else
-    ``context_window``, else the model's input limit when LiteLLM knows it (a
-    ``Model`` that is not LiteLLM's, such as a test double, gets everything)."""
+    ``context_window``, else the model's input limit when the backend knows it (a
+    ``Model`` without ``fits_context_window``, such as a test double, gets everything)."""
     if agent.history is not None:
         return agent.history
-    if isinstance(agent.model, LiteLLMModel):
+    model = agent.model
+    if model.fits_context_window:
         learned = agent.learned_windows.get(agent.model_name)
         if learned is not None:
             return learned
         if agent.context_window is not None:  # the reply counts in the same window
             output = output_tokens(agent.model_settings) or 0
             return TokenBudget(agent.context_window, reserve_output=output)
-        return default_window(agent.model_name)
+        limit = model.context_window(agent.model_name)
+        return None if limit is None else TokenBudget(limit)
     return None
 
 
 def learn_window(agent: Agent[Any], exc: ContextWindowError, sent: list[dict[str, Any]]) -> bool:
     """Fit the default window to the context window ``exc`` states, if that helps.
 
-    Only for the default window of a LiteLLM model, when the provider's message states
-    its window and the fitted window is smaller than the one the request was sent
-    with. The window is remembered on the agent for this model (``learned_windows``);
-    returns whether the request should be made again.
+    Only for the default window of a model that ``fits_context_window``, when the
+    provider's message states its window and the fitted window is smaller than the one
+    the request was sent with. The window is remembered on the agent for this model
+    (``learned_windows``); returns whether the request should be made again.
     """
-    if agent.history is not None or not isinstance(agent.model, LiteLLMModel):
+    if agent.history is not None or not agent.model.fits_context_window:
         return False
     stated = stated_window(str(exc))
     if stated is None:
         return False
     limit, counted = stated
-    count = litellm_token_counter(agent.model_name, agent.toolset.definitions or None)
+    count = agent.model.token_counter(agent.model_name, agent.toolset.definitions or None)
     try:
         ours: int | None = count(sent)  # ``sent`` holds the schema hint, if any
     except Exception:  # no count, no calibration: the margin is used
@@ -507,12 +506,12 @@ def _refit(
 
 
 def _counter(agent: Agent[Any], mode: OutputMode | None) -> Callable[[list[dict[str, Any]]], int]:
-    """LiteLLM's token counter for the agent's model and tools, plus the schema hint."""
-    count = litellm_token_counter(agent.model_name, agent.toolset.definitions or None)
+    """The model's token counter for the agent's model and tools, plus the schema hint."""
+    count = agent.model.token_counter(agent.model_name, agent.toolset.definitions or None)
     hint = agent.schema_hint
     if hint is None or not _hint_applies(agent, mode):
         return count
-    extra = litellm_token_counter(agent.model_name)([{"role": "system", "content": hint}])
+    extra = agent.model.token_counter(agent.model_name)([{"role": "system", "content": hint}])
 
     def with_hint(messages: list[dict[str, Any]]) -> int:
         return count(messages) + extra
@@ -1265,7 +1264,7 @@ def compaction_flow(
     if count is None and isinstance(window, TokenBudget):
         count = window.counter
     if count is None:
-        count = litellm_token_counter(agent.model_name)
+        count = agent.model.token_counter(agent.model_name)
     compaction = plan_compaction(messages, summarize, count)
     if compaction is None:
         return document, result
