@@ -589,9 +589,9 @@ def _database_observer(operation: str) -> Observer:
                         op.seen_revision,
                     )
             elif operation == "INSERT" and obs.key is None:
-                from .mixin import _identity  # loaded: this is a stored session
+                from ._keys import identity
 
-                obs.key = _identity(value)
+                obs.key = identity(value)
         db_log.debug("%s %s in %.3fs", operation, table, time.perf_counter() - started)
         return value
 
