@@ -31,7 +31,7 @@ from .templates import InstructionTemplate
 from .tools import Denied, Tool, Toolset
 
 if TYPE_CHECKING:
-    from ._streaming import AsyncTurnStream, TurnStream
+    from .streams import AsyncTurnStream, TurnStream
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
