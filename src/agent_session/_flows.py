@@ -30,8 +30,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _turn
+from ._operations import Insert, Load, Sleep, Snapshot, Swap
 from ._text import encodable
-from ._turn import Sleep
 from .context import Context, Message, isoformat, load_context, utcnow
 from .errors import (
     AgentSessionError,
@@ -94,40 +94,6 @@ class SessionSpec:
     def agent(self) -> Agent[Any]:
         agent: Agent[Any] = self.cls.__agent__
         return agent
-
-
-@dataclass(frozen=True)
-class Load:
-    key: Any
-    instance: Any = None
-    where: tuple[Any, ...] = ()
-    """The caller's criteria: a row outside them is not found."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What a load saw: the instance, its stored document, revision and status."""
-
-    instance: Any
-    document: Any
-    revision: int
-    status: str | None = None
-    status_changed_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Insert:
-    instance: Any
-
-
-@dataclass(frozen=True)
-class Swap:
-    instance: Any
-    key: Any
-    seen_revision: int
-    values: dict[str, Any]
-    where: tuple[Any, ...] = ()
-    """The caller's criteria: a row outside them is not written (as after a lost race)."""
 
 
 _VALID_DOC = "_agent_session_valid_document"

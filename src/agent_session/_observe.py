@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _turn
+from ._operations import HookCall, Insert, Load, RunTools, Sleep, Swap
 from ._secrets import get_logger, mask
 from .errors import ConfigurationError, ModelCallError, ToolExecutionError, show_key
 from .llm import ModelRequest, ModelResponse
@@ -115,14 +116,6 @@ class Hooks:
 
 
 _NO_HOOKS = Hooks()
-
-
-@dataclass(frozen=True)
-class HookCall:
-    """An observer's step: call the user hook ``fn(*args)`` (awaited if it is async)."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
 
 
 Steps = Generator[Any, Any, Any]
@@ -552,7 +545,7 @@ def _request_attributes(span: Any, request: ModelRequest) -> None:
             span.set_attribute(attribute, value)
 
 
-def observe_sleep(obs: Observation, op: _turn.Sleep) -> Steps:
+def observe_sleep(obs: Observation, op: Sleep) -> Steps:
     """A wait (a retry's backoff, a conflict's, a busy row's): an event on the turn's span."""
     obs.waits += 1
     obs.turn_span.add_event("agent_session.wait", {"agent_session.wait.seconds": op.seconds})
@@ -686,19 +679,16 @@ _OBSERVERS: dict[type, Observer] = {}
 
 
 def _observers() -> dict[type, Observer]:
-    """The observer of each operation type, filled on first use (the operation types
-    live in modules that import this one)."""
+    """The observer of each operation type, filled on first use."""
     if not _OBSERVERS:
-        from ._flows import Insert, Load, Swap
-
         _OBSERVERS.update(
             {
                 ModelRequest: observe_model_call,
-                _turn.Sleep: observe_sleep,
+                Sleep: observe_sleep,
                 Load: _database_observer("SELECT"),
                 Insert: _database_observer("INSERT"),
                 Swap: _database_observer("UPDATE"),
-                _turn.RunTools: observe_tool_calls,
+                RunTools: observe_tool_calls,
             }
         )
     return _OBSERVERS

@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.types import TypeDecorator
 
-from ._flows import Insert, Load, SessionSpec, Snapshot, Swap, written_marker
-from ._turn import RunTools, Sleep, ToolScope
+from ._flows import SessionSpec, written_marker
+from ._operations import Insert, Load, RunTools, Sleep, Snapshot, Swap
+from ._turn import ToolScope
 from .errors import (
     ConfigurationError,
     ContextError,

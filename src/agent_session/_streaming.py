@@ -46,11 +46,12 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from . import _observe, _turn
-from ._flows import _LAST_RESULT, Insert, Swap
+from ._flows import _LAST_RESULT
 from ._observe import HookCall
+from ._operations import Insert, RunTools, Sleep, Swap
 from ._secrets import get_logger
 from ._text import clean_text
-from ._turn import RunTools, Sleep, TurnCancelled
+from ._turn import TurnCancelled
 from .context import Usage
 from .errors import InputValidationError, ModelCallError
 from .events import (

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
+from ._operations import RunTools, Sleep
 from ._secrets import get_logger
 from ._text import clean_text, encodable, first_unencodable, lone_surrogates
 from .context import (
@@ -666,18 +667,6 @@ class PausedTurn:
     plan: TurnPlan
     pending: dict[str, Any]
     """The pending part of the document (``Context.pending``), compact."""
-
-
-@dataclass(frozen=True)
-class RunTools:
-    """Run these calls (tools that need no approval, or approved ones); answered with
-    one ``ToolCallResult`` per call, in call order.
-
-    The operation carries only the calls: ``deps``, the session key and the agent
-    are held by the handler, so nothing that sees operations sees ``deps``.
-    """
-
-    calls: tuple[ToolCall, ...]
 
 
 def check_turn_budget(agent: Agent[Any], plan: TurnPlan, state: _TurnState) -> None:
@@ -1386,17 +1375,6 @@ class TurnCancelled(Exception):
         super().__init__("the consumer of the stream stopped early")
         self.keep = keep
         self.text = text
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Wait ``seconds`` before the flow goes on (a backoff); answered with ``None``.
-
-    A flow never sleeps itself: the sync driver blocks, the async one awaits, so a
-    backoff in async code never blocks the event loop.
-    """
-
-    seconds: float
 
 
 @dataclass(frozen=True)
