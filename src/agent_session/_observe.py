@@ -1,6 +1,6 @@
 """Logging, OpenTelemetry spans and user hooks around every operation of a turn.
 
-``drive``/``adrive`` run a flow exactly like ``_turn.drive``/``_turn.adrive``. When
+``drive``/``adrive`` run a flow exactly like ``_drivers.drive``/``_drivers.adrive``. When
 something watches (a hook on the agent, an OpenTelemetry tracer provider set by the
 application, or an ``agent_session`` logger enabled at the level it logs at), the
 turn runs inside an ``invoke_agent`` span and each operation goes through the
@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _turn
+from . import _drivers, _turn
 from ._operations import HookCall, Insert, Load, RunTools, Sleep, Swap
 from ._secrets import get_logger, mask
 from .errors import ConfigurationError, ModelCallError, ToolExecutionError, show_key
@@ -815,13 +815,13 @@ def drive(
     store: Any = None,
     turn: bool = True,
 ) -> T:
-    """``_turn.drive``, observed. ``call`` names the API (``run``, ``continue_session``);
+    """``_drivers.drive``, observed. ``call`` names the API (``run``, ``continue_session``);
     ``turn=False`` (a read) gives no turn span, turn logs or ``on_error``."""
     watched = observed(agent, flow, call=call, key=key, store=store, turn=turn, is_async=False)
     if watched is flow:
-        return _turn.drive(flow, handle)
+        return _drivers.drive(flow, handle)
     try:
-        return _turn.drive(watched, with_hooks(handle))
+        return _drivers.drive(watched, with_hooks(handle))
     finally:
         watched.close()
 
@@ -839,8 +839,8 @@ async def adrive(
     """Async twin of ``drive``."""
     watched = observed(agent, flow, call=call, key=key, store=store, turn=turn, is_async=True)
     if watched is flow:
-        return await _turn.adrive(flow, handle)
+        return await _drivers.adrive(flow, handle)
     try:
-        return await _turn.adrive(watched, awith_hooks(handle))
+        return await _drivers.adrive(watched, awith_hooks(handle))
     finally:
         watched.close()

@@ -21,11 +21,10 @@ results) and ask the model again; a call that needs approval pauses the turn, an
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
+from ._drivers import ToolScope, adrive, amodel_handler, drive, model_handler
 from ._operations import RunTools, Sleep
 from ._secrets import get_logger
 from ._text import clean_text, encodable, first_unencodable, lone_surrogates
@@ -71,12 +71,9 @@ from .history import (
 )
 from .llm import (
     CallBounds,
-    Model,
     ModelRequest,
     ModelResponse,
     OutputMode,
-    acomplete_within,
-    complete_within,
 )
 from .result import Result
 from .tools import Denied, PendingApproval, ToolCall, ToolCallResult, Toolset, replay_arguments
@@ -1375,87 +1372,3 @@ class TurnCancelled(Exception):
         super().__init__("the consumer of the stream stopped early")
         self.keep = keep
         self.text = text
-
-
-@dataclass(frozen=True)
-class ToolScope:
-    """What a handler gives the tools it runs: the caller's ``deps``, the session's
-    key and the agent. Held by the handler, never by an operation, so ``deps`` is
-    neither stored nor seen by anything that looks at operations."""
-
-    toolset: Toolset
-    deps: Any = None
-    session_key: Any = None
-    agent: Agent[Any] | None = None
-
-    def run(self, op: RunTools) -> list[ToolCallResult]:
-        """Sync code: the calls one after the other."""
-        return self.toolset.run_calls(
-            op.calls, deps=self.deps, session_key=self.session_key, agent=self.agent
-        )
-
-    async def arun(self, op: RunTools) -> list[ToolCallResult]:
-        """Async code: the calls concurrently, results in call order."""
-        return await self.toolset.arun_calls(
-            op.calls, deps=self.deps, session_key=self.session_key, agent=self.agent
-        )
-
-
-def model_handler(model: Model, tools: ToolScope | None = None) -> Callable[[Any], Any]:
-    """The handler for flows that need only a model and tools (``Agent.run``): no database."""
-
-    def handle(op: Any) -> Any:
-        if isinstance(op, Sleep):
-            time.sleep(op.seconds)
-            return None
-        if isinstance(op, RunTools):
-            assert tools is not None
-            return tools.run(op)
-        return complete_within(model, op)
-
-    return handle
-
-
-def amodel_handler(model: Model, tools: ToolScope | None = None) -> Callable[[Any], Awaitable[Any]]:
-    """Async twin of ``model_handler``."""
-
-    async def handle(op: Any) -> Any:
-        if isinstance(op, Sleep):
-            await asyncio.sleep(op.seconds)
-            return None
-        if isinstance(op, RunTools):
-            assert tools is not None
-            return await tools.arun(op)
-        return await acomplete_within(model, op)
-
-    return handle
-
-
-def drive(flow: Generator[Any, Any, T], handle: Callable[[Any], Any]) -> T:
-    """Run a flow, answering each yielded operation with ``handle`` (blocking)."""
-    try:
-        op = next(flow)
-        while True:
-            try:
-                value = handle(op)
-            except Exception as exc:
-                op = flow.throw(exc)
-            else:
-                op = flow.send(value)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-
-
-async def adrive(flow: Generator[Any, Any, T], handle: Callable[[Any], Awaitable[Any]]) -> T:
-    """Run a flow, answering each yielded operation with ``await handle(op)``."""
-    try:
-        op = next(flow)
-        while True:
-            try:
-                value = await handle(op)
-            except Exception as exc:
-                op = flow.throw(exc)
-            else:
-                op = flow.send(value)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
