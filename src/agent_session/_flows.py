@@ -63,6 +63,7 @@ __all__ = [
     "continue_flow",
     "read_flow",
     "resume_flow",
+    "resume_session_flow",
     "start_flow",
 ]
 
@@ -345,7 +346,7 @@ def _not_paused(key: Any) -> Callable[[dict[str, Any]], None]:
     return check
 
 
-def resume_flow(
+def resume_session_flow(
     spec: SessionSpec,
     model: Model,
     key: Any,
@@ -384,7 +385,9 @@ def resume_flow(
         try:
             decided = _turn.check_approvals(paused["pending"], approvals, name=_session(key))
             plan = _turn.plan_resumed_turn(paused, _input_of(agent, paused, key), limits=limits)
-            result = yield from _turn.resume_flow(agent, plan, paused["pending"], decided, mode)
+            result = yield from _turn.resumed_turn_flow(
+                agent, plan, paused["pending"], decided, mode
+            )
             new_document = _turn.next_document(plan, result, paused)
             new_document, result = yield from _turn.compaction_flow(
                 agent, plan, new_document, result
@@ -401,6 +404,10 @@ def resume_flow(
             remember(instance, new_document, result)
             return instance
         yield from contention.lost(revision, claim=False)
+
+
+resume_flow = resume_session_flow
+"""The old name of ``resume_session_flow`` (a stored session, not a paused turn)."""
 
 
 def _session(key: Any) -> str:

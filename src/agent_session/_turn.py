@@ -12,11 +12,12 @@ A turn is:
    ``Sleep`` the driver answers;
 4. ``next_document``: the new stored context document.
 
-``drive``/``adrive`` run such generators with a sync or async handler for what
-they yield; they are the only difference between the sync and async code paths.
+``_drivers.drive``/``adrive`` run such generators with a sync or async handler for
+what they yield; they are the only difference between the sync and async code paths
+(re-exported here under their old names).
 A reply with tool calls makes ``model_flow`` yield ``RunTools`` (answered with the
 results) and ask the model again; a call that needs approval pauses the turn, and
-``resume_flow`` goes on with it once decided.
+``resumed_turn_flow`` goes on with it once decided.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ __all__ = [
     "plan_resumed_turn",
     "reask_feedback",
     "resume_flow",
+    "resumed_turn_flow",
     "retry_delay",
     "session_budget",
     "validate_input",
@@ -830,7 +832,7 @@ def check_first_call_budget(
     check_turn_budget(agent, plan, _first_state(plan, pending))
 
 
-def resume_flow(
+def resumed_turn_flow(
     agent: Agent[Any],
     plan: TurnPlan,
     pending: Mapping[str, Any],
@@ -860,6 +862,10 @@ def resume_flow(
     state.tool_calls.extend(results[c.id] for c in calls if c.id in results)
     _insert_results(state.messages, calls, results)
     return (yield from _turn_loop(agent, plan, mode, state, started))
+
+
+resume_flow = resumed_turn_flow
+"""The old name of ``resumed_turn_flow`` (a paused turn, not a stored session)."""
 
 
 def _last_tool_calls_message(messages: list[dict[str, Any]]) -> dict[str, Any]:
