@@ -26,13 +26,13 @@ from ._observe import AfterModelCall, BeforeModelCall, OnError, OnToolCall
 from ._secrets import remember
 from .errors import ConfigurationError, InputValidationError
 from .history import BudgetLimits, LastTurns, Summarize, TokenBudget, Window, output_tokens
-from .llm import LiteLLMModel, Model, OutputMode, awarm_up, resolve_output_mode
+from .llm import LiteLLMModel, Model, OutputMode, resolve_output_mode
 from .result import Result
 from .templates import InstructionTemplate
 from .tools import Denied, Tool, Toolset
 
 if TYPE_CHECKING:
-    from ._streaming import AsyncTurnStream, TurnStream
+    from .streams import AsyncTurnStream, TurnStream
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
@@ -542,8 +542,7 @@ class Agent(Generic[OutputT]):
         ``await agent.arun(..., stream=True)`` gives an ``AsyncTurnStream``."""
         plan = _turn.plan_first_turn(self, input, instruction_args)
         model = self.model
-        if isinstance(model, LiteLLMModel):
-            await awarm_up()  # the first import of LiteLLM, off the event loop
+        await model.awarm_up()  # e.g. the first import of LiteLLM, off the event loop
         flow = _turn.model_flow(self, plan, self.output_mode(model))
         if stream:
             from ._streaming import aflow_stream
@@ -653,8 +652,7 @@ class Agent(Generic[OutputT]):
         """Async twin of ``resume``."""
         paused, decided = self._paused(result, approvals)
         model = self.model
-        if isinstance(model, LiteLLMModel):
-            await awarm_up()
+        await model.awarm_up()
         flow = _turn.resume_flow(
             self, paused.plan, paused.pending, decided, self.output_mode(model)
         )
