@@ -60,6 +60,7 @@ from .agent import Agent
 from .context import Context, Usage, stored_usage
 from .errors import ConfigurationError, InputValidationError, show_key
 from .history import BudgetLimits
+from .llm import Model
 from .tools import Denied, PendingApproval
 
 if TYPE_CHECKING:
@@ -238,6 +239,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
@@ -254,6 +257,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[True],
@@ -271,6 +276,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: bool,
@@ -287,6 +294,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
         stream: bool = False,
@@ -305,15 +314,18 @@ class AgentSessionMixin(_Generic[OutputT]):
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
-        store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
+        agent = spec.agent._for_call(model, model_settings)
+        store = SyncStore(spec, agent.model, db, _tools(spec, deps, _new_key(cls, values)))
         limits = _limits(spec, max_session_tokens, max_session_cost)
-        flow = _flows.start_flow(spec, store.model, input, instruction_args, values, limits=limits)
+        flow = _flows.start_flow(
+            spec, store.model, input, instruction_args, values, limits=limits, agent=agent
+        )
         if stream:
             return _streaming.stream_session(
-                spec.agent, flow, store, call="start_session", on_cancel=on_cancel
+                agent, flow, store, call="start_session", on_cancel=on_cancel
             )
         return _observe.drive(  # type: ignore[no-any-return]
-            spec.agent, flow, store, call="start_session", store=store
+            agent, flow, store, call="start_session", store=store
         )
 
     @overload
@@ -330,6 +342,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
@@ -349,6 +363,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[True],
@@ -369,6 +385,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: bool,
@@ -388,6 +406,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
         stream: bool = False,
@@ -420,7 +440,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
-        store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
+        agent = spec.agent._for_call(model, model_settings)
+        store = SyncStore(spec, agent.model, db, _tools(spec, deps, key))
         criteria = _criteria(spec, where)
         flow = _flows.continue_flow(
             spec,
@@ -433,13 +454,14 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=criteria,
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            agent=agent,
         )
         if stream:
             return _streaming.stream_session(
-                spec.agent, flow, store, call="continue_session", key=key, on_cancel=on_cancel
+                agent, flow, store, call="continue_session", key=key, on_cancel=on_cancel
             )
         return _observe.drive(  # type: ignore[no-any-return]
-            spec.agent, flow, store, call="continue_session", key=key, store=store
+            agent, flow, store, call="continue_session", key=key, store=store
         )
 
     @overload
@@ -451,7 +473,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -469,7 +494,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -488,7 +516,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -506,7 +537,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
@@ -529,7 +563,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
-        store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
+        agent = spec.agent._for_call(model, model_settings)
+        store = SyncStore(spec, agent.model, db, _tools(spec, deps, key))
         flow = _flows.resume_flow(
             spec,
             store.model,
@@ -540,13 +575,15 @@ class AgentSessionMixin(_Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
+            instruction_args=instruction_args,
+            agent=agent,
         )
         if stream:
             return _streaming.stream_session(
-                spec.agent, flow, store, call="resume_session", key=key, on_cancel=on_cancel
+                agent, flow, store, call="resume_session", key=key, on_cancel=on_cancel
             )
         return _observe.drive(  # type: ignore[no-any-return]
-            spec.agent, flow, store, call="resume_session", key=key, store=store
+            agent, flow, store, call="resume_session", key=key, store=store
         )
 
     @classmethod
@@ -579,6 +616,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
@@ -595,6 +634,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[True],
@@ -612,6 +653,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: bool,
@@ -628,6 +671,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
         stream: bool = False,
@@ -637,14 +682,17 @@ class AgentSessionMixin(_Generic[OutputT]):
         """Async twin of ``start_session`` (``stream=True``: an ``AsyncTurnStream``)."""
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
-        store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
+        agent = spec.agent._for_call(model, model_settings)
+        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, _new_key(cls, values)))
         limits = _limits(spec, max_session_tokens, max_session_cost)
-        flow = _flows.start_flow(spec, store.model, input, instruction_args, values, limits=limits)
+        flow = _flows.start_flow(
+            spec, store.model, input, instruction_args, values, limits=limits, agent=agent
+        )
         if stream:
             return await _streaming.astream_session(
-                spec.agent, flow, store, call="astart_session", on_cancel=on_cancel
+                agent, flow, store, call="astart_session", on_cancel=on_cancel
             )
-        return await _observe.adrive(spec.agent, flow, store, call="astart_session", store=store)
+        return await _observe.adrive(agent, flow, store, call="astart_session", store=store)
 
     @overload
     @classmethod
@@ -660,6 +708,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
@@ -679,6 +729,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[True],
@@ -699,6 +751,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: bool,
@@ -718,6 +772,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
         stream: bool = False,
@@ -727,7 +783,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
-        store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
+        agent = spec.agent._for_call(model, model_settings)
+        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, key))
         criteria = _criteria(spec, where)
         flow = _flows.continue_flow(
             spec,
@@ -740,13 +797,14 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=criteria,
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            agent=agent,
         )
         if stream:
             return await _streaming.astream_session(
-                spec.agent, flow, store, call="acontinue_session", key=key, on_cancel=on_cancel
+                agent, flow, store, call="acontinue_session", key=key, on_cancel=on_cancel
             )
         return await _observe.adrive(
-            spec.agent, flow, store, call="acontinue_session", key=key, store=store
+            agent, flow, store, call="acontinue_session", key=key, store=store
         )
 
     @overload
@@ -758,7 +816,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -776,7 +837,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -795,7 +859,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -813,7 +880,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
@@ -826,7 +896,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
-        store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
+        agent = spec.agent._for_call(model, model_settings)
+        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, key))
         flow = _flows.resume_flow(
             spec,
             store.model,
@@ -837,13 +908,15 @@ class AgentSessionMixin(_Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
+            instruction_args=instruction_args,
+            agent=agent,
         )
         if stream:
             return await _streaming.astream_session(
-                spec.agent, flow, store, call="aresume_session", key=key, on_cancel=on_cancel
+                agent, flow, store, call="aresume_session", key=key, on_cancel=on_cancel
             )
         return await _observe.adrive(
-            spec.agent, flow, store, call="aresume_session", key=key, store=store
+            agent, flow, store, call="aresume_session", key=key, store=store
         )
 
     @classmethod
