@@ -145,6 +145,12 @@ class Agent(Generic[OutputT]):
     also stopped once it passes ``model_settings["max_tokens"]`` when that is set:
     ``TurnTimeoutError`` / ``OutputLimitError``, the provider stream closed, nothing
     stored.
+
+    A stored session renders its system message at every turn from the current
+    ``instruction`` and its stored ``instruction_args``, so a deployed change of the
+    instruction reaches the sessions already stored; ``pin_instructions=True`` keeps
+    the text each session has instead. Every turn method also takes ``model=`` and
+    ``model_settings=`` (merged over these) for that call only.
     """
 
     @overload

@@ -311,6 +311,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         early stores, see ``continue_session``).
         ``max_session_tokens``/``max_session_cost`` replace the agent's session budgets
         for this call (``BudgetExceededError`` before a call past them, nothing stored).
+        ``model`` (a LiteLLM model string or a ``Model``) and ``model_settings`` (merged
+        over the agent's) apply to this call only, as on every turn method.
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
@@ -426,8 +428,11 @@ class AgentSessionMixin(_Generic[OutputT]):
         A row with no conversation yet (an existing row, its context NULL) gets its
         first turn here, the instruction rendered from ``instruction_args`` (validated
         as in ``start_session``). On a row with a conversation, ``instruction_args``
-        replace the stored arguments, and the instruction is rendered again from them,
-        from this turn on.
+        replace the stored arguments from this turn on. Each turn renders the system
+        message from the agent's current ``instruction`` and the stored arguments
+        (``Agent(pin_instructions=True)`` keeps the stored text); stored arguments the
+        ``instruction_schema`` refuses are an ``InputValidationError`` before any model
+        call, nothing written: pass ``instruction_args`` to replace them.
 
         ``stream=True`` returns a ``TurnStream`` of the turn's events; the turn is
         stored once, when the stream is exhausted (``stream.session``). A stream
@@ -557,8 +562,9 @@ class AgentSessionMixin(_Generic[OutputT]):
         ``InputValidationError`` and nothing runs. The pause is claimed with a
         compare-and-swap before any tool runs: of two resumes of one pause, one runs
         and the other gets ``StaleSessionError``. The turn goes on to its end, or to
-        the next pause. ``stream=True`` and ``on_cancel`` as in ``continue_session``;
-        ``max_session_tokens``/``max_session_cost`` likewise.
+        the next pause. ``stream=True``, ``on_cancel``, ``instruction_args`` (the system
+        message is rendered as each turn renders it) and ``max_session_tokens``/
+        ``max_session_cost`` as in ``continue_session``.
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
