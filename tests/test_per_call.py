@@ -26,6 +26,7 @@ from agent_session import (
     TextDelta,
     Tool,
     TurnStream,
+    _turn,
 )
 from agent_session.llm import import_litellm
 from agent_session.testing import FunctionModel, TestModel
@@ -141,6 +142,29 @@ async def test_stored_arguments_the_new_schema_refuses(database: Database) -> No
     assert _system(model.last_request.messages) == ["Version two: answer Ada in English."]
     context = await refusing.context(None, chat.id)
     assert context.instruction_args == args and context.turns == 2
+
+
+def test_the_system_message_follows_the_instruction() -> None:
+    user = {"role": "user", "content": "hi", "meta": {"created_at": "2026-01-01T00:00:00Z"}}
+    summary = {"role": "system", "content": "Earlier: hello.", "meta": {"summary": {"covers": 2}}}
+    system = {"role": "system", "content": "Version one: answer Ada in French."}
+    stored = {"instruction_args": {"customer": "Ada"}, "messages": [system, user]}
+
+    def current(agent: Agent[str], document: dict[str, Any]) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = _turn.current_instructions(
+            agent, document, session="session 1"
+        )["messages"]
+        return messages
+
+    v2 = Agent(model, instruction=V2)
+    english = {"role": "system", "content": "Version two: answer Ada in English."}
+    assert current(v2, stored) == [english, user]
+    # Unchanged text: the very same document (a stored document is reused as it is).
+    assert _turn.current_instructions(Agent(model, instruction=V1), stored, session="s") is stored
+    # An instruction added since: inserted before a summary; removed since: dropped.
+    assert current(v2, {**stored, "messages": [summary, user]}) == [english, summary, user]
+    assert current(Agent(model), stored) == [user]
+    assert current(Agent(model, pin_instructions=True), stored) == [system, user]
 
 
 # -- a model per call ---------------------------------------------------------------------
