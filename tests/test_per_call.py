@@ -23,16 +23,14 @@ from agent_session import (
     Agent,
     AgentSessionMixin,
     InputValidationError,
-    TextDelta,
     Tool,
-    TurnStream,
     _turn,
 )
 from agent_session.llm import import_litellm
 from agent_session.testing import FunctionModel, TestModel
 from agent_session.tools import ToolCall
 from fake_openai import FakeOpenAI, running_fake_openai
-from sessions import Api, stored_rows
+from sessions import Api, stored_rows, stream_text
 
 
 class Customer(BaseModel):
@@ -50,11 +48,11 @@ V1 = "Version one: answer {{ customer }} in French."
 V2 = "Version two: answer {{ customer }} in English."
 
 
-def _class(base: type, agent: Agent[str], status: bool = False) -> Any:
+def _class(base: type, agent: Agent[str], status: bool = False, table: str = "deploy_chats") -> Any:
     """The session class an app defines for ``agent``: each deploy maps the same table."""
 
     class Chat(AgentSessionMixin[str], base):  # type: ignore[valid-type, misc]
-        __tablename__ = "deploy_chats"
+        __tablename__ = table
         __agent__ = agent
         __status_attribute__ = "status" if status else None
         id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
@@ -104,7 +102,7 @@ async def test_the_current_instruction_is_sent_after_a_deploy(database: Database
     # stored as sent, once, with the stored arguments kept as they were.
     await after.cont(None, chat.id, "Hello")
     assert _system(model.last_request.messages) == ["Version two: answer Ada in English."]
-    await _read(await after.cont(None, chat.id, "And now?", stream=True))
+    await stream_text(await after.cont(None, chat.id, "And now?", stream=True))
     assert _system(model.last_request.messages) == ["Version two: answer Ada in English."]
     [row] = stored_rows(database, table)
     assert _system(row["context"]["messages"]) == ["Version two: answer Ada in English."]
@@ -188,10 +186,7 @@ class ShopBase(DeclarativeBase):
     pass
 
 
-class ShopChat(AgentSessionMixin[str], ShopBase):
-    __tablename__ = "per_call_chats"
-    __agent__ = shop
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+ShopChat = _class(ShopBase, shop, table="per_call_chats")
 
 
 async def test_a_model_and_settings_per_call(database: Database) -> None:
@@ -217,7 +212,7 @@ async def test_a_model_and_settings_per_call(database: Database) -> None:
     double = TestModel(["streamed"], name="double")
     with shop.override(model=double):
         stream = await api.cont(None, chat.id, "Again", stream=True, model="openai/gpt-4o-mini")
-        assert await _read(stream) == "streamed"
+        assert await stream_text(stream) == "streamed"
     assert double.last_request.model == "openai/gpt-4o-mini"
     assert double.last_request.settings == {"max_tokens": 100, "temperature": 0.0}
 
@@ -281,11 +276,3 @@ def test_per_call_settings_reach_the_provider(fake: FakeOpenAI, tmp_path: Any) -
     assert (body["model"], body["temperature"], body["max_tokens"]) == ("model-b", 0.25, 64)
     assert chat.last_output == "from b"
     assert chat.last_result is not None and chat.last_result.model == "model-b"
-
-
-async def _read(stream: Any) -> str:
-    if isinstance(stream, TurnStream):
-        with stream:
-            return "".join(e.text for e in stream if isinstance(e, TextDelta))
-    async with stream:
-        return "".join([e.text async for e in stream if isinstance(e, TextDelta)])
