@@ -159,9 +159,10 @@ def test_the_system_message_follows_the_instruction() -> None:
     assert current(v2, stored) == [english, user]
     # Unchanged text: the very same document (a stored document is reused as it is).
     assert _turn.current_instructions(Agent(model, instruction=V1), stored, session="s") is stored
-    # An instruction added since: inserted before a summary; removed since: dropped.
+    # An instruction added since: inserted before a summary; an agent without one keeps
+    # the stored text.
     assert current(v2, {**stored, "messages": [summary, user]}) == [english, summary, user]
-    assert current(Agent(model), stored) == [user]
+    assert current(Agent(model), stored) == [system, user]
     assert current(Agent(model, pin_instructions=True), stored) == [system, user]
 
 

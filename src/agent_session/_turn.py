@@ -337,7 +337,7 @@ def plan_first_turn(
     now: datetime | None = None,
     limits: BudgetLimits | None = None,
 ) -> TurnPlan:
-    """Plan the first turn: validate everything and render the instruction once."""
+    """Plan the first turn: validate everything and render the instruction."""
     now = now or utcnow()
     turn_input = input if isinstance(input, TurnInput) else validate_input(agent, input)
     if not isinstance(instruction_args, Instructions):
@@ -404,12 +404,12 @@ def _with_system(
     agent: Agent[Any], messages: list[dict[str, Any]], values: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """``messages`` with the system message the agent's instruction renders from
-    ``values`` first (none without an instruction, unless ``pin_instructions`` keeps
-    the stored one); the same list when that changes nothing."""
+    ``values`` first; the same list when that changes nothing, and for an agent
+    without an instruction (a stored system message is kept, never dropped)."""
+    if agent.template is None:
+        return messages
     first = messages[0] if messages else None
     has_system = first is not None and first.get("role") == "system" and not is_summary(first)
-    if agent.template is None:
-        return messages[1:] if has_system and not agent.pin_instructions else messages
     content = agent.template.render(values)
     if has_system and first is not None and first.get("content") == content:
         return messages
