@@ -93,7 +93,7 @@ def make_agent(model: Model) -> Agent[Reply]:
         instruction_schema=None,
         input_schema=BenchInput,
         output_schema=Reply,
-        max_retries=2,
+        output_retries=2,
     )
 
 

@@ -1,6 +1,6 @@
 """Streaming: time to the first delta and cost per delta, against LiteLLM streaming.
 
-The fake OpenAI-compatible server of the test suite (``tests/fake_openai.py``, on
+The fake OpenAI-compatible server of the test suite (``tests/support/fake_openai.py``, on
 127.0.0.1, no delay between chunks) streams one reply of 200 text deltas (4
 characters each) plus the usage chunk. Variants, interleaved round by round in one
 process, each timing one whole streamed call from its start:
@@ -54,7 +54,7 @@ def _fake_openai() -> Any:
     tests = Path(__file__).resolve().parent.parent / "tests"
     if str(tests) not in sys.path:
         sys.path.insert(0, str(tests))
-    import fake_openai
+    from support import fake_openai
 
     return fake_openai
 

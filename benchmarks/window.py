@@ -65,7 +65,7 @@ def _agent(model: Any, history: Any) -> Agent[Reply]:
         instruction=INSTRUCTION,
         input_schema=BenchInput,
         output_schema=Reply,
-        max_retries=2,
+        output_retries=2,
         history=history,
     )
 

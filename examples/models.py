@@ -52,7 +52,7 @@ support_agent = Agent(
     instruction_schema=CompanyArgs,
     input_schema=UserMessage,
     output_schema=Reply,
-    max_retries=2,
+    output_retries=2,
     model_settings=_model_settings(),
 )
 

@@ -1,6 +1,6 @@
 """The smoke suite runs against the installed wheel, from outside the source tree.
 
-``.ci/smoke`` copies this directory and ``tests/fake_openai.py`` to a temporary
+``.ci/smoke`` copies this directory and ``tests/support/fake_openai.py`` to a temporary
 directory and runs it there with a virtualenv that holds only the wheel (plus the
 ``sqlite-async`` extra and pytest).
 """

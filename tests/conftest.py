@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-import _databases
-import runner
-from _databases import (
+from support import databases, runner
+from support.databases import (
     ALL_DATABASES,
     ASYNC_DATABASES,
     SERVER_DATABASES,
@@ -59,6 +58,20 @@ async def server_database(
     """The real servers (PostgreSQL and MySQL/MariaDB), through their sync drivers."""
     async with open_database(request.param, tmp_path) as db:
         yield db
+
+
+# -- order -------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``slow`` and ``stress`` tests first (otherwise in collection order): under
+    pytest-xdist they start while the other worker runs the short ones, rather than
+    leaving it idle at the end."""
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("slow") is None and item.get_closest_marker("stress") is None
+        )
+    )
 
 
 # -- network guard -----------------------------------------------------------
@@ -163,7 +176,7 @@ def no_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Drop the per-run PostgreSQL and MariaDB databases; a worker reports its invariant counts."""
-    _databases.drop_run_databases()
+    databases.drop_run_databases()
     worker_output = getattr(session.config, "workeroutput", None)
     if worker_output is not None:  # a pytest-xdist worker: the controller sums the counts
         worker_output["invariant_checked"] = dict(_CHECKED)
@@ -181,7 +194,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 #
 # Every context document a store writes (Insert, Swap) and every request a turn
 # builds (``_turn._request``, for stores and ``Agent.run`` alike) is recorded, and
-# each test's records are checked when the test ends (tests/_invariants.py): a
+# each test's records are checked when the test ends (tests/support/invariants.py): a
 # stored history never holds a call without its result, nor a result without its
 # call, and no request carries an unresolved call. A breach fails the test that wrote or sent it.
 
@@ -230,7 +243,7 @@ def record_writes_and_requests() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def tool_call_invariant(request: pytest.FixtureRequest) -> Iterator[None]:
     """Check what this test stored and sent, when it ends."""
-    from _invariants import check_document, check_history
+    from support.invariants import check_document, check_history
 
     for records in _RECORDED.values():
         records.clear()

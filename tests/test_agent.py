@@ -29,7 +29,7 @@ from agent_session import (
     Usage,
 )
 from agent_session.testing import FunctionModel, TestModel
-from runner import Run
+from support.runner import Run
 
 
 class Mood(StrEnum):
@@ -76,9 +76,9 @@ def _usage(prompt: int, completion: int) -> Usage:
         ({"model": TestModel(), "input_schema": dict}, "input_schema"),
         ({"model": TestModel(), "output_schema": Answer(answer="a", mood="sad")}, "output_schema"),
         ({"model": TestModel(), "instruction_schema": str}, "instruction_schema"),
-        ({"model": TestModel(), "max_retries": -1}, "max_retries"),
-        ({"model": TestModel(), "max_retries": True}, "max_retries"),
-        ({"model": TestModel(), "max_retries": 1.5}, "max_retries"),
+        ({"model": TestModel(), "output_retries": -1}, "output_retries"),
+        ({"model": TestModel(), "output_retries": True}, "output_retries"),
+        ({"model": TestModel(), "output_retries": 1.5}, "output_retries"),
         ({"model": TestModel(), "model_retries": -1}, "model_retries"),
         ({"model": TestModel(), "model_retries": False}, "model_retries"),
         ({"model": TestModel(), "model_retries": "2"}, "model_retries"),
@@ -136,7 +136,7 @@ def test_what_is_computed_when_the_agent_is_built() -> None:
     assert agent.name == "helper"
     assert agent.input_schema is TextInput
     assert agent.single_input_field == "message"
-    assert agent.max_retries == 2
+    assert agent.output_retries == 2
     assert agent.model_retries == 2
     assert agent.structured_output == "auto"
     assert agent.structured_output_mode == "json_schema"
@@ -433,7 +433,7 @@ async def test_invalid_output_is_reasked_with_feedback(run: Run) -> None:
         ModelResponse(text=GOOD, usage=_usage(30, 8), cost=0.3, model="m-1", finish_reason="stop"),
     ]
     model = TestModel(replies=replies)
-    agent = Agent(model, instruction="Be nice.", output_schema=Answer, max_retries=2)
+    agent = Agent(model, instruction="Be nice.", output_schema=Answer, output_retries=2)
 
     result = await run(agent, "hi")
 
@@ -459,7 +459,7 @@ async def test_output_validation_error_after_every_reask(run: Run) -> None:
         ModelResponse(text='{"answer": 3}', usage=_usage(3, 4)),
     ]
     model = TestModel(replies=replies)
-    agent = Agent(model, output_schema=Answer, max_retries=1)
+    agent = Agent(model, output_schema=Answer, output_retries=1)
 
     with pytest.raises(OutputValidationError) as info:
         await run(agent, "hi")
@@ -473,10 +473,10 @@ async def test_output_validation_error_after_every_reask(run: Run) -> None:
     assert len(model.requests) == 2
 
 
-async def test_no_reask_when_max_retries_is_zero(run: Run) -> None:
+async def test_no_reask_when_output_retries_is_zero(run: Run) -> None:
     model = TestModel(replies=["nope", GOOD])
     with pytest.raises(OutputValidationError) as info:
-        await run(Agent(model, output_schema=Answer, max_retries=0), "hi")
+        await run(Agent(model, output_schema=Answer, output_retries=0), "hi")
     assert info.value.attempts == 1
     assert len(model.requests) == 1
 

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from _databases import Database
+from support.databases import Database
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from agent_session.testing import TestModel

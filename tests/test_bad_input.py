@@ -16,8 +16,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from _databases import Database
-from _stress_worker import INSTRUCTION, Echo, Harness, echo, history_tokens, make_chat
 from agent_session import (
     Agent,
     AgentSessionError,
@@ -30,6 +28,8 @@ from agent_session import (
     TemplateError,
 )
 from agent_session.testing import FunctionModel
+from support.databases import Database
+from support.stress_worker import INSTRUCTION, Echo, Harness, echo, history_tokens, make_chat
 
 
 class Question(BaseModel):
@@ -388,7 +388,7 @@ async def test_one_megabyte_message_round_trips_by_default(database: Database) -
 
 async def test_output_that_never_validates(database: Database) -> None:
     replies = iter([{"answer": "echo:t0"}, "not json", {"answer": 5}, "{}"])
-    h, chat, before = await stored_session(database, fn=lambda m: next(replies), max_retries=2)
+    h, chat, before = await stored_session(database, fn=lambda m: next(replies), output_retries=2)
     with pytest.raises(OutputValidationError) as info:
         await h.cont(chat.id, "turn [t1]")
     assert info.value.attempts == 3

@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-from _databases import Database
-from _stress_worker import Harness, make_chat, token_of
 from agent_session import (
     BudgetExceededError,
     ModelResponse,
@@ -23,6 +21,8 @@ from agent_session import (
     StaleSessionError,
     Usage,
 )
+from support.databases import Database
+from support.stress_worker import Harness, make_chat, token_of
 
 TURNS = 20
 PER_CALL = 10

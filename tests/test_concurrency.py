@@ -21,8 +21,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from _databases import Database, open_database
-from _stress_worker import (
+from agent_session import (
+    ModelCallError,
+    SessionBusyError,
+    StaleSessionError,
+    _flows,
+)
+from agent_session._flows import Waits
+from support.databases import Database, open_database
+from support.stress_worker import (
     Harness,
     async_twin,
     check_race,
@@ -31,13 +38,6 @@ from _stress_worker import (
     run_race,
     token_of,
 )
-from agent_session import (
-    ModelCallError,
-    SessionBusyError,
-    StaleSessionError,
-    _flows,
-)
-from agent_session._flows import Waits
 
 
 def last_token(messages: list[dict[str, Any]]) -> str:
@@ -555,11 +555,14 @@ async def test_failed_turn_commits_failed_and_keeps_context(database: Database) 
     assert h.tokens(chat.id) == ["t0", "again"]
 
 
-async def test_running_session_is_taken_over_after_the_timeout(database: Database) -> None:
+@pytest.mark.parametrize("running_timeout", [timedelta(minutes=5), 300], ids=["delta", "seconds"])
+async def test_running_session_is_taken_over_after_the_timeout(
+    database: Database, running_timeout: timedelta | int
+) -> None:
     """A session left ``running`` by a worker that died is busy until
-    ``__running_timeout__`` has passed since the status changed; then any worker
-    may continue it."""
-    h = Harness(database, make_chat(status=True, running_timeout=timedelta(minutes=5)))
+    ``__running_timeout__`` (a ``timedelta`` or seconds) has passed since the status
+    changed; then any worker may continue it."""
+    h = Harness(database, make_chat(status=True, running_timeout=running_timeout))  # type: ignore[arg-type]
     chat = await h.start("hello [t0]")
     h.update(chat.id, status="running", status_changed_at=naive_utc_now())
     before = h.row(chat.id)

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from _stress_worker import Echo, echo
 from agent_session import (
     Agent,
     InputValidationError,
@@ -37,6 +36,7 @@ from agent_session._turn import Sleep, drive
 from agent_session.context import utcnow
 from agent_session.llm import ModelRequest
 from agent_session.testing import FunctionModel
+from support.stress_worker import Echo, echo
 
 MODEL = FunctionModel(echo)
 CLAIMED_TURN = ["swap running", "model", "write"]

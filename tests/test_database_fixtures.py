@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from _databases import ASYNC_DATABASES, Database
+from support.databases import ASYNC_DATABASES, Database
 
 MEGABYTE = 1024 * 1024
 LABEL = "Grüße 🙂 日本語"

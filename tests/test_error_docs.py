@@ -527,7 +527,7 @@ def _no_key(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
     "installed; install it (pip install mcp)"
 )
 def _no_module(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
-    """tests/test_setup_errors.py fails LiteLLM's import for real; here the error is given."""
+    """tests/test_setup_errors_wire.py fails LiteLLM's import for real; here the error is given."""
     missing = ModuleNotFoundError("No module named 'mcp'", name="mcp")
     error = llm._setup_error(missing, "openai/gpt-4o-mini")
     assert error is not None
@@ -536,7 +536,7 @@ def _no_module(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
 
 @raises("... Incorrect API key provided: ****")
 def _echoed_key(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
-    from fake_openai import running_fake_openai
+    from support.fake_openai import running_fake_openai
 
     with running_fake_openai() as server:
         server.enqueue_error(401, "Incorrect API key provided: sk-echoed-4242")
@@ -546,7 +546,7 @@ def _echoed_key(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
 
 def _endless(**options: Any) -> BaseException:
     """Read a streamed reply of the fake server's that never ends, under ``options``."""
-    from fake_openai import running_fake_openai
+    from support.fake_openai import running_fake_openai
 
     with running_fake_openai() as server:
         server.enqueue_endless_stream("x")
@@ -582,7 +582,7 @@ def _past_max_tokens(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException
     "for key 'code' (error 1062)"
 )
 def _duplicate(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
-    """MariaDB's case in tests/test_hostile_data.py, here with the driver error made up."""
+    """MariaDB's case in tests/test_hostile_data_wire.py, here with the driver error made up."""
     import pymysql
 
     refused = pymysql.err.IntegrityError(1062, "Duplicate entry 'private-4242' for key 'code'")

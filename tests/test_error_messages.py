@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -25,7 +24,8 @@ from agent_session import (
     StorageError,
 )
 from agent_session.testing import FunctionModel
-from sessions import Api, stored_rows
+from support.databases import Database
+from support.sessions import Api, stored_rows
 
 KEY = uuid.UUID("3fa85f64-5717-4562-b3fc-2c963f66afa6")
 SHOWN = "3fa85f64-5717-4562-b3fc-2c963f66afa6"

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fake_openai import running_fake_openai
+from support.fake_openai import running_fake_openai
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 QUESTIONS = 3

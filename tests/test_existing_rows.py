@@ -18,7 +18,6 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from _databases import Database
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -28,7 +27,8 @@ from agent_session import (
     StaleSessionError,
 )
 from agent_session.testing import FunctionModel
-from sessions import Api, stored_rows, stream_text
+from support.databases import Database
+from support.sessions import Api, stored_rows, stream_text
 
 during_next_call: list[Callable[[], Awaitable[Any]]] = []
 """What the next model call runs before it answers (another writer, for races)."""

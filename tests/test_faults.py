@@ -22,8 +22,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from _databases import Database
-from _stress_worker import Harness, echo, make_chat, token_of, worker_command
 from agent_session import (
     AgentSessionError,
     ModelCallError,
@@ -31,6 +29,8 @@ from agent_session import (
     SessionBusyError,
     StorageError,
 )
+from support.databases import Database
+from support.stress_worker import Harness, echo, make_chat, token_of, worker_command
 
 
 def last_token(messages: list[dict[str, Any]]) -> str:
@@ -72,7 +72,7 @@ async def test_model_fault_writes_nothing(database: Database, fault: str) -> Non
             raise error
         return echo(messages)
 
-    h = Harness(database, make_chat(fn, max_retries=2))
+    h = Harness(database, make_chat(fn, output_retries=2))
     chat = await h.start("hello [t0]")
     before = h.rows()
     expected = OutputValidationError if error is None else ModelCallError

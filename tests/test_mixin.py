@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database
 from agent_session import (
     CONTEXT_VERSION,
     Agent,
@@ -23,7 +22,8 @@ from agent_session import (
     TemplateError,
 )
 from agent_session.testing import FunctionModel, TestModel
-from sessions import Api, stored_rows
+from support.databases import Database
+from support.sessions import Api, stored_rows
 
 
 class Company(BaseModel):

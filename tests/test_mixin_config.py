@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 
-from _databases import Database
 from agent_session import Agent, AgentSessionMixin, ConfigurationError
 from agent_session.testing import TestModel
-from sessions import Api, stored_rows
+from support.databases import Database
+from support.sessions import Api, stored_rows
 
 agent = Agent(TestModel(text="hi there"))
 

@@ -22,7 +22,6 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -38,8 +37,9 @@ from agent_session import (
 )
 from agent_session.testing import FunctionModel, TestModel
 from agent_session.tools import ToolCallResult
-from fake_openai import running_fake_openai
-from sessions import Api, stored_rows
+from support.databases import Database
+from support.fake_openai import running_fake_openai
+from support.sessions import Api, stored_rows
 
 otel_trace = pytest.importorskip("opentelemetry.trace")
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
@@ -458,7 +458,7 @@ async def test_a_failed_turn_logs_the_error_type_not_the_input(
         count: int
 
     agent = Agent(
-        FunctionModel(lambda messages: '{"count": "many"}'), output_schema=Strict, max_retries=0
+        FunctionModel(lambda messages: '{"count": "many"}'), output_schema=Strict, output_retries=0
     )
     with pytest.raises(Exception, match="did not match"):
         await run(agent, "the input text")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import re
@@ -10,6 +11,8 @@ import sys
 import tomllib
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 import agent_session
 from agent_session import errors
@@ -222,13 +225,13 @@ print("litellm" in sys.modules)
     assert run.stdout.split() == ["False"]
 
 
-def test_prepare_imports_litellm_up_front() -> None:
+def test_warm_up_imports_litellm_up_front() -> None:
     code = (
         "import asyncio, sys\n"
         "import agent_session\n"
         "before = 'litellm' in sys.modules\n"
-        "asyncio.run(agent_session.aprepare())\n"
-        "agent_session.prepare()\n"
+        "asyncio.run(agent_session.awarm_up())\n"
+        "agent_session.warm_up()\n"
         "import litellm\n"
         "print(before, 'litellm' in sys.modules, litellm.suppress_debug_info)\n"
     )
@@ -243,4 +246,21 @@ def test_prepare_imports_litellm_up_front() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "True"]
-    assert callable(agent_session.prepare) and callable(agent_session.aprepare)
+
+
+def test_prepare_and_aprepare_still_warm_up_and_warn() -> None:
+    """The former names work until 1.0, each with a ``DeprecationWarning``."""
+    agent_session.warm_up()  # the work is done once per process: the calls below are cheap
+    with pytest.warns(DeprecationWarning, match=r"prepare\(\) is deprecated: use .*warm_up\(\)"):
+        agent_session.prepare()
+    with pytest.warns(DeprecationWarning, match=r"aprepare\(\) is deprecated: use .*awarm_up"):
+        asyncio.run(agent_session.aprepare())
+
+
+def test_tool_call_result_is_exported() -> None:
+    from agent_session import ToolCallResult, tools
+    from agent_session.result import Result
+
+    assert ToolCallResult is tools.ToolCallResult
+    assert "ToolCallResult" in agent_session.__all__
+    assert "list[ToolCallResult]" in str(Result.__annotations__["tool_calls"])

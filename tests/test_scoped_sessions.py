@@ -18,9 +18,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database
-from _stress_worker import Harness, echo, make_chat
 from agent_session import InputValidationError, SessionNotFoundError, StaleSessionError
+from support.databases import Database
+from support.stress_worker import Harness, echo, make_chat
 
 MODES = ["session", "sessionmaker"]
 

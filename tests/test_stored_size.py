@@ -21,11 +21,11 @@ from pydantic import BaseModel
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from _databases import Database
 from agent_session import Agent, AgentSessionMixin, ModelResponse, Usage
 from agent_session.context import load_context
 from agent_session.testing import FunctionModel
-from sessions import Api
+from support.databases import Database
+from support.sessions import Api
 
 TURNS = 20
 LIMIT = 1.5

@@ -16,7 +16,6 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from _databases import Database
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -51,7 +50,8 @@ from agent_session.events import PartialOutput, parse_partial
 from agent_session.llm import Model, StreamChunk
 from agent_session.testing import FunctionModel, TestModel
 from agent_session.tools import ToolCallResult
-from sessions import stored_rows
+from support.databases import Database
+from support.sessions import stored_rows
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -268,7 +268,7 @@ async def test_a_failure_mid_stream_raises_the_typed_error_with_the_usage_so_far
 
 
 async def test_an_output_error_keeps_its_own_usage(mode: str) -> None:
-    agent = Agent(TestModel(replies=["no", "no"]), output_schema=Answer, max_retries=1)
+    agent = Agent(TestModel(replies=["no", "no"]), output_schema=Answer, output_retries=1)
     stream = await _agent_stream(agent, mode)
     with pytest.raises(OutputValidationError) as caught:
         await _collect(stream)

@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from _databases import Database
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -47,7 +46,8 @@ from agent_session import (
 )
 from agent_session.llm import Model, StreamChunk
 from agent_session.testing import TestModel
-from sessions import stored_rows
+from support.databases import Database
+from support.sessions import stored_rows
 
 RAN: list[str] = []
 

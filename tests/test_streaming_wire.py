@@ -36,7 +36,7 @@ from agent_session import (
     llm,
     sse,
 )
-from fake_openai import FakeOpenAI, running_fake_openai
+from support.fake_openai import FakeOpenAI, running_fake_openai
 
 MODEL = "openai/gpt-4o-mini"
 SLOW = 0.05

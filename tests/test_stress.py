@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from _databases import Database
-from _stress_worker import Harness, async_twin, check_race, make_chat, run_race
+from support.databases import Database
+from support.stress_worker import Harness, async_twin, check_race, make_chat, run_race
 
 WORKERS = 8
 TURNS = 25

@@ -35,10 +35,10 @@ from sqlalchemy.orm import (
 )
 from sqlmodel import Field, SQLModel
 
-from _databases import Database
 from agent_session import Agent, AgentSessionMixin, ConfigurationError
 from agent_session.testing import TestModel
-from sessions import stored_rows
+from support.databases import Database
+from support.sessions import stored_rows
 
 agent = Agent(TestModel(text="hi there"))
 

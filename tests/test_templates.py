@@ -19,7 +19,7 @@ from agent_session import (
 )
 from agent_session.templates import InstructionTemplate
 from agent_session.testing import TestModel
-from runner import Run
+from support.runner import Run
 
 
 class CompanyArgs(BaseModel):

@@ -32,7 +32,7 @@ from agent_session import (
     Usage,
 )
 from agent_session.testing import FunctionModel, TestModel, sample_from_schema
-from runner import Run
+from support.runner import Run
 
 
 class Answer(BaseModel):
@@ -97,7 +97,7 @@ async def test_an_empty_script_fails_on_the_first_call(run: Run) -> None:
 async def test_reasks_consume_replies(run: Run) -> None:
     model = TestModel(replies=["bad", "still bad"])
     with pytest.raises(AssertionError, match="call #3"):
-        await run(Agent(model, output_schema=Answer, max_retries=5), "hi")
+        await run(Agent(model, output_schema=Answer, output_retries=5), "hi")
 
 
 async def test_default_text_and_name(run: Run) -> None:
@@ -270,7 +270,7 @@ async def test_function_model_errors_propagate(run: Run) -> None:
 async def test_function_model_invalid_forever(run: Run) -> None:
     model = FunctionModel(lambda messages: "never json")
     with pytest.raises(OutputValidationError) as info:
-        await run(Agent(model, output_schema=Answer, max_retries=3), "hi")
+        await run(Agent(model, output_schema=Answer, output_retries=3), "hi")
     assert info.value.attempts == 4
     assert info.value.raw_text == "never json"
     assert len(model.requests) == 4

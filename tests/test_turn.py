@@ -277,7 +277,7 @@ def test_model_flow_without_structured_output_sends_no_response_format() -> None
 
 
 def test_model_flow_reasks_then_succeeds() -> None:
-    agent = _agent(output_schema=Answer, max_retries=2)
+    agent = _agent(output_schema=Answer, output_retries=2)
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
     flow = _turn.model_flow(agent, plan, "json_schema")
     first = next(flow)
@@ -305,8 +305,8 @@ def test_model_flow_reasks_then_succeeds() -> None:
     ]
 
 
-def test_model_flow_gives_up_after_max_retries() -> None:
-    agent = _agent(output_schema=Answer, max_retries=1)
+def test_model_flow_gives_up_after_output_retries() -> None:
+    agent = _agent(output_schema=Answer, output_retries=1)
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
     flow = _turn.model_flow(agent, plan, "json_schema")
     next(flow)
@@ -325,7 +325,7 @@ def test_model_flow_gives_up_after_max_retries() -> None:
 
 
 def test_model_flow_with_no_retries_fails_on_the_first_bad_answer() -> None:
-    agent = _agent(output_schema=Answer, max_retries=0)
+    agent = _agent(output_schema=Answer, output_retries=0)
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
     flow = _turn.model_flow(agent, plan, "json_schema")
     next(flow)
@@ -397,7 +397,7 @@ def test_reask_feedback_is_bounded_for_many_errors() -> None:
 
 
 def test_a_reply_cut_off_at_the_token_limit_is_not_reasked() -> None:
-    agent = _agent(output_schema=Answer, max_retries=2, model_settings={"max_tokens": 64})
+    agent = _agent(output_schema=Answer, output_retries=2, model_settings={"max_tokens": 64})
     plan = _turn.plan_first_turn(agent, "Hi", {"company": "Acme"}, now=NOW)
     flow = _turn.model_flow(agent, plan, "json_schema")
     next(flow)

@@ -1,7 +1,7 @@
 """Types: ``mypy --strict`` accepts a typed app, and the generic mixin maps and runs.
 
-The mypy runs check ``examples/typed_app.py``, ``tests/typed_cases.py`` and
-``tests/typed_styles.py`` (their ``assert_type`` calls and the errors marked with
+The mypy runs check ``examples/typed_app.py``, ``tests/support/typed_cases.py`` and
+``tests/support/typed_styles.py`` (their ``assert_type`` calls and the errors marked with
 ``# type: ignore``) against this checkout's ``src``, with plain ``strict = True`` and
 no plugin, as an application would.
 """
@@ -20,9 +20,9 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-import typed_cases
 from agent_session import Agent, AgentSessionMixin, ConfigurationError
 from agent_session.testing import TestModel
+from support import typed_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = Path(typed_cases.__file__).resolve()
@@ -34,7 +34,7 @@ def run_mypy(tmp_path: Path, *files: Path) -> subprocess.CompletedProcess[str]:
     """``mypy --strict`` on ``files`` with this checkout's ``src`` first on the path."""
     config = tmp_path / "mypy.ini"
     config.write_text("[mypy]\nstrict = True\npython_version = 3.11\n")
-    env = {**os.environ, "MYPYPATH": os.pathsep.join([str(ROOT / "src"), str(CASES.parent)])}
+    env = {**os.environ, "MYPYPATH": os.pathsep.join([str(ROOT / "src"), str(CASES.parents[1])])}
     return subprocess.run(
         [
             sys.executable,
@@ -65,7 +65,7 @@ def test_mypy_strict_accepts_the_typed_app_and_the_cases(tmp_path: Path) -> None
     bad.write_text(
         textwrap.dedent(
             """
-            from typed_cases import DataclassChat, UntypedChat
+            from support.typed_cases import DataclassChat, UntypedChat
 
             def answer(chat: DataclassChat) -> str:
                 return chat.last_output.answer
@@ -88,7 +88,7 @@ def test_mypy_strict_accepts_the_typed_app_and_the_cases(tmp_path: Path) -> None
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_mypy_strict_accepts_an_app_in_each_style(tmp_path: Path) -> None:
-    """``tests/typed_styles.py``: a model in each declarative style, and the calls an app
+    """``tests/support/typed_styles.py``: a model in each declarative style, and the calls an app
     makes with its kind of session (``db.session``, SQLModel's sessions)."""
     run = run_mypy(tmp_path, STYLES)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -16,10 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database
 from agent_session import Agent, AgentSessionMixin
 from agent_session.testing import FunctionModel
-from sessions import Api, stored_rows
+from support.databases import Database
+from support.sessions import Api, stored_rows
 
 
 def reply(messages: list[dict[str, Any]]) -> str:

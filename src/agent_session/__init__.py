@@ -55,11 +55,13 @@ if _typing.TYPE_CHECKING:
         TextChunk,
         ToolCallChunk,
         aprepare,
+        awarm_up,
         prepare,
+        warm_up,
     )
     from .mixin import AgentSessionMixin, SessionStatus
     from .result import Result
-    from .tools import Denied, PendingApproval, Tool, ToolCall, ToolContext
+    from .tools import Denied, PendingApproval, Tool, ToolCall, ToolCallResult, ToolContext
 
 # The rest of the public names are imported on first use (PEP 562), so that
 # ``import agent_session`` stays cheap and ``from agent_session import Agent``
@@ -96,7 +98,9 @@ _LAZY = {
     "ModelRequest": "llm",
     "ModelResponse": "llm",
     "aprepare": "llm",
+    "awarm_up": "llm",
     "prepare": "llm",
+    "warm_up": "llm",
     "AgentSessionMixin": "mixin",
     "SessionStatus": "mixin",
     "Result": "result",
@@ -104,6 +108,7 @@ _LAZY = {
     "PendingApproval": "tools",
     "Tool": "tools",
     "ToolCall": "tools",
+    "ToolCallResult": "tools",
     "ToolContext": "tools",
 }
 
@@ -178,6 +183,7 @@ __all__ = [
     "ToolCallChunk",
     "ToolCallDelta",
     "ToolCallFinished",
+    "ToolCallResult",
     "ToolCallStarted",
     "ToolContext",
     "ToolExecutionError",
@@ -188,5 +194,7 @@ __all__ = [
     "Usage",
     "__version__",
     "aprepare",
+    "awarm_up",
     "prepare",
+    "warm_up",
 ]

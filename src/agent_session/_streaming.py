@@ -72,8 +72,8 @@ from .llm import (
     StreamEnd,
     TextChunk,
     ToolCallChunk,
-    aprepare,
     astream_within,
+    awarm_up,
     stream_within,
 )
 from .result import Result
@@ -375,10 +375,10 @@ class TurnStream(_TurnStreamState[OutputT, SessionT]):
         before is raised here."""
         next(self._events)
 
-    def __iter__(self) -> Iterator[StreamEvent]:
+    def __iter__(self) -> Iterator[StreamEvent[OutputT]]:
         return self
 
-    def __next__(self) -> StreamEvent:
+    def __next__(self) -> StreamEvent[OutputT]:
         event = next(self._events)
         while event is None:  # the start marker, of a stream made without ``_start``
             event = next(self._events)
@@ -485,10 +485,10 @@ class AsyncTurnStream(_TurnStreamState[OutputT, SessionT]):
         before is raised here."""
         await self._events.__anext__()
 
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+    def __aiter__(self) -> AsyncIterator[StreamEvent[OutputT]]:
         return self
 
-    async def __anext__(self) -> StreamEvent:
+    async def __anext__(self) -> StreamEvent[OutputT]:
         event = await self._events.__anext__()
         while event is None:  # the start marker, of a stream made without ``_start``
             event = await self._events.__anext__()
@@ -625,7 +625,7 @@ async def astream_session(
 ) -> AsyncTurnStream[Any, Any]:
     """Async twin of ``stream_session`` (``store`` an ``AsyncStore``)."""
     if isinstance(store.model, LiteLLMModel):
-        await aprepare()  # the first import of LiteLLM, off the event loop
+        await awarm_up()  # the first import of LiteLLM, off the event loop
     watched = _observe.observed(agent, flow, call=call, key=key, store=store, is_async=True)
     handle = store if watched is flow else _observe.awith_hooks(store)
     stream: AsyncTurnStream[Any, Any] = AsyncTurnStream(

@@ -1042,7 +1042,7 @@ def _turn_loop(
                     attempts=state.calls,
                     usage=state.usage,
                 ) from exc
-            if reasks >= agent.max_retries:
+            if reasks >= agent.output_retries:
                 raise OutputValidationError(
                     f"output of {agent.model_name} did not match {schema_name} "
                     f"after {state.calls} attempt(s): {exc}",

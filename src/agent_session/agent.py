@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import sys
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from .llm import (
     LiteLLMModel,
     Model,
     OutputMode,
-    aprepare,
+    awarm_up,
     reaches_openai_compatible_server,
     resolve_output_mode,
 )
@@ -64,7 +65,7 @@ REFUSED_SETTINGS: dict[str, str] = {
     "response_format": "use output_schema= (and structured_output= to choose how it is sent)",
     "max_retries": (
         "use Agent(model_retries=...) for retries of failed calls "
-        "(Agent(max_retries=...) is re-asks after invalid output)"
+        "(Agent(output_retries=...) is re-asks after invalid output)"
     ),
     "num_retries": "use Agent(model_retries=...) for retries of failed calls",
 }
@@ -103,7 +104,9 @@ class Agent(Generic[OutputT]):
     (``temperature``, ``max_tokens``, ``api_base``, ``api_key``, ``timeout``, ...);
     the keys in ``REFUSED_SETTINGS`` are refused, with the option to use instead.
 
-    ``max_retries`` is how many times invalid output is re-asked; ``model_retries``
+    ``output_retries`` (default 2) is how many times invalid output is re-asked
+    (``max_retries``, its former name, still works until 1.0, with a
+    ``DeprecationWarning``); ``model_retries``
     how many times a failed call (429, 5xx, timeout, refused connection) is retried,
     with exponential backoff and the provider's ``Retry-After``. No other layer
     retries. ``structured_output`` chooses how an ``output_schema`` is asked for:
@@ -162,7 +165,7 @@ class Agent(Generic[OutputT]):
         instruction_schema: type[BaseModel] | None = None,
         input_schema: type[BaseModel] | None = None,
         output_schema: None = None,
-        max_retries: int = 2,
+        output_retries: int | None = None,
         model_retries: int = 2,
         structured_output: StructuredOutput = "auto",
         model_settings: Mapping[str, Any] | None = None,
@@ -182,6 +185,7 @@ class Agent(Generic[OutputT]):
         max_model_calls: int | None = None,
         turn_timeout: float = DEFAULT_TURN_TIMEOUT,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        max_retries: int | None = None,
         pin_instructions: bool = False,
     ) -> None: ...
 
@@ -194,7 +198,7 @@ class Agent(Generic[OutputT]):
         instruction_schema: type[BaseModel] | None = None,
         input_schema: type[BaseModel] | None = None,
         output_schema: type[SchemaT],
-        max_retries: int = 2,
+        output_retries: int | None = None,
         model_retries: int = 2,
         structured_output: StructuredOutput = "auto",
         model_settings: Mapping[str, Any] | None = None,
@@ -214,6 +218,7 @@ class Agent(Generic[OutputT]):
         max_model_calls: int | None = None,
         turn_timeout: float = DEFAULT_TURN_TIMEOUT,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        max_retries: int | None = None,
         pin_instructions: bool = False,
     ) -> None: ...
 
@@ -225,7 +230,7 @@ class Agent(Generic[OutputT]):
         instruction_schema: type[BaseModel] | None = None,
         input_schema: type[BaseModel] | None = None,
         output_schema: type[BaseModel] | None = None,
-        max_retries: int = 2,
+        output_retries: int | None = None,
         model_retries: int = 2,
         structured_output: StructuredOutput = "auto",
         model_settings: Mapping[str, Any] | None = None,
@@ -245,12 +250,13 @@ class Agent(Generic[OutputT]):
         max_model_calls: int | None = None,
         turn_timeout: float = DEFAULT_TURN_TIMEOUT,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        max_retries: int | None = None,
         pin_instructions: bool = False,
     ) -> None:
         if isinstance(model, str):
             if not model.strip():
                 raise ConfigurationError("Agent model must be a non-empty LiteLLM model string")
-            self.model_name = model
+            self.model_name: str = model
             self._model: Model = _LITELLM
         elif isinstance(model, Model):
             self.model_name = model.name
@@ -268,16 +274,17 @@ class Agent(Generic[OutputT]):
                 isinstance(schema, type) and issubclass(schema, BaseModel)
             ):
                 raise ConfigurationError(f"{label} must be a Pydantic model class, got {schema!r}")
-        for label, count in (("max_retries", max_retries), ("model_retries", model_retries)):
+        output_retries = _output_retries(output_retries, max_retries)
+        for label, count in (("output_retries", output_retries), ("model_retries", model_retries)):
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise ConfigurationError(f"{label} must be an int >= 0, got {count!r}")
         if isinstance(max_tool_steps, bool) or not isinstance(max_tool_steps, int):
             raise ConfigurationError(f"max_tool_steps must be an int >= 1, got {max_tool_steps!r}")
         if max_tool_steps < 1:
             raise ConfigurationError(f"max_tool_steps must be an int >= 1, got {max_tool_steps!r}")
-        self.toolset = Toolset(tools)
+        self.toolset: Toolset = Toolset(tools)
         """The agent's tools, built once (a bad tool is a ``ConfigurationError`` here)."""
-        self.max_tool_steps = max_tool_steps
+        self.max_tool_steps: int = max_tool_steps
         if structured_output not in _STRUCTURED_OUTPUT_CHOICES:
             choices = ", ".join(map(repr, _STRUCTURED_OUTPUT_CHOICES))
             raise ConfigurationError(
@@ -303,9 +310,9 @@ class Agent(Generic[OutputT]):
             raise ConfigurationError(
                 f"max_output_bytes must be a positive int, got {max_output_bytes!r}"
             )
-        self.turn_timeout = float(turn_timeout)
+        self.turn_timeout: float = float(turn_timeout)
         """The longest model time of one turn, in seconds."""
-        self.max_output_bytes = max_output_bytes
+        self.max_output_bytes: int = max_output_bytes
         """The largest streamed reply, in UTF-8 bytes."""
         if instruction is not None and not isinstance(instruction, str):
             raise ConfigurationError("instruction must be a string (a Jinja template)")
@@ -328,18 +335,20 @@ class Agent(Generic[OutputT]):
             )
         self.history: Window | None = history
         """What a request sends of the stored history (``None``: the model's window)."""
-        self.context_window = _checked_context_window(context_window, settings)
+        self.context_window: int | None = _checked_context_window(context_window, settings)
         """The model's context window in tokens, for the default window (``None``:
         LiteLLM's figure, if it knows the model)."""
         self.learned_windows: dict[str, TokenBudget] = {}
         """Default windows fitted, per model name, to the context window a provider
         stated when it refused a request as too long."""
-        self.compaction = compaction
+        self.compaction: Summarize | None = compaction
         # Their secrets are masked in every error message, log record, SSE frame and span.
         remember(settings)
         if compaction is not None:
             remember(compaction.model_settings)
-        self.limits = BudgetLimits(max_session_tokens, max_session_cost, max_model_calls)
+        self.limits: BudgetLimits = BudgetLimits(
+            max_session_tokens, max_session_cost, max_model_calls
+        )
         """The session budgets and the per-turn model call limit."""
 
         self._hooks = _observe.Hooks.build(
@@ -348,20 +357,24 @@ class Agent(Generic[OutputT]):
             on_tool_call=on_tool_call,
             on_error=on_error,
         )
-        self.name = name or "agent"
-        self.instruction = instruction
-        self.template = InstructionTemplate(instruction) if instruction is not None else None
-        self.instruction_schema = instruction_schema
+        self.name: str = name or "agent"
+        self.instruction: str | None = instruction
+        self.template: InstructionTemplate | None = (
+            InstructionTemplate(instruction) if instruction is not None else None
+        )
+        self.instruction_schema: type[BaseModel] | None = instruction_schema
         self.input_schema: type[BaseModel] = input_schema or TextInput
-        self.output_schema = output_schema
-        self.max_retries = max_retries
-        self.model_retries = model_retries
+        self.output_schema: type[BaseModel] | None = output_schema
+        self.output_retries: int = output_retries
+        """How many times invalid output is re-asked."""
+        self.model_retries: int = model_retries
+        """How many times a failed call is retried."""
         self.structured_output: StructuredOutput = structured_output
         self.model_settings: dict[str, Any] = settings
         self._output_modes: weakref.WeakKeyDictionary[Model, dict[tuple[str, bool], OutputMode]] = (
             weakref.WeakKeyDictionary()
         )
-        self.max_input_bytes = max_input_bytes
+        self.max_input_bytes: int = max_input_bytes
 
         fields = list(self.input_schema.model_fields)
         self.single_input_field: str | None = fields[0] if len(fields) == 1 else None
@@ -385,6 +398,16 @@ class Agent(Generic[OutputT]):
         self._override: ContextVar[Model | None] = ContextVar(
             f"agent_session_override_{id(self)}", default=None
         )
+
+    @property
+    def max_retries(self) -> int:
+        """Deprecated: ``output_retries``."""
+        warnings.warn(
+            "Agent.max_retries is deprecated: use Agent.output_retries",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.output_retries
 
     def __repr__(self) -> str:
         out = self.output_schema.__name__ if self.output_schema else "str"
@@ -597,7 +620,7 @@ class Agent(Generic[OutputT]):
         plan = _turn.plan_first_turn(agent, input, instruction_args)
         backend = agent.model
         if isinstance(backend, LiteLLMModel):
-            await aprepare()  # the first import of LiteLLM, off the event loop
+            await awarm_up()  # the first import of LiteLLM, off the event loop
         flow = _turn.model_flow(agent, plan, agent.output_mode(backend))
         if stream:
             from ._streaming import aflow_stream
@@ -726,7 +749,7 @@ class Agent(Generic[OutputT]):
         agent = self._for_call(model, model_settings)
         backend = agent.model
         if isinstance(backend, LiteLLMModel):
-            await aprepare()
+            await awarm_up()
         flow = _turn.resume_flow(
             agent, paused.plan, paused.pending, decided, agent.output_mode(backend)
         )
@@ -767,6 +790,23 @@ class Agent(Generic[OutputT]):
         if self.output_schema is None:
             return data  # type: ignore[no-any-return]
         return self.output_schema.model_validate(data)  # type: ignore[return-value]
+
+
+def _output_retries(output_retries: int | None, max_retries: int | None) -> int:
+    """``output_retries``, or the deprecated ``max_retries`` (not both); default 2."""
+    if max_retries is None:
+        return 2 if output_retries is None else output_retries
+    if output_retries is not None:
+        raise ConfigurationError(
+            "output_retries= and max_retries= are the same setting: pass only output_retries="
+        )
+    warnings.warn(
+        "Agent(max_retries=...) is deprecated and will be removed in 1.0: use "
+        "Agent(output_retries=...) (re-asks after invalid output)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return max_retries
 
 
 def _checked_settings(model_settings: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -77,7 +77,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -85,6 +85,7 @@ from .errors import ContextError, show_key
 
 if TYPE_CHECKING:
     from .agent import Agent
+    from .tools import PendingApproval
 
 __all__ = [
     "CONTEXT_VERSION",
@@ -115,7 +116,7 @@ def isoformat(moment: datetime) -> str:
 class Usage(BaseModel):
     """Token counts of one call, one turn or a whole session."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True)
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -166,7 +167,7 @@ def input_document(single_input_field: str | None, content: str) -> Any:
 class SummaryMeta(BaseModel):
     """``meta.summary`` of a compaction summary (a ``system`` message after the first)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     covers: int = Field(ge=0)
     """How many stored messages directly before the summary it stands for."""
@@ -175,7 +176,7 @@ class SummaryMeta(BaseModel):
 class MessageMeta(BaseModel):
     """What the library records beside one chat message."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     created_at: datetime
     input: dict[str, Any] | None = None
@@ -200,7 +201,7 @@ class MessageMeta(BaseModel):
 class Message(BaseModel):
     """One stored chat message: the OpenAI fields plus ``meta``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str | list[Any] | None = None
@@ -230,7 +231,7 @@ class Message(BaseModel):
 class PendingApprovalData(BaseModel):
     """A call of a paused turn that waits for a decision (``PendingApproval`` as stored)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     tool_call_id: str
     tool_name: str
@@ -240,7 +241,7 @@ class PendingApprovalData(BaseModel):
 class PendingTurn(BaseModel):
     """A turn paused for approvals: its messages so far and the calls to decide."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     messages: list[Message]
     """The user message, the assistant ``tool_calls`` messages and the results so far."""
@@ -299,7 +300,7 @@ class Context(BaseModel):
     module docstring); ``to_document`` writes it compactly again.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     version: Literal[3] = 3
     messages: list[Message]
@@ -366,7 +367,7 @@ class Context(BaseModel):
         return doc
 
     @property
-    def pending_approvals(self) -> list[Any]:
+    def pending_approvals(self) -> list[PendingApproval]:
         """The ``PendingApproval`` objects of the paused turn (empty if none waits)."""
         if self.pending is None:
             return []
@@ -468,7 +469,7 @@ def chat_messages(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class _MessageMetaV1(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     created_at: datetime
     input: dict[str, Any] | None = None
@@ -481,7 +482,7 @@ class _MessageMetaV1(BaseModel):
 
 
 class _MessageV1(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str | list[Any] | None = None
@@ -495,7 +496,7 @@ class _ContextV1(BaseModel):
     """Version 1: every message has a full ``meta``; user messages repeat their input
     in ``meta.input`` and assistant messages their parsed output in ``meta.output``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     version: Literal[1]
     messages: list[_MessageV1]

@@ -31,10 +31,15 @@ of one run that the caller may handle, retry or report.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Hashable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ._secrets import mask
 from ._text import clean_text
+
+if TYPE_CHECKING:
+    from .context import Usage
+    from .tools import PendingApproval
 
 __all__ = [
     "AgentSessionError",
@@ -105,8 +110,8 @@ class InputValidationError(AgentSessionError, ValueError):
 
     def __init__(self, message: str, *, errors: list[Any], source: str = "input") -> None:
         super().__init__(message)
-        self.errors = errors
-        self.source = source
+        self.errors: list[Any] = errors
+        self.source: str = source
 
 
 RETRYABLE_STATUS_CODES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
@@ -135,13 +140,13 @@ class ModelCallError(AgentSessionError):
         attempts: int = 1,
     ) -> None:
         super().__init__(message)
-        self.model = model
-        self.status_code = status_code
+        self.model: str = model
+        self.status_code: int | None = status_code
         if retryable is None:
             retryable = status_code is None or status_code in RETRYABLE_STATUS_CODES
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.attempts = attempts
+        self.retryable: bool = retryable
+        self.retry_after: float | None = retry_after
+        self.attempts: int = attempts
 
 
 class ContextWindowError(ModelCallError):
@@ -180,7 +185,7 @@ class TurnTimeoutError(ModelCallError):
 
     def __init__(self, message: str, *, model: str, turn_timeout: float, attempts: int = 1) -> None:
         super().__init__(message, model=model, retryable=False, attempts=attempts)
-        self.turn_timeout = turn_timeout
+        self.turn_timeout: float = turn_timeout
 
 
 class OutputLimitError(ModelCallError):
@@ -197,8 +202,8 @@ class OutputLimitError(ModelCallError):
         self, message: str, *, model: str, limit_name: str, limit: int, attempts: int = 1
     ) -> None:
         super().__init__(message, model=model, retryable=False, attempts=attempts)
-        self.limit_name = limit_name
-        self.limit = limit
+        self.limit_name: str = limit_name
+        self.limit: int = limit
 
 
 class OutputValidationError(AgentSessionError):
@@ -209,53 +214,65 @@ class OutputValidationError(AgentSessionError):
     """
 
     def __init__(
-        self, message: str, *, raw_text: str, errors: list[Any], attempts: int, usage: Any = None
+        self,
+        message: str,
+        *,
+        raw_text: str,
+        errors: list[Any],
+        attempts: int,
+        usage: Usage | None = None,
     ) -> None:
         super().__init__(message)
-        self.raw_text = raw_text
-        self.errors = errors
-        self.attempts = attempts
-        self.usage = usage
+        self.raw_text: str = raw_text
+        self.errors: list[Any] = errors
+        self.attempts: int = attempts
+        self.usage: Usage | None = usage
+        """The tokens of every call the turn made, the re-asks included."""
 
 
 class ContextError(AgentSessionError):
     """A stored context is not a valid context document (corrupt, hand-edited, newer)."""
 
-    def __init__(self, message: str, *, key: Any = None) -> None:
+    def __init__(self, message: str, *, key: Hashable = None) -> None:
         super().__init__(message)
-        self.key = key
+        self.key: Hashable = key
+        """The session's primary key (a tuple for a composite key; ``None`` if unknown)."""
 
 
 class SessionNotFoundError(AgentSessionError, LookupError):
     """No session row has the given primary key."""
 
-    def __init__(self, message: str, *, key: Any = None) -> None:
+    def __init__(self, message: str, *, key: Hashable = None) -> None:
         super().__init__(message)
-        self.key = key
+        self.key: Hashable = key
+        """The session's primary key (a tuple for a composite key; ``None`` if unknown)."""
 
 
 class StaleSessionError(AgentSessionError):
     """Another writer committed a turn first; this turn wrote nothing."""
 
-    def __init__(self, message: str, *, key: Any = None) -> None:
+    def __init__(self, message: str, *, key: Hashable = None) -> None:
         super().__init__(message)
-        self.key = key
+        self.key: Hashable = key
+        """The session's primary key (a tuple for a composite key; ``None`` if unknown)."""
 
 
 class SessionBusyError(AgentSessionError):
     """The session is marked ``running`` by another worker."""
 
-    def __init__(self, message: str, *, key: Any = None) -> None:
+    def __init__(self, message: str, *, key: Hashable = None) -> None:
         super().__init__(message)
-        self.key = key
+        self.key: Hashable = key
+        """The session's primary key (a tuple for a composite key; ``None`` if unknown)."""
 
 
 class StorageError(AgentSessionError):
     """The database failed while reading or writing a session; nothing was written."""
 
-    def __init__(self, message: str, *, key: Any = None) -> None:
+    def __init__(self, message: str, *, key: Hashable = None) -> None:
         super().__init__(message)
-        self.key = key
+        self.key: Hashable = key
+        """The session's primary key (a tuple for a composite key; ``None`` if unknown)."""
 
 
 class ToolExecutionError(AgentSessionError):
@@ -266,8 +283,8 @@ class ToolExecutionError(AgentSessionError):
 
     def __init__(self, message: str, *, tool_name: str, tool_call_id: str | None = None) -> None:
         super().__init__(message)
-        self.tool_name = tool_name
-        self.tool_call_id = tool_call_id
+        self.tool_name: str = tool_name
+        self.tool_call_id: str | None = tool_call_id
 
 
 class ToolLoopError(AgentSessionError):
@@ -276,10 +293,10 @@ class ToolLoopError(AgentSessionError):
     ``max_tool_steps`` is the limit that was hit; ``usage`` the tokens spent on it.
     """
 
-    def __init__(self, message: str, *, max_tool_steps: int, usage: Any = None) -> None:
+    def __init__(self, message: str, *, max_tool_steps: int, usage: Usage | None = None) -> None:
         super().__init__(message)
-        self.max_tool_steps = max_tool_steps
-        self.usage = usage
+        self.max_tool_steps: int = max_tool_steps
+        self.usage: Usage | None = usage
 
 
 class ApprovalPendingError(AgentSessionError):
@@ -288,10 +305,13 @@ class ApprovalPendingError(AgentSessionError):
     ``pending`` lists the ``PendingApproval`` objects still to decide.
     """
 
-    def __init__(self, message: str, *, key: Any = None, pending: Any = ()) -> None:
+    def __init__(
+        self, message: str, *, key: Hashable = None, pending: Iterable[PendingApproval] = ()
+    ) -> None:
         super().__init__(message)
-        self.key = key
-        self.pending = list(pending)
+        self.key: Hashable = key
+        """The session's primary key."""
+        self.pending: list[PendingApproval] = list(pending)
 
 
 class BudgetExceededError(AgentSessionError):
@@ -305,6 +325,6 @@ class BudgetExceededError(AgentSessionError):
 
     def __init__(self, message: str, *, kind: str, limit: float, spent: float) -> None:
         super().__init__(message)
-        self.kind = kind
-        self.limit = limit
-        self.spent = spent
+        self.kind: str = kind
+        self.limit: float = limit
+        self.spent: float = spent

@@ -20,13 +20,21 @@ event, see ``agent_session.sse``) and a ``data()`` method giving its JSON form:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic_core import from_json, to_jsonable_python
 
 if TYPE_CHECKING:
     from .result import Result
     from .tools import PendingApproval
+
+if TYPE_CHECKING:
+    # Unparameterized ``TurnCompleted`` and ``StreamEvent`` mean ``[Any]`` (PEP 696).
+    from typing_extensions import TypeVar as _TypeVar
+
+    OutputT = _TypeVar("OutputT", default=Any)
+else:
+    OutputT = TypeVar("OutputT")
 
 __all__ = [
     "ApprovalRequired",
@@ -163,11 +171,12 @@ class AttemptDiscarded:
 
 
 @dataclass(frozen=True)
-class TurnCompleted:
-    """The turn finished (and, in a session, was stored): its ``Result``."""
+class TurnCompleted(Generic[OutputT]):
+    """The turn finished (and, in a session, was stored): its ``Result``, typed with
+    the stream's output type (``TurnStream[Reply, ...]`` yields ``TurnCompleted[Reply]``)."""
 
     kind: ClassVar[str] = "turn_completed"
-    result: Result[Any]
+    result: Result[OutputT]
 
     def data(self) -> dict[str, Any]:
         result = self.result
@@ -190,9 +199,10 @@ StreamEvent = (
     | ToolCallFinished
     | ApprovalRequired
     | AttemptDiscarded
-    | TurnCompleted
+    | TurnCompleted[OutputT]
 )
-"""Every event a turn stream yields."""
+"""Every event a turn stream yields (``StreamEvent[Reply]``: its ``TurnCompleted``
+holds a ``Result[Reply]``)."""
 
 
 def _jsonable(value: Any) -> Any:

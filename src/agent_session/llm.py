@@ -50,11 +50,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import math
 import os
 import re
 import threading
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -89,14 +91,16 @@ __all__ = [
     "acomplete_within",
     "aprepare",
     "astream_within",
+    "awarm_up",
     "complete_within",
     "prepare",
     "resolve_output_mode",
     "response_chunks",
     "stream_within",
+    "warm_up",
 ]
 
-logger = get_logger("agent_session.llm")
+logger: logging.Logger = get_logger("agent_session.llm")
 
 OutputMode = Literal["json_schema", "json_object", "prompt"]
 """How a structured output is asked for: ``response_format`` with the JSON schema,
@@ -253,7 +257,7 @@ def import_litellm() -> ModuleType:
     return _litellm
 
 
-def prepare() -> None:
+def warm_up() -> None:
     """Do the slow one-time work of the first model call now, e.g. in an app's
     start-up hook: import LiteLLM, and the modules it and the OpenAI SDK load on
     their first call (a mocked LiteLLM call and an unused OpenAI client, which make
@@ -285,12 +289,32 @@ def prepare() -> None:
     logger.debug("prepared the first model call in %.2fs", time.perf_counter() - started)
 
 
-async def aprepare() -> None:
-    """``prepare()`` for async start-up hooks: runs it in a thread, so the event
+async def awarm_up() -> None:
+    """``warm_up()`` for async start-up hooks: runs it in a thread, so the event
     loop is not blocked while LiteLLM is imported. The first ``acomplete`` calls it
     too, so an async app's loop never stalls on that import."""
     if not _prepared:
-        await asyncio.to_thread(prepare)
+        await asyncio.to_thread(warm_up)
+
+
+def prepare() -> None:
+    """Deprecated (removed in 1.0): ``warm_up()``."""
+    warnings.warn(
+        "agent_session.prepare() is deprecated: use agent_session.warm_up()",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    warm_up()
+
+
+async def aprepare() -> None:
+    """Deprecated (removed in 1.0): ``awarm_up()``."""
+    warnings.warn(
+        "agent_session.aprepare() is deprecated: use agent_session.awarm_up()",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    await awarm_up()
 
 
 OPENAI_COMPATIBLE_PROVIDERS = frozenset(
@@ -379,7 +403,7 @@ class LiteLLMModel(Model):
         return _to_response(litellm, raw, request.model)
 
     async def acomplete(self, request: ModelRequest) -> ModelResponse:
-        await aprepare()
+        await awarm_up()
         litellm = import_litellm()
         try:
             raw = await litellm.acompletion(**self._kwargs(request))
@@ -422,7 +446,7 @@ class LiteLLMModel(Model):
     async def astream(self, request: ModelRequest) -> AsyncGenerator[StreamChunk, None]:
         """Async twin of ``stream``: ``aclose()`` (or cancelling the task) closes the
         HTTP stream at once."""
-        await aprepare()
+        await awarm_up()
         litellm = import_litellm()
         try:
             raw = await litellm.acompletion(**self._stream_kwargs(request))

@@ -29,6 +29,9 @@ configuration is checked when SQLAlchemy maps the class.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 import sys
 import types
 import uuid
@@ -147,14 +150,16 @@ class AgentSessionMixin(_Generic[OutputT]):
     __revision_attribute__: ClassVar[str] = "context_revision"
     __status_attribute__: ClassVar[str | None] = None
     __status_changed_attribute__: ClassVar[str] = "status_changed_at"
-    __running_timeout__: ClassVar[timedelta] = timedelta(minutes=10)
-    """How long a ``running`` status blocks other workers before it is taken over."""
+    __running_timeout__: ClassVar[timedelta | float] = timedelta(minutes=10)
+    """How long a ``running`` status blocks other workers before it is taken over:
+    a ``timedelta`` or a number of seconds."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Every declarative style maps the class after this (a metaclass, a decorator,
         # SQLModel's ``table=True``) or in the ``super()`` call (``DeclarativeBase``):
         # the columns go on the class now, and ``_on_mapped`` checks the mapped class.
         if not vars(cls).get("__abstract__", False):
+            _check_settings(cls)
             _add_columns(cls)
         super().__init_subclass__(**kwargs)
 
@@ -244,7 +249,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
-        **values: Any,
+        values: Mapping[str, Any] | None = ...,
+        **column_values: Any,
     ) -> Self: ...
 
     @overload
@@ -263,7 +269,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
-        **values: Any,
+        values: Mapping[str, Any] | None = ...,
+        **column_values: Any,
     ) -> TurnStream[OutputT, Self]: ...
 
     @overload
@@ -282,7 +289,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
-        **values: Any,
+        values: Mapping[str, Any] | None = ...,
+        **column_values: Any,
     ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -300,9 +308,15 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
-        **values: Any,
+        values: Mapping[str, Any] | None = None,
+        **column_values: Any,
     ) -> Self | TurnStream[OutputT, Self]:
-        """Run the first turn and add a new row with ``values`` and the new context.
+        """Run the first turn and add a new row with the column ``values`` and the new context.
+
+        Column values go in ``values={"user_id": ...}`` (or in extra
+        keywords, ``user_id=...``). A model attribute named like an option of these
+        methods (``stream``, ``where``, ``deps``, ...) is refused when the class is
+        defined: a keyword of that name is the option, not the column.
 
         ``deps`` is handed to the tools (``ToolContext.deps``), never stored. A turn
         that calls a tool needing approval is stored paused (``pending_approvals``).
@@ -316,6 +330,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
+        values = _column_values(values, column_values)
         agent = spec.agent._for_call(model, model_settings)
         store = SyncStore(spec, agent.model, db, _tools(spec, deps, _new_key(cls, values)))
         limits = _limits(spec, max_session_tokens, max_session_cost)
@@ -627,7 +642,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
-        **values: Any,
+        values: Mapping[str, Any] | None = ...,
+        **column_values: Any,
     ) -> Self: ...
 
     @overload
@@ -646,7 +662,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
-        **values: Any,
+        values: Mapping[str, Any] | None = ...,
+        **column_values: Any,
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
     @overload
@@ -665,7 +682,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
-        **values: Any,
+        values: Mapping[str, Any] | None = ...,
+        **column_values: Any,
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -683,11 +701,13 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
-        **values: Any,
+        values: Mapping[str, Any] | None = None,
+        **column_values: Any,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``start_session`` (``stream=True``: an ``AsyncTurnStream``)."""
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
+        values = _column_values(values, column_values)
         agent = spec.agent._for_call(model, model_settings)
         store = AsyncStore(spec, agent.model, db, _tools(spec, deps, _new_key(cls, values)))
         limits = _limits(spec, max_session_tokens, max_session_cost)
@@ -1083,15 +1103,82 @@ def _check_mapped(cls: type) -> None:
                 f"(sa.JSON or a subclass), not {column.type!r}"
             )
     _check_output_type(cls, agent)
+    _check_option_names(cls)
     spec = SessionSpec(
         cls=cls,
         context_attr=context_attr,
         revision_attr=cls.__revision_attribute__,  # type: ignore[attr-defined]
         status_attr=status_attr,
         status_changed_attr=cls.__status_changed_attribute__ if status_attr else None,  # type: ignore[attr-defined]
-        running_timeout=cls.__running_timeout__,  # type: ignore[attr-defined]
+        running_timeout=_running_timeout(cls),
     )
     setattr(cls, _SPEC, spec)
+
+
+_NAME_SETTINGS = ("__context_attribute__", "__revision_attribute__", "__status_changed_attribute__")
+
+
+def _check_settings(cls: type) -> None:
+    """Check the class's ``__*__`` settings before they are used to add the columns."""
+    name = cls.__name__
+    for setting in (*_NAME_SETTINGS, "__status_attribute__"):
+        value = getattr(cls, setting)
+        if value is None and setting == "__status_attribute__":
+            continue
+        if not isinstance(value, str) or not value.isidentifier():
+            expected = "an attribute name" + (
+                " or None" if setting == "__status_attribute__" else ""
+            )
+            raise ConfigurationError(f"{name}.{setting} must be {expected}, got {value!r}")
+    _running_timeout(cls)
+
+
+def _running_timeout(cls: type) -> timedelta:
+    """``__running_timeout__`` as a ``timedelta``: seconds (> 0) or a positive ``timedelta``."""
+    value = cls.__running_timeout__  # type: ignore[attr-defined]
+    if isinstance(value, timedelta):
+        if value > timedelta(0):
+            return value
+    elif (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    ):
+        return timedelta(seconds=value)
+    raise ConfigurationError(
+        f"{cls.__name__}.__running_timeout__ must be a number of seconds > 0 or a positive "
+        f"timedelta, got {value!r}"
+    )
+
+
+@functools.cache
+def _options() -> dict[str, str]:
+    """Every keyword option of the mixin's public classmethods, with a method that takes it."""
+    options: dict[str, str] = {}
+    for method, attribute in vars(AgentSessionMixin).items():
+        if method.startswith("_") or not isinstance(attribute, classmethod):
+            continue
+        for parameter in inspect.signature(getattr(AgentSessionMixin, method)).parameters.values():
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+                options.setdefault(parameter.name, method)
+    return options
+
+
+def _check_option_names(cls: type) -> None:
+    """A mapped attribute named like an option could never be given as a keyword."""
+    options = _options()
+    mapper: Any = sa.inspect(cls)
+    for prop in mapper.attrs:
+        key = prop.key
+        method = options.get(key)
+        if method is not None:
+            raise ConfigurationError(
+                f"{cls.__name__}.{key} has the name of the option {key}= of {method}(), so it "
+                f"cannot be set as a keyword: rename the attribute (the table's column may "
+                f'keep its name: {key}_: Mapped[...] = mapped_column("{key}")) and pass '
+                f'column values in values=, e.g. start_session(db, input, values={{"{key}_": ...}})'
+            )
 
 
 def _check_output_type(cls: type, agent: Agent[Any]) -> None:
@@ -1131,6 +1218,25 @@ def _check_on_cancel(stream: bool, on_cancel: Any) -> None:
             errors=[],
             source="on_cancel",
         )
+
+
+def _column_values(values: Any, column_values: dict[str, Any]) -> dict[str, Any]:
+    """The new row's column values: ``values=`` and the extra keywords, which may not
+    both give a column."""
+    if values is None:
+        return column_values
+    if not isinstance(values, Mapping) or not all(isinstance(key, str) for key in values):
+        raise InputValidationError(
+            f"values= must be a mapping of attribute names to column values, got {values!r}",
+            errors=[],
+            source="values",
+        )
+    both = sorted(set(values) & set(column_values))
+    if both:
+        raise InputValidationError(
+            f"{', '.join(both)} given both in values= and as a keyword", errors=[], source="values"
+        )
+    return {**values, **column_values}
 
 
 def _tools(spec: SessionSpec, deps: Any, key: Any) -> _turn.ToolScope:

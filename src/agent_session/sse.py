@@ -17,6 +17,7 @@ nothing. With Starlette or FastAPI::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MEDIA_TYPE", "aencode", "encode", "frame"]
 
-logger = get_logger("agent_session.sse")
+logger: logging.Logger = get_logger("agent_session.sse")
 
 MEDIA_TYPE = "text/event-stream"
 

@@ -32,7 +32,7 @@ class InstructionTemplate:
     __slots__ = ("_template", "source")
 
     def __init__(self, source: str) -> None:
-        self.source = source
+        self.source: str = source
         try:
             self._template = _ENV.from_string(source)
         except jinja2.TemplateSyntaxError as exc:

@@ -142,11 +142,13 @@ class TestModel(_RecordingModel):
         call_tools: Literal["all", "none"] | Sequence[str] = "all",
     ) -> None:
         super().__init__(name, cost, structured)
-        self.replies = list(replies) if replies is not None else None
+        self.replies: list[Reply] | None = list(replies) if replies is not None else None
         self.text = text
         if isinstance(call_tools, str) and call_tools not in ("all", "none"):
             raise ValueError(f"call_tools must be 'all', 'none' or a list of names: {call_tools!r}")
-        self.call_tools = call_tools if isinstance(call_tools, str) else list(call_tools)
+        self.call_tools: str | list[str] = (
+            call_tools if isinstance(call_tools, str) else list(call_tools)
+        )
 
     def _reply(self, request: ModelRequest) -> ModelResponse:
         index = self._record(request) - 1
@@ -207,14 +209,15 @@ class FunctionModel(_RecordingModel):
 
     def __init__(
         self,
-        fn: Callable[..., Reply | Awaitable[Reply]],
+        fn: Callable[[list[dict[str, Any]]], Reply | Awaitable[Reply]]
+        | Callable[[list[dict[str, Any]], ModelRequest], Reply | Awaitable[Reply]],
         *,
         name: str = "function-model",
         cost: float | None = None,
         structured: bool = True,
     ) -> None:
         super().__init__(name, cost, structured)
-        self.fn = fn
+        self.fn: Callable[..., Reply | Awaitable[Reply]] = fn
         try:
             params = inspect.signature(fn).parameters.values()
             positional = [

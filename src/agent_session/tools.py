@@ -35,6 +35,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import json
+import logging
 import re
 import time
 import typing
@@ -69,7 +70,7 @@ __all__ = [
     "run_awaitable",
 ]
 
-logger = get_logger("agent_session.tools")
+logger: logging.Logger = get_logger("agent_session.tools")
 
 DepsT = TypeVar("DepsT")
 T = TypeVar("T")

@@ -18,7 +18,7 @@ import pytest
 from agent_session import ModelCallError, ModelRequest, ModelResponse, ToolCall
 from agent_session.llm import LiteLLMModel, import_litellm
 from agent_session.tools import ToolCallResult, Toolset, replay_arguments
-from fake_openai import FakeOpenAI, running_fake_openai
+from support.fake_openai import FakeOpenAI, running_fake_openai
 
 OPENAI_MODEL = "openai/gpt-4o-mini"
 ANTHROPIC_MODEL = "anthropic/claude-3-5-sonnet-20240620"

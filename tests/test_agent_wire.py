@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from agent_session import Agent, llm
 from agent_session.errors import ContextWindowError, ModelCallError, OutputValidationError
 from agent_session.result import Result
-from fake_openai import FakeOpenAI, running_fake_openai
+from support.fake_openai import FakeOpenAI, running_fake_openai
 
 KNOWN_MODEL = "openai/gpt-4o-mini"
 """A model LiteLLM's bundled price map knows, with response-schema support."""
@@ -312,7 +312,7 @@ def test_output_stays_invalid(fake_openai: FakeOpenAI, call: Runner) -> None:
     agent = Agent(
         KNOWN_MODEL,
         output_schema=Answer,
-        max_retries=2,
+        output_retries=2,
         model_settings=settings(fake_openai),
     )
     for _ in range(3):
@@ -323,7 +323,7 @@ def test_output_stays_invalid(fake_openai: FakeOpenAI, call: Runner) -> None:
         call(agent, "What is six times seven?")
 
     error = caught.value
-    assert error.attempts == agent.max_retries + 1 == 3
+    assert error.attempts == agent.output_retries + 1 == 3
     assert error.raw_text == BAD
     assert error.errors
     assert error.errors[0]["loc"] == ("score",)
@@ -336,7 +336,7 @@ def test_output_stays_invalid(fake_openai: FakeOpenAI, call: Runner) -> None:
 
 def test_text_that_is_not_json_is_reasked(fake_openai: FakeOpenAI, call: Runner) -> None:
     agent = Agent(
-        UNKNOWN_MODEL, output_schema=Answer, max_retries=1, model_settings=settings(fake_openai)
+        UNKNOWN_MODEL, output_schema=Answer, output_retries=1, model_settings=settings(fake_openai)
     )
     fake_openai.enqueue_completion("Sure! The answer is 42.", model="my-local-model")
     fake_openai.enqueue_completion(f"```json\n{GOOD}\n```", model="my-local-model")
@@ -600,7 +600,7 @@ def test_a_reply_cut_off_by_the_token_limit_is_not_reasked(
     agent = Agent(
         UNKNOWN_MODEL,
         output_schema=Answer,
-        max_retries=2,
+        output_retries=2,
         model_settings=settings(fake_openai, max_tokens=8),
     )
     fake_openai.enqueue_completion('{"answer": "4', completion_tokens=8, finish_reason="length")

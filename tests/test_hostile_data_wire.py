@@ -22,7 +22,6 @@ from pydantic import BaseModel
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -36,8 +35,9 @@ from agent_session import (
 from agent_session._secrets import mask, secret_values
 from agent_session.llm import ModelRequest, ModelResponse, StreamChunk, StreamEnd, TextChunk
 from agent_session.testing import TestModel
-from fake_openai import FakeOpenAI, running_fake_openai
-from sessions import Api, stored_rows
+from support.databases import Database
+from support.fake_openai import FakeOpenAI, running_fake_openai
+from support.sessions import Api, stored_rows
 
 REPLACED = "\ufffd"
 WARNING = "cannot be encoded as UTF-8"

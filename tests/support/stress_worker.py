@@ -38,7 +38,7 @@ from agent_session import Agent, AgentSessionMixin, StaleSessionError
 from agent_session.testing import FunctionModel
 
 if TYPE_CHECKING:
-    from _databases import Database
+    from support.databases import Database
 
 ASYNC_DRIVERS = frozenset({"aiosqlite", "asyncpg", "aiomysql"})
 INSTRUCTION = "Repeat the token of each message."

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from agent_session import Agent, AgentSessionMixin, ConfigurationError, ModelCallError, llm
-from fake_openai import FakeOpenAI, running_fake_openai
+from support.fake_openai import FakeOpenAI, running_fake_openai
 
 HANDLER = "litellm.responses.mcp.chat_completions_handler"
 """The module ``litellm.completion`` imports whenever ``tools`` are passed (it imported
@@ -51,7 +51,7 @@ class _NoMcp(importlib.abc.MetaPathFinder):
 
 @pytest.fixture
 def no_mcp(monkeypatch: pytest.MonkeyPatch) -> Iterator[_NoMcp]:
-    llm.prepare()
+    llm.warm_up()
     finder = _NoMcp()
     monkeypatch.delitem(sys.modules, HANDLER, raising=False)
     monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])

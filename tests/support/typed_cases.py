@@ -8,6 +8,7 @@ imported by test_typing.py, which maps its classes and runs a turn on each.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, assert_type
 
 import sqlalchemy as sa
@@ -22,7 +23,16 @@ from sqlalchemy.orm import (
     mapped_column,
 )
 
-from agent_session import Agent, AgentSessionMixin, Result
+from agent_session import (
+    Agent,
+    AgentSessionMixin,
+    ApprovalPendingError,
+    OutputValidationError,
+    PendingApproval,
+    Result,
+    SessionNotFoundError,
+    Usage,
+)
 from agent_session.testing import TestModel
 
 
@@ -119,19 +129,39 @@ def rejected(db: Session, chat: OwnColumnsChat) -> None:
 
 async def stream_cases() -> None:
     """A turn stream is typed by the agent's output; an agent run stores no session."""
-    from agent_session import AsyncTurnStream, StreamEvent, TurnStream
+    from agent_session import AsyncTurnStream, StreamEvent, TurnCompleted, TurnStream
     from agent_session._streaming import arun_stream, run_stream
 
     stream = run_stream(reply_agent, "hi")
     assert_type(stream, TurnStream[Reply, None])
     for event in stream:
-        assert_type(event, StreamEvent)
+        assert_type(event, StreamEvent[Reply])
+        if isinstance(event, TurnCompleted):
+            assert_type(event.result, Result[Reply])
     assert_type(stream.result, Result[Reply] | None)
     assert_type(stream.session, None)
     astream = await arun_stream(reply_agent, "hi")
     assert_type(astream, AsyncTurnStream[Reply, None])
     async for item in astream:
-        assert_type(item, StreamEvent)
+        assert_type(item, StreamEvent[Reply])
+    untyped: StreamEvent = item  # the bare alias means StreamEvent[Any]
+    print(untyped)
+
+
+def error_cases(
+    pending: ApprovalPendingError, invalid: OutputValidationError, missing: SessionNotFoundError
+) -> None:
+    """The errors' attributes are typed as documented."""
+    assert_type(pending.pending, list[PendingApproval])
+    assert_type(pending.key, Hashable)
+    assert_type(invalid.usage, Usage | None)
+    assert_type(missing.key, Hashable)
+
+
+def values_cases(db: Session) -> None:
+    """Column values in ``values=`` (or as keywords)."""
+    chat = OwnColumnsChat.start_session(db, "hi", values={"id": 1})
+    assert_type(chat, OwnColumnsChat)
 
 
 async def session_stream_cases(db: Session, adb: AsyncSession, chat: OwnColumnsChat) -> None:

@@ -17,8 +17,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database
-from _invariants import check_document
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -35,7 +33,9 @@ from agent_session import (
     ToolLoopError,
 )
 from agent_session.testing import FunctionModel, TestModel
-from sessions import Api, stored_rows
+from support.databases import Database
+from support.invariants import check_document
+from support.sessions import Api, stored_rows
 
 RAN: list[tuple[str, Any]] = []
 """Every tool run of the test: (tool, detail)."""

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from _invariants import check_document, check_history
 from agent_session import (
     Agent,
     ConfigurationError,
@@ -31,7 +30,8 @@ from agent_session import (
     _turn,
 )
 from agent_session.testing import FunctionModel, TestModel
-from runner import Run
+from support.invariants import check_document, check_history
+from support.runner import Run
 
 
 class Answer(BaseModel):

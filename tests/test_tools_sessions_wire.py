@@ -15,11 +15,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database
 from agent_session import Agent, AgentSessionMixin, Tool, ToolContext
 from agent_session.llm import import_litellm
-from fake_openai import FakeOpenAI, running_fake_openai
-from sessions import Api, stored_rows
+from support.databases import Database
+from support.fake_openai import FakeOpenAI, running_fake_openai
+from support.sessions import Api, stored_rows
 
 REFUNDS: list[tuple[str, float, str]] = []
 

@@ -17,7 +17,6 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from _databases import Database
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -33,7 +32,8 @@ from agent_session import (
     TurnStream,
 )
 from agent_session.testing import TestModel
-from sessions import stored_rows
+from support.databases import Database
+from support.sessions import stored_rows
 
 
 class Persona(BaseModel):

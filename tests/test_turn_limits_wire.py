@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from _databases import Database
 from agent_session import (
     Agent,
     AgentSessionMixin,
@@ -29,8 +28,9 @@ from agent_session import (
     llm,
 )
 from agent_session.testing import FunctionModel
-from fake_openai import FakeOpenAI, running_fake_openai
-from sessions import Api, stored_rows
+from support.databases import Database
+from support.fake_openai import FakeOpenAI, running_fake_openai
+from support.sessions import Api, stored_rows
 
 MODEL = "openai/gpt-4o-mini"
 

@@ -24,7 +24,7 @@ from agent_session import (
 )
 from agent_session.history import fitted_window, stated_window
 from agent_session.llm import import_litellm
-from fake_openai import (
+from support.fake_openai import (
     CONTEXT_SERVERS,
     ErrorReply,
     FakeOpenAI,
