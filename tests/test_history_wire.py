@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from agent_session import Agent, AgentSessionMixin, ContextWindowError, TokenBudget
-from agent_session.llm import import_litellm
+from agent_session.llm import LiteLLMModel, import_litellm
 from support.databases import Database
 from support.fake_openai import FakeOpenAI, running_fake_openai
 from support.sessions import Api, stored_rows
@@ -86,8 +86,6 @@ async def test_a_token_budget_counts_with_litellm_against_a_server(
 async def test_the_default_window_counts_only_when_the_history_may_not_fit(
     fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, run: Any
 ) -> None:
-    from agent_session import _turn
-
     fake.requests.clear()
     litellm = import_litellm()
     counted: list[int] = []
@@ -108,7 +106,7 @@ async def test_the_default_window_counts_only_when_the_history_may_not_fit(
     assert (await run(agent, "Where is order 1?")).output == "Delivered."
     assert counted == []  # 128,000 tokens surely hold a few hundred bytes: nothing counted
     # A model with a small window: the request is counted, and refused before it is sent.
-    monkeypatch.setattr(_turn, "default_window", lambda model: TokenBudget(600))
+    monkeypatch.setattr(LiteLLMModel, "context_window", lambda self, model: 600)
     with pytest.raises(ContextWindowError, match="the window allows 600"):
         await run(agent, "order " * 1000)
     assert counted and len(fake.requests) == 1

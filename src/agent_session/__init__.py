@@ -30,7 +30,6 @@ from .errors import (
 )
 
 if _typing.TYPE_CHECKING:
-    from ._streaming import AsyncTurnStream, TurnStream
     from .agent import DEFAULT_MAX_INPUT_BYTES, Agent, TextInput
     from .context import CONTEXT_VERSION, Context, Message, MessageMeta, Usage
     from .events import (
@@ -61,14 +60,15 @@ if _typing.TYPE_CHECKING:
     )
     from .mixin import AgentSessionMixin, SessionStatus
     from .result import Result
+    from .streams import AsyncTurnStream, TurnStream
     from .tools import Denied, PendingApproval, Tool, ToolCall, ToolCallResult, ToolContext
 
 # The rest of the public names are imported on first use (PEP 562), so that
 # ``import agent_session`` stays cheap and ``from agent_session import Agent``
 # does not load the SQLAlchemy ORM. Static type checkers see the imports above.
 _LAZY = {
-    "AsyncTurnStream": "_streaming",
-    "TurnStream": "_streaming",
+    "AsyncTurnStream": "streams",
+    "TurnStream": "streams",
     "ApprovalRequired": "events",
     "AttemptDiscarded": "events",
     "OutputDelta": "events",

@@ -27,12 +27,11 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _turn
+from ._operations import Insert, Load, Sleep, Snapshot, Swap
 from ._text import encodable
-from ._turn import Sleep
-from .agent import Agent
 from .context import Context, Message, isoformat, load_context, utcnow
 from .errors import (
     AgentSessionError,
@@ -44,6 +43,9 @@ from .errors import (
 )
 from .history import BudgetLimits
 from .llm import Model
+
+if TYPE_CHECKING:
+    from .agent import Agent
 
 __all__ = [
     "WAITS",
@@ -61,6 +63,7 @@ __all__ = [
     "continue_flow",
     "read_flow",
     "resume_flow",
+    "resume_session_flow",
     "start_flow",
 ]
 
@@ -92,40 +95,6 @@ class SessionSpec:
     def agent(self) -> Agent[Any]:
         agent: Agent[Any] = self.cls.__agent__
         return agent
-
-
-@dataclass(frozen=True)
-class Load:
-    key: Any
-    instance: Any = None
-    where: tuple[Any, ...] = ()
-    """The caller's criteria: a row outside them is not found."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What a load saw: the instance, its stored document, revision and status."""
-
-    instance: Any
-    document: Any
-    revision: int
-    status: str | None = None
-    status_changed_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Insert:
-    instance: Any
-
-
-@dataclass(frozen=True)
-class Swap:
-    instance: Any
-    key: Any
-    seen_revision: int
-    values: dict[str, Any]
-    where: tuple[Any, ...] = ()
-    """The caller's criteria: a row outside them is not written (as after a lost race)."""
 
 
 _VALID_DOC = "_agent_session_valid_document"
@@ -385,7 +354,7 @@ def _not_paused(key: Any) -> Callable[[dict[str, Any]], None]:
     return check
 
 
-def resume_flow(
+def resume_session_flow(
     spec: SessionSpec,
     model: Model,
     key: Any,
@@ -438,7 +407,9 @@ def resume_flow(
         try:
             decided = _turn.check_approvals(paused["pending"], approvals, name=_session(key))
             plan = plan_resumed(paused)
-            result = yield from _turn.resume_flow(agent, plan, paused["pending"], decided, mode)
+            result = yield from _turn.resumed_turn_flow(
+                agent, plan, paused["pending"], decided, mode
+            )
             new_document = _turn.next_document(plan, result, paused)
             new_document, result = yield from _turn.compaction_flow(
                 agent, plan, new_document, result
@@ -455,6 +426,10 @@ def resume_flow(
             remember(instance, new_document, result)
             return instance
         yield from contention.lost(revision, claim=False)
+
+
+resume_flow = resume_session_flow
+"""The old name of ``resume_session_flow`` (a stored session, not a paused turn)."""
 
 
 def _session(key: Any) -> str:

@@ -1,6 +1,6 @@
 """Logging, OpenTelemetry spans and user hooks around every operation of a turn.
 
-``drive``/``adrive`` run a flow exactly like ``_turn.drive``/``_turn.adrive``. When
+``drive``/``adrive`` run a flow exactly like ``_drivers.drive``/``_drivers.adrive``. When
 something watches (a hook on the agent, an OpenTelemetry tracer provider set by the
 application, or an ``agent_session`` logger enabled at the level it logs at), the
 turn runs inside an ``invoke_agent`` span and each operation goes through the
@@ -37,7 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _turn
+from . import _drivers, _turn
+from ._operations import HookCall, Insert, Load, RunTools, Sleep, Swap
 from ._secrets import get_logger, mask
 from .errors import ConfigurationError, ModelCallError, ToolExecutionError, show_key
 from .llm import ModelRequest, ModelResponse
@@ -115,14 +116,6 @@ class Hooks:
 
 
 _NO_HOOKS = Hooks()
-
-
-@dataclass(frozen=True)
-class HookCall:
-    """An observer's step: call the user hook ``fn(*args)`` (awaited if it is async)."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
 
 
 Steps = Generator[Any, Any, Any]
@@ -552,7 +545,7 @@ def _request_attributes(span: Any, request: ModelRequest) -> None:
             span.set_attribute(attribute, value)
 
 
-def observe_sleep(obs: Observation, op: _turn.Sleep) -> Steps:
+def observe_sleep(obs: Observation, op: Sleep) -> Steps:
     """A wait (a retry's backoff, a conflict's, a busy row's): an event on the turn's span."""
     obs.waits += 1
     obs.turn_span.add_event("agent_session.wait", {"agent_session.wait.seconds": op.seconds})
@@ -589,9 +582,9 @@ def _database_observer(operation: str) -> Observer:
                         op.seen_revision,
                     )
             elif operation == "INSERT" and obs.key is None:
-                from .mixin import _identity  # loaded: this is a stored session
+                from ._keys import identity
 
-                obs.key = _identity(value)
+                obs.key = identity(value)
         db_log.debug("%s %s in %.3fs", operation, table, time.perf_counter() - started)
         return value
 
@@ -686,19 +679,16 @@ _OBSERVERS: dict[type, Observer] = {}
 
 
 def _observers() -> dict[type, Observer]:
-    """The observer of each operation type, filled on first use (the operation types
-    live in modules that import this one)."""
+    """The observer of each operation type, filled on first use."""
     if not _OBSERVERS:
-        from ._flows import Insert, Load, Swap
-
         _OBSERVERS.update(
             {
                 ModelRequest: observe_model_call,
-                _turn.Sleep: observe_sleep,
+                Sleep: observe_sleep,
                 Load: _database_observer("SELECT"),
                 Insert: _database_observer("INSERT"),
                 Swap: _database_observer("UPDATE"),
-                _turn.RunTools: observe_tool_calls,
+                RunTools: observe_tool_calls,
             }
         )
     return _OBSERVERS
@@ -825,13 +815,13 @@ def drive(
     store: Any = None,
     turn: bool = True,
 ) -> T:
-    """``_turn.drive``, observed. ``call`` names the API (``run``, ``continue_session``);
+    """``_drivers.drive``, observed. ``call`` names the API (``run``, ``continue_session``);
     ``turn=False`` (a read) gives no turn span, turn logs or ``on_error``."""
     watched = observed(agent, flow, call=call, key=key, store=store, turn=turn, is_async=False)
     if watched is flow:
-        return _turn.drive(flow, handle)
+        return _drivers.drive(flow, handle)
     try:
-        return _turn.drive(watched, with_hooks(handle))
+        return _drivers.drive(watched, with_hooks(handle))
     finally:
         watched.close()
 
@@ -849,8 +839,8 @@ async def adrive(
     """Async twin of ``drive``."""
     watched = observed(agent, flow, call=call, key=key, store=store, turn=turn, is_async=True)
     if watched is flow:
-        return await _turn.adrive(flow, handle)
+        return await _drivers.adrive(flow, handle)
     try:
-        return await _turn.adrive(watched, awith_hooks(handle))
+        return await _drivers.adrive(watched, awith_hooks(handle))
     finally:
         watched.close()

@@ -11,10 +11,8 @@ Statements and results are built by ``_StoreBase``; the twins differ only in
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,8 +23,9 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.types import TypeDecorator
 
-from ._flows import Insert, Load, SessionSpec, Snapshot, Swap, written_marker
-from ._turn import RunTools, Sleep, ToolScope
+from ._drivers import ToolScope, amodel_handler, model_handler
+from ._flows import SessionSpec, written_marker
+from ._operations import Insert, Load, Snapshot, Swap
 from .errors import (
     ConfigurationError,
     ContextError,
@@ -35,7 +34,7 @@ from .errors import (
     StorageError,
     show_key,
 )
-from .llm import Model, ModelRequest, acomplete_within, complete_within
+from .llm import Model
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -370,6 +369,8 @@ class SyncStore(_StoreBase):
         tools: ToolScope | None = None,
     ) -> None:
         super().__init__(spec, model, tools)
+        self._drive = model_handler(model, self.tools)
+        """Answers what is not a database operation (model, tools, sleep)."""
         if isinstance(db, scoped_session):
             db = db()  # the registry's current Session (Flask-SQLAlchemy's db.session)
         if isinstance(db, Session):
@@ -385,20 +386,13 @@ class SyncStore(_StoreBase):
             )
 
     def __call__(self, op: Any) -> Any:
-        if isinstance(op, ModelRequest):
-            return complete_within(self.model, op)
-        if isinstance(op, RunTools):
-            return self.tools.run(op)
-        if isinstance(op, Sleep):
-            time.sleep(op.seconds)
-            return None
         if isinstance(op, Load):
             return self._run(self._load, op, op.key, "reading")
         if isinstance(op, Swap):
             return self._run(self._swap, op, op.key, "writing")
         if isinstance(op, Insert):
             return self._run(self._insert, op, None, "inserting")
-        raise TypeError(f"unknown operation {op!r}")
+        return self._drive(op)
 
     def _run(self, fn: Callable[[Session, Any], T], op: Any, key: Any, what: str) -> T:
         # A pooled connection that died while idle (server restart, killed backend)
@@ -485,6 +479,8 @@ class AsyncStore(_StoreBase):
         self, spec: SessionSpec, model: Model, db: Any, tools: ToolScope | None = None
     ) -> None:
         super().__init__(spec, model, tools)
+        self._drive = amodel_handler(model, self.tools)
+        """Answers what is not a database operation (model, tools, sleep)."""
         from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
 
         self.execute = AsyncSession.execute  # SQLAlchemy's own (SQLModel's is deprecated)
@@ -503,20 +499,13 @@ class AsyncStore(_StoreBase):
             )
 
     async def __call__(self, op: Any) -> Any:
-        if isinstance(op, ModelRequest):
-            return await acomplete_within(self.model, op)
-        if isinstance(op, RunTools):
-            return await self.tools.arun(op)
-        if isinstance(op, Sleep):
-            await asyncio.sleep(op.seconds)
-            return None
         if isinstance(op, Load):
             return await self._run(self._load, op, op.key, "reading")
         if isinstance(op, Swap):
             return await self._run(self._swap, op, op.key, "writing")
         if isinstance(op, Insert):
             return await self._run(self._insert, op, None, "inserting")
-        raise TypeError(f"unknown operation {op!r}")
+        return await self._drive(op)
 
     async def _run(
         self, fn: Callable[[AsyncSession, Any], Any], op: Any, key: Any, what: str

@@ -1,7 +1,7 @@
 """Streamed turns: run a flow, answering its model requests chunk by chunk.
 
-``TurnStream`` and ``AsyncTurnStream`` are drivers, like ``_turn.drive`` and
-``_turn.adrive``: they run a flow generator and answer what it yields. A
+``TurnStream`` and ``AsyncTurnStream`` are drivers, like ``_drivers.drive`` and
+``_drivers.adrive``: they run a flow generator and answer what it yields. A
 ``ModelRequest`` is answered by ``model.stream(request)`` (``astream``): every chunk
 becomes an event handed to the consumer as it arrives, and the flow receives the
 assembled ``ModelResponse``, so validation, re-asks, tool steps and the final write
@@ -45,12 +45,13 @@ from collections.abc import (
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from . import _observe, _turn
-from ._flows import _LAST_RESULT, Insert, Swap
+from . import _drivers, _observe
+from ._flows import _LAST_RESULT
 from ._observe import HookCall
+from ._operations import Insert, RunTools, Sleep, Swap
 from ._secrets import get_logger
 from ._text import clean_text
-from ._turn import RunTools, Sleep, TurnCancelled
+from ._turn import TurnCancelled
 from .context import Usage
 from .errors import InputValidationError, ModelCallError
 from .events import (
@@ -65,7 +66,6 @@ from .events import (
     TurnCompleted,
 )
 from .llm import (
-    LiteLLMModel,
     Model,
     ModelRequest,
     ModelResponse,
@@ -73,7 +73,6 @@ from .llm import (
     TextChunk,
     ToolCallChunk,
     astream_within,
-    awarm_up,
     stream_within,
 )
 from .result import Result
@@ -239,7 +238,7 @@ class _Turn:
 
     def cleanup(self) -> Generator[Any, Any, None]:
         """Throw ``TurnCancelled`` into the flow and run it to its end: a flow itself,
-        whose operations (the status write) ``_turn.drive`` / ``adrive`` answer with
+        whose operations (the status write) ``_drivers.drive`` / ``adrive`` answer with
         the stream's handler. Model requests are refused, waits skipped, and at most
         ``CLEANUP_OPERATIONS`` operations are answered."""
         flow = self.flow
@@ -461,7 +460,7 @@ class TurnStream(_TurnStreamState[OutputT, SessionT]):
 
     def _cancel(self) -> None:
         """Throw ``TurnCancelled`` into the flow and answer its clean-up operations."""
-        _turn.drive(self._turn.cleanup(), self._handle)
+        _drivers.drive(self._turn.cleanup(), self._handle)
 
 
 class AsyncTurnStream(_TurnStreamState[OutputT, SessionT]):
@@ -584,7 +583,7 @@ class AsyncTurnStream(_TurnStreamState[OutputT, SessionT]):
 
     async def _cancel(self) -> None:
         """Throw ``TurnCancelled`` into the flow and answer its clean-up operations."""
-        await _turn.adrive(self._turn.cleanup(), self._handle)
+        await _drivers.adrive(self._turn.cleanup(), self._handle)
 
 
 # -- a turn, streamed -------------------------------------------------------------
@@ -624,8 +623,7 @@ async def astream_session(
     on_cancel: OnCancel = "discard",
 ) -> AsyncTurnStream[Any, Any]:
     """Async twin of ``stream_session`` (``store`` an ``AsyncStore``)."""
-    if isinstance(store.model, LiteLLMModel):
-        await awarm_up()  # the first import of LiteLLM, off the event loop
+    await store.model.awarm_up()  # e.g. the first import of LiteLLM, off the event loop
     watched = _observe.observed(agent, flow, call=call, key=key, store=store, is_async=True)
     handle = store if watched is flow else _observe.awith_hooks(store)
     stream: AsyncTurnStream[Any, Any] = AsyncTurnStream(
@@ -662,7 +660,7 @@ def flow_stream(
 ) -> TurnStream[OutputT, None]:
     """An agent's turn ``flow`` (``run``, ``resume``) as a stream, without a database."""
     model = agent.model
-    handle = _turn.model_handler(model, agent._tool_scope(deps))
+    handle = _drivers.model_handler(model, agent._tool_scope(deps))
     watched = _observe.observed(agent, flow, call=call, is_async=False)
     if watched is not flow:
         handle = _observe.with_hooks(handle)
@@ -676,7 +674,7 @@ async def aflow_stream(
 ) -> AsyncTurnStream[OutputT, None]:
     """Async twin of ``flow_stream`` (LiteLLM already imported by the caller)."""
     model = agent.model
-    handle = _turn.amodel_handler(model, agent._tool_scope(deps))
+    handle = _drivers.amodel_handler(model, agent._tool_scope(deps))
     watched = _observe.observed(agent, flow, call=call, is_async=True)
     if watched is not flow:
         handle = _observe.awith_hooks(handle)

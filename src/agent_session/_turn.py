@@ -12,20 +12,20 @@ A turn is:
    ``Sleep`` the driver answers;
 4. ``next_document``: the new stored context document.
 
-``drive``/``adrive`` run such generators with a sync or async handler for what
-they yield; they are the only difference between the sync and async code paths.
+``_drivers.drive``/``adrive`` run such generators with a sync or async handler for
+what they yield; they are the only difference between the sync and async code paths
+(re-exported here under their old names).
 A reply with tool calls makes ``model_flow`` yield ``RunTools`` (answered with the
 results) and ask the model again; a call that needs approval pauses the turn, and
-``resume_flow`` goes on with it once decided.
+``resumed_turn_flow`` goes on with it once decided.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
+from ._drivers import ToolScope, adrive, amodel_handler, drive, model_handler
+from ._operations import RunTools, Sleep
 from ._secrets import get_logger
 from ._text import clean_text, encodable, first_unencodable, lone_surrogates
 from .context import (
@@ -61,10 +63,8 @@ from .history import (
     Window,
     apply_summary,
     check_budget,
-    default_window,
     fitted_window,
     is_summary,
-    litellm_token_counter,
     output_tokens,
     plan_compaction,
     select_messages,
@@ -73,13 +73,9 @@ from .history import (
 )
 from .llm import (
     CallBounds,
-    LiteLLMModel,
-    Model,
     ModelRequest,
     ModelResponse,
     OutputMode,
-    acomplete_within,
-    complete_within,
 )
 from .result import Result
 from .tools import Denied, PendingApproval, ToolCall, ToolCallResult, Toolset, replay_arguments
@@ -118,6 +114,7 @@ __all__ = [
     "plan_resumed_turn",
     "reask_feedback",
     "resume_flow",
+    "resumed_turn_flow",
     "retry_delay",
     "session_budget",
     "validate_input",
@@ -476,36 +473,38 @@ def _hint_applies(agent: Agent[Any], mode: OutputMode | None) -> bool:
 
 def history_window(agent: Agent[Any]) -> Window | None:
     """The agent's window, or the default: the window learned from the provider, else
-    ``context_window``, else the model's input limit when LiteLLM knows it (a
-    ``Model`` that is not LiteLLM's, such as a test double, gets everything)."""
+    ``context_window``, else the model's input limit when the backend knows it (a
+    ``Model`` without ``fits_context_window``, such as a test double, gets everything)."""
     if agent.history is not None:
         return agent.history
-    if isinstance(agent.model, LiteLLMModel):
+    model = agent.model
+    if model.fits_context_window:
         learned = agent.learned_windows.get(agent.model_name)
         if learned is not None:
             return learned
         if agent.context_window is not None:  # the reply counts in the same window
             output = output_tokens(agent.model_settings) or 0
             return TokenBudget(agent.context_window, reserve_output=output)
-        return default_window(agent.model_name)
+        limit = model.context_window(agent.model_name)
+        return None if limit is None else TokenBudget(limit)
     return None
 
 
 def learn_window(agent: Agent[Any], exc: ContextWindowError, sent: list[dict[str, Any]]) -> bool:
     """Fit the default window to the context window ``exc`` states, if that helps.
 
-    Only for the default window of a LiteLLM model, when the provider's message states
-    its window and the fitted window is smaller than the one the request was sent
-    with. The window is remembered on the agent for this model (``learned_windows``);
-    returns whether the request should be made again.
+    Only for the default window of a model that ``fits_context_window``, when the
+    provider's message states its window and the fitted window is smaller than the one
+    the request was sent with. The window is remembered on the agent for this model
+    (``learned_windows``); returns whether the request should be made again.
     """
-    if agent.history is not None or not isinstance(agent.model, LiteLLMModel):
+    if agent.history is not None or not agent.model.fits_context_window:
         return False
     stated = stated_window(str(exc))
     if stated is None:
         return False
     limit, counted = stated
-    count = litellm_token_counter(agent.model_name, agent.toolset.definitions or None)
+    count = agent.model.token_counter(agent.model_name, agent.toolset.definitions or None)
     try:
         ours: int | None = count(sent)  # ``sent`` holds the schema hint, if any
     except Exception:  # no count, no calibration: the margin is used
@@ -549,12 +548,12 @@ def _refit(
 
 
 def _counter(agent: Agent[Any], mode: OutputMode | None) -> Callable[[list[dict[str, Any]]], int]:
-    """LiteLLM's token counter for the agent's model and tools, plus the schema hint."""
-    count = litellm_token_counter(agent.model_name, agent.toolset.definitions or None)
+    """The model's token counter for the agent's model and tools, plus the schema hint."""
+    count = agent.model.token_counter(agent.model_name, agent.toolset.definitions or None)
     hint = agent.schema_hint
     if hint is None or not _hint_applies(agent, mode):
         return count
-    extra = litellm_token_counter(agent.model_name)([{"role": "system", "content": hint}])
+    extra = agent.model.token_counter(agent.model_name)([{"role": "system", "content": hint}])
 
     def with_hint(messages: list[dict[str, Any]]) -> int:
         return count(messages) + extra
@@ -709,18 +708,6 @@ class PausedTurn:
     plan: TurnPlan
     pending: dict[str, Any]
     """The pending part of the document (``Context.pending``), compact."""
-
-
-@dataclass(frozen=True)
-class RunTools:
-    """Run these calls (tools that need no approval, or approved ones); answered with
-    one ``ToolCallResult`` per call, in call order.
-
-    The operation carries only the calls: ``deps``, the session key and the agent
-    are held by the handler, so nothing that sees operations sees ``deps``.
-    """
-
-    calls: tuple[ToolCall, ...]
 
 
 def check_turn_budget(agent: Agent[Any], plan: TurnPlan, state: _TurnState) -> None:
@@ -887,7 +874,7 @@ def check_first_call_budget(
     check_turn_budget(agent, plan, _first_state(plan, pending))
 
 
-def resume_flow(
+def resumed_turn_flow(
     agent: Agent[Any],
     plan: TurnPlan,
     pending: Mapping[str, Any],
@@ -917,6 +904,10 @@ def resume_flow(
     state.tool_calls.extend(results[c.id] for c in calls if c.id in results)
     _insert_results(state.messages, calls, results)
     return (yield from _turn_loop(agent, plan, mode, state, started))
+
+
+resume_flow = resumed_turn_flow
+"""The old name of ``resumed_turn_flow`` (a paused turn, not a stored session)."""
 
 
 def _last_tool_calls_message(messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1307,7 +1298,7 @@ def compaction_flow(
     if count is None and isinstance(window, TokenBudget):
         count = window.counter
     if count is None:
-        count = litellm_token_counter(agent.model_name)
+        count = agent.model.token_counter(agent.model_name)
     compaction = plan_compaction(messages, summarize, count)
     if compaction is None:
         return document, result
@@ -1429,98 +1420,3 @@ class TurnCancelled(Exception):
         super().__init__("the consumer of the stream stopped early")
         self.keep = keep
         self.text = text
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Wait ``seconds`` before the flow goes on (a backoff); answered with ``None``.
-
-    A flow never sleeps itself: the sync driver blocks, the async one awaits, so a
-    backoff in async code never blocks the event loop.
-    """
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class ToolScope:
-    """What a handler gives the tools it runs: the caller's ``deps``, the session's
-    key and the agent. Held by the handler, never by an operation, so ``deps`` is
-    neither stored nor seen by anything that looks at operations."""
-
-    toolset: Toolset
-    deps: Any = None
-    session_key: Any = None
-    agent: Agent[Any] | None = None
-
-    def run(self, op: RunTools) -> list[ToolCallResult]:
-        """Sync code: the calls one after the other."""
-        return self.toolset.run_calls(
-            op.calls, deps=self.deps, session_key=self.session_key, agent=self.agent
-        )
-
-    async def arun(self, op: RunTools) -> list[ToolCallResult]:
-        """Async code: the calls concurrently, results in call order."""
-        return await self.toolset.arun_calls(
-            op.calls, deps=self.deps, session_key=self.session_key, agent=self.agent
-        )
-
-
-def model_handler(model: Model, tools: ToolScope | None = None) -> Callable[[Any], Any]:
-    """The handler for flows that need only a model and tools (``Agent.run``): no database."""
-
-    def handle(op: Any) -> Any:
-        if isinstance(op, Sleep):
-            time.sleep(op.seconds)
-            return None
-        if isinstance(op, RunTools):
-            assert tools is not None
-            return tools.run(op)
-        return complete_within(model, op)
-
-    return handle
-
-
-def amodel_handler(model: Model, tools: ToolScope | None = None) -> Callable[[Any], Awaitable[Any]]:
-    """Async twin of ``model_handler``."""
-
-    async def handle(op: Any) -> Any:
-        if isinstance(op, Sleep):
-            await asyncio.sleep(op.seconds)
-            return None
-        if isinstance(op, RunTools):
-            assert tools is not None
-            return await tools.arun(op)
-        return await acomplete_within(model, op)
-
-    return handle
-
-
-def drive(flow: Generator[Any, Any, T], handle: Callable[[Any], Any]) -> T:
-    """Run a flow, answering each yielded operation with ``handle`` (blocking)."""
-    try:
-        op = next(flow)
-        while True:
-            try:
-                value = handle(op)
-            except Exception as exc:
-                op = flow.throw(exc)
-            else:
-                op = flow.send(value)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-
-
-async def adrive(flow: Generator[Any, Any, T], handle: Callable[[Any], Awaitable[Any]]) -> T:
-    """Run a flow, answering each yielded operation with ``await handle(op)``."""
-    try:
-        op = next(flow)
-        while True:
-            try:
-                value = await handle(op)
-            except Exception as exc:
-                op = flow.throw(exc)
-            else:
-                op = flow.send(value)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]

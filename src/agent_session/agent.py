@@ -31,7 +31,6 @@ from .llm import (
     LiteLLMModel,
     Model,
     OutputMode,
-    awarm_up,
     reaches_openai_compatible_server,
     resolve_output_mode,
 )
@@ -40,7 +39,7 @@ from .templates import InstructionTemplate
 from .tools import Denied, Tool, Toolset
 
 if TYPE_CHECKING:
-    from ._streaming import AsyncTurnStream, TurnStream
+    from .streams import AsyncTurnStream, TurnStream
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
@@ -619,8 +618,7 @@ class Agent(Generic[OutputT]):
         agent = self._for_call(model, model_settings)
         plan = _turn.plan_first_turn(agent, input, instruction_args)
         backend = agent.model
-        if isinstance(backend, LiteLLMModel):
-            await awarm_up()  # the first import of LiteLLM, off the event loop
+        await backend.awarm_up()  # e.g. the first import of LiteLLM, off the event loop
         flow = _turn.model_flow(agent, plan, agent.output_mode(backend))
         if stream:
             from ._streaming import aflow_stream
@@ -748,8 +746,7 @@ class Agent(Generic[OutputT]):
         paused, decided = self._paused(result, approvals)
         agent = self._for_call(model, model_settings)
         backend = agent.model
-        if isinstance(backend, LiteLLMModel):
-            await awarm_up()
+        await backend.awarm_up()
         flow = _turn.resume_flow(
             agent, paused.plan, paused.pending, decided, agent.output_mode(backend)
         )

@@ -466,10 +466,11 @@ def chat_messages(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # -- earlier versions --------------------------------------------------------------
+# Read only to upgrade an old document: their schemas are built on first use.
 
 
 class _MessageMetaV1(BaseModel):
-    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", defer_build=True)
 
     created_at: datetime
     input: dict[str, Any] | None = None
@@ -482,7 +483,7 @@ class _MessageMetaV1(BaseModel):
 
 
 class _MessageV1(BaseModel):
-    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", defer_build=True)
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str | list[Any] | None = None
@@ -496,7 +497,7 @@ class _ContextV1(BaseModel):
     """Version 1: every message has a full ``meta``; user messages repeat their input
     in ``meta.input`` and assistant messages their parsed output in ``meta.output``."""
 
-    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", defer_build=True)
 
     version: Literal[1]
     messages: list[_MessageV1]
@@ -540,17 +541,23 @@ def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class _MessageMetaV2(MessageMeta):
+    model_config = ConfigDict(defer_build=True)
+
     raw_arguments: None = None
     interrupted: None = None
     summary: None = None
 
 
 class _MessageV2(Message):
+    model_config = ConfigDict(defer_build=True)
+
     meta: _MessageMetaV2
 
 
 class _ContextV2(Context):
     """Version 2: version 3 without a pending part (and without ``meta.raw_arguments``)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     version: Literal[2] = 2  # type: ignore[assignment]
     messages: list[_MessageV2]  # type: ignore[assignment]

@@ -35,7 +35,6 @@ applies one and returns a ``Selection``. Every request it returns passes
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import math
@@ -60,10 +59,8 @@ __all__ = [
     "apply_summary",
     "check_budget",
     "check_request",
-    "default_window",
     "fitted_window",
     "is_summary",
-    "litellm_token_counter",
     "output_tokens",
     "plan_compaction",
     "select_messages",
@@ -489,6 +486,8 @@ def select_messages(
         return window.select(stored, new)
     if isinstance(window, TokenBudget):
         if count is None and model is not None:
+            from .llm import litellm_token_counter
+
             count = litellm_token_counter(model)
         return window.select(stored, new, count)
     history = _history(stored)
@@ -522,48 +521,6 @@ def select_messages(
             f"the history window {name} returned messages that are not a valid request: {problem}"
         )
     return Selection(messages)
-
-
-def litellm_token_counter(
-    model: str, tools: Sequence[Mapping[str, Any]] | None = None
-) -> TokenCounter:
-    """LiteLLM's token counter for ``model`` (tool definitions counted too), imported lazily."""
-
-    def count(messages: list[Msg]) -> int:
-        from .llm import import_litellm
-
-        litellm = import_litellm()
-        kwargs: dict[str, Any] = {"model": model, "messages": messages}
-        if tools:
-            kwargs["tools"] = list(tools)
-        return int(litellm.token_counter(**kwargs))
-
-    return count
-
-
-@functools.cache
-def _max_input_tokens(model: str) -> int | None:
-    from .llm import import_litellm
-
-    litellm = import_litellm()
-    try:
-        info = litellm.get_model_info(model)
-    except Exception:  # LiteLLM raises a bare Exception for a model it does not know
-        return None
-    limit = info.get("max_input_tokens") if isinstance(info, Mapping) else None
-    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-        return limit
-    return None
-
-
-def default_window(model: str) -> TokenBudget | None:
-    """The window used when none is configured: the model's input limit, if LiteLLM knows it.
-
-    ``TokenBudget(max_input_tokens)`` for a model LiteLLM knows, else ``None`` (send
-    everything). Looked up once per model name.
-    """
-    limit = _max_input_tokens(model)
-    return None if limit is None else TokenBudget(limit)
 
 
 def output_tokens(settings: Mapping[str, Any]) -> int | None:
@@ -891,3 +848,13 @@ def check_budget(
             limit=calls_limit,
             spent=model_calls,
         )
+
+
+def __getattr__(name: str) -> Any:
+    # LiteLLM's counter and the default window moved to ``llm`` (the only module that
+    # imports LiteLLM); their old names here still work.
+    if name in ("default_window", "litellm_token_counter"):
+        from . import llm
+
+        return getattr(llm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import logging
 import math
@@ -58,10 +59,10 @@ import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
 from pydantic import BaseModel
 
@@ -76,6 +77,9 @@ from .errors import (
     TurnTimeoutError,
 )
 from .tools import ToolCall
+
+if TYPE_CHECKING:
+    from .history import TokenBudget, TokenCounter
 
 __all__ = [
     "CallBounds",
@@ -93,6 +97,8 @@ __all__ = [
     "astream_within",
     "awarm_up",
     "complete_within",
+    "default_window",
+    "litellm_token_counter",
     "prepare",
     "resolve_output_mode",
     "response_chunks",
@@ -235,6 +241,29 @@ class Model(ABC):
         """Whether ``response_format`` with a JSON schema may be sent for ``model``."""
         return True
 
+    fits_context_window: ClassVar[bool] = False
+    """Whether a turn without a history window fits its requests to the model's context
+    window: the one a refusal stated (learned), else ``Agent(context_window=...)``, else
+    ``context_window(model)``. Off for test doubles, which are sent everything."""
+
+    def context_window(self, model: str) -> int | None:
+        """The input limit of ``model`` in tokens, if the backend knows it."""
+        return None
+
+    def token_counter(self, model: str, tools: list[dict[str, Any]] | None = None) -> TokenCounter:
+        """The token counter for requests to ``model`` (tool definitions counted too),
+        used where no counter is configured. LiteLLM's by default."""
+        return litellm_token_counter(model, tools)
+
+    def warm_up(self) -> None:
+        """Do the slow one-time work of the first call now (nothing by default)."""
+        return None
+
+    async def awarm_up(self) -> None:
+        """Async twin of ``warm_up``, called before an async turn; it must not block
+        the event loop (nothing by default)."""
+        return None
+
 
 _litellm: ModuleType | None = None
 _import_lock = threading.Lock()
@@ -317,6 +346,46 @@ async def aprepare() -> None:
     await awarm_up()
 
 
+def litellm_token_counter(
+    model: str, tools: Sequence[Mapping[str, Any]] | None = None
+) -> TokenCounter:
+    """LiteLLM's token counter for ``model`` (tool definitions counted too), imported lazily."""
+
+    def count(messages: list[dict[str, Any]]) -> int:
+        litellm = import_litellm()
+        kwargs: dict[str, Any] = {"model": model, "messages": messages}
+        if tools:
+            kwargs["tools"] = list(tools)
+        return int(litellm.token_counter(**kwargs))
+
+    return count
+
+
+@functools.cache
+def _max_input_tokens(model: str) -> int | None:
+    litellm = import_litellm()
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:  # LiteLLM raises a bare Exception for a model it does not know
+        return None
+    limit = info.get("max_input_tokens") if isinstance(info, Mapping) else None
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        return limit
+    return None
+
+
+def default_window(model: str) -> TokenBudget | None:
+    """The window used when none is configured: the model's input limit, if LiteLLM knows it.
+
+    ``TokenBudget(max_input_tokens)`` for a model LiteLLM knows, else ``None`` (send
+    everything). Looked up once per model name.
+    """
+    from .history import TokenBudget
+
+    limit = _max_input_tokens(model)
+    return None if limit is None else TokenBudget(limit)
+
+
 OPENAI_COMPATIBLE_PROVIDERS = frozenset(
     {"hosted_vllm", "ollama_chat", "ollama", "lm_studio", "llamafile", "openai_like", "xinference"}
 )
@@ -367,6 +436,16 @@ class LiteLLMModel(Model):
     """Calls any provider through ``litellm.completion`` / ``litellm.acompletion``."""
 
     name = "litellm"
+    fits_context_window = True
+
+    def context_window(self, model: str) -> int | None:
+        return _max_input_tokens(model)
+
+    def warm_up(self) -> None:
+        warm_up()  # the module's function: LiteLLM imported and its first use paid
+
+    async def awarm_up(self) -> None:
+        await awarm_up()
 
     def supports_structured_output(self, model: str) -> bool:
         litellm = import_litellm()

@@ -54,10 +54,11 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import visitors
 from sqlalchemy.types import TypeDecorator
 
-from . import _flows, _observe, _streaming, _turn
+from . import _flows, _observe, _turn
 from ._flows import SessionSpec, SessionStatus
+from ._keys import identity as _identity
+from ._lazy import LazyModule
 from ._store import AsyncStore, SyncStore
-from ._streaming import AsyncTurnStream, OnCancel, TurnStream
 from ._text import encodable
 from .agent import Agent
 from .context import Context, Usage, stored_usage
@@ -74,7 +75,9 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
     from sqlalchemy.orm import scoped_session
 
+    from . import _streaming
     from .result import Result
+    from .streams import AsyncTurnStream, OnCancel, TurnStream
 
     # What ``db`` may be: a session (of any subclass: SQLModel's), a sessionmaker of
     # one, or a scoped session (Flask-SQLAlchemy's ``db.session``).
@@ -82,6 +85,9 @@ if TYPE_CHECKING:
     AsyncDb: TypeAlias = AsyncSession | async_sessionmaker[Any] | async_scoped_session[Any]
 
 __all__ = ["AgentSessionMixin", "SessionStatus"]
+
+if not TYPE_CHECKING:
+    _streaming = LazyModule("agent_session._streaming")  # imported by the first stream
 
 if TYPE_CHECKING:
     # Unparameterized ``AgentSessionMixin`` means ``AgentSessionMixin[Any]``, also
@@ -1280,16 +1286,6 @@ def _spec(cls: type) -> SessionSpec:
     if spec is None or (spec.cls is not cls and not issubclass(cls, spec.cls)):
         raise ConfigurationError(f"{cls.__name__} is not a mapped AgentSessionMixin model")
     return spec
-
-
-def _identity(instance: Any) -> Any:
-    """The row's primary key, from its identity: never a load (an expired instance
-    would need one, and in async code that raises ``MissingGreenlet``)."""
-    identity = sa.inspect(instance).identity
-    if identity is None:  # transient or pending: not stored yet
-        return None
-    values = tuple(identity)
-    return values[0] if len(values) == 1 else values
 
 
 def _key_and_instance(cls: type, session_or_pk: Any) -> tuple[Any, Any]:

@@ -26,8 +26,8 @@ from pydantic_core import to_json
 from ._secrets import get_logger, mask
 
 if TYPE_CHECKING:
-    from ._streaming import AsyncTurnStream, TurnStream
     from .events import StreamEvent
+    from .streams import AsyncTurnStream, TurnStream
 
 __all__ = ["MEDIA_TYPE", "aencode", "encode", "frame"]
 
@@ -59,9 +59,9 @@ def session_key(instance: Any) -> Any:
     """The primary key of a stored instance (a list for a composite key), or ``None``."""
     if instance is None:
         return None
-    from .mixin import _identity  # loaded: this is a stored session
+    from ._keys import identity
 
-    key = _identity(instance)
+    key = identity(instance)
     return list(key) if isinstance(key, tuple) else key
 
 

@@ -1,0 +1,101 @@
+"""The operations a flow yields, in one place.
+
+A flow is a generator: it yields an operation and is sent its answer. Who answers:
+
+- the stores (``_store``), database operations: ``Load`` (answered with a
+  ``Snapshot`` or ``None``), ``Insert`` (``None``) and ``Swap`` (whether the
+  compare-and-swap won);
+- the drivers, everything else: ``ModelRequest`` (a ``ModelResponse``; defined with
+  the model seam in ``llm``, re-exported here), ``RunTools`` (one ``ToolCallResult``
+  per call), ``Sleep`` (``None``) and ``HookCall`` (what the user hook returned).
+
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .llm import ModelRequest
+
+if TYPE_CHECKING:
+    from .tools import ToolCall
+
+__all__ = [
+    "HookCall",
+    "Insert",
+    "Load",
+    "ModelRequest",
+    "RunTools",
+    "Sleep",
+    "Snapshot",
+    "Swap",
+]
+
+
+@dataclass(frozen=True)
+class Load:
+    key: Any
+    instance: Any = None
+    where: tuple[Any, ...] = ()
+    """The caller's criteria: a row outside them is not found."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a load saw: the instance, its stored document, revision and status."""
+
+    instance: Any
+    document: Any
+    revision: int
+    status: str | None = None
+    status_changed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Insert:
+    instance: Any
+
+
+@dataclass(frozen=True)
+class Swap:
+    instance: Any
+    key: Any
+    seen_revision: int
+    values: dict[str, Any]
+    where: tuple[Any, ...] = ()
+    """The caller's criteria: a row outside them is not written (as after a lost race)."""
+
+
+@dataclass(frozen=True)
+class RunTools:
+    """Run these calls (tools that need no approval, or approved ones); answered with
+    one ``ToolCallResult`` per call, in call order.
+
+    The operation carries only the calls: ``deps``, the session key and the agent
+    are held by the handler, so nothing that sees operations sees ``deps``.
+    """
+
+    calls: tuple[ToolCall, ...]
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Wait ``seconds`` before the flow goes on (a backoff); answered with ``None``.
+
+    A flow never sleeps itself: the sync driver blocks, the async one awaits, so a
+    backoff in async code never blocks the event loop.
+    """
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """An observer's step: call the user hook ``fn(*args)`` (awaited if it is async)."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
