@@ -174,6 +174,31 @@ def _undefined(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
     return caught(lambda: agent.run("hi", instruction_args={"compnay": "Acme"}))
 
 
+@raises(
+    "the stored instruction_args of session 71 no longer fit the agent's instruction (was "
+    "instruction or instruction_schema changed?); pass instruction_args= to continue_session "
+    "or resume_session, which replace them; nothing was sent or stored: invalid "
+    "instruction_args for Company: ... Field required ..."
+)
+def _stored_args(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    fresh(engine, Note, 71)  # no instruction, no arguments
+    agent = Agent(TestModel(), instruction="For {{ company }}.", instruction_schema=Company)
+    mp.setattr(Note, "__agent__", agent)  # the next release
+    return caught(lambda: Note.continue_session(sessionmaker(engine), 71, "hi"))
+
+
+@raises(
+    "model_settings may not set 'stream': the library makes each call and needs the whole reply"
+)
+def _call_settings(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    return caught(lambda: Agent(TestModel()).run("hi", model_settings={"stream": True}))
+
+
+@raises("model must be a LiteLLM model string or a Model, got 42")
+def _call_model(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    return caught(lambda: Agent(TestModel()).run("hi", model=42))  # type: ignore[arg-type]
+
+
 @raises("instruction_args must be a dict, got list")
 def _args_list(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
     agent = Agent(TestModel(), instruction="For {{ company }}.")

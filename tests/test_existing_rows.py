@@ -25,12 +25,10 @@ from agent_session import (
     ModelCallError,
     SessionNotFoundError,
     StaleSessionError,
-    TextDelta,
-    TurnStream,
 )
 from agent_session.testing import FunctionModel
 from support.databases import Database
-from support.sessions import Api, stored_rows
+from support.sessions import Api, stored_rows, stream_text
 
 during_next_call: list[Callable[[], Awaitable[Any]]] = []
 """What the next model call runs before it answers (another writer, for races)."""
@@ -153,14 +151,14 @@ async def test_a_streamed_first_turn_on_a_row_with_a_status(database: Database) 
     api = Api(database, TrackedTicket, maker=True)
     calls = len(model.requests)
     with pytest.raises(InputValidationError, match="customer"):
-        await _text(await api.cont(None, 7, "hello", stream=True))
+        await stream_text(await api.cont(None, 7, "hello", stream=True))
     assert len(model.requests) == calls
     [row] = stored_rows(database, TrackedTicket.__table__)
     # Refused before the row was claimed: still as the application left it.
     assert (row["status"], row["context_revision"], row["context"]) == ("pending", 0, None)
 
     stream = await api.cont(None, 7, "hello", stream=True, instruction_args={"customer": "Cy"})
-    text = await _text(stream)
+    text = await stream_text(stream)
     assert stream.session.last_output == "noted (2 messages)" and text == "noted (2 messages)"
     [row] = stored_rows(database, TrackedTicket.__table__)
     # No claim on a row without a conversation: the first write is revision 1.
@@ -182,15 +180,6 @@ async def test_a_failed_first_turn_leaves_the_row_as_it_was(database: Database) 
     assert stored_rows(database, TrackedTicket.__table__) == before  # still pending, revision 0
     ticket = await api.cont(None, 7, "hello again", instruction_args={"customer": "Di"})
     assert ticket.status == "completed" and ticket.context_revision == 1
-
-
-async def _text(stream: Any) -> str:
-    """Read a stream (sync or async) to its end; the text it sent."""
-    if isinstance(stream, TurnStream):
-        with stream:
-            return "".join(e.text for e in stream if isinstance(e, TextDelta))
-    async with stream:
-        return "".join([e.text async for e in stream if isinstance(e, TextDelta)])
 
 
 @pytest.mark.parametrize("retries", [0, 1])

@@ -142,9 +142,13 @@ def start_flow(
     values: Mapping[str, Any],
     *,
     limits: BudgetLimits | None = None,
+    agent: Agent[Any] | None = None,
 ) -> Flow:
-    """Validate, call the model, then insert the new row with its first context."""
-    agent = spec.agent
+    """Validate, call the model, then insert the new row with its first context.
+
+    ``agent``: the agent with this call's model and settings (default: the class's).
+    """
+    agent = spec.agent if agent is None else agent
     plan = _turn.plan_first_turn(agent, input, instruction_args, limits=limits)
     reserved = {spec.context_attr, spec.revision_attr, spec.status_attr, spec.status_changed_attr}
     clash = {name for name in reserved if name is not None and name in values}
@@ -197,6 +201,7 @@ def continue_flow(
     where: tuple[Any, ...] = (),
     limits: BudgetLimits | None = None,
     instruction_args: Any = None,
+    agent: Agent[Any] | None = None,
 ) -> Flow:
     """Claim the row, call the model with the stored history, and compare-and-swap the result.
 
@@ -206,9 +211,10 @@ def continue_flow(
     ``StaleSessionError``. A row with no conversation yet (NULL context, revision 0)
     gets its first turn, the instruction rendered from ``instruction_args``, without a
     claim; on a row with one, ``instruction_args`` replace the stored ones from this
-    turn on.
+    turn on. Otherwise the system message is rendered from the agent's current
+    instruction and the stored arguments (``_turn.current_instructions``).
     """
-    agent = spec.agent
+    agent = spec.agent if agent is None else agent
     turn_input = _turn.validate_input(agent, input)
     given = (
         None if instruction_args is None else _turn.validate_instructions(agent, instruction_args)
@@ -275,6 +281,8 @@ def _next_turn(
             paused(document)
             if given is not None:
                 document = _turn.with_instructions(agent, document, given)
+            else:
+                document = _turn.current_instructions(agent, document, session=_session(key))
             planned = _turn.plan_next_turn(document, turn_input, limits=limits)
         _turn.check_first_call_budget(agent, planned)
         return planned
@@ -358,21 +366,35 @@ def resume_session_flow(
     waits: Waits | None = None,
     where: tuple[Any, ...] = (),
     limits: BudgetLimits | None = None,
+    instruction_args: Any = None,
+    agent: Agent[Any] | None = None,
 ) -> Flow:
     """Claim a paused turn, run the approved calls, and go on to the end or the next pause.
 
     The claim is a compare-and-swap that marks the pause taken (``claimed_at`` in the
     pending part, and ``running`` with a status column) before any tool runs: of two
     resumes of one pause, the second finds it taken, or loses the swap, and gets
-    ``StaleSessionError``. A resume that fails puts the pause back as it was.
+    ``StaleSessionError``. A resume that fails puts the pause back as it was. The
+    system message is rendered as in ``continue_flow`` (``instruction_args`` replace
+    the stored ones).
     """
-    agent = spec.agent
+    agent = spec.agent if agent is None else agent
+    given = (
+        None if instruction_args is None else _turn.validate_instructions(agent, instruction_args)
+    )
     contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)
 
+    def plan_resumed(document: dict[str, Any]) -> _turn.TurnPlan:
+        if given is not None:
+            document = _turn.with_instructions(agent, document, given)
+        else:
+            document = _turn.current_instructions(agent, document, session=_session(key))
+        turn_input = _input_of(agent, document, key)
+        return _turn.plan_resumed_turn(document, turn_input, limits=limits)
+
     def check(document: dict[str, Any]) -> None:
-        plan = _turn.plan_resumed_turn(document, _input_of(agent, document, key), limits=limits)
-        _turn.check_first_call_budget(agent, plan, document["pending"])
+        _turn.check_first_call_budget(agent, plan_resumed(document), document["pending"])
 
     while True:
         claim = yield from claim_pause_flow(
@@ -384,7 +406,7 @@ def resume_session_flow(
         revision = claim.revision
         try:
             decided = _turn.check_approvals(paused["pending"], approvals, name=_session(key))
-            plan = _turn.plan_resumed_turn(paused, _input_of(agent, paused, key), limits=limits)
+            plan = plan_resumed(paused)
             result = yield from _turn.resumed_turn_flow(
                 agent, plan, paused["pending"], decided, mode
             )

@@ -52,6 +52,7 @@ from .errors import (
     InputValidationError,
     ModelCallError,
     OutputValidationError,
+    TemplateError,
     ToolLoopError,
     TurnTimeoutError,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "check_first_call_budget",
     "check_turn_budget",
     "compaction_flow",
+    "current_instructions",
     "drive",
     "model_flow",
     "model_handler",
@@ -332,7 +334,7 @@ def plan_first_turn(
     now: datetime | None = None,
     limits: BudgetLimits | None = None,
 ) -> TurnPlan:
-    """Plan the first turn: validate everything and render the instruction once."""
+    """Plan the first turn: validate everything and render the instruction."""
     now = now or utcnow()
     turn_input = input if isinstance(input, TurnInput) else validate_input(agent, input)
     if not isinstance(instruction_args, Instructions):
@@ -359,17 +361,57 @@ def with_instructions(
     new = {key: value for key, value in document.items() if key != "instruction_args"}
     if instructions.stored is not None:
         new["instruction_args"] = instructions.stored
-    if agent.template is None:
-        return new
-    messages = list(document["messages"])
-    system = _stored("system", agent.template.render(instructions.values))
-    first = messages[0] if messages else None
-    if first is not None and first.get("role") == "system" and not is_summary(first):
-        messages[0] = system
-    else:
-        messages.insert(0, system)
-    new["messages"] = messages
+    new["messages"] = _with_system(agent, document["messages"], instructions.values)
     return new
+
+
+def current_instructions(
+    agent: Agent[Any], document: dict[str, Any], *, session: str
+) -> dict[str, Any]:
+    """``document`` with its system message rendered from the agent's current
+    ``instruction`` and the stored ``instruction_args``, as the turn sends and stores
+    it: an app deployed with a new instruction applies it to the sessions it has.
+    The document itself when nothing changed, or when ``agent.pin_instructions``
+    keeps the text a session started with.
+
+    Stored arguments the agent's ``instruction_schema`` refuses (or that its template
+    cannot render) raise before any model call, saying how to replace them.
+    """
+    if agent.pin_instructions:
+        return document
+    try:
+        values, _ = _instruction_args(agent, document.get("instruction_args"))
+        messages = _with_system(agent, document["messages"], values)
+    except (InputValidationError, TemplateError) as exc:
+        fix = (
+            f"the stored instruction_args of {session} no longer fit the agent's instruction "
+            "(was instruction or instruction_schema changed?); pass instruction_args= to "
+            "continue_session or resume_session, which replace them; nothing was sent or "
+            f"stored: {exc}"
+        )
+        if isinstance(exc, InputValidationError):
+            raise InputValidationError(fix, errors=exc.errors, source=exc.source) from exc
+        raise TemplateError(fix) from exc
+    if messages is document["messages"]:
+        return document
+    return {**document, "messages": messages}
+
+
+def _with_system(
+    agent: Agent[Any], messages: list[dict[str, Any]], values: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """``messages`` with the system message the agent's instruction renders from
+    ``values`` first; the same list when that changes nothing, and for an agent
+    without an instruction (a stored system message is kept, never dropped)."""
+    if agent.template is None:
+        return messages
+    first = messages[0] if messages else None
+    has_system = first is not None and first.get("role") == "system" and not is_summary(first)
+    content = agent.template.render(values)
+    if has_system and first is not None and first.get("content") == content:
+        return messages
+    rest = messages[1:] if has_system else messages
+    return [_stored("system", content), *rest]
 
 
 def plan_next_turn(

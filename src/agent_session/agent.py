@@ -9,13 +9,14 @@ perform the model call.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
@@ -26,7 +27,13 @@ from ._observe import AfterModelCall, BeforeModelCall, OnError, OnToolCall
 from ._secrets import remember
 from .errors import ConfigurationError, InputValidationError
 from .history import BudgetLimits, LastTurns, Summarize, TokenBudget, Window, output_tokens
-from .llm import LiteLLMModel, Model, OutputMode, resolve_output_mode
+from .llm import (
+    LiteLLMModel,
+    Model,
+    OutputMode,
+    reaches_openai_compatible_server,
+    resolve_output_mode,
+)
 from .result import Result
 from .templates import InstructionTemplate
 from .tools import Denied, Tool, Toolset
@@ -50,7 +57,7 @@ _STRUCTURED_OUTPUT_CHOICES = ("auto", "json_schema", "json_object", "prompt")
 
 REFUSED_SETTINGS: dict[str, str] = {
     "messages": "the messages are built from the instruction, the history and the input",
-    "model": "pass the model as the Agent's first argument",
+    "model": "pass the model as the Agent's first argument (or model= to a turn method)",
     "stream": "the library makes each call and needs the whole reply",
     "tools": "tool calls are not configured through model_settings",
     "tool_choice": "tool calls are not configured through model_settings",
@@ -140,6 +147,12 @@ class Agent(Generic[OutputT]):
     also stopped once it passes ``model_settings["max_tokens"]`` when that is set:
     ``TurnTimeoutError`` / ``OutputLimitError``, the provider stream closed, nothing
     stored.
+
+    A stored session renders its system message at every turn from the current
+    ``instruction`` and its stored ``instruction_args``, so a deployed change of the
+    instruction reaches the sessions already stored; ``pin_instructions=True`` keeps
+    the text each session has instead. Every turn method also takes ``model=`` and
+    ``model_settings=`` (merged over these) for that call only.
     """
 
     @overload
@@ -172,6 +185,7 @@ class Agent(Generic[OutputT]):
         turn_timeout: float = DEFAULT_TURN_TIMEOUT,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         max_retries: int | None = None,
+        pin_instructions: bool = False,
     ) -> None: ...
 
     @overload
@@ -204,6 +218,7 @@ class Agent(Generic[OutputT]):
         turn_timeout: float = DEFAULT_TURN_TIMEOUT,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         max_retries: int | None = None,
+        pin_instructions: bool = False,
     ) -> None: ...
 
     def __init__(
@@ -235,6 +250,7 @@ class Agent(Generic[OutputT]):
         turn_timeout: float = DEFAULT_TURN_TIMEOUT,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         max_retries: int | None = None,
+        pin_instructions: bool = False,
     ) -> None:
         if isinstance(model, str):
             if not model.strip():
@@ -299,6 +315,11 @@ class Agent(Generic[OutputT]):
         """The largest streamed reply, in UTF-8 bytes."""
         if instruction is not None and not isinstance(instruction, str):
             raise ConfigurationError("instruction must be a string (a Jinja template)")
+        if not isinstance(pin_instructions, bool):
+            raise ConfigurationError(f"pin_instructions must be a bool, got {pin_instructions!r}")
+        self.pin_instructions = pin_instructions
+        """Keep the system message a session started with (or last got from new
+        ``instruction_args``) instead of rendering the current ``instruction`` each turn."""
 
         if not (history is None or isinstance(history, LastTurns | TokenBudget)) and not callable(
             history
@@ -349,7 +370,7 @@ class Agent(Generic[OutputT]):
         """How many times a failed call is retried."""
         self.structured_output: StructuredOutput = structured_output
         self.model_settings: dict[str, Any] = settings
-        self._output_modes: weakref.WeakKeyDictionary[Model, OutputMode] = (
+        self._output_modes: weakref.WeakKeyDictionary[Model, dict[tuple[str, bool], OutputMode]] = (
             weakref.WeakKeyDictionary()
         )
         self.max_input_bytes: int = max_input_bytes
@@ -429,17 +450,52 @@ class Agent(Generic[OutputT]):
         """
         if self.output_schema is None:
             return None
+        # Per model name too: a call's model= may name another model of the same backend.
+        key = (
+            self.model_name,
+            reaches_openai_compatible_server(self.model_name, self.model_settings),
+        )
         try:
-            cached = self._output_modes.get(model)
+            modes = self._output_modes.setdefault(model, {})
         except TypeError:  # a Model that cannot be weakly referenced or hashed
-            cached = None
+            modes = {}
+        cached = modes.get(key)
         if cached is None:
             cached = resolve_output_mode(
                 self.structured_output, model, self.model_name, self.model_settings
             )
-            with suppress(TypeError):
-                self._output_modes[model] = cached
+            modes[key] = cached
         return cached
+
+    def _for_call(
+        self, model: str | Model | None, model_settings: Mapping[str, Any] | None
+    ) -> Agent[OutputT]:
+        """This agent with one call's ``model`` and ``model_settings`` (merged over the
+        agent's and checked as they are); itself when neither is given. Everything else
+        (tools, hooks, windows, budgets, learned windows) is the agent's. An active
+        ``override`` still answers: tests never reach a provider."""
+        if model is None and model_settings is None:
+            return self
+        call = copy.copy(self)
+        if isinstance(model, str) and model.strip():
+            call.model_name, call._model = model, _LITELLM
+        elif isinstance(model, Model):
+            call.model_name, call._model = model.name, model
+        elif model is not None:
+            raise InputValidationError(
+                f"model must be a LiteLLM model string or a Model, got {model!r}",
+                errors=[],
+                source="model",
+            )
+        if model_settings is not None:
+            try:
+                settings = {**self.model_settings, **_checked_settings(model_settings)}
+                call.context_window = _checked_context_window(self.context_window, settings)
+            except ConfigurationError as exc:
+                raise InputValidationError(str(exc), errors=[], source="model_settings") from exc
+            remember(settings)
+            call.model_settings = settings
+        return call
 
     # -- running ----------------------------------------------------------
 
@@ -450,6 +506,8 @@ class Agent(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
     ) -> Result[OutputT]: ...
 
@@ -460,6 +518,8 @@ class Agent(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[True],
     ) -> TurnStream[OutputT, None]: ...
 
@@ -470,6 +530,8 @@ class Agent(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: bool,
     ) -> Result[OutputT] | TurnStream[OutputT, None]: ...
 
@@ -479,6 +541,8 @@ class Agent(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         stream: bool = False,
     ) -> Result[OutputT] | TurnStream[OutputT, None]:
         """Validate, render, call the model (running its tool calls, re-asking on
@@ -488,16 +552,19 @@ class Agent(Generic[OutputT]):
         ``pending_approvals`` and ``output`` ``None``; finish it with ``resume``.
         ``stream=True`` returns a ``TurnStream`` of the turn's events instead
         (validated before it returns); its ``result`` is the ``Result``.
+        ``model`` (a LiteLLM model string or a ``Model``) and ``model_settings``
+        (merged over the agent's) apply to this call only.
         """
-        plan = _turn.plan_first_turn(self, input, instruction_args)
-        model = self.model
-        flow = _turn.model_flow(self, plan, self.output_mode(model))
+        agent = self._for_call(model, model_settings)
+        plan = _turn.plan_first_turn(agent, input, instruction_args)
+        backend = agent.model
+        flow = _turn.model_flow(agent, plan, agent.output_mode(backend))
         if stream:
             from ._streaming import flow_stream
 
-            return flow_stream(self, flow, deps, call="run")
+            return flow_stream(agent, flow, deps, call="run")
         return _observe.drive(
-            self, flow, _turn.model_handler(model, self._tool_scope(deps)), call="run"
+            agent, flow, _turn.model_handler(backend, self._tool_scope(deps)), call="run"
         )
 
     @overload
@@ -507,6 +574,8 @@ class Agent(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
     ) -> Result[OutputT]: ...
 
@@ -517,6 +586,8 @@ class Agent(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[True],
     ) -> AsyncTurnStream[OutputT, None]: ...
 
@@ -527,6 +598,8 @@ class Agent(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: bool,
     ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]: ...
 
@@ -536,20 +609,23 @@ class Agent(Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         stream: bool = False,
     ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]:
         """Async twin of ``run`` (the calls of one reply run concurrently);
         ``await agent.arun(..., stream=True)`` gives an ``AsyncTurnStream``."""
-        plan = _turn.plan_first_turn(self, input, instruction_args)
-        model = self.model
-        await model.awarm_up()  # e.g. the first import of LiteLLM, off the event loop
-        flow = _turn.model_flow(self, plan, self.output_mode(model))
+        agent = self._for_call(model, model_settings)
+        plan = _turn.plan_first_turn(agent, input, instruction_args)
+        backend = agent.model
+        await backend.awarm_up()  # e.g. the first import of LiteLLM, off the event loop
+        flow = _turn.model_flow(agent, plan, agent.output_mode(backend))
         if stream:
             from ._streaming import aflow_stream
 
-            return await aflow_stream(self, flow, deps, call="arun")
+            return await aflow_stream(agent, flow, deps, call="arun")
         return await _observe.adrive(
-            self, flow, _turn.amodel_handler(model, self._tool_scope(deps)), call="arun"
+            agent, flow, _turn.amodel_handler(backend, self._tool_scope(deps)), call="arun"
         )
 
     @overload
@@ -559,6 +635,8 @@ class Agent(Generic[OutputT]):
         *,
         approvals: Mapping[str, bool | Denied],
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
     ) -> Result[OutputT]: ...
 
@@ -569,6 +647,8 @@ class Agent(Generic[OutputT]):
         *,
         approvals: Mapping[str, bool | Denied],
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[True],
     ) -> TurnStream[OutputT, None]: ...
 
@@ -579,6 +659,8 @@ class Agent(Generic[OutputT]):
         *,
         approvals: Mapping[str, bool | Denied],
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: bool,
     ) -> Result[OutputT] | TurnStream[OutputT, None]: ...
 
@@ -588,6 +670,8 @@ class Agent(Generic[OutputT]):
         *,
         approvals: Mapping[str, bool | Denied],
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         stream: bool = False,
     ) -> Result[OutputT] | TurnStream[OutputT, None]:
         """Finish a turn that ``run`` returned paused, without a database.
@@ -596,19 +680,20 @@ class Agent(Generic[OutputT]):
         runs it, ``False`` or ``Denied(reason)`` sends the model a denial. A missing
         or unknown id, or a result with nothing pending, is an ``InputValidationError``.
         The turn goes on to its end, or to the next pause (``stream=True``: as a
-        ``TurnStream``).
+        ``TurnStream``). ``model`` and ``model_settings`` as in ``run``.
         """
         paused, decided = self._paused(result, approvals)
-        model = self.model
+        agent = self._for_call(model, model_settings)
+        backend = agent.model
         flow = _turn.resume_flow(
-            self, paused.plan, paused.pending, decided, self.output_mode(model)
+            agent, paused.plan, paused.pending, decided, agent.output_mode(backend)
         )
         if stream:
             from ._streaming import flow_stream
 
-            return flow_stream(self, flow, deps, call="resume")
+            return flow_stream(agent, flow, deps, call="resume")
         return _observe.drive(
-            self, flow, _turn.model_handler(model, self._tool_scope(deps)), call="resume"
+            agent, flow, _turn.model_handler(backend, self._tool_scope(deps)), call="resume"
         )
 
     @overload
@@ -618,6 +703,8 @@ class Agent(Generic[OutputT]):
         *,
         approvals: Mapping[str, bool | Denied],
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
     ) -> Result[OutputT]: ...
 
@@ -628,6 +715,8 @@ class Agent(Generic[OutputT]):
         *,
         approvals: Mapping[str, bool | Denied],
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[True],
     ) -> AsyncTurnStream[OutputT, None]: ...
 
@@ -638,6 +727,8 @@ class Agent(Generic[OutputT]):
         *,
         approvals: Mapping[str, bool | Denied],
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         stream: bool,
     ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]: ...
 
@@ -647,21 +738,24 @@ class Agent(Generic[OutputT]):
         *,
         approvals: Mapping[str, bool | Denied],
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         stream: bool = False,
     ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]:
         """Async twin of ``resume``."""
         paused, decided = self._paused(result, approvals)
-        model = self.model
-        await model.awarm_up()
+        agent = self._for_call(model, model_settings)
+        backend = agent.model
+        await backend.awarm_up()
         flow = _turn.resume_flow(
-            self, paused.plan, paused.pending, decided, self.output_mode(model)
+            agent, paused.plan, paused.pending, decided, agent.output_mode(backend)
         )
         if stream:
             from ._streaming import aflow_stream
 
-            return await aflow_stream(self, flow, deps, call="aresume")
+            return await aflow_stream(agent, flow, deps, call="aresume")
         return await _observe.adrive(
-            self, flow, _turn.amodel_handler(model, self._tool_scope(deps)), call="aresume"
+            agent, flow, _turn.amodel_handler(backend, self._tool_scope(deps)), call="aresume"
         )
 
     def _paused(

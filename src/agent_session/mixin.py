@@ -64,6 +64,7 @@ from .agent import Agent
 from .context import Context, Usage, stored_usage
 from .errors import ConfigurationError, InputValidationError, show_key
 from .history import BudgetLimits
+from .llm import Model
 from .tools import Denied, PendingApproval
 
 if TYPE_CHECKING:
@@ -249,6 +250,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
@@ -266,6 +269,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[True],
@@ -284,6 +289,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: bool,
@@ -301,6 +308,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
         stream: bool = False,
@@ -322,19 +331,24 @@ class AgentSessionMixin(_Generic[OutputT]):
         early stores, see ``continue_session``).
         ``max_session_tokens``/``max_session_cost`` replace the agent's session budgets
         for this call (``BudgetExceededError`` before a call past them, nothing stored).
+        ``model`` (a LiteLLM model string or a ``Model``) and ``model_settings`` (merged
+        over the agent's) apply to this call only, as on every turn method.
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         values = _column_values(values, column_values)
-        store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
+        agent = spec.agent._for_call(model, model_settings)
+        store = SyncStore(spec, agent.model, db, _tools(spec, deps, _new_key(cls, values)))
         limits = _limits(spec, max_session_tokens, max_session_cost)
-        flow = _flows.start_flow(spec, store.model, input, instruction_args, values, limits=limits)
+        flow = _flows.start_flow(
+            spec, store.model, input, instruction_args, values, limits=limits, agent=agent
+        )
         if stream:
             return _streaming.stream_session(
-                spec.agent, flow, store, call="start_session", on_cancel=on_cancel
+                agent, flow, store, call="start_session", on_cancel=on_cancel
             )
         return _observe.drive(  # type: ignore[no-any-return]
-            spec.agent, flow, store, call="start_session", store=store
+            agent, flow, store, call="start_session", store=store
         )
 
     @overload
@@ -351,6 +365,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
@@ -370,6 +386,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[True],
@@ -390,6 +408,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: bool,
@@ -409,6 +429,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
         stream: bool = False,
@@ -427,8 +449,11 @@ class AgentSessionMixin(_Generic[OutputT]):
         A row with no conversation yet (an existing row, its context NULL) gets its
         first turn here, the instruction rendered from ``instruction_args`` (validated
         as in ``start_session``). On a row with a conversation, ``instruction_args``
-        replace the stored arguments, and the instruction is rendered again from them,
-        from this turn on.
+        replace the stored arguments from this turn on. Each turn renders the system
+        message from the agent's current ``instruction`` and the stored arguments
+        (``Agent(pin_instructions=True)`` keeps the stored text); stored arguments the
+        ``instruction_schema`` refuses are an ``InputValidationError`` before any model
+        call, nothing written: pass ``instruction_args`` to replace them.
 
         ``stream=True`` returns a ``TurnStream`` of the turn's events; the turn is
         stored once, when the stream is exhausted (``stream.session``). A stream
@@ -441,7 +466,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
-        store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
+        agent = spec.agent._for_call(model, model_settings)
+        store = SyncStore(spec, agent.model, db, _tools(spec, deps, key))
         criteria = _criteria(spec, where)
         flow = _flows.continue_flow(
             spec,
@@ -454,13 +480,14 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=criteria,
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            agent=agent,
         )
         if stream:
             return _streaming.stream_session(
-                spec.agent, flow, store, call="continue_session", key=key, on_cancel=on_cancel
+                agent, flow, store, call="continue_session", key=key, on_cancel=on_cancel
             )
         return _observe.drive(  # type: ignore[no-any-return]
-            spec.agent, flow, store, call="continue_session", key=key, store=store
+            agent, flow, store, call="continue_session", key=key, store=store
         )
 
     @overload
@@ -472,7 +499,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -490,7 +520,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -509,7 +542,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -527,7 +563,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
@@ -544,13 +583,15 @@ class AgentSessionMixin(_Generic[OutputT]):
         ``InputValidationError`` and nothing runs. The pause is claimed with a
         compare-and-swap before any tool runs: of two resumes of one pause, one runs
         and the other gets ``StaleSessionError``. The turn goes on to its end, or to
-        the next pause. ``stream=True`` and ``on_cancel`` as in ``continue_session``;
-        ``max_session_tokens``/``max_session_cost`` likewise.
+        the next pause. ``stream=True``, ``on_cancel``, ``instruction_args`` (the system
+        message is rendered as each turn renders it) and ``max_session_tokens``/
+        ``max_session_cost`` as in ``continue_session``.
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
-        store = SyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
+        agent = spec.agent._for_call(model, model_settings)
+        store = SyncStore(spec, agent.model, db, _tools(spec, deps, key))
         flow = _flows.resume_flow(
             spec,
             store.model,
@@ -561,13 +602,15 @@ class AgentSessionMixin(_Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
+            instruction_args=instruction_args,
+            agent=agent,
         )
         if stream:
             return _streaming.stream_session(
-                spec.agent, flow, store, call="resume_session", key=key, on_cancel=on_cancel
+                agent, flow, store, call="resume_session", key=key, on_cancel=on_cancel
             )
         return _observe.drive(  # type: ignore[no-any-return]
-            spec.agent, flow, store, call="resume_session", key=key, store=store
+            agent, flow, store, call="resume_session", key=key, store=store
         )
 
     @classmethod
@@ -600,6 +643,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
@@ -617,6 +662,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[True],
@@ -635,6 +682,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: bool,
@@ -652,6 +701,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         *,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
         stream: bool = False,
@@ -663,14 +714,17 @@ class AgentSessionMixin(_Generic[OutputT]):
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         values = _column_values(values, column_values)
-        store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, _new_key(cls, values)))
+        agent = spec.agent._for_call(model, model_settings)
+        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, _new_key(cls, values)))
         limits = _limits(spec, max_session_tokens, max_session_cost)
-        flow = _flows.start_flow(spec, store.model, input, instruction_args, values, limits=limits)
+        flow = _flows.start_flow(
+            spec, store.model, input, instruction_args, values, limits=limits, agent=agent
+        )
         if stream:
             return await _streaming.astream_session(
-                spec.agent, flow, store, call="astart_session", on_cancel=on_cancel
+                agent, flow, store, call="astart_session", on_cancel=on_cancel
             )
-        return await _observe.adrive(spec.agent, flow, store, call="astart_session", store=store)
+        return await _observe.adrive(agent, flow, store, call="astart_session", store=store)
 
     @overload
     @classmethod
@@ -686,6 +740,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
@@ -705,6 +761,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: Literal[True],
@@ -725,6 +783,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         max_session_tokens: int | None = ...,
         max_session_cost: float | None = ...,
         stream: bool,
@@ -744,6 +804,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         max_session_tokens: int | None = None,
         max_session_cost: float | None = None,
         stream: bool = False,
@@ -753,7 +815,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
-        store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
+        agent = spec.agent._for_call(model, model_settings)
+        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, key))
         criteria = _criteria(spec, where)
         flow = _flows.continue_flow(
             spec,
@@ -766,13 +829,14 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=criteria,
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            agent=agent,
         )
         if stream:
             return await _streaming.astream_session(
-                spec.agent, flow, store, call="acontinue_session", key=key, on_cancel=on_cancel
+                agent, flow, store, call="acontinue_session", key=key, on_cancel=on_cancel
             )
         return await _observe.adrive(
-            spec.agent, flow, store, call="acontinue_session", key=key, store=store
+            agent, flow, store, call="acontinue_session", key=key, store=store
         )
 
     @overload
@@ -784,7 +848,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -802,7 +869,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -821,7 +891,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
         deps: Any = ...,
+        model: str | Model | None = ...,
+        model_settings: Mapping[str, Any] | None = ...,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
         conflict_retries: int = ...,
         busy_timeout: float | None = ...,
@@ -839,7 +912,10 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         approvals: Mapping[str, bool | Denied],
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
         deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
         conflict_retries: int = 0,
         busy_timeout: float | None = None,
@@ -852,7 +928,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         key, instance = _key_and_instance(cls, session_or_pk)
-        store = AsyncStore(spec, spec.agent.model, db, _tools(spec, deps, key))
+        agent = spec.agent._for_call(model, model_settings)
+        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, key))
         flow = _flows.resume_flow(
             spec,
             store.model,
@@ -863,13 +940,15 @@ class AgentSessionMixin(_Generic[OutputT]):
             busy_timeout=busy_timeout,
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
+            instruction_args=instruction_args,
+            agent=agent,
         )
         if stream:
             return await _streaming.astream_session(
-                spec.agent, flow, store, call="aresume_session", key=key, on_cancel=on_cancel
+                agent, flow, store, call="aresume_session", key=key, on_cancel=on_cancel
             )
         return await _observe.adrive(
-            spec.agent, flow, store, call="aresume_session", key=key, store=store
+            agent, flow, store, call="aresume_session", key=key, store=store
         )
 
     @classmethod

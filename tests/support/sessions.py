@@ -77,6 +77,17 @@ class Api:
         return self.model.get_context(self._db(db), key, **kw)
 
 
+async def stream_text(stream: Any) -> str:
+    """Read a turn's stream (sync or async) to its end; the text it sent."""
+    from agent_session import TextDelta, TurnStream
+
+    if isinstance(stream, TurnStream):
+        with stream:
+            return "".join(e.text for e in stream if isinstance(e, TextDelta))
+    async with stream:
+        return "".join([e.text async for e in stream if isinstance(e, TextDelta)])
+
+
 def stored_rows(database: Database, table: sa.Table) -> list[dict[str, Any]]:
     """Every row of ``table`` as stored, read through a separate sync connection."""
     with database.sync_engine().connect() as conn:
