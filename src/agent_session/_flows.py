@@ -62,7 +62,6 @@ __all__ = [
     "claim_flow",
     "continue_flow",
     "read_flow",
-    "resume_flow",
     "resume_session_flow",
     "start_flow",
 ]
@@ -426,10 +425,6 @@ def resume_session_flow(
             remember(instance, new_document, result)
             return instance
         yield from contention.lost(revision, claim=False)
-
-
-resume_flow = resume_session_flow
-"""The old name of ``resume_session_flow`` (a stored session, not a paused turn)."""
 
 
 def _session(key: Any) -> str:

@@ -113,7 +113,6 @@ __all__ = [
     "plan_next_turn",
     "plan_resumed_turn",
     "reask_feedback",
-    "resume_flow",
     "resumed_turn_flow",
     "retry_delay",
     "session_budget",
@@ -904,10 +903,6 @@ def resumed_turn_flow(
     state.tool_calls.extend(results[c.id] for c in calls if c.id in results)
     _insert_results(state.messages, calls, results)
     return (yield from _turn_loop(agent, plan, mode, state, started))
-
-
-resume_flow = resumed_turn_flow
-"""The old name of ``resumed_turn_flow`` (a paused turn, not a stored session)."""
 
 
 def _last_tool_calls_message(messages: list[dict[str, Any]]) -> dict[str, Any]:

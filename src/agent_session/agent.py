@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
-from . import _observe, _turn
+from . import _drivers, _observe, _turn
 from ._observe import AfterModelCall, BeforeModelCall, OnError, OnToolCall
 from ._secrets import remember
 from .errors import ConfigurationError, InputValidationError
@@ -564,7 +564,7 @@ class Agent(Generic[OutputT]):
 
             return flow_stream(agent, flow, deps, call="run")
         return _observe.drive(
-            agent, flow, _turn.model_handler(backend, self._tool_scope(deps)), call="run"
+            agent, flow, _drivers.model_handler(backend, self._tool_scope(deps)), call="run"
         )
 
     @overload
@@ -625,7 +625,7 @@ class Agent(Generic[OutputT]):
 
             return await aflow_stream(agent, flow, deps, call="arun")
         return await _observe.adrive(
-            agent, flow, _turn.amodel_handler(backend, self._tool_scope(deps)), call="arun"
+            agent, flow, _drivers.amodel_handler(backend, self._tool_scope(deps)), call="arun"
         )
 
     @overload
@@ -685,7 +685,7 @@ class Agent(Generic[OutputT]):
         paused, decided = self._paused(result, approvals)
         agent = self._for_call(model, model_settings)
         backend = agent.model
-        flow = _turn.resume_flow(
+        flow = _turn.resumed_turn_flow(
             agent, paused.plan, paused.pending, decided, agent.output_mode(backend)
         )
         if stream:
@@ -693,7 +693,7 @@ class Agent(Generic[OutputT]):
 
             return flow_stream(agent, flow, deps, call="resume")
         return _observe.drive(
-            agent, flow, _turn.model_handler(backend, self._tool_scope(deps)), call="resume"
+            agent, flow, _drivers.model_handler(backend, self._tool_scope(deps)), call="resume"
         )
 
     @overload
@@ -747,7 +747,7 @@ class Agent(Generic[OutputT]):
         agent = self._for_call(model, model_settings)
         backend = agent.model
         await backend.awarm_up()
-        flow = _turn.resume_flow(
+        flow = _turn.resumed_turn_flow(
             agent, paused.plan, paused.pending, decided, agent.output_mode(backend)
         )
         if stream:
@@ -755,7 +755,7 @@ class Agent(Generic[OutputT]):
 
             return await aflow_stream(agent, flow, deps, call="aresume")
         return await _observe.adrive(
-            agent, flow, _turn.amodel_handler(backend, self._tool_scope(deps)), call="aresume"
+            agent, flow, _drivers.amodel_handler(backend, self._tool_scope(deps)), call="aresume"
         )
 
     def _paused(
@@ -773,8 +773,8 @@ class Agent(Generic[OutputT]):
         assert isinstance(paused, _turn.PausedTurn)
         return paused, decided
 
-    def _tool_scope(self, deps: Any, session_key: Any = None) -> _turn.ToolScope:
-        return _turn.ToolScope(self.toolset, deps, session_key, self)
+    def _tool_scope(self, deps: Any, session_key: Any = None) -> _drivers.ToolScope:
+        return _drivers.ToolScope(self.toolset, deps, session_key, self)
 
     def parse_output(self, text: str) -> Any:
         """Parse and validate model text into the output (``ValidationError`` if invalid)."""

@@ -54,7 +54,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import visitors
 from sqlalchemy.types import TypeDecorator
 
-from . import _flows, _observe, _turn
+from . import _drivers, _flows, _observe
 from ._flows import SessionSpec, SessionStatus
 from ._keys import identity as _identity
 from ._lazy import LazyModule
@@ -592,7 +592,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         key, instance = _key_and_instance(cls, session_or_pk)
         agent = spec.agent._for_call(model, model_settings)
         store = SyncStore(spec, agent.model, db, _tools(spec, deps, key))
-        flow = _flows.resume_flow(
+        flow = _flows.resume_session_flow(
             spec,
             store.model,
             key,
@@ -930,7 +930,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         key, instance = _key_and_instance(cls, session_or_pk)
         agent = spec.agent._for_call(model, model_settings)
         store = AsyncStore(spec, agent.model, db, _tools(spec, deps, key))
-        flow = _flows.resume_flow(
+        flow = _flows.resume_session_flow(
             spec,
             store.model,
             key,
@@ -1245,10 +1245,10 @@ def _column_values(values: Any, column_values: dict[str, Any]) -> dict[str, Any]
     return {**values, **column_values}
 
 
-def _tools(spec: SessionSpec, deps: Any, key: Any) -> _turn.ToolScope:
+def _tools(spec: SessionSpec, deps: Any, key: Any) -> _drivers.ToolScope:
     """What the store hands the tools: ``deps``, the session's key, the agent."""
     agent = spec.agent
-    return _turn.ToolScope(agent.toolset, deps, key, agent)
+    return _drivers.ToolScope(agent.toolset, deps, key, agent)
 
 
 def _limits(
