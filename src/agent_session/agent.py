@@ -39,7 +39,23 @@ from .templates import InstructionTemplate
 from .tools import Denied, Tool, Toolset
 
 if TYPE_CHECKING:
+    from typing import Required, TypedDict, Unpack
+
     from .streams import AsyncTurnStream, TurnStream
+
+    class _CallOptions(TypedDict, total=False):
+        """The keywords of every turn method, for its ``stream=`` overloads."""
+
+        deps: Any
+        model: str | Model | None
+        model_settings: Mapping[str, Any] | None
+
+    class _RunOptions(_CallOptions, total=False):
+        instruction_args: BaseModel | Mapping[str, Any] | None
+
+    class _ResumeOptions(_CallOptions, total=False):
+        approvals: Required[Mapping[str, bool | Denied]]
+
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
@@ -504,11 +520,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_RunOptions],
     ) -> Result[OutputT]: ...
 
     @overload
@@ -516,11 +529,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[True],
+        **options: Unpack[_RunOptions],
     ) -> TurnStream[OutputT, None]: ...
 
     @overload
@@ -528,11 +538,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: bool,
+        **options: Unpack[_RunOptions],
     ) -> Result[OutputT] | TurnStream[OutputT, None]: ...
 
     def run(
@@ -572,11 +579,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_RunOptions],
     ) -> Result[OutputT]: ...
 
     @overload
@@ -584,11 +588,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[True],
+        **options: Unpack[_RunOptions],
     ) -> AsyncTurnStream[OutputT, None]: ...
 
     @overload
@@ -596,11 +597,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: bool,
+        **options: Unpack[_RunOptions],
     ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]: ...
 
     async def arun(
@@ -633,35 +631,18 @@ class Agent(Generic[OutputT]):
         self,
         result: Result[OutputT],
         *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_ResumeOptions],
     ) -> Result[OutputT]: ...
 
     @overload
     def resume(
-        self,
-        result: Result[OutputT],
-        *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        stream: Literal[True],
+        self, result: Result[OutputT], *, stream: Literal[True], **options: Unpack[_ResumeOptions]
     ) -> TurnStream[OutputT, None]: ...
 
     @overload
     def resume(
-        self,
-        result: Result[OutputT],
-        *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        stream: bool,
+        self, result: Result[OutputT], *, stream: bool, **options: Unpack[_ResumeOptions]
     ) -> Result[OutputT] | TurnStream[OutputT, None]: ...
 
     def resume(
@@ -701,35 +682,18 @@ class Agent(Generic[OutputT]):
         self,
         result: Result[OutputT],
         *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_ResumeOptions],
     ) -> Result[OutputT]: ...
 
     @overload
     async def aresume(
-        self,
-        result: Result[OutputT],
-        *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        stream: Literal[True],
+        self, result: Result[OutputT], *, stream: Literal[True], **options: Unpack[_ResumeOptions]
     ) -> AsyncTurnStream[OutputT, None]: ...
 
     @overload
     async def aresume(
-        self,
-        result: Result[OutputT],
-        *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        stream: bool,
+        self, result: Result[OutputT], *, stream: bool, **options: Unpack[_ResumeOptions]
     ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]: ...
 
     async def aresume(
