@@ -43,6 +43,35 @@ if TYPE_CHECKING:
 
     from .streams import AsyncTurnStream, TurnStream
 
+    class _AgentOptions(TypedDict, total=False):
+        """The keywords of ``Agent()`` but ``output_schema``, for its overloads."""
+
+        instruction: str | None
+        instruction_schema: type[BaseModel] | None
+        input_schema: type[BaseModel] | None
+        output_retries: int | None
+        model_retries: int
+        structured_output: StructuredOutput
+        model_settings: Mapping[str, Any] | None
+        max_input_bytes: int
+        name: str | None
+        tools: Iterable[Tool[Any] | Callable[..., Any]]
+        max_tool_steps: int
+        before_model_call: BeforeModelCall | None
+        after_model_call: AfterModelCall | None
+        on_tool_call: OnToolCall | None
+        on_error: OnError | None
+        history: Window | None
+        context_window: int | None
+        compaction: Summarize | None
+        max_session_tokens: int | None
+        max_session_cost: float | None
+        max_model_calls: int | None
+        turn_timeout: float
+        max_output_bytes: int
+        max_retries: int | None
+        pin_instructions: bool
+
     class _CallOptions(TypedDict, total=False):
         """The keywords of every turn method, for its ``stream=`` overloads."""
 
@@ -176,32 +205,8 @@ class Agent(Generic[OutputT]):
         self: Agent[str],
         model: str | Model,
         *,
-        instruction: str | None = None,
-        instruction_schema: type[BaseModel] | None = None,
-        input_schema: type[BaseModel] | None = None,
         output_schema: None = None,
-        output_retries: int | None = None,
-        model_retries: int = 2,
-        structured_output: StructuredOutput = "auto",
-        model_settings: Mapping[str, Any] | None = None,
-        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
-        name: str | None = None,
-        tools: Iterable[Tool[Any] | Callable[..., Any]] = (),
-        max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS,
-        before_model_call: BeforeModelCall | None = None,
-        after_model_call: AfterModelCall | None = None,
-        on_tool_call: OnToolCall | None = None,
-        on_error: OnError | None = None,
-        history: Window | None = None,
-        context_window: int | None = None,
-        compaction: Summarize | None = None,
-        max_session_tokens: int | None = None,
-        max_session_cost: float | None = None,
-        max_model_calls: int | None = None,
-        turn_timeout: float = DEFAULT_TURN_TIMEOUT,
-        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-        max_retries: int | None = None,
-        pin_instructions: bool = False,
+        **options: Unpack[_AgentOptions],
     ) -> None: ...
 
     @overload
@@ -209,32 +214,8 @@ class Agent(Generic[OutputT]):
         self: Agent[SchemaT],
         model: str | Model,
         *,
-        instruction: str | None = None,
-        instruction_schema: type[BaseModel] | None = None,
-        input_schema: type[BaseModel] | None = None,
         output_schema: type[SchemaT],
-        output_retries: int | None = None,
-        model_retries: int = 2,
-        structured_output: StructuredOutput = "auto",
-        model_settings: Mapping[str, Any] | None = None,
-        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
-        name: str | None = None,
-        tools: Iterable[Tool[Any] | Callable[..., Any]] = (),
-        max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS,
-        before_model_call: BeforeModelCall | None = None,
-        after_model_call: AfterModelCall | None = None,
-        on_tool_call: OnToolCall | None = None,
-        on_error: OnError | None = None,
-        history: Window | None = None,
-        context_window: int | None = None,
-        compaction: Summarize | None = None,
-        max_session_tokens: int | None = None,
-        max_session_cost: float | None = None,
-        max_model_calls: int | None = None,
-        turn_timeout: float = DEFAULT_TURN_TIMEOUT,
-        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-        max_retries: int | None = None,
-        pin_instructions: bool = False,
+        **options: Unpack[_AgentOptions],
     ) -> None: ...
 
     def __init__(
