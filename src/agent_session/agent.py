@@ -39,7 +39,52 @@ from .templates import InstructionTemplate
 from .tools import Denied, Tool, Toolset
 
 if TYPE_CHECKING:
+    from typing import Required, TypedDict, Unpack
+
     from .streams import AsyncTurnStream, TurnStream
+
+    class _AgentOptions(TypedDict, total=False):
+        """The keywords of ``Agent()`` but ``output_schema``, for its overloads."""
+
+        instruction: str | None
+        instruction_schema: type[BaseModel] | None
+        input_schema: type[BaseModel] | None
+        output_retries: int | None
+        model_retries: int
+        structured_output: StructuredOutput
+        model_settings: Mapping[str, Any] | None
+        max_input_bytes: int
+        name: str | None
+        tools: Iterable[Tool[Any] | Callable[..., Any]]
+        max_tool_steps: int
+        before_model_call: BeforeModelCall | None
+        after_model_call: AfterModelCall | None
+        on_tool_call: OnToolCall | None
+        on_error: OnError | None
+        history: Window | None
+        context_window: int | None
+        compaction: Summarize | None
+        max_session_tokens: int | None
+        max_session_cost: float | None
+        max_model_calls: int | None
+        turn_timeout: float
+        max_output_bytes: int
+        max_retries: int | None
+        pin_instructions: bool
+
+    class _CallOptions(TypedDict, total=False):
+        """The keywords of every turn method, for its ``stream=`` overloads."""
+
+        deps: Any
+        model: str | Model | None
+        model_settings: Mapping[str, Any] | None
+
+    class _RunOptions(_CallOptions, total=False):
+        instruction_args: BaseModel | Mapping[str, Any] | None
+
+    class _ResumeOptions(_CallOptions, total=False):
+        approvals: Required[Mapping[str, bool | Denied]]
+
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
@@ -160,32 +205,8 @@ class Agent(Generic[OutputT]):
         self: Agent[str],
         model: str | Model,
         *,
-        instruction: str | None = None,
-        instruction_schema: type[BaseModel] | None = None,
-        input_schema: type[BaseModel] | None = None,
         output_schema: None = None,
-        output_retries: int | None = None,
-        model_retries: int = 2,
-        structured_output: StructuredOutput = "auto",
-        model_settings: Mapping[str, Any] | None = None,
-        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
-        name: str | None = None,
-        tools: Iterable[Tool[Any] | Callable[..., Any]] = (),
-        max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS,
-        before_model_call: BeforeModelCall | None = None,
-        after_model_call: AfterModelCall | None = None,
-        on_tool_call: OnToolCall | None = None,
-        on_error: OnError | None = None,
-        history: Window | None = None,
-        context_window: int | None = None,
-        compaction: Summarize | None = None,
-        max_session_tokens: int | None = None,
-        max_session_cost: float | None = None,
-        max_model_calls: int | None = None,
-        turn_timeout: float = DEFAULT_TURN_TIMEOUT,
-        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-        max_retries: int | None = None,
-        pin_instructions: bool = False,
+        **options: Unpack[_AgentOptions],
     ) -> None: ...
 
     @overload
@@ -193,32 +214,8 @@ class Agent(Generic[OutputT]):
         self: Agent[SchemaT],
         model: str | Model,
         *,
-        instruction: str | None = None,
-        instruction_schema: type[BaseModel] | None = None,
-        input_schema: type[BaseModel] | None = None,
         output_schema: type[SchemaT],
-        output_retries: int | None = None,
-        model_retries: int = 2,
-        structured_output: StructuredOutput = "auto",
-        model_settings: Mapping[str, Any] | None = None,
-        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
-        name: str | None = None,
-        tools: Iterable[Tool[Any] | Callable[..., Any]] = (),
-        max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS,
-        before_model_call: BeforeModelCall | None = None,
-        after_model_call: AfterModelCall | None = None,
-        on_tool_call: OnToolCall | None = None,
-        on_error: OnError | None = None,
-        history: Window | None = None,
-        context_window: int | None = None,
-        compaction: Summarize | None = None,
-        max_session_tokens: int | None = None,
-        max_session_cost: float | None = None,
-        max_model_calls: int | None = None,
-        turn_timeout: float = DEFAULT_TURN_TIMEOUT,
-        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-        max_retries: int | None = None,
-        pin_instructions: bool = False,
+        **options: Unpack[_AgentOptions],
     ) -> None: ...
 
     def __init__(
@@ -504,11 +501,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_RunOptions],
     ) -> Result[OutputT]: ...
 
     @overload
@@ -516,11 +510,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[True],
+        **options: Unpack[_RunOptions],
     ) -> TurnStream[OutputT, None]: ...
 
     @overload
@@ -528,11 +519,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: bool,
+        **options: Unpack[_RunOptions],
     ) -> Result[OutputT] | TurnStream[OutputT, None]: ...
 
     def run(
@@ -572,11 +560,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_RunOptions],
     ) -> Result[OutputT]: ...
 
     @overload
@@ -584,11 +569,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[True],
+        **options: Unpack[_RunOptions],
     ) -> AsyncTurnStream[OutputT, None]: ...
 
     @overload
@@ -596,11 +578,8 @@ class Agent(Generic[OutputT]):
         self,
         input: BaseModel | Mapping[str, Any] | str,
         *,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: bool,
+        **options: Unpack[_RunOptions],
     ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]: ...
 
     async def arun(
@@ -633,35 +612,18 @@ class Agent(Generic[OutputT]):
         self,
         result: Result[OutputT],
         *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_ResumeOptions],
     ) -> Result[OutputT]: ...
 
     @overload
     def resume(
-        self,
-        result: Result[OutputT],
-        *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        stream: Literal[True],
+        self, result: Result[OutputT], *, stream: Literal[True], **options: Unpack[_ResumeOptions]
     ) -> TurnStream[OutputT, None]: ...
 
     @overload
     def resume(
-        self,
-        result: Result[OutputT],
-        *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        stream: bool,
+        self, result: Result[OutputT], *, stream: bool, **options: Unpack[_ResumeOptions]
     ) -> Result[OutputT] | TurnStream[OutputT, None]: ...
 
     def resume(
@@ -701,35 +663,18 @@ class Agent(Generic[OutputT]):
         self,
         result: Result[OutputT],
         *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_ResumeOptions],
     ) -> Result[OutputT]: ...
 
     @overload
     async def aresume(
-        self,
-        result: Result[OutputT],
-        *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        stream: Literal[True],
+        self, result: Result[OutputT], *, stream: Literal[True], **options: Unpack[_ResumeOptions]
     ) -> AsyncTurnStream[OutputT, None]: ...
 
     @overload
     async def aresume(
-        self,
-        result: Result[OutputT],
-        *,
-        approvals: Mapping[str, bool | Denied],
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        stream: bool,
+        self, result: Result[OutputT], *, stream: bool, **options: Unpack[_ResumeOptions]
     ) -> Result[OutputT] | AsyncTurnStream[OutputT, None]: ...
 
     async def aresume(

@@ -68,7 +68,7 @@ from .llm import Model
 from .tools import Denied, PendingApproval
 
 if TYPE_CHECKING:
-    from typing import TypeAlias
+    from typing import Required, TypeAlias, Unpack
 
     from pydantic import BaseModel
     from sqlalchemy import ColumnElement
@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import scoped_session
 
     from . import _streaming
+    from .agent import _RunOptions
     from .result import Result
     from .streams import AsyncTurnStream, OnCancel, TurnStream
 
@@ -83,6 +84,19 @@ if TYPE_CHECKING:
     # one, or a scoped session (Flask-SQLAlchemy's ``db.session``).
     SyncDb: TypeAlias = Session | sessionmaker[Any] | scoped_session[Any]
     AsyncDb: TypeAlias = AsyncSession | async_sessionmaker[Any] | async_scoped_session[Any]
+
+    class _TurnOptions(_RunOptions, total=False):
+        """The keywords of ``continue_session`` and its twin, for their ``stream=`` overloads."""
+
+        conflict_retries: int
+        busy_timeout: float | None
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None
+        max_session_tokens: int | None
+        max_session_cost: float | None
+
+    class _ResumeOptions(_TurnOptions, total=False):
+        approvals: Required[Mapping[str, bool | Denied]]
+
 
 __all__ = ["AgentSessionMixin", "SessionStatus"]
 
@@ -360,16 +374,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_TurnOptions],
     ) -> Self: ...
 
     @overload
@@ -381,17 +387,9 @@ class AgentSessionMixin(_Generic[OutputT]):
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
     ) -> TurnStream[OutputT, Self]: ...
 
     @overload
@@ -403,17 +401,9 @@ class AgentSessionMixin(_Generic[OutputT]):
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
     ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -498,17 +488,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         session_or_pk: Any,
         /,
         *,
-        approvals: Mapping[str, bool | Denied],
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_ResumeOptions],
     ) -> Self: ...
 
     @overload
@@ -519,18 +500,9 @@ class AgentSessionMixin(_Generic[OutputT]):
         session_or_pk: Any,
         /,
         *,
-        approvals: Mapping[str, bool | Denied],
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
+        **options: Unpack[_ResumeOptions],
     ) -> TurnStream[OutputT, Self]: ...
 
     @overload
@@ -541,18 +513,9 @@ class AgentSessionMixin(_Generic[OutputT]):
         session_or_pk: Any,
         /,
         *,
-        approvals: Mapping[str, bool | Denied],
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
+        **options: Unpack[_ResumeOptions],
     ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -735,16 +698,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_TurnOptions],
     ) -> Self: ...
 
     @overload
@@ -756,17 +711,9 @@ class AgentSessionMixin(_Generic[OutputT]):
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
     @overload
@@ -778,17 +725,9 @@ class AgentSessionMixin(_Generic[OutputT]):
         input: BaseModel | Mapping[str, Any] | str,
         /,
         *,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -847,17 +786,8 @@ class AgentSessionMixin(_Generic[OutputT]):
         session_or_pk: Any,
         /,
         *,
-        approvals: Mapping[str, bool | Denied],
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: Literal[False] = ...,
+        **options: Unpack[_ResumeOptions],
     ) -> Self: ...
 
     @overload
@@ -868,18 +798,9 @@ class AgentSessionMixin(_Generic[OutputT]):
         session_or_pk: Any,
         /,
         *,
-        approvals: Mapping[str, bool | Denied],
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: Literal[True],
         on_cancel: OnCancel = ...,
+        **options: Unpack[_ResumeOptions],
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
     @overload
@@ -890,18 +811,9 @@ class AgentSessionMixin(_Generic[OutputT]):
         session_or_pk: Any,
         /,
         *,
-        approvals: Mapping[str, bool | Denied],
-        instruction_args: BaseModel | Mapping[str, Any] | None = ...,
-        deps: Any = ...,
-        model: str | Model | None = ...,
-        model_settings: Mapping[str, Any] | None = ...,
-        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = ...,
-        conflict_retries: int = ...,
-        busy_timeout: float | None = ...,
-        max_session_tokens: int | None = ...,
-        max_session_cost: float | None = ...,
         stream: bool,
         on_cancel: OnCancel = ...,
+        **options: Unpack[_ResumeOptions],
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
