@@ -1337,16 +1337,16 @@ def _key_value(cls: type, column: Any, value: Any, key: Any) -> Any:
         return value
     if python_type not in (int, str, uuid.UUID):
         return value
-    wrong_type = _bad_key(cls, key, f"{column.name} holds {python_type.__name__} values")
+    wrong_type = f"{column.name} holds {python_type.__name__} values"
     if isinstance(value, str) and not encodable(value):
         raise _bad_key(cls, key, "a character cannot be encoded as UTF-8 (a lone surrogate)")
     if isinstance(value, str) and python_type is not str:
         try:
             value = int(value) if python_type is int else uuid.UUID(value)
         except ValueError:
-            raise wrong_type from None
+            raise _bad_key(cls, key, wrong_type) from None
     if not isinstance(value, python_type) or isinstance(value, bool):
-        raise wrong_type
+        raise _bad_key(cls, key, wrong_type)
     if python_type is int and not -(2**63) <= value < 2**63:
         raise _bad_key(cls, key, "out of the range of a 64-bit integer")
     return value
