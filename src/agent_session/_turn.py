@@ -254,6 +254,15 @@ def _instruction_args(
     agent: Agent[Any], args: ArgsLike
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Validate instruction arguments: (values for the template, JSON to store)."""
+    values, dump = _instruction_values(agent, args)
+    return values, None if dump is None else _storable_args(dump)
+
+
+def _instruction_values(
+    agent: Agent[Any], args: ArgsLike
+) -> tuple[dict[str, Any], Callable[[], Any] | None]:
+    """Validate instruction arguments: (values for the template, how to dump them for
+    storing), so that a turn rendering stored arguments does not encode them again."""
     schema = agent.instruction_schema
     if schema is not None:
         try:
@@ -275,7 +284,7 @@ def _instruction_args(
                 source="instruction_args",
             ) from exc
         values = {name: getattr(model, name) for name in type(model).model_fields}
-        return values, _storable_args(lambda: model.model_dump(mode="json"))
+        return values, lambda: model.model_dump(mode="json")
     if args is None:
         return {}, None
     if not isinstance(args, Mapping):
@@ -285,7 +294,7 @@ def _instruction_args(
             source="instruction_args",
         )
     values = dict(args)
-    return values, _storable_args(lambda: to_jsonable_python(values))
+    return values, lambda: to_jsonable_python(values)
 
 
 def _storable_args(dump: Callable[[], Any]) -> dict[str, Any]:
@@ -379,7 +388,7 @@ def current_instructions(
     if agent.pin_instructions:
         return document
     try:
-        values, _ = _instruction_args(agent, document.get("instruction_args"))
+        values, _ = _instruction_values(agent, document.get("instruction_args"))
         messages = _with_system(agent, document["messages"], values)
     except (InputValidationError, TemplateError) as exc:
         fix = (
