@@ -17,13 +17,7 @@ __all__ = ["clean_json", "clean_text", "encodable", "first_unencodable", "lone_s
 
 def encodable(text: str) -> bool:
     """Whether ``text`` can be encoded as UTF-8 (holds no lone surrogate)."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return first_unencodable(text) is None
 
 
 def first_unencodable(text: str) -> int | None:
