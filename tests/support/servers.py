@@ -163,3 +163,113 @@ def pgbouncer(
             yield PgBouncer(port, directory)
         finally:
             _stop(process)
+
+
+# -- PostgreSQL: a primary and a hot standby ------------------------------------------
+
+
+def postgres_bin() -> Path:
+    """The newest ``/usr/lib/postgresql/<version>/bin`` with initdb and pg_basebackup."""
+    candidates = sorted(
+        (p for p in PG_ROOT.glob("*/bin") if (p / "initdb").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if not candidates or not (candidates[-1] / "pg_basebackup").exists():
+        missing("the PostgreSQL server programs (initdb, pg_basebackup)")
+    return candidates[-1]
+
+
+@dataclass(frozen=True)
+class Replication:
+    """A primary and a hot standby streaming from it, on 127.0.0.1."""
+
+    primary_port: int
+    replica_port: int
+    directory: Path
+
+    def url(self, port: int, drivername: str = "postgresql+psycopg") -> str:
+        return f"{drivername}://postgres@127.0.0.1:{port}/postgres"
+
+
+def _run(command: list[str], log: Path) -> None:
+    prefix, _, _ = _as_server_user()
+    with log.open("ab") as out:
+        done = subprocess.run(
+            [*prefix, *command], stdout=out, stderr=subprocess.STDOUT, timeout=120, check=False
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {_tail(log)}")
+
+
+_SERVER_SETTINGS = """
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{sockets}'
+fsync = off
+full_page_writes = off
+max_connections = 30
+shared_buffers = 16MB
+hot_standby = on
+max_wal_senders = 4
+wal_level = replica
+"""
+
+
+@contextlib.contextmanager
+def replication() -> Iterator[Replication]:
+    """A fresh primary (``initdb``) and a replica made from it with ``pg_basebackup``,
+    streaming; both stopped (``pg_ctl stop -m immediate``, then killed if need be) and
+    their directory removed at exit, whatever happened."""
+    bin_dir = postgres_bin()
+    with server_directory("pg-replication-") as directory:
+        log = directory / "setup.log"
+        primary, replica = directory / "primary", directory / "replica"
+        primary_port, replica_port = free_port(), free_port()
+        started: list[Path] = []
+        try:
+            _run(
+                [str(bin_dir / "initdb"), "-D", str(primary), "-U", "postgres",
+                 "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"],
+                log,
+            )  # fmt: skip
+            _append(primary / "postgresql.conf", _settings(primary_port, directory))
+            _start(bin_dir, primary, log, started)
+            _run(
+                [str(bin_dir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary_port),
+                 "-U", "postgres", "-D", str(replica), "-R", "-X", "stream", "-c", "fast",
+                 "--no-sync"],
+                log,
+            )  # fmt: skip
+            _append(replica / "postgresql.conf", _settings(replica_port, directory))
+            _start(bin_dir, replica, log, started)
+            yield Replication(primary_port, replica_port, directory)
+        finally:
+            for data in reversed(started):
+                _stop_cluster(bin_dir, data, log)
+
+
+def _settings(port: int, sockets: Path) -> str:
+    return _SERVER_SETTINGS.format(port=port, sockets=sockets)
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a") as out:
+        out.write(text)
+
+
+def _start(bin_dir: Path, data: Path, log: Path, started: list[Path]) -> None:
+    started.append(data)
+    _run(
+        [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(data.parent / f"{data.name}.log"),
+         "-w", "-t", "60", "start"],
+        log,
+    )  # fmt: skip
+
+
+def _stop_cluster(bin_dir: Path, data: Path, log: Path) -> None:
+    with contextlib.suppress(Exception):
+        _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], log)
+    pid_file = data / "postmaster.pid"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int(pid_file.read_text().splitlines()[0])
+        os.kill(pid, signal.SIGKILL)  # pg_ctl did not stop it
