@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -34,7 +35,7 @@ PG_ROOT = Path("/usr/lib/postgresql")
 START_TIMEOUT_SECONDS = 30.0
 
 
-def missing(what: str) -> None:
+def missing(what: str) -> NoReturn:
     """Skip (locally) or fail (under CI) a test whose program is not installed."""
     if running_under_ci():
         pytest.fail(f"{what} is not installed; .ci/run installs it", pytrace=False)
@@ -72,7 +73,10 @@ def _as_server_user() -> tuple[list[str], int | None, int | None]:
     """``(prefix, uid, gid)``: how to run a server program as a user that may run it."""
     if os.geteuid() != 0:
         return [], None, None
-    user = pwd.getpwnam("postgres")
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        missing("the postgres user (the PostgreSQL server package makes it)")
     return ["runuser", "-u", "postgres", "--"], user.pw_uid, user.pw_gid
 
 
@@ -126,7 +130,6 @@ def pgbouncer(
     )
     if binary is None:
         missing("pgbouncer (apt-get install pgbouncer)")
-    assert binary is not None
     with server_directory("pgbouncer-") as directory:
         port = free_port()
         (directory / "userlist.txt").write_text('"postgres" ""\n')
