@@ -351,3 +351,21 @@ def test_a_paused_session_names_its_calls_not_their_arguments(tmp_path: Any) -> 
         assert body["detail"] == f"no Chat session with primary key {missing}"
     finally:
         engine.dispose()
+
+
+def test_a_rate_limited_turn_asks_the_client_to_wait() -> None:
+    """The provider's wait reaches the response through the turn's retries."""
+    from agent_session import ModelCallError
+    from agent_session.testing import FunctionModel
+
+    def limited(messages: list[dict[str, Any]]) -> str:
+        raise ModelCallError(f"rate limited {MARKER}", model="m", status_code=429, retry_after=1.5)
+
+    agent = Agent(FunctionModel(limited), model_retries=1)
+    with pytest.raises(ModelCallError) as caught:
+        agent.run("Hi")
+    assert caught.value.attempts == 2
+    status, headers, body = problem(caught.value)
+    assert (status, headers["Retry-After"], body["retry_after"]) == (503, "2", 2)
+    assert body["retryable"] is True
+    assert MARKER not in _text((status, headers, body))
