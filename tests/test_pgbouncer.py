@@ -172,6 +172,33 @@ async def test_turns_streams_and_approvals_through_pgbouncer(
 
 
 @pytest.mark.parametrize("driver", list(DRIVERS))
+async def test_turns_in_a_callers_session_through_pgbouncer(
+    bouncer: PgBouncer, database: Database, driver: str
+) -> None:
+    """A caller-owned session keeps its transaction, and so one server connection,
+    through the turn; it commits with the caller's own statement."""
+    engine = _engine(bouncer, database, driver, **DRIVERS[driver][2])
+    try:
+        if isinstance(engine, AsyncEngine):
+            async with AsyncSession(engine, expire_on_commit=False) as db:
+                chat = await PooledChat.astart_session(db, "hello")
+                await db.execute(sa.text("SELECT 1"))
+                chat = await PooledChat.acontinue_session(db, chat.id, "more")
+                await db.commit()
+        else:
+            with Session(engine, expire_on_commit=False) as db:
+                chat = PooledChat.start_session(db, "hello")
+                db.execute(sa.text("SELECT 1"))
+                chat = PooledChat.continue_session(db, chat.id, "more")
+                db.commit()
+    finally:
+        await _dispose(engine)
+    assert _stored(database, chat.id)["status"] == "completed"
+    context = PooledChat.get_context(sessionmaker(database.sync_engine()), chat.id)
+    assert [m.content for m in context.messages] == ["hello", "reply 1", "more", "reply 2"]
+
+
+@pytest.mark.parametrize("driver", list(DRIVERS))
 async def test_default_driver_settings_fail_with_a_configuration_error(
     database: Database, driver: str
 ) -> None:
