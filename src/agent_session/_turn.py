@@ -415,7 +415,7 @@ def _with_system(
         return messages
     first = messages[0] if messages else None
     has_system = first is not None and first.get("role") == "system" and not is_summary(first)
-    content = agent.template.render(values)
+    content = agent.template.render_cached(values)
     if has_system and first is not None and first.get("content") == content:
         return messages
     rest = messages[1:] if has_system else messages
