@@ -718,15 +718,20 @@ class PausedTurn:
     """The pending part of the document (``Context.pending``), compact."""
 
 
-def check_turn_budget(agent: Agent[Any], plan: TurnPlan, state: _TurnState) -> None:
-    """``BudgetExceededError`` if the next model call of this turn must not start."""
+def _unlimited(agent: Agent[Any], plan: TurnPlan) -> bool:
     limits = plan.limits or agent.limits
-    if (
+    return (
         limits.max_session_tokens is None
         and limits.max_session_cost is None
         and limits.max_model_calls is None
-    ):
+    )
+
+
+def check_turn_budget(agent: Agent[Any], plan: TurnPlan, state: _TurnState) -> None:
+    """``BudgetExceededError`` if the next model call of this turn must not start."""
+    if _unlimited(agent, plan):
         return
+    limits = plan.limits or agent.limits
     cost = plan.spent_cost
     if state.cost is not None:
         cost = (cost or 0.0) + state.cost
@@ -879,6 +884,8 @@ def check_first_call_budget(
     """``check_turn_budget`` for the turn's first model call, before the turn starts:
     the session flows check it before they claim the row or run a tool, so a budget
     already spent is refused with nothing written."""
+    if pending is None and _unlimited(agent, plan):
+        return  # nothing to check: no turn state to build
     check_turn_budget(agent, plan, _first_state(plan, pending))
 
 

@@ -630,11 +630,11 @@ class _Bounds:
 def complete_within(model: Model, request: ModelRequest) -> ModelResponse:
     """``model.complete(request)``; a call that the provider's timeout (bounded by
     what is left of ``turn_timeout``) ended at the deadline is a ``TurnTimeoutError``."""
-    bounds = _Bounds(request, time.monotonic())
+    started = time.monotonic()
     try:
         return model.complete(request)
     except ModelCallError as exc:
-        bounds.reraise(exc, time.monotonic(), "the call")
+        _Bounds(request, started).reraise(exc, time.monotonic(), "the call")
 
 
 async def acomplete_within(model: Model, request: ModelRequest) -> ModelResponse:
