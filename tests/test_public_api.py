@@ -131,6 +131,32 @@ def test_tool_names_are_loaded_lazily() -> None:
     assert run.stdout.split() == ["False", "agent_session.tools", "False"]
 
 
+def test_a_lazy_pattern_compiles_on_first_use_and_matches_like_the_pattern() -> None:
+    from agent_session._lazy import lazy_compile
+
+    lazy = lazy_compile(r"(\d+) tokens", re.IGNORECASE)
+    assert lazy._compiled is None
+    assert lazy.search("limit: 4096 TOKENS").group(1) == "4096"
+    assert lazy.pattern == r"(\d+) tokens"
+    assert lazy.findall("1 tokens, 2 Tokens") == ["1", "2"]
+    assert lazy._compiled is re.compile(r"(\d+) tokens", re.IGNORECASE)
+
+
+def test_error_and_tool_patterns_are_compiled_on_first_use() -> None:
+    code = (
+        "import sys; from agent_session import Agent, AgentSessionMixin; "
+        "from agent_session import _secrets, history, llm, tools; "
+        "print(*(type(p).__name__ for p in (llm._CONTEXT_WINDOW_PHRASES, llm._KEY_VARIABLE, "
+        "history._STATED_LIMIT, tools._SECTION, tools.NAME_PATTERN, _secrets._TOKEN)), "
+        "tools.NAME_PATTERN.match('ok_name') is not None, "
+        "llm._CONTEXT_WINDOW_PHRASES.search('Prompt is too long') is not None)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert run.stdout.split() == ["_LazyPattern"] * 6 + ["True", "True"]
+
+
 def test_the_docstring_tree_names_every_error_class() -> None:
     doc = errors.__doc__
     assert doc is not None

@@ -72,6 +72,90 @@ def test_no_html_escaping() -> None:
     assert InstructionTemplate("{{ x }}").render({"x": "<b>&'\"</b>"}) == "<b>&'\"</b>"
 
 
+# -- the rendered text kept per arguments ----------------------------------------
+
+
+class _Counting:
+    """Stands for a compiled Jinja template and counts its renders."""
+
+    def __init__(self, template: Any) -> None:
+        self.template = template
+        self.renders = 0
+
+    def render(self, args: Any) -> str:
+        self.renders += 1
+        return str(self.template.render(args))
+
+
+def _counted(source: str) -> tuple[InstructionTemplate, _Counting]:
+    template = InstructionTemplate(source)
+    counting = _Counting(template._template)
+    template._template = counting
+    return template, counting
+
+
+def test_the_same_arguments_are_rendered_once() -> None:
+    template, counting = _counted("For {{ company }}, {{ tone }}.")
+    args = {"company": "Acme", "tone": "brief"}
+    assert [template.render_cached(dict(args)) for _ in range(3)] == ["For Acme, brief."] * 3
+    assert counting.renders == 1
+    assert template.render_cached({"company": "Bolt", "tone": "brief"}) == "For Bolt, brief."
+    assert counting.renders == 2
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1, True, 1.0],  # equal, and hashed alike, but rendered differently
+        [0.0, -0.0, False],
+        [[1], [True], ["1"]],
+        [{"a": 1, "b": 2}, {"b": 2, "a": 1}],  # same dict, other order
+    ],
+)
+def test_arguments_that_render_differently_are_kept_apart(values: list[Any]) -> None:
+    loop = "{% for k in x %}{{ k }}{% endfor %}" if isinstance(values[0], dict) else ""
+    template, _ = _counted("{{ x }}|" + loop)
+    rendered = [template.render_cached({"x": value}) for value in values]
+    assert rendered == [template.render({"x": value}) for value in values]
+    assert len(set(rendered)) == len(values)
+
+
+@pytest.mark.parametrize(
+    "source", ["{{ [1, 2, 3] | random }}", "{{ lipsum(1) }}", "{{ x }}{{ lipsum }}"]
+)
+def test_a_template_that_may_render_differently_is_rendered_every_time(source: str) -> None:
+    template, counting = _counted(source)
+    for _ in range(3):
+        template.render_cached({"x": "a"})
+    assert counting.renders == 3
+
+
+def test_arguments_that_are_not_plain_data_are_rendered_every_time() -> None:
+    template, counting = _counted("{{ day }}")
+    for _ in range(2):
+        assert template.render_cached({"day": date(2026, 1, 5)}) == "2026-01-05"
+    assert counting.renders == 2
+
+
+def test_a_failed_render_is_not_kept() -> None:
+    template, counting = _counted("{{ name }}")
+    for _ in range(2):
+        with pytest.raises(TemplateError):
+            template.render_cached({"other": "x"})
+    assert counting.renders == 2
+
+
+def test_the_kept_texts_are_bounded() -> None:
+    from agent_session import templates
+
+    template, counting = _counted("{{ n }}")
+    for n in range(templates.CACHED_RENDERS + 1):
+        template.render_cached({"n": n})
+    assert len(template._rendered) <= templates.CACHED_RENDERS
+    template.render_cached({"n": 0})
+    assert counting.renders == templates.CACHED_RENDERS + 2
+
+
 # -- run time: what fails --------------------------------------------------------
 
 

@@ -826,3 +826,31 @@ def test_new_instruction_arguments_replace_the_instruction_not_a_summary() -> No
         assert renewed["messages"] == [{"role": "system", "content": "Help Bob."}, *messages]
     with pytest.raises(InputValidationError, match="name"):
         validate_instructions(agent, {})
+
+
+def test_the_size_bound_of_a_request_is_the_sum_over_its_messages() -> None:
+    """One encoding of the whole list gives the same bound as each message encoded
+    alone: 16 bytes plus its UTF-8 JSON per message, after the fixed margins."""
+    import json
+
+    from agent_session import _turn
+
+    history: list[dict[str, Any]] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": 'hé ✓ 😀 \u0001 "q", \\ b', "meta": {"n": [1, None]}},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+    new: list[dict[str, Any]] = [{"role": "user", "content": "再见"}]
+    agent = Agent(TestModel())
+    fixed = _turn._size_bound(agent, [], [])
+    for messages in ([], history[:1], history, [*history, *new]):
+        each = sum(16 + len(json.dumps(m, ensure_ascii=False).encode("utf-8")) for m in messages)
+        assert _turn._size_bound(agent, messages, []) == fixed + each
+    assert _turn._size_bound(agent, history, new) == _turn._size_bound(agent, [*history, *new], [])

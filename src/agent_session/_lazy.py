@@ -1,11 +1,12 @@
-"""A module imported on its first use, for what a plain turn does not need."""
+"""What a plain turn does not need, made on its first use: a module, a regular expression."""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import re
+from typing import Any, cast
 
-__all__ = ["LazyModule"]
+__all__ = ["LazyModule", "lazy_compile"]
 
 
 class LazyModule:
@@ -28,3 +29,30 @@ class LazyModule:
 
     def __repr__(self) -> str:
         return f"<lazy module {self._name!r}>"
+
+
+class _LazyPattern:
+    """Stands for ``re.compile(pattern, flags)`` and compiles it when first used."""
+
+    __slots__ = ("_compiled", "_flags", "_pattern")
+
+    def __init__(self, pattern: str, flags: int) -> None:
+        self._pattern = pattern
+        self._flags = flags
+        self._compiled: re.Pattern[str] | None = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        compiled = self._compiled
+        if compiled is None:
+            compiled = self._compiled = re.compile(self._pattern, self._flags)
+        return getattr(compiled, attribute)
+
+    def __repr__(self) -> str:
+        return f"<lazy pattern {self._pattern!r}>"
+
+
+def lazy_compile(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """``re.compile(pattern, flags)`` on first use (``search``, ``match``, ``pattern``,
+    ...): a pattern only an error, a tool or a stream reads costs nothing at import.
+    Use its methods; it is not a ``re.Pattern`` to ``isinstance`` or ``re.sub``."""
+    return cast("re.Pattern[str]", _LazyPattern(pattern, flags))

@@ -27,6 +27,8 @@ import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from ._lazy import lazy_compile
+
 __all__ = ["MASK", "MaskingFilter", "get_logger", "mask", "remember", "secret_values"]
 
 MASK = "****"
@@ -35,7 +37,7 @@ MIN_SECRET_CHARS = 6
 
 _SECRET_NAME = re.compile(r"key|token|secret|passw|credential|authorization|cookie", re.IGNORECASE)
 _NOT_SECRET_NAMES = frozenset({"max_tokens", "max_completion_tokens", "max_input_tokens"})
-_TOKEN = re.compile(
+_TOKEN = lazy_compile(
     r"(?<![A-Za-z0-9])(?:(sk-)[A-Za-z0-9_\-]{4,}|((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=\-]{6,})",
     re.IGNORECASE,
 )

@@ -17,7 +17,7 @@ __all__ = ["clean_json", "clean_text", "encodable", "first_unencodable", "lone_s
 
 def encodable(text: str) -> bool:
     """Whether ``text`` can be encoded as UTF-8 (holds no lone surrogate)."""
-    return first_unencodable(text) is None
+    return text.isascii() or first_unencodable(text) is None
 
 
 def first_unencodable(text: str) -> int | None:

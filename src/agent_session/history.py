@@ -38,11 +38,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
+from ._lazy import lazy_compile
 from .errors import BudgetExceededError, ConfigurationError
 
 __all__ = [
@@ -530,11 +530,11 @@ def output_tokens(settings: Mapping[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-_STATED_LIMIT = re.compile(
+_STATED_LIMIT = lazy_compile(
     r"maximum context length is (\d+) tokens"  # OpenAI, vLLM
     r"|available context size \((\d+) tokens\)"  # llama.cpp
 )
-_STATED_PROMPT = re.compile(
+_STATED_PROMPT = lazy_compile(
     r"(\d+) in the messages"  # OpenAI, vLLM: "you requested N tokens (M in the messages, ...)"
     r"|messages resulted in (\d+) tokens"  # OpenAI
     r"|request \((\d+) tokens\)"  # llama.cpp

@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
 from pydantic import BaseModel
 
+from ._lazy import lazy_compile
 from ._secrets import get_logger, mask, secret_values
 from .context import Usage
 from .errors import (
@@ -191,7 +192,7 @@ class StreamEnd:
 StreamChunk = TextChunk | ToolCallChunk | StreamEnd
 """What a model stream yields; ``StreamEnd`` comes last, once."""
 
-_WORDS = re.compile(r"\s*\S+\s*|\s+")
+_WORDS = lazy_compile(r"\s*\S+\s*|\s+")
 
 
 def response_chunks(response: ModelResponse, *, split: bool = True) -> Iterator[StreamChunk]:
@@ -629,11 +630,11 @@ class _Bounds:
 def complete_within(model: Model, request: ModelRequest) -> ModelResponse:
     """``model.complete(request)``; a call that the provider's timeout (bounded by
     what is left of ``turn_timeout``) ended at the deadline is a ``TurnTimeoutError``."""
-    bounds = _Bounds(request, time.monotonic())
+    started = time.monotonic()
     try:
         return model.complete(request)
     except ModelCallError as exc:
-        bounds.reraise(exc, time.monotonic(), "the call")
+        _Bounds(request, started).reraise(exc, time.monotonic(), "the call")
 
 
 async def acomplete_within(model: Model, request: ModelRequest) -> ModelResponse:
@@ -899,7 +900,7 @@ def _no_response_cause(exc: BaseException) -> BaseException | None:
     return None
 
 
-_CONTEXT_WINDOW_PHRASES = re.compile(
+_CONTEXT_WINDOW_PHRASES = lazy_compile(
     r"maximum context length|context[ _]length[ _]exceeded|context window"
     r"|exceeds the (available )?context|prompt is too long|too many tokens",
     re.IGNORECASE,
@@ -960,7 +961,7 @@ def _is_context_window(exc: BaseException, status: int | None, message: str) -> 
     return status in (400, 413) and _CONTEXT_WINDOW_PHRASES.search(message) is not None
 
 
-_MISSING_KEY_PHRASES = re.compile(
+_MISSING_KEY_PHRASES = lazy_compile(
     r"missing credentials|api_key client option must be set|missing \w+ api key"
     r"|no (api )?key is set",
     re.IGNORECASE,
@@ -969,7 +970,7 @@ _MISSING_KEY_PHRASES = re.compile(
 "Missing credentials. Please pass an `api_key` ... or set the `OPENAI_API_KEY` ...",
 "The api_key client option must be set ...", "Missing Anthropic API Key ..."."""
 
-_KEY_VARIABLE = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*_(?:API_KEY|KEY|TOKEN)\b")
+_KEY_VARIABLE = lazy_compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*_(?:API_KEY|KEY|TOKEN)\b")
 
 
 def _setup_error(exc: BaseException, model: str) -> ConfigurationError | None:

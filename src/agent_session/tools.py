@@ -49,6 +49,7 @@ from pydantic.fields import FieldInfo
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from ._lazy import lazy_compile
 from ._secrets import get_logger
 from ._text import clean_json, clean_text, encodable
 from .errors import ConfigurationError, ToolExecutionError
@@ -75,7 +76,7 @@ logger: logging.Logger = get_logger("agent_session.tools")
 DepsT = TypeVar("DepsT")
 T = TypeVar("T")
 
-NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+NAME_PATTERN = lazy_compile(r"^[a-zA-Z0-9_-]{1,64}$")
 """What OpenAI (and Anthropic) accept as a tool name."""
 
 MAX_ERROR_CHARS = 2000
@@ -428,14 +429,14 @@ def _arguments_model(
     return takes_context, tuple(params), model
 
 
-_SECTION = re.compile(
+_SECTION = lazy_compile(
     r"^(args|arguments|parameters|params|returns?|yields?|raises?|examples?|notes?"
     r"|see also|attributes|keyword args|keyword arguments|other parameters):?\s*$",
     re.IGNORECASE,
 )
-_SPHINX_PARAM = re.compile(r"^:param\s+(?:[^:]*\s)?(\w+):\s*(.*)$")
-_GOOGLE_PARAM = re.compile(r"^(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
-_NUMPY_PARAM = re.compile(r"^(\w+)\s*(?::.*)?$")
+_SPHINX_PARAM = lazy_compile(r"^:param\s+(?:[^:]*\s)?(\w+):\s*(.*)$")
+_GOOGLE_PARAM = lazy_compile(r"^(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+_NUMPY_PARAM = lazy_compile(r"^(\w+)\s*(?::.*)?$")
 
 
 def _parse_docstring(doc: str | None) -> tuple[str | None, dict[str, str]]:
