@@ -219,30 +219,7 @@ def start_flow(
     """
     agent = spec.agent if agent is None else agent
     plan = _turn.plan_first_turn(agent, input, instruction_args, limits=limits)
-    reserved = {spec.context_attr, spec.revision_attr, spec.status_attr, spec.status_changed_attr}
-    clash = {name for name in reserved if name is not None and name in values}
-    if clash:
-        raise InputValidationError(
-            f"{spec.cls.__name__}.start_session: {sorted(clash)} are managed by the library",
-            errors=[],
-            source="values",
-        )
-    unencodable = sorted(k for k, v in values.items() if isinstance(v, str) and not encodable(v))
-    if unencodable:
-        raise InputValidationError(
-            f"{spec.cls.__name__}.start_session: {unencodable} hold a character that cannot "
-            "be encoded as UTF-8 (a lone surrogate)",
-            errors=[],
-            source="values",
-        )
-    try:
-        instance = spec.cls(**values)
-    except TypeError as exc:
-        raise InputValidationError(
-            f"{spec.cls.__name__}.start_session: bad column values: {exc}",
-            errors=[],
-            source="values",
-        ) from exc
+    instance = _new_instance(spec, values, "start_session")
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
     result = yield from _turn.model_flow(agent, plan, mode)
     document = _turn.next_document(plan, result, None)
@@ -256,6 +233,133 @@ def start_flow(
     instance = yield Insert(instance, rows)
     remember(instance, head, joined, "path", result)
     return instance
+
+
+def _new_instance(spec: SessionSpec, values: Mapping[str, Any], call: str) -> Any:
+    """A new row of ``spec.cls`` with the caller's column values (checked first)."""
+    reserved = {spec.context_attr, spec.revision_attr, spec.status_attr, spec.status_changed_attr}
+    clash = {name for name in reserved if name is not None and name in values}
+    if clash:
+        raise InputValidationError(
+            f"{spec.cls.__name__}.{call}: {sorted(clash)} are managed by the library",
+            errors=[],
+            source="values",
+        )
+    unencodable = sorted(k for k, v in values.items() if isinstance(v, str) and not encodable(v))
+    if unencodable:
+        raise InputValidationError(
+            f"{spec.cls.__name__}.{call}: {unencodable} hold a character that cannot "
+            "be encoded as UTF-8 (a lone surrogate)",
+            errors=[],
+            source="values",
+        )
+    try:
+        return spec.cls(**values)
+    except TypeError as exc:
+        raise InputValidationError(
+            f"{spec.cls.__name__}.{call}: bad column values: {exc}",
+            errors=[],
+            source="values",
+        ) from exc
+
+
+def import_flow(
+    spec: SessionSpec,
+    messages: Any,
+    instruction_args: Any,
+    values: Mapping[str, Any],
+    where: tuple[Any, ...] = (),
+) -> Flow:
+    """Validate an existing conversation and insert it as a new session (no model call).
+
+    ``where``: criteria the new row must match (checked in the insert's transaction;
+    a row outside them is an ``InputValidationError`` and nothing is stored)."""
+    from ._import import imported_document
+
+    agent = spec.agent
+    instructions = _turn.validate_instructions(agent, instruction_args)
+    now = utcnow()
+    document = imported_document(agent, messages, instructions, now)
+    instance = _new_instance(spec, values, "import_session")
+    head, rows, _ = split(document, inline=spec.inline)
+    del document
+    setattr(instance, spec.context_attr, head)
+    setattr(instance, spec.revision_attr, 1)
+    if spec.status_attr is not None:
+        setattr(instance, spec.status_attr, SessionStatus.COMPLETED.value)
+        setattr(instance, spec.status_changed_attr or "", _naive_utc(now))
+    instance = yield Insert(instance, tuple(rows), where)
+    return instance
+
+
+def messages_flow(
+    spec: SessionSpec, key: Any, where: tuple[Any, ...], before: Any, limit: Any
+) -> Generator[Any, Any, list[Message]]:
+    """A page of the active path's messages: the ``limit`` newest before message id
+    ``before`` (``None``: the newest), oldest first; reads only the rows of the page."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise InputValidationError(
+            f"limit must be an int >= 0, got {limit!r}", errors=[], source="limit"
+        )
+    upto: tuple[int, int] | None = None
+    if before is not None:
+        upto = _message_id(before)
+    if limit == 0:
+        return []
+    # A row holds one message at least: ``limit`` turns always hold the page.
+    page = ("page", None if upto is None else upto[0], limit)
+    snap: Snapshot = yield Load(key, None, where, None if spec.inline else page)
+    joined = joined_document(snap.document, snap.rows, key=key)
+    # The conversation's messages: neither the instruction nor summaries.
+    messages = [m for m in joined.get("messages") or () if m.get("role") != "system"]
+    if upto is not None:
+        messages = [m for m in messages if m.get("id") and _before(m["id"], upto)]
+    chosen = messages[-limit:]
+    try:
+        return [Message.model_validate(m) for m in _expand(joined, chosen)]
+    except ValidationError as exc:
+        load_context(joined, key=key)  # the ContextError that names the problem
+        raise AssertionError("unreachable") from exc
+
+
+def _expand(joined: dict[str, Any], messages: list[dict[str, Any]]) -> list[Any]:
+    from .context import _expand_messages
+
+    # Messages without ``created_at`` were created with the one before: a page's
+    # first such message takes the time of its turn's user message.
+    created: dict[str, Any] = {}
+    for message in joined.get("messages") or ():
+        ident = message.get("id") or ""
+        at = (message.get("meta") or {}).get("created_at")
+        if at is not None:
+            created[ident.split(".", 1)[0]] = at
+    expanded = []
+    for message in messages:
+        seq = (message.get("id") or "").split(".", 1)[0]
+        expanded.extend(
+            _expand_messages([message], created.get(seq, joined.get("created_at")))
+        )
+    return expanded
+
+
+def _message_id(value: Any) -> tuple[int, int]:
+    try:
+        seq, index = str(value).split(".")
+        found = int(seq), int(index)
+    except ValueError:
+        found = (-1, -1)
+    if not isinstance(value, str) or found[0] < 0 or found[1] < 0:
+        raise InputValidationError(
+            f'before must be a message id such as "12.0", got {value!r}',
+            errors=[],
+            source="before",
+        )
+    return found
+
+
+def _before(ident: str, upto: tuple[int, int]) -> bool:
+    seq, index = (int(part) for part in ident.split("."))
+    return (seq, index) < upto
 
 
 def continue_flow(

@@ -37,11 +37,11 @@ __all__ = [
 ]
 
 
-HistoryRead = int | Literal["after_summary", "path", "all"] | None
+HistoryRead = int | Literal["after_summary", "path", "all"] | tuple[str, Any, int] | None
 """Which history rows a ``Load`` reads with the head: ``None`` none, an int n the
 newest n turns of the active path, ``"after_summary"`` the path after the head
 summary's anchor, ``"path"`` the whole active path (and the summaries on it),
-``"all"`` every row."""
+``"all"`` every row, ``("page", seq, n)`` the newest n turns up to turn ``seq``."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ class Insert:
     instance: Any
     rows: tuple[Any, ...] = ()
     """History rows ``(seq, parent, data)`` inserted with the new row."""
+    where: tuple[Any, ...] = ()
+    """Criteria the new row must match (else ``InputValidationError``, nothing stored)."""
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,11 @@ from ._drivers import ToolScope, amodel_handler, model_handler
 from ._flows import SessionSpec, covers, written_marker
 from ._keys import identity
 from ._operations import Insert, Load, Snapshot, Swap
-from .context import first_seq_to_read
+from .context import seq_range
 from .errors import (
     ConfigurationError,
     ContextError,
+    InputValidationError,
     SessionNotFoundError,
     StaleSessionError,
     StorageError,
@@ -183,6 +184,10 @@ def _document_type(column_type: Any) -> Any:
     return _DocumentJSON(column_type) if isinstance(column_type, sa.JSON) else column_type
 
 
+ROWS_PER_INSERT = 1000
+"""History rows per INSERT statement (an executemany) when many are written at once."""
+
+
 def snap_key(store: _StoreBase, snap: Snapshot, key: Any) -> Any:
     """The key of the loaded row (``key`` as given, else the instance's identity)."""
     return key if key is not None else identity(snap.instance)
@@ -233,14 +238,14 @@ class _StoreBase:
         return [column for column in table.primary_key.columns if column.name != "seq"]
 
     def rows_statement(self, op: Load, snap: Snapshot) -> tuple[Any, dict[str, Any]] | None:
-        """``SELECT seq, parent, data WHERE <key> AND seq >= a AND seq < next ORDER BY
+        """``SELECT seq, parent, data WHERE <key> AND seq BETWEEN a AND b ORDER BY
         seq``: the rows ``op.history`` needs with the head just read (``None``: none)."""
         table = self.spec.history_table
         if table is None or op.history is None:
             return None
         head = snap.document
-        first = first_seq_to_read(head, op.history)
-        if first is None:
+        seqs = seq_range(head, op.history)
+        if seqs is None:
             return None
         statement = self.spec.statements.get("rows")
         if statement is None:
@@ -253,14 +258,13 @@ class _StoreBase:
                         for i, column in enumerate(keys)
                     ),
                     table.c.seq >= sa.bindparam("first", type_=sa.Integer()),
-                    table.c.seq < sa.bindparam("next", type_=sa.Integer()),
+                    table.c.seq <= sa.bindparam("last", type_=sa.Integer()),
                 )
                 .order_by(table.c.seq)
             )
             self.spec.statements["rows"] = statement
         params = self._key_params(snap_key(self, snap, op.key))
-        params["first"] = first
-        params["next"] = int(head.get("next", 1))
+        params["first"], params["last"] = seqs
         return statement, params
 
     def insert_rows_statement(self, key: Any, rows: tuple[Any, ...]) -> tuple[Any, list[Any]]:
@@ -276,6 +280,22 @@ class _StoreBase:
         return statement, [
             {**base, "seq": seq, "parent": parent, "data": data} for seq, parent, data in rows
         ]
+
+    def insert_batches(self, key: Any, rows: tuple[Any, ...]) -> Iterator[tuple[Any, list[Any]]]:
+        """``insert_rows_statement`` in batches of ``ROWS_PER_INSERT`` rows."""
+        for start in range(0, len(rows), ROWS_PER_INSERT):
+            yield self.insert_rows_statement(key, rows[start : start + ROWS_PER_INSERT])
+
+    def outside(self, op: Insert, row: Any) -> InputValidationError | None:
+        """The error for a new row that its criteria do not match (``row`` is ``None``)."""
+        if row is not None:
+            return None
+        return InputValidationError(
+            f"{self.cls.__name__}: the new row does not match the where= criteria; "
+            "nothing was stored",
+            errors=[],
+            source="where",
+        )
 
     def delete_rows_statement(self, key: Any) -> tuple[Any, dict[str, Any]]:
         """``DELETE`` every row under ``key`` (left by a deleted session whose key is
@@ -550,11 +570,20 @@ class SyncStore(_StoreBase):
         session.add(op.instance)
         try:
             session.flush()
+            key = identity(op.instance)
             if self.spec.history_table is not None:
-                key = identity(op.instance)
                 Session.execute(session, *self.delete_rows_statement(key))
-                if op.rows:
-                    Session.execute(session, *self.insert_rows_statement(key, op.rows))
+                for statement, rows in self.insert_batches(key, op.rows):
+                    Session.execute(session, statement, rows)
+            if op.where:
+                found = Session.execute(
+                    session, self.revision_statement(op.where), self._key_params(key)
+                ).first()
+                error = self.outside(op, found)
+                if error is not None:
+                    session.delete(op.instance)  # its rows go with it
+                    session.flush()
+                    raise error
         except Exception:
             if op.instance in session:
                 session.expunge(op.instance)
@@ -670,11 +699,20 @@ class AsyncStore(_StoreBase):
         session.add(op.instance)
         try:
             await session.flush()
+            key = identity(op.instance)
             if self.spec.history_table is not None:
-                key = identity(op.instance)
                 await self.execute(session, *self.delete_rows_statement(key))
-                if op.rows:
-                    await self.execute(session, *self.insert_rows_statement(key, op.rows))
+                for statement, rows in self.insert_batches(key, op.rows):
+                    await self.execute(session, statement, rows)
+            if op.where:
+                result = await self.execute(
+                    session, self.revision_statement(op.where), self._key_params(key)
+                )
+                error = self.outside(op, result.first())
+                if error is not None:
+                    await session.delete(op.instance)  # its rows go with it
+                    await session.flush()
+                    raise error
         except Exception:
             if op.instance in session:
                 session.expunge(op.instance)

@@ -734,36 +734,49 @@ def _is_summary_message(message: Any) -> bool:
     return isinstance(meta, dict) and meta.get("summary") is not None
 
 
-def first_seq_to_read(head: Any, history: Any) -> int | None:
-    """The lowest seq a read of ``history`` needs with this head (``None``: no row).
+def seq_range(head: Any, history: Any) -> tuple[int, int] | None:
+    """The seqs ``first..last`` a read of ``history`` needs with this head (``None``:
+    no row).
 
     ``history``: ``None`` (the head only), an int n (the newest n turns of the path),
     ``"after_summary"`` (the path after the head summary's anchor), ``"path"`` (the
-    whole active path, and the summaries anchored on it) or ``"all"`` (every row).
+    whole active path, and the summaries anchored on it), ``"all"`` (every row), or
+    ``("page", seq, n)``: the newest n turns of the path up to turn ``seq`` (``None``:
+    the newest).
     """
     if history is None or not is_head(head):
         return None
     path = head.get("path") or []
+    newest = int(head.get("next", 1)) - 1
     if not _paths.valid(path):
         return None  # refused when the document is validated
     if history == "all":
-        return 1 if int(head.get("next", 1)) > 1 else None
+        return (1, newest) if newest >= 1 else None
     if not path:
         return None
+    if isinstance(history, tuple):
+        _, upto, n = history
+        seqs = list(_paths.seqs(path))
+        if upto is not None:
+            if upto not in seqs:
+                return None
+            seqs = seqs[: seqs.index(upto) + 1]
+        wanted = seqs[-n:] if n > 0 else []
+        return (wanted[0], wanted[-1]) if wanted else None
     if history == "path":
-        return int(path[0][0])
+        return int(path[0][0]), newest
     if history == "after_summary":
         summary = head.get("summary")
-        if not isinstance(summary, dict):
-            return int(path[0][0])
-        where = _paths.position(path, summary.get("anchor"))  # type: ignore[arg-type]
+        where = None
+        if isinstance(summary, dict):
+            where = _paths.position(path, summary.get("anchor"))  # type: ignore[arg-type]
         if where is None:
-            return int(path[0][0])
+            return int(path[0][0]), newest
         after = _paths.last_seqs(path, _paths.count(path) - where - 1)
-        return after[0] if after else None
+        return (after[0], newest) if after else None
     if isinstance(history, int) and not isinstance(history, bool):
         wanted = _paths.last_seqs(path, max(history, 0))
-        return wanted[0] if wanted else None
+        return (wanted[0], newest) if wanted else None
     raise ValueError(f"unknown history read {history!r}")
 
 
@@ -814,12 +827,15 @@ def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
             by_seq[seq] = (parent, data)
     path_seqs = list(_paths.seqs(path))
     on_path = set(path_seqs)
-    first = len(path_seqs)
-    for index in range(len(path_seqs) - 1, -1, -1):
-        if path_seqs[index] not in by_seq:
-            break
-        first = index
-    loaded = path_seqs[first:]
+    # The loaded turns: the newest run of the path's turns that were read (all of
+    # the path's end for a turn's read; a page of it for ``get_messages``).
+    end = len(path_seqs)
+    while end > 0 and path_seqs[end - 1] not in by_seq:
+        end -= 1
+    first = end
+    while first > 0 and path_seqs[first - 1] in by_seq:
+        first -= 1
+    loaded = path_seqs[first:end]
     loaded_set = set(loaded)
     # Summaries anchored at a loaded turn: the head's, and any other read with it.
     anchored: dict[int, list[tuple[int, dict[str, Any]]]] = {}

@@ -62,7 +62,7 @@ from ._lazy import LazyModule
 from ._store import AsyncStore, SyncStore
 from ._text import encodable
 from .agent import Agent
-from .context import Context, Usage, stored_usage
+from .context import Context, Message, Usage, stored_usage
 from .errors import ConfigurationError, InputValidationError, show_key
 from .history import BudgetLimits
 from .llm import Model
@@ -614,6 +614,66 @@ class AgentSessionMixin(_Generic[OutputT]):
             spec.agent, flow, store, call="get_context", key=key, store=store, turn=False
         )
 
+    @classmethod
+    def get_messages(
+        cls,
+        db: SyncDb,
+        pk: Any,
+        /,
+        *,
+        before: str | None = None,
+        limit: int = 50,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+    ) -> list[Message]:
+        """A page of the conversation, newest page first: the ``limit`` newest messages
+        of the active path before the message id ``before`` (``None``: the newest),
+        oldest first within the page. Reads the head and the rows of the page only.
+
+        The page holds the conversation's messages (user, assistant, tool), neither the
+        instruction nor summaries; pass the first message's ``id`` as ``before`` for the
+        page before it (an empty list: no more). ``where`` as in ``continue_session``.
+        """
+        spec = _spec(cls)
+        store = SyncStore(spec, spec.agent.model, db)
+        key, _ = _key_and_instance(cls, pk)
+        flow = _flows.messages_flow(spec, key, _criteria(spec, where), before, limit)
+        return _observe.drive(
+            spec.agent, flow, store, call="get_messages", key=key, store=store, turn=False
+        )
+
+    @classmethod
+    def import_session(
+        cls,
+        db: SyncDb,
+        messages: Sequence[Mapping[str, Any]],
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        values: Mapping[str, Any] | None = None,
+        **column_values: Any,
+    ) -> Self:
+        """Add a new row holding an existing conversation, without calling a model.
+
+        ``messages`` are OpenAI chat messages, finished turns only: each ``user``
+        message starts a turn, every assistant ``tool_calls`` message is followed by one
+        ``tool`` result per call, and each turn ends with an assistant reply. A leading
+        ``system`` message is kept when the agent has no instruction (else the agent's
+        instruction, rendered from ``instruction_args``, is the system message). A
+        message that breaks these rules is an ``InputValidationError`` naming its index,
+        and nothing is stored. Column values as in ``start_session``; ``where``:
+        criteria the new row must match. The rows are inserted in batches, so a long
+        conversation (100,000 messages) imports in one call.
+        """
+        spec = _spec(cls)
+        criteria = _criteria(spec, where)
+        values = _column_values(values, column_values)
+        store = SyncStore(spec, spec.agent.model, db)
+        flow = _flows.import_flow(spec, messages, instruction_args, values, criteria)
+        return _observe.drive(  # type: ignore[no-any-return]
+            spec.agent, flow, store, call="import_session", store=store, turn=False
+        )
+
     # -- async API ----------------------------------------------------------------
 
     @overload
@@ -899,6 +959,48 @@ class AgentSessionMixin(_Generic[OutputT]):
         flow = _flows.read_flow(spec, key, _criteria(spec, where))
         return await _observe.adrive(
             spec.agent, flow, store, call="aget_context", key=key, store=store, turn=False
+        )
+
+    @classmethod
+    async def aget_messages(
+        cls,
+        db: AsyncDb,
+        pk: Any,
+        /,
+        *,
+        before: str | None = None,
+        limit: int = 50,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+    ) -> list[Message]:
+        """Async twin of ``get_messages``."""
+        spec = _spec(cls)
+        store = AsyncStore(spec, spec.agent.model, db)
+        key, _ = _key_and_instance(cls, pk)
+        flow = _flows.messages_flow(spec, key, _criteria(spec, where), before, limit)
+        return await _observe.adrive(
+            spec.agent, flow, store, call="aget_messages", key=key, store=store, turn=False
+        )
+
+    @classmethod
+    async def aimport_session(
+        cls,
+        db: AsyncDb,
+        messages: Sequence[Mapping[str, Any]],
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        values: Mapping[str, Any] | None = None,
+        **column_values: Any,
+    ) -> Self:
+        """Async twin of ``import_session``."""
+        spec = _spec(cls)
+        criteria = _criteria(spec, where)
+        values = _column_values(values, column_values)
+        store = AsyncStore(spec, spec.agent.model, db)
+        flow = _flows.import_flow(spec, messages, instruction_args, values, criteria)
+        return await _observe.adrive(
+            spec.agent, flow, store, call="aimport_session", store=store, turn=False
         )
 
 
