@@ -832,7 +832,7 @@ def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
     end = len(path_seqs)
     while end > 0 and path_seqs[end - 1] not in by_seq:
         end -= 1
-    first = end
+    first = end if end else len(path_seqs)
     while first > 0 and path_seqs[first - 1] in by_seq:
         first -= 1
     loaded = path_seqs[first:end]
