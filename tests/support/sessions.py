@@ -119,8 +119,10 @@ def stored_rows(database: Database, table: sa.Table) -> list[dict[str, Any]]:
 
 def history_table(table: sa.Table) -> sa.Table | None:
     """The format-4 history table of a session table, if it has one."""
+    from agent_session.mixin import history_owner
+
     for other in table.metadata.tables.values():
-        if other.info.get("agent_session_history_of") is table:
+        if history_owner(other) is table:
             return other
     return None
 
