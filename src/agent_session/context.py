@@ -110,7 +110,7 @@ release knows is refused with ``ContextError`` rather than guessed at.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
@@ -792,12 +792,11 @@ def seq_range(head: Any, history: Any) -> tuple[int, int] | None:
         return None
     if isinstance(history, tuple):
         _, upto, n = history
-        seqs = list(_paths.seqs(path))
         if upto is not None:
-            if upto not in seqs:
+            if not _paths.contains(path, upto):
                 return None
-            seqs = seqs[: seqs.index(upto) + 1]
-        wanted = seqs[-n:] if n > 0 else []
+            path = _paths.truncate_after(path, upto)
+        wanted = _paths.last_seqs(path, n) if n > 0 else []
         return (wanted[0], wanted[-1]) if wanted else None
     if history == "path":
         return int(path[0][0]), newest
@@ -848,6 +847,22 @@ def joined_document(raw: Any, rows: Any = None, *, key: Any = None) -> dict[str,
         ) from exc
 
 
+def _loaded_turns(path: list[list[int]], by_seq: Mapping[int, Any]) -> list[int]:
+    """The newest contiguous run of the path's turns that are in ``by_seq``, oldest first."""
+    if not by_seq:
+        return []
+    found: list[int] = []
+    for first, end in reversed(path):
+        for seq in range(end, first - 1, -1):
+            if seq in by_seq:
+                found.append(seq)
+            elif found:
+                found.reverse()
+                return found
+    found.reverse()
+    return found
+
+
 def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
     path = head.get("path") or []
     if not _paths.valid(path):
@@ -862,17 +877,12 @@ def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
         seq, parent, data = row
         if seq < newest:
             by_seq[seq] = (parent, data)
-    path_seqs = list(_paths.seqs(path))
-    on_path = set(path_seqs)
     # The loaded turns: the newest run of the path's turns that were read (all of
-    # the path's end for a turn's read; a page of it for ``get_messages``).
-    end = len(path_seqs)
-    while end > 0 and path_seqs[end - 1] not in by_seq:
-        end -= 1
-    first = end if end else len(path_seqs)
-    while first > 0 and path_seqs[first - 1] in by_seq:
-        first -= 1
-    loaded = path_seqs[first:end]
+    # the path's end for a turn's read; a page of it for ``get_messages``), found by
+    # walking the path's runs from its end: a read costs what it read, not the path.
+    loaded = _loaded_turns(path, by_seq)
+    first = _paths.position(path, loaded[0]) if loaded else _paths.count(path)
+    assert first is not None
     loaded_set = set(loaded)
     # Summaries anchored at a loaded turn: the head's, and any other read with it.
     anchored: dict[int, list[tuple[int, dict[str, Any]]]] = {}
@@ -888,7 +898,7 @@ def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
         else:
             front = message
     for seq, (parent, data) in by_seq.items():
-        if seq in on_path or parent not in loaded_set:
+        if parent not in loaded_set or _paths.contains(path, seq):
             continue
         if summary is not None and seq == summary.get("seq"):
             continue
