@@ -26,7 +26,18 @@ def test_every_mixin_classmethod_has_an_async_twin() -> None:
         for name, member in _public(AgentSessionMixin).items()
         if inspect.ismethod(member) and not name.startswith("a")
     }
-    assert set(methods) == {"start_session", "continue_session", "resume_session", "get_context"}
+    assert set(methods) == {
+        "start_session",
+        "continue_session",
+        "resume_session",
+        "get_context",
+        "get_messages",
+        "import_session",
+        "regenerate_session",
+        "edit_session",
+        "switch_branch",
+        "rewind_session",
+    }
     for name, sync in methods.items():
         twin = getattr(AgentSessionMixin, f"a{name}")
         assert inspect.iscoroutinefunction(twin), name
@@ -49,7 +60,13 @@ def test_agent_run_and_arun_match() -> None:
 
 
 def test_every_session_classmethod_takes_deps() -> None:
-    for name in ("start_session", "continue_session", "resume_session"):
+    for name in (
+        "start_session",
+        "continue_session",
+        "resume_session",
+        "regenerate_session",
+        "edit_session",
+    ):
         for method in (getattr(AgentSessionMixin, name), getattr(AgentSessionMixin, f"a{name}")):
             deps = inspect.signature(method).parameters["deps"]
             assert deps.kind is deps.KEYWORD_ONLY and deps.default is None, name
@@ -97,7 +114,13 @@ def test_model_stream_and_astream_match() -> None:
 
 
 def test_every_turn_classmethod_takes_per_call_budgets() -> None:
-    for name in ("start_session", "continue_session", "resume_session"):
+    for name in (
+        "start_session",
+        "continue_session",
+        "resume_session",
+        "regenerate_session",
+        "edit_session",
+    ):
         for method in (getattr(AgentSessionMixin, name), getattr(AgentSessionMixin, f"a{name}")):
             parameters = inspect.signature(method).parameters
             for budget in ("max_session_tokens", "max_session_cost"):

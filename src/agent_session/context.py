@@ -79,7 +79,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from . import _paths
 from .errors import ContextError, show_key
@@ -390,6 +390,55 @@ class Context(BaseModel):
         doc["path"] = [list(run) for run in self.path]
         doc["next"] = self.next
         return doc
+
+    _every_row: bool = PrivateAttr(default=False)
+    """Read with ``path="all"``: ``messages`` holds every stored row."""
+
+    def branches_at(self, message_id: str) -> list[str]:
+        """The versions of a message: its id and the id of the same place in each
+        sibling turn (a turn a regenerate or an edit made beside it), oldest first.
+
+        The same place is the sibling's user message for a user message, its final
+        reply for a final reply (else the message with the same index, or its last).
+        ``switch_branch`` with one of them makes that version active. Needs every
+        stored message: read the context with ``get_context(..., path="all")``
+        (``ValueError`` otherwise, or when the id is not a message of this context).
+        """
+        if not self._every_row:
+            raise ValueError(
+                'branches_at needs every stored message: read the context with path="all"'
+            )
+        rows: dict[int, list[Any]] = {}  # seq -> [parent seq, message count, is a turn]
+        for message in self.messages:
+            row_text, _, place = (message.id or "").partition(".")
+            if not row_text.isdigit() or row_text == "0" or not place.isdigit():
+                continue
+            row = rows.setdefault(int(row_text), [None, 0, message.meta.summary is None])
+            row[1] = max(row[1], int(place) + 1)
+            if place == "0" and message.parent is not None:
+                row[0] = int(message.parent.partition(".")[0])
+        seq_text, _, index_text = str(message_id).partition(".")
+        if message_id == "0.0":
+            return [message_id]
+        if not (seq_text.isdigit() and index_text.isdigit()) or int(seq_text) not in rows:
+            raise ValueError(f"no message {message_id!r} in this context")
+        seq, index = int(seq_text), int(index_text)
+        parent, count, _ = rows[seq]
+        if index >= count:
+            raise ValueError(f"no message {message_id!r} in this context")
+        found = []
+        for other in sorted(rows):
+            other_parent, other_count, is_turn = rows[other]
+            if other_parent != parent or not is_turn:
+                continue
+            if index == 0:
+                at = 0
+            elif index == count - 1:
+                at = other_count - 1
+            else:
+                at = min(index, other_count - 1)
+            found.append(f"{other}.{at}")
+        return found
 
     @property
     def pending_approvals(self) -> list[PendingApproval]:
