@@ -5,6 +5,7 @@ sessionmaker; refusals leave the database as it was; races end with one winner."
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 from typing import Any
@@ -18,15 +19,19 @@ from agent_session import (
     AgentSessionMixin,
     ApprovalPendingError,
     InputValidationError,
+    LastTurns,
     SessionNotFoundError,
     StaleSessionError,
+    Summarize,
     Tool,
     ToolCall,
 )
+from agent_session.history import DEFAULT_SUMMARY_INSTRUCTION
+from agent_session.llm import ModelRequest
 from agent_session.testing import FunctionModel
 from support.databases import Database
 from support.sessions import Api, stored_rows
-from support.tree_model import TreeModel, random_ops
+from support.tree_model import TreeModel, check_stored_trees, random_ops
 
 calls: list[str] = []
 
@@ -47,6 +52,16 @@ class Base(DeclarativeBase):
 class TreeChat(AgentSessionMixin, Base):
     __tablename__ = "tree_chats"
     __agent__ = agent
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(sa.String(20), default="me")
+
+
+class TreeInline(AgentSessionMixin, Base):
+    """The single-column layout: the head keeps every row."""
+
+    __tablename__ = "tree_inline"
+    __agent__ = agent
+    __history_table__ = None
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     owner: Mapped[str] = mapped_column(sa.String(20), default="me")
 
@@ -87,15 +102,23 @@ class Tx:
 
     async def __call__(self, name: str, *args: Any, **kw: Any) -> Any:
         if self.api.maker is not None:
-            return await call(self.api, None, name, *args, **kw)
-        async with self.api.session() as db:
-            try:
-                result = await call(self.api, db, name, *args, **kw)
-            except Exception:
-                await self.api.rollback(db)
-                raise
-            await self.api.commit(db)
-            return result
+            result = await call(self.api, None, name, *args, **kw)
+        else:
+            async with self.api.session() as db:
+                try:
+                    result = await call(self.api, db, name, *args, **kw)
+                except Exception:
+                    await self.api.rollback(db)
+                    raise
+                await self.api.commit(db)
+        self.check()
+        return result
+
+    def check(self) -> None:
+        """Every stored tree whole, every active path paired (after every call)."""
+        model = self.api.model
+        history = model.metadata.tables.get(f"{model.__tablename__}_history")
+        check_stored_trees(self.api.database, model.__table__, history)
 
     async def context(self, key: Any, **kw: Any) -> Any:
         if self.api.maker is not None:
@@ -115,7 +138,15 @@ def everything(api: Api) -> list[Any]:
 
 
 async def test_regenerate_edit_switch_and_rewind(api: Api) -> None:
-    tx = Tx(api)
+    await scenario(Tx(api))
+
+
+async def test_the_single_column_layout_keeps_the_same_tree(database: Database) -> None:
+    database.create_all(Base.metadata)
+    await scenario(Tx(Api(database, TreeInline, maker=True)))
+
+
+async def scenario(tx: Tx) -> None:
     chat = await tx("start_session", "one")
     await tx("continue_session", chat.id, "two")
     chat = await tx("regenerate_session", chat.id)
@@ -366,6 +397,7 @@ async def test_random_operations_match_the_model_on_sqlite(tmp_path: Any) -> Non
     async with open_database("sqlite", tmp_path) as database:
         database.create_all(Base.metadata)
         api = Api(database, TreeChat, maker=True)
+        tx = Tx(api)  # checks every stored tree after each call
         for _ in range(3):
             model, key, ops = TreeModel(), None, random_ops(rng, 30)
             for step, op in enumerate(ops):
@@ -377,22 +409,160 @@ async def test_random_operations_match_the_model_on_sqlite(tmp_path: Any) -> Non
                 if model.apply(op) is None or (key is None and kind != "continue"):
                     continue  # nothing to do yet (a rewind of no session at all)
                 if key is None:
-                    key = (await call(api, None, "start_session", text)).id
+                    key = (await tx("start_session", text)).id
                 elif kind == "continue":
-                    await call(api, None, "continue_session", key, text)
+                    await tx("continue_session", key, text)
                 elif kind == "regenerate":
-                    await call(api, None, "regenerate_session", key)
+                    await tx("regenerate_session", key)
                 elif kind == "edit":
                     assert on_path is not None
-                    await call(api, None, "edit_session", key, f"{on_path.number}.0", text)
+                    await tx("edit_session", key, f"{on_path.number}.0", text)
                 elif kind == "switch":
                     assert some is not None
-                    await call(api, None, "switch_branch", key, f"{some.number}.1")
+                    await tx("switch_branch", key, f"{some.number}.1")
                 else:
                     leaf = f"{model.active[keep].number}.1" if keep >= 0 else "0.0"
-                    await call(api, None, "rewind_session", key, leaf)
-                context = await call(api, None, "get_context", key)
+                    await tx("rewind_session", key, leaf)
+                context = await tx.context(key)
                 users = [m.content for m in context.messages if m.role == "user"]
                 assert users == [n.input for n in model.active], (step, op)
                 ids = [m.id for m in context.messages if m.role == "user"]
                 assert ids == [f"{n.number}.0" for n in model.active], (step, op)
+
+
+# -- windows, summaries, older documents ----------------------------------------------
+
+
+def count(messages: list[dict[str, Any]]) -> int:
+    """A deterministic token counter: a token per 4 characters of the JSON form."""
+    return len(json.dumps(messages, ensure_ascii=False)) // 4 + 1
+
+
+def summarizing(messages: list[dict[str, Any]], request: ModelRequest) -> str:
+    if request.messages[0].get("content") == DEFAULT_SUMMARY_INSTRUCTION:
+        return "SUMMARY of the talk so far"
+    return reply(messages)
+
+
+def sent(model: FunctionModel) -> list[list[Any]]:
+    """The contents of each request a turn sent (summary requests left out)."""
+    return [
+        [m.get("content") for m in r.messages]
+        for r in model.requests
+        if r.messages[0].get("content") != DEFAULT_SUMMARY_INSTRUCTION
+    ]
+
+
+def summarized(contents: list[Any]) -> bool:
+    return any("SUMMARY of the talk so far" in str(c) for c in contents)
+
+
+async def test_an_edit_before_a_summary_sends_the_messages(database: Database) -> None:
+    class SBase(DeclarativeBase):
+        pass
+
+    model = FunctionModel(summarizing)
+
+    class Summed(AgentSessionMixin, SBase):
+        __tablename__ = "tree_summed"
+        __agent__ = Agent(
+            model,
+            instruction="Be brief.",
+            compaction=Summarize(when_tokens_over=60, keep_last_turns=1, counter=count),
+        )
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+    database.create_all(SBase.metadata)
+    api = Api(database, Summed, maker=True)
+    tx = Tx(api)
+    chat = await tx("start_session", "one " * 10)
+    for text in ["two " * 10, "three " * 10, "four " * 10]:
+        chat = await tx("continue_session", chat.id, text)
+    [row] = stored_rows(database, Summed.__table__)
+    assert row["context"]["summary"]["anchor"] >= 2  # turns 1.. are summarized
+    assert summarized(sent(model)[-1])
+
+    ids = {m.content: m.id for m in (await tx.context(chat.id)).messages}
+    chat = await tx("edit_session", chat.id, ids["one " * 10], "uno")
+    assert sent(model)[-1] == ["Be brief.", "uno"]
+    [row] = stored_rows(database, Summed.__table__)
+    assert "summary" not in row["context"]  # it summarized turns of the other branch
+    chat = await tx("continue_session", chat.id, "cinq")
+    assert not summarized(sent(model)[-1])
+
+    # Back on the summarized branch, its summary applies again.
+    chat = await tx("switch_branch", chat.id, ids["four " * 10])
+    [row] = stored_rows(database, Summed.__table__)
+    assert row["context"].get("summary") is not None
+    chat = await tx("continue_session", chat.id, "six")
+    assert summarized(sent(model)[-1])
+
+
+async def test_last_turns_regenerate_and_edit_send_the_window_before_them(
+    database: Database,
+) -> None:
+    class WBase(DeclarativeBase):
+        pass
+
+    model = FunctionModel(reply)
+
+    class Windowed(AgentSessionMixin, WBase):
+        __tablename__ = "tree_windowed"
+        __agent__ = Agent(model, instruction="Be brief.", history=LastTurns(1))
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+    database.create_all(WBase.metadata)
+    tx = Tx(Api(database, Windowed, maker=True))
+    chat = await tx("start_session", "one")
+    chat = await tx("continue_session", chat.id, "two")
+    chat = await tx("continue_session", chat.id, "three")
+    chat = await tx("regenerate_session", chat.id)
+    assert sent(model)[-1] == ["Be brief.", "two", "r2:two", "three"]
+    chat = await tx("edit_session", chat.id, "2.0", "deux")
+    assert sent(model)[-1] == ["Be brief.", "one", "r1:one", "deux"]
+    assert texts(await tx.context(chat.id)) == ["one", "r1:one", "deux", "r5:deux"]
+
+
+async def test_a_document_of_an_earlier_version_keeps_the_regenerated_turn(
+    database: Database,
+) -> None:
+    database.create_all(Base.metadata)
+    api = Api(database, TreeChat, maker=True)
+    at = "2026-01-01T00:00:00Z"
+    old = {
+        "version": 3,
+        "created_at": at,
+        "updated_at": at,
+        "turns": 2,
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2},
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "one", "meta": {"created_at": at}},
+            {"role": "assistant", "content": "old one"},
+            {"role": "user", "content": "two", "meta": {"created_at": at}},
+            {"role": "assistant", "content": "old two"},
+        ],
+    }
+    async with api.session() as db:
+        db.add(TreeChat(id=7, owner="me", context=old, context_revision=1))
+        await api.commit(db)
+    tx = Tx(api)
+    chat = await tx("regenerate_session", 7)
+    assert chat.last_output == "r1:two"
+    tree = await tx.context(7, path="all")
+    assert texts(tree) == ["one", "old one", "two", "old two", "two", "r1:two"]
+    assert tree.branches_at("3.1") == ["2.1", "3.1"]
+    assert tree.turns == 3
+
+
+async def test_a_broken_tree_is_seen_by_the_check(database: Database) -> None:
+    """``check_stored_trees`` finds a row that hangs from nothing."""
+    database.create_all(Base.metadata)
+    tx = Tx(Api(database, TreeChat, maker=True))
+    chat = await tx("start_session", "one")
+    await tx("continue_session", chat.id, "two")
+    history = Base.metadata.tables["tree_chats_history"]
+    with database.sync_engine().begin() as conn:
+        conn.execute(sa.update(history).where(history.c.seq == 2).values(parent=5))
+    with pytest.raises((AssertionError, KeyError)):
+        tx.check()

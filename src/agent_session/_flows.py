@@ -417,7 +417,7 @@ def continue_flow(
         )
         instance = claim.instance
         plan: _turn.TurnPlan
-        plan, base = claim.prepared
+        plan, base, first_rows = claim.prepared
         revision = claim.revision
         try:
             result = yield from _turn.model_flow(agent, plan, mode)
@@ -427,7 +427,7 @@ def continue_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
-            written = yield Swap(instance, key, revision, values, where, rows)
+            written = yield Swap(instance, key, revision, values, where, (*first_rows, *rows))
         except Exception:
             # The model call or the final write failed: with a status column, say
             # so (keeping the previous context) rather than leave it ``running``;
@@ -451,6 +451,10 @@ def continue_flow(
         yield from contention.lost(revision, claim=False)
 
 
+Planned = tuple[_turn.TurnPlan, dict[str, Any] | None, tuple[Any, ...]]
+"""A turn's plan, the document it goes on from, and rows to store before its own."""
+
+
 def _next_turn(
     agent: Agent[Any],
     key: Any,
@@ -458,18 +462,20 @@ def _next_turn(
     given: _turn.Instructions | None,
     limits: BudgetLimits | None,
     branch: Branch | None = None,
-) -> Callable[[dict[str, Any] | None], tuple[_turn.TurnPlan, dict[str, Any] | None]]:
+) -> Callable[[dict[str, Any] | None], Planned]:
     """Plan the turn on the stored document, before the row is claimed: a refusal
     (a paused session, missing instruction arguments, a spent budget, a message id
     ``branch`` refuses) leaves the row untouched. The plan comes with the document the
-    turn goes on from (the stored one, or the history ``branch`` cut)."""
+    turn goes on from (the stored one, or the history ``branch`` cut), and the rows
+    that store a document of an earlier version before a branch cuts it."""
     paused = _not_paused(key)
 
     def plan(
         document: dict[str, Any] | None,
-    ) -> tuple[_turn.TurnPlan, dict[str, Any] | None]:
+    ) -> Planned:
         if document is None and branch is not None:
             raise branch.nothing(key)
+        first_rows: tuple[Any, ...] = ()
         if document is None:  # no conversation on this row yet: this turn starts it
             assert turn_input is not None
             planned = _turn.plan_first_turn(agent, turn_input, given, limits=limits)
@@ -477,7 +483,7 @@ def _next_turn(
             paused(document)
             this_input = turn_input
             if branch is not None:
-                document, this_input = branch.cut(agent, document, key)
+                document, this_input, first_rows = branch.cut(agent, document, key)
             assert this_input is not None
             if given is not None:
                 document = _turn.with_instructions(agent, document, given)
@@ -485,7 +491,7 @@ def _next_turn(
                 document = _turn.current_instructions(agent, document, session=_session(key))
             planned = _turn.plan_next_turn(document, this_input, limits=limits)
         _turn.check_first_call_budget(agent, planned)
-        return planned, document
+        return planned, document, first_rows
 
     return plan
 
@@ -1042,6 +1048,8 @@ class Branch:
 
     message_id: str | None = None
     turn_input: _turn.TurnInput | None = None
+    inline: bool = False
+    """The single-column layout (``SessionSpec.inline``)."""
 
     @property
     def verb(self) -> str:
@@ -1065,9 +1073,15 @@ class Branch:
 
     def cut(
         self, agent: Agent[Any], document: dict[str, Any], key: Any
-    ) -> tuple[dict[str, Any], _turn.TurnInput]:
-        """The history the turn runs on, and its input; refuses an id that is not a
-        user message of the active path."""
+    ) -> tuple[dict[str, Any], _turn.TurnInput, tuple[Any, ...]]:
+        """The history the turn runs on, its input, and the rows that store a document
+        of an earlier version (not stored as rows yet: its turns get their rows first,
+        so that the cut one stays stored); refuses an id that is not a user message of
+        the active path."""
+        first_rows: tuple[Any, ...] = ()
+        if FROM_VERSION in document:
+            _, rows, document = split(document, inline=self.inline)
+            first_rows = tuple(rows)
         path = list(_paths.seqs(document.get("path") or ()))
         messages: list[dict[str, Any]] = document["messages"]
         if self.message_id is None:
@@ -1078,7 +1092,7 @@ class Branch:
             if at is None:  # the window read the newest turn: never reached
                 raise self.nothing(key)
             turn_input = _turn.validate_input(agent, _stored_input(agent, messages[at], key))
-            return _cut(document, at, _tree.regenerate_base(path)), turn_input
+            return _cut(document, at, _tree.regenerate_base(path)), turn_input, first_rows
         seq, index, at = _on_path(document, path, self.message_id, key, verb="edit")
         message = messages[at]
         if index != 0 or message.get("role") != "user":
@@ -1089,7 +1103,7 @@ class Branch:
                 source="message_id",
             )
         assert self.turn_input is not None
-        return _cut(document, at, _tree.edit_base(path, seq)), self.turn_input
+        return _cut(document, at, _tree.edit_base(path, seq)), self.turn_input, first_rows
 
 
 def _a(role: Any) -> str:
@@ -1287,7 +1301,7 @@ def branch_flow(
     The new input and the id's form are checked before anything is read."""
     agent = spec.agent if agent is None else agent
     if regenerate:
-        branch = Branch()
+        branch = Branch(inline=spec.inline)
     else:
         if _tree.parse_id(message_id) is None:
             raise InputValidationError(
@@ -1296,7 +1310,7 @@ def branch_flow(
                 errors=[],
                 source="message_id",
             )
-        branch = Branch(message_id, _turn.validate_input(agent, input))
+        branch = Branch(message_id, _turn.validate_input(agent, input), spec.inline)
     return (
         yield from continue_flow(
             spec,

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["KINDS", "Node", "Op", "TreeModel", "random_ops"]
+__all__ = ["KINDS", "Node", "Op", "TreeModel", "check_stored_trees", "random_ops"]
 
 
 @dataclass(eq=False)
@@ -113,3 +114,53 @@ KINDS: tuple[str, ...] = ("continue", "continue", "regenerate", "edit", "switch"
 def random_ops(rng: random.Random, count: int) -> list[Op]:
     """``count`` operations, continues twice as likely as the others."""
     return [(rng.choice(KINDS), rng.randrange(1000), f"u{i}") for i in range(count)]
+
+
+def check_stored_trees(database: Any, table: Any, history: Any = None) -> int:
+    """Every stored session of ``table`` (and its ``history`` table; ``None``: the
+    single-column layout) is a whole tree: every row hangs from the root, the active
+    path is a chain of turns from a first turn, and the messages on it are paired (no
+    call without its result, no result without its call). Returns the rows checked."""
+    import json
+
+    from agent_session import _paths, _tree
+    from agent_session.context import _is_summary_message
+    from support.invariants import check_history
+    from support.sessions import stored_rows
+
+    by_session: dict[Any, list[tuple[int, Any, list[Any]]]] = {}
+    if history is not None:
+        [fk] = [c.name for c in history.columns if c.name.startswith("session_")]
+        for row in stored_rows(database, history):
+            data = row["data"] if isinstance(row["data"], list) else json.loads(row["data"])
+            by_session.setdefault(row[fk], []).append((row["seq"], row["parent"], data))
+    checked = 0
+    for session in stored_rows(database, table):
+        head = session["context"]
+        if head is None or "messages" in head:
+            continue  # no conversation, or a document of an earlier version
+        rows = by_session.get(session["id"], [])
+        if history is None:
+            rows = [(seq, parent, data) for seq, parent, data in head.get("rows") or []]
+        turns: dict[int, int | None] = {}
+        summaries: dict[int, int] = {}
+        data_of: dict[int, list[Any]] = {}
+        for seq, parent, data in rows:
+            assert seq < head["next"], (session["id"], seq, "a row at or past next")
+            data_of[seq] = data
+            if len(data) == 1 and _is_summary_message(data[0]):
+                summaries[seq] = parent
+            else:
+                turns[seq] = parent
+        where = f"session {session['id']}"
+        assert _tree.unreachable(turns, summaries) == set(), where
+        path = list(_paths.seqs(head["path"]))
+        if path:
+            assert _tree.path_to(turns, path[-1]) == path, (where, path)
+        messages = [m for seq in path for m in data_of[seq]]
+        check_history(messages, where=where)
+        summary = head.get("summary")
+        if summary is not None:
+            assert summary["anchor"] in set(path), (where, "a summary off the active path")
+        checked += len(rows)
+    return checked
