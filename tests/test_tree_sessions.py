@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import threading
 from typing import Any
@@ -566,3 +567,88 @@ async def test_a_broken_tree_is_seen_by_the_check(database: Database) -> None:
         conn.execute(sa.update(history).where(history.c.seq == 2).values(parent=5))
     with pytest.raises((AssertionError, KeyError)):
         tx.check()
+
+
+# -- tools, hooks --------------------------------------------------------------------
+
+RAN: list[str] = []
+
+
+def look_up(order: str) -> str:
+    """Look an order up."""
+    RAN.append(order)
+    return f"order {order}: delivered"
+
+
+def tool_then_reply(messages: list[dict[str, Any]]) -> Any:
+    last = messages[-1]
+    if last["role"] == "user" and "order" in last["content"]:
+        return ToolCall("look_up", {"order": last["content"].split()[-1]})
+    if last["role"] == "user" and "refund" in last["content"]:
+        return ToolCall("refund", {"order": "42"})
+    return reply(messages)
+
+
+async def test_regenerate_runs_the_tools_again_and_pauses_again(database: Database) -> None:
+    class TBase(DeclarativeBase):
+        pass
+
+    class Tooled(AgentSessionMixin, TBase):
+        __tablename__ = "tree_tooled"
+        __agent__ = Agent(
+            FunctionModel(tool_then_reply),
+            tools=[look_up, Tool(refund, requires_approval=True)],
+        )
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+    database.create_all(TBase.metadata)
+    RAN.clear()
+    tx = Tx(Api(database, Tooled, maker=True))
+    chat = await tx("start_session", "where is order 7")
+    chat = await tx("regenerate_session", chat.id)
+    assert RAN == ["7", "7"]
+    tree = await tx.context(chat.id, path="all")
+    assert [m.role for m in tree.messages] == ["user", "assistant", "tool", "assistant"] * 2
+    assert tree.branches_at("2.3") == ["1.3", "2.3"]
+
+    chat = await tx("continue_session", chat.id, "refund please")
+    assert chat.pending_approvals
+    chat = await tx(
+        "resume_session", chat.id, approvals={chat.pending_approvals[0].tool_call_id: True}
+    )
+    chat = await tx("regenerate_session", chat.id)
+    assert chat.pending_approvals  # the regenerated turn waits for its approval again
+    with pytest.raises(ApprovalPendingError):
+        await tx("switch_branch", chat.id, "1.0")
+    chat = await tx(
+        "resume_session", chat.id, approvals={chat.pending_approvals[0].tool_call_id: True}
+    )
+    active = await tx.context(chat.id)
+    assert [m.id for m in active.messages if m.role == "user"] == ["2.0", "4.0"]
+
+
+async def test_hooks_and_logs_see_regenerate_and_edit_as_turns(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[list[Any]] = []
+
+    class HBase(DeclarativeBase):
+        pass
+
+    class Hooked(AgentSessionMixin, HBase):
+        __tablename__ = "tree_hooked"
+        __agent__ = Agent(
+            FunctionModel(reply),
+            before_model_call=lambda request: seen.append([m["content"] for m in request.messages]),
+        )
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+    database.create_all(HBase.metadata)
+    tx = Tx(Api(database, Hooked, maker=True))
+    chat = await tx("start_session", "one")
+    with caplog.at_level(logging.INFO, logger="agent_session"):
+        chat = await tx("regenerate_session", chat.id)
+        chat = await tx("edit_session", chat.id, "2.0", "uno")
+    assert seen == [["one"], ["one"], ["uno"]]
+    calls_logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "regenerate_session" in calls_logged and "edit_session" in calls_logged
