@@ -304,9 +304,18 @@ async def test_regenerate_and_edit_stream(api: Api) -> None:
 # -- races ---------------------------------------------------------------------------
 
 
-async def race(database: Database, first: tuple[Any, ...], second: tuple[Any, ...]) -> Any:
+async def race(
+    database: Database, first: tuple[Any, ...], second: tuple[Any, ...], retries: int = 0
+) -> Any:
     """Run two operations on one session so that both load before either writes."""
     gate: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def first_calls() -> bool:
+        """Whether this is one of the two calls that meet (a re-run goes straight on)."""
+        with lock:
+            gate["calls"] = gate.get("calls", 0) + 1
+            return bool(gate["calls"] <= 2)
 
     class RBase(DeclarativeBase):
         pass
@@ -315,7 +324,7 @@ async def race(database: Database, first: tuple[Any, ...], second: tuple[Any, ..
         barrier = asyncio.Barrier(2)
 
         async def fn(messages: list[dict[str, Any]]) -> str:
-            if gate.get("on"):
+            if gate.get("on") and first_calls():
                 await asyncio.wait_for(barrier.wait(), 10)
             return reply(messages)
 
@@ -324,7 +333,7 @@ async def race(database: Database, first: tuple[Any, ...], second: tuple[Any, ..
         tbarrier = threading.Barrier(2, timeout=10)
 
         def sfn(messages: list[dict[str, Any]]) -> str:
-            if gate.get("on"):
+            if gate.get("on") and first_calls():
                 tbarrier.wait()
             return reply(messages)
 
@@ -344,7 +353,9 @@ async def race(database: Database, first: tuple[Any, ...], second: tuple[Any, ..
 
     async def run(op: tuple[Any, ...]) -> None:
         try:
-            outcomes.append(await call(api, None, op[0], chat.id, *op[1:]))
+            outcomes.append(
+                await call(api, None, op[0], chat.id, *op[1:], conflict_retries=retries)
+            )
         except Exception as exc:
             outcomes.append(exc)
 
@@ -361,8 +372,14 @@ async def race(database: Database, first: tuple[Any, ...], second: tuple[Any, ..
         for t in threads:
             t.join(30)
     gate["on"] = False
+    check_stored_trees(database, Raced.__table__, RBase.metadata.tables["tree_raced_history"])
     winners = [o for o in outcomes if not isinstance(o, Exception)]
     losers = [o for o in outcomes if isinstance(o, Exception)]
+    if retries:  # the loser ran again on the winner's history
+        assert len(winners) == 2, outcomes
+        tree = await call(api, None, "get_context", chat.id, path="all")
+        assert len(tree.messages) == 2 * 4
+        return None
     assert len(winners) == 1 and len(losers) == 1, outcomes
     assert isinstance(losers[0], StaleSessionError), losers
     context = await call(api, None, "get_context", chat.id)
@@ -386,6 +403,47 @@ async def race(database: Database, first: tuple[Any, ...], second: tuple[Any, ..
 )
 async def test_races_end_with_one_winner(database: Database, ops: Any) -> None:
     await race(database, *ops)
+
+
+async def test_a_lost_edit_runs_again_with_conflict_retries(database: Database) -> None:
+    await race(database, ("edit_session", "2.0", "a"), ("continue_session", "b"), retries=1)
+
+
+async def test_a_switch_during_a_turn_makes_the_turn_stale(database: Database) -> None:
+    class SBase(DeclarativeBase):
+        pass
+
+    during: list[Any] = []
+
+    async def fn(messages: list[dict[str, Any]]) -> str:
+        for step in during:
+            await step()
+        return reply(messages)
+
+    class Switched(AgentSessionMixin, SBase):
+        __tablename__ = "tree_switched"
+        __agent__ = Agent(FunctionModel(fn))
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+    database.create_all(SBase.metadata)
+    api = Api(database, Switched, maker=True)
+    chat = await call(api, None, "start_session", "one")
+    await call(api, None, "regenerate_session", chat.id)  # turns 1 and 2, siblings
+
+    async def switch() -> None:
+        during.clear()
+        if api.is_async:
+            await call(api, None, "switch_branch", chat.id, "1.1")
+        else:  # the sync turn runs this coroutine on its own loop: a sync call
+            Switched.switch_branch(api.maker, chat.id, "1.1")
+
+    during.append(switch)
+    with pytest.raises(StaleSessionError):
+        await call(api, None, "continue_session", chat.id, "two")
+    context = await call(api, None, "get_context", chat.id)
+    assert texts(context) == ["one", "r1:one"]  # the switch won; the turn stored nothing
+    history = SBase.metadata.tables["tree_switched_history"]
+    check_stored_trees(database, Switched.__table__, history)
 
 
 # -- the model of the tree, over real storage -----------------------------------------
