@@ -133,3 +133,13 @@ def test_long_seeded_sequences_match_the_model() -> None:
     rng = random.Random(20)
     for _ in range(20):
         check_against_model(random_ops(rng, 200))
+
+
+def test_an_edit_under_a_window_reads_from_the_window_before_the_turn() -> None:
+    from agent_session.context import seq_range
+
+    head = {"version": 4, "path": [[1, 3], [6, 8]], "next": 10}
+    assert seq_range(head, ("from", 6, 2)) == (2, 9)  # turns 2, 3, then 6.. the end
+    assert seq_range(head, ("from", 2, 5)) == (1, 9)
+    assert seq_range(head, ("from", 8, 0)) == (8, 9)
+    assert seq_range(head, ("from", 4, 1)) is None  # not on the path: nothing to read

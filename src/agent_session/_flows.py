@@ -1056,13 +1056,16 @@ class Branch:
         return "regenerate" if self.message_id is None else "edit"
 
     def history(self, agent: Agent[Any]) -> HistoryRead:
-        """The rows to read: for a regenerate under ``LastTurns(n)`` (no compaction),
-        the newest n + 1 turns (the newest is cut); else the whole path (an edit's
-        turn may be anywhere on it, and a summary may cover the cut turns)."""
+        """The rows to read. Under ``LastTurns(n)`` (no compaction): for a regenerate
+        the newest n + 1 turns (the newest is cut), for an edit the path from n turns
+        before the edited one. Else the whole path (a summary may cover cut turns)."""
         window = agent.history
-        if self.message_id is None and agent.compaction is None and isinstance(window, LastTurns):
+        if agent.compaction is not None or not isinstance(window, LastTurns):
+            return "path"
+        if self.message_id is None:
             return max(window.n, 1) + 1
-        return "path"
+        parsed = _tree.parse_id(self.message_id)
+        return "path" if parsed is None else ("from", parsed[0], max(window.n, 1))
 
     def nothing(self, key: Any) -> InputValidationError:
         return InputValidationError(

@@ -827,7 +827,8 @@ def seq_range(head: Any, history: Any) -> tuple[int, int] | None:
     ``"after_summary"`` (the path after the head summary's anchor), ``"path"`` (the
     whole active path, and the summaries anchored on it), ``"all"`` (every row), or
     ``("page", seq, n)``: the newest n turns of the path up to turn ``seq`` (``None``:
-    the newest).
+    the newest), or ``("from", seq, n)``: the path from n turns before turn ``seq`` to
+    its end (an edit of that turn under a window of n turns).
     """
     if history is None or not is_head(head):
         return None
@@ -839,6 +840,13 @@ def seq_range(head: Any, history: Any) -> tuple[int, int] | None:
         return (1, newest) if newest >= 1 else None
     if not path:
         return None
+    if isinstance(history, tuple) and history[0] == "from":
+        _, at, n = history
+        where = _paths.position(path, at)
+        if where is None:
+            return None
+        first = _paths.last_seqs(path, _paths.count(path) - max(where - n, 0))[0]
+        return first, newest
     if isinstance(history, tuple):
         _, upto, n = history
         seqs = list(_paths.seqs(path))
