@@ -427,7 +427,10 @@ def continue_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
-            written = yield Swap(instance, key, revision, values, where, (*first_rows, *rows))
+            # A document stored as rows for the first time (``first_rows``: by a branch).
+            fresh = FROM_VERSION in new_document or bool(first_rows)
+            rows = (*first_rows, *rows)
+            written = yield Swap(instance, key, revision, values, where, rows, fresh)
         except Exception:
             # The model call or the final write failed: with a status column, say
             # so (keeping the previous context) rather than leave it ``running``;
@@ -625,7 +628,8 @@ def resume_session_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
-            written = yield Swap(instance, key, revision, values, where, rows)
+            fresh = FROM_VERSION in new_document
+            written = yield Swap(instance, key, revision, values, where, rows, fresh)
         except Exception:
             # Put the pause back, unclaimed, so that it can be resumed again.
             back, _, _ = _write(spec, paused, SessionStatus.AWAITING_APPROVAL, revision, rows=False)
