@@ -708,5 +708,9 @@ async def test_hooks_and_logs_see_regenerate_and_edit_as_turns(
         chat = await tx("regenerate_session", chat.id)
         chat = await tx("edit_session", chat.id, "2.0", "uno")
     assert seen == [["one"], ["one"], ["uno"]]
+    chat = await tx("rewind_session", chat.id, "0.0")  # the root, with no system message
+    assert (await tx.context(chat.id)).messages == []
+    chat = await tx("continue_session", chat.id, "again")
+    assert seen[-1] == ["again"]
     calls_logged = " ".join(r.getMessage() for r in caplog.records)
     assert "regenerate_session" in calls_logged and "edit_session" in calls_logged

@@ -1096,7 +1096,9 @@ class Branch:
                 raise self.nothing(key)
             seq = path[-1]
             at = _position(messages, _tree.message_id(seq, 0))
-            if at is None:  # the window read the newest turn: never reached
+            if at is None or messages[at].get("role") != "user":
+                # (the window reads the newest turn; a conversation imported from an
+                # older version may start with a turn of its own without a user message)
                 raise self.nothing(key)
             turn_input = _turn.validate_input(agent, _stored_input(agent, messages[at], key))
             return _cut(document, at, _tree.regenerate_base(path)), turn_input, first_rows
@@ -1230,21 +1232,23 @@ def move_flow(
 
 def _rewound(document: dict[str, Any], message_id: Any, key: Any) -> dict[str, Any]:
     path = list(_paths.seqs(document.get("path") or ()))
-    seq, _, at = _on_path(document, path, message_id, key, verb="rewind to")
     messages = document["messages"]
-    following = _tree.rewind_base(path, seq)
+    following: list[int] = []  # "0.0" is the root, with or without a system message
+    if _tree.parse_id(message_id) != (_tree.ROOT, 0):
+        seq, _, at = _on_path(document, path, message_id, key, verb="rewind to")
+        after = _tree.parse_id(messages[at + 1].get("id")) if at + 1 < len(messages) else None
+        if after is not None and after[1] != 0:  # the next turn, or a summary, starts there
+            raise InputValidationError(
+                f"{message_id!r} is not the last message of its turn in {_session(key)}: only "
+                'a turn\'s last message (or "0.0") can be the active leaf; nothing was changed',
+                errors=[],
+                source="message_id",
+            )
+        following = _tree.rewind_base(path, seq)
     end = len(messages)
     if len(following) < len(path):
-        end = _position(messages, _tree.message_id(path[len(following)], 0)) or end
-    after = _tree.parse_id(messages[at + 1].get("id")) if at + 1 < len(messages) else None
-    last = after is None or after[1] == 0  # the next turn, or a summary, starts there
-    if seq != _tree.ROOT and not last:
-        raise InputValidationError(
-            f"{message_id!r} is not the last message of its turn in {_session(key)}: only a "
-            'turn\'s last message (or "0.0") can be the active leaf; nothing was changed',
-            errors=[],
-            source="message_id",
-        )
+        found = _position(messages, _tree.message_id(path[len(following)], 0))
+        end = end if found is None else found
     return _cut(document, end, following)
 
 
