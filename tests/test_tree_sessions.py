@@ -172,6 +172,10 @@ async def scenario(tx: Tx) -> None:
     chat = await tx("switch_branch", chat.id, "1.0")  # the newest leaf under turn 1
     assert texts(await tx.context(chat.id)) == ["one", "r1:one", "two", "r3:two"]
 
+    page = await tx("get_messages", chat.id, limit=3)  # paged reads follow the active path
+    assert [m.content for m in page] == ["r1:one", "two", "r3:two"]
+    assert [m.id for m in page] == ["1.1", "3.0", "3.1"]
+
     chat = await tx("rewind_session", chat.id, "1.1")
     assert texts(await tx.context(chat.id)) == ["one", "r1:one"]
     assert chat.last_output == "r1:one"
