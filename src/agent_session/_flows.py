@@ -1,4 +1,5 @@
-"""Session flows: start, continue and read a stored conversation, without I/O.
+"""Session flows: start, continue, branch (regenerate, edit, switch, rewind) and read a
+stored conversation, without I/O.
 
 Each flow is a generator that yields operations and receives their results:
 
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WAITS",
+    "Branch",
     "Claim",
     "Contention",
     "Insert",
@@ -74,9 +76,12 @@ __all__ = [
     "Snapshot",
     "Swap",
     "Waits",
+    "branch_flow",
     "charge_flow",
     "claim_flow",
     "continue_flow",
+    "move_flow",
+    "read_all_flow",
     "read_flow",
     "resume_session_flow",
     "start_flow",
