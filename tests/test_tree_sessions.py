@@ -455,16 +455,21 @@ async def test_a_switch_during_a_turn_makes_the_turn_stale(database: Database) -
 # -- the model of the tree, over real storage -----------------------------------------
 
 
-async def test_random_operations_match_the_model_on_sqlite(tmp_path: Any) -> None:
+@pytest.mark.parametrize(
+    ("cls", "seed"), [(TreeChat, 4), (TreeInline, 5)], ids=["history-table", "single-column"]
+)
+async def test_random_operations_match_the_model_on_sqlite(
+    tmp_path: Any, cls: Any, seed: int
+) -> None:
     from support.databases import open_database
 
-    rng = random.Random(4)
+    rng = random.Random(seed)
     async with open_database("sqlite", tmp_path) as database:
         database.create_all(Base.metadata)
-        api = Api(database, TreeChat, maker=True)
+        api = Api(database, cls, maker=True)
         tx = Tx(api)  # checks every stored tree after each call
-        for _ in range(3):
-            model, key, ops = TreeModel(), None, random_ops(rng, 30)
+        for _ in range(4):
+            model, key, ops = TreeModel(), None, random_ops(rng, 40)
             for step, op in enumerate(ops):
                 kind, pick, text = op
                 # The turn the operation picks, seen before the model applies it.
