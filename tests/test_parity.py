@@ -33,6 +33,10 @@ def test_every_mixin_classmethod_has_an_async_twin() -> None:
         "get_context",
         "get_messages",
         "import_session",
+        "regenerate_session",
+        "edit_session",
+        "switch_branch",
+        "rewind_session",
     }
     for name, sync in methods.items():
         twin = getattr(AgentSessionMixin, f"a{name}")
@@ -56,7 +60,13 @@ def test_agent_run_and_arun_match() -> None:
 
 
 def test_every_session_classmethod_takes_deps() -> None:
-    for name in ("start_session", "continue_session", "resume_session"):
+    for name in (
+        "start_session",
+        "continue_session",
+        "resume_session",
+        "regenerate_session",
+        "edit_session",
+    ):
         for method in (getattr(AgentSessionMixin, name), getattr(AgentSessionMixin, f"a{name}")):
             deps = inspect.signature(method).parameters["deps"]
             assert deps.kind is deps.KEYWORD_ONLY and deps.default is None, name
@@ -104,7 +114,13 @@ def test_model_stream_and_astream_match() -> None:
 
 
 def test_every_turn_classmethod_takes_per_call_budgets() -> None:
-    for name in ("start_session", "continue_session", "resume_session"):
+    for name in (
+        "start_session",
+        "continue_session",
+        "resume_session",
+        "regenerate_session",
+        "edit_session",
+    ):
         for method in (getattr(AgentSessionMixin, name), getattr(AgentSessionMixin, f"a{name}")):
             parameters = inspect.signature(method).parameters
             for budget in ("max_session_tokens", "max_session_cost"):

@@ -1,4 +1,5 @@
-"""Session flows: start, continue and read a stored conversation, without I/O.
+"""Session flows: start, continue, branch (regenerate, edit, switch, rewind) and read a
+stored conversation, without I/O.
 
 Each flow is a generator that yields operations and receives their results:
 
@@ -31,13 +32,16 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from . import _turn
+from . import _paths, _tree, _turn
 from ._operations import HistoryRead, Insert, Load, Sleep, Snapshot, Swap
 from ._text import encodable
 from .context import (
     FROM_VERSION,
     Context,
     Message,
+    _is_summary_message,
+    _parsed,
+    input_document,
     isoformat,
     joined_document,
     load_context,
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WAITS",
+    "Branch",
     "Claim",
     "Contention",
     "Insert",
@@ -71,9 +76,12 @@ __all__ = [
     "Snapshot",
     "Swap",
     "Waits",
+    "branch_flow",
     "charge_flow",
     "claim_flow",
     "continue_flow",
+    "move_flow",
+    "read_all_flow",
     "read_flow",
     "resume_session_flow",
     "start_flow",
@@ -374,6 +382,7 @@ def continue_flow(
     limits: BudgetLimits | None = None,
     instruction_args: Any = None,
     agent: Agent[Any] | None = None,
+    branch: Branch | None = None,
 ) -> Flow:
     """Claim the row, call the model with the stored history, and compare-and-swap the result.
 
@@ -385,17 +394,21 @@ def continue_flow(
     claim; on a row with one, ``instruction_args`` replace the stored ones from this
     turn on. Otherwise the system message is rendered from the agent's current
     instruction and the stored arguments (``_turn.current_instructions``).
+
+    ``branch`` (regenerate, edit): the turn runs on the history it cuts from the
+    stored one, with the input it gives (``input`` is then ``None``), and its row
+    hangs from the cut path's last turn.
     """
     agent = spec.agent if agent is None else agent
-    turn_input = _turn.validate_input(agent, input)
+    turn_input = None if branch is not None else _turn.validate_input(agent, input)
     given = (
         None if instruction_args is None else _turn.validate_instructions(agent, instruction_args)
     )
     contention = Contention.start(key, conflict_retries, busy_timeout, waits)
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
     budget = _turn.session_budget(agent, limits)
-    plan_turn = _next_turn(agent, key, turn_input, given, limits)
-    history = history_read(agent)
+    plan_turn = _next_turn(agent, key, turn_input, given, limits, branch)
+    history = history_read(agent) if branch is None else branch.history(agent)
     while True:
         claim = yield from claim_flow(
             spec,
@@ -408,18 +421,21 @@ def continue_flow(
             history=history,
         )
         instance = claim.instance
-        plan: _turn.TurnPlan = claim.prepared
+        plan: _turn.TurnPlan
+        plan, base, first_rows = claim.prepared
         revision = claim.revision
         try:
             result = yield from _turn.model_flow(agent, plan, mode)
-            new_document = _turn.next_document(plan, result, claim.document)
+            new_document = _turn.next_document(plan, result, base)
             # A summary, if one is due, goes into the same compare-and-swap as the turn.
             new_document, result = yield from _turn.compaction_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
-            # The first rows of this conversation replace any left under the key.
-            fresh = claim.document is None or FROM_VERSION in new_document
+            # The first rows of this conversation replace any left under the key (a
+            # branch's ``first_rows``: a document stored as rows for the first time).
+            fresh = claim.document is None or FROM_VERSION in new_document or bool(first_rows)
+            rows = (*first_rows, *rows)
             written = yield Swap(instance, key, revision, values, where, rows, fresh)
         except Exception:
             # The model call or the final write failed: with a status column, say
@@ -444,30 +460,47 @@ def continue_flow(
         yield from contention.lost(revision, claim=False)
 
 
+Planned = tuple[_turn.TurnPlan, dict[str, Any] | None, tuple[Any, ...]]
+"""A turn's plan, the document it goes on from, and rows to store before its own."""
+
+
 def _next_turn(
     agent: Agent[Any],
     key: Any,
-    turn_input: _turn.TurnInput,
+    turn_input: _turn.TurnInput | None,
     given: _turn.Instructions | None,
     limits: BudgetLimits | None,
-) -> Callable[[dict[str, Any] | None], _turn.TurnPlan]:
+    branch: Branch | None = None,
+) -> Callable[[dict[str, Any] | None], Planned]:
     """Plan the turn on the stored document, before the row is claimed: a refusal
-    (a paused session, missing instruction arguments, a spent budget) leaves the row
-    untouched."""
+    (a paused session, missing instruction arguments, a spent budget, a message id
+    ``branch`` refuses) leaves the row untouched. The plan comes with the document the
+    turn goes on from (the stored one, or the history ``branch`` cut), and the rows
+    that store a document of an earlier version before a branch cuts it."""
     paused = _not_paused(key)
 
-    def plan(document: dict[str, Any] | None) -> _turn.TurnPlan:
+    def plan(
+        document: dict[str, Any] | None,
+    ) -> Planned:
+        if document is None and branch is not None:
+            raise branch.nothing(key)
+        first_rows: tuple[Any, ...] = ()
         if document is None:  # no conversation on this row yet: this turn starts it
+            assert turn_input is not None
             planned = _turn.plan_first_turn(agent, turn_input, given, limits=limits)
         else:
             paused(document)
+            this_input = turn_input
+            if branch is not None:
+                document, this_input, first_rows = branch.cut(agent, document, key)
+            assert this_input is not None
             if given is not None:
                 document = _turn.with_instructions(agent, document, given)
             else:
                 document = _turn.current_instructions(agent, document, session=_session(key))
-            planned = _turn.plan_next_turn(document, turn_input, limits=limits)
+            planned = _turn.plan_next_turn(document, this_input, limits=limits)
         _turn.check_first_call_budget(agent, planned)
-        return planned
+        return planned, document, first_rows
 
     return plan
 
@@ -951,9 +984,16 @@ def _no_conversation(snap: Snapshot) -> bool:
 
 
 def read_flow(
-    spec: SessionSpec, key: Any, where: tuple[Any, ...] = ()
+    spec: SessionSpec, key: Any, where: tuple[Any, ...] = (), *, path: Any = "active"
 ) -> Generator[Any, Any, Context]:
-    """Load a row and its whole active path, and validate its stored context."""
+    """Load a row and its whole active path (``path="all"``: every row, see
+    ``read_all_flow``), and validate its stored context."""
+    if path == "all":
+        return (yield from read_all_flow(spec, key, where))
+    if path != "active":
+        raise InputValidationError(
+            f'path must be "active" or "all", got {path!r}', errors=[], source="path"
+        )
     snap: Snapshot = yield Load(key, None, where, "path")
     return load_context(snap.document, key=key, rows=snap.rows)
 
@@ -1001,3 +1041,337 @@ def _running_for(spec: SessionSpec, snap: Snapshot) -> timedelta | None:
         return None
     age = _naive_utc(utcnow()) - _naive_utc(since)
     return age if age < spec.running_timeout else None
+
+
+# -- the tree of turns: regenerate, edit, switch, rewind ----------------------------
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Where a regenerated or edited turn goes: ``continue_flow`` runs it on the
+    history ``cut`` gives, and its row hangs from that history's last turn (the old
+    turn stays stored, a sibling of the new one).
+
+    ``message_id`` ``None``: regenerate the newest turn (its stored input again);
+    else edit that user message (``turn_input`` in its place).
+    """
+
+    message_id: str | None = None
+    turn_input: _turn.TurnInput | None = None
+    inline: bool = False
+    """The single-column layout (``SessionSpec.inline``)."""
+
+    @property
+    def verb(self) -> str:
+        return "regenerate" if self.message_id is None else "edit"
+
+    def history(self, agent: Agent[Any]) -> HistoryRead:
+        """The rows to read. Under ``LastTurns(n)`` (no compaction): for a regenerate
+        the newest n + 1 turns (the newest is cut), for an edit the path from n turns
+        before the edited one. Else the whole path (a summary may cover cut turns)."""
+        window = agent.history
+        if agent.compaction is not None or not isinstance(window, LastTurns):
+            return "path"
+        if self.message_id is None:
+            return max(window.n, 1) + 1
+        parsed = _tree.parse_id(self.message_id)
+        return "path" if parsed is None else ("from", parsed[0], max(window.n, 1))
+
+    def nothing(self, key: Any) -> InputValidationError:
+        return InputValidationError(
+            f"{_session(key)} has no stored turn to {self.verb}; nothing was run",
+            errors=[],
+            source="message_id" if self.message_id is not None else "session",
+        )
+
+    def cut(
+        self, agent: Agent[Any], document: dict[str, Any], key: Any
+    ) -> tuple[dict[str, Any], _turn.TurnInput, tuple[Any, ...]]:
+        """The history the turn runs on, its input, and the rows that store a document
+        of an earlier version (not stored as rows yet: its turns get their rows first,
+        so that the cut one stays stored); refuses an id that is not a user message of
+        the active path."""
+        first_rows: tuple[Any, ...] = ()
+        if FROM_VERSION in document:
+            _, rows, document = split(document, inline=self.inline)
+            first_rows = tuple(rows)
+        path = list(_paths.seqs(document.get("path") or ()))
+        messages: list[dict[str, Any]] = document["messages"]
+        if self.message_id is None:
+            if not path:
+                raise self.nothing(key)
+            seq = path[-1]
+            at = _position(messages, _tree.message_id(seq, 0))
+            if at is None or messages[at].get("role") != "user":
+                # (the window reads the newest turn; a conversation imported from an
+                # older version may start with a turn of its own without a user message)
+                raise self.nothing(key)
+            turn_input = _turn.validate_input(agent, _stored_input(agent, messages[at], key))
+            return _cut(document, at, _tree.regenerate_base(path)), turn_input, first_rows
+        seq, index, at = _on_path(document, path, self.message_id, key, verb="edit")
+        message = messages[at]
+        if index != 0 or message.get("role") != "user":
+            raise InputValidationError(
+                f"{self.message_id!r} is {_a(message.get('role'))} message of {_session(key)}: "
+                "only a user message can be edited; nothing was run",
+                errors=[],
+                source="message_id",
+            )
+        assert self.turn_input is not None
+        return _cut(document, at, _tree.edit_base(path, seq)), self.turn_input, first_rows
+
+
+def _a(role: Any) -> str:
+    return f"an {role}" if role == "assistant" else f"a {role}"
+
+
+def _position(messages: list[dict[str, Any]], message_id: str) -> int | None:
+    """Where the message ``message_id`` is in ``messages`` (newest first: edits and
+    regenerates are mostly near the end)."""
+    for at in range(len(messages) - 1, -1, -1):
+        if messages[at].get("id") == message_id:
+            return at
+    return None
+
+
+def _on_path(
+    document: dict[str, Any], path: list[int], message_id: Any, key: Any, *, verb: str
+) -> tuple[int, int, int]:
+    """``(seq, index, position in messages)`` of a message of the active path;
+    ``InputValidationError`` for anything else."""
+    parsed = _tree.parse_id(message_id)
+    if parsed is None:
+        raise InputValidationError(
+            f'{message_id!r} is not a message id (Message.id: "<turn>.<index>"); nothing was run',
+            errors=[],
+            source="message_id",
+        )
+    seq, index = parsed
+    at = None
+    if (seq == _tree.ROOT and index == 0) or seq in set(path):
+        at = _position(document["messages"], message_id)
+    if at is None:
+        raise InputValidationError(
+            f"{_session(key)} has no message {message_id!r} on its active path (to {verb} "
+            "a message of another branch, switch_branch to it first); nothing was run",
+            errors=[],
+            source="message_id",
+        )
+    return seq, index, at
+
+
+def _stored_input(agent: Agent[Any], message: dict[str, Any], key: Any) -> Any:
+    """The input a stored user message was sent with."""
+    meta = message.get("meta") or {}
+    stored = meta.get("input")
+    if stored is not None:
+        return stored
+    content = message.get("content")
+    if not isinstance(content, str):
+        raise InputValidationError(
+            f"the newest user message of {_session(key)} has no text input to send again",
+            errors=[],
+            source="input",
+        )
+    try:
+        return input_document(agent.single_input_field, content)
+    except ValueError as exc:
+        raise InputValidationError(
+            f"the newest user message of {_session(key)} is not an input the agent accepts: {exc}",
+            errors=[],
+            source="input",
+        ) from exc
+
+
+def _cut(document: dict[str, Any], end: int, path: list[int]) -> dict[str, Any]:
+    """``document`` with its messages up to ``end`` and its path ``path``. The head's
+    ``last`` and ``summary`` are worked out again from what is left when it is stored
+    (a summary of a cut turn is dropped: the next request sends the messages)."""
+    cut = {k: v for k, v in document.items() if k != "last"}
+    cut["messages"] = document["messages"][:end]
+    cut["path"] = _paths.from_seqs(path)
+    return cut
+
+
+def move_flow(
+    spec: SessionSpec,
+    key: Any,
+    instance: Any,
+    message_id: Any,
+    *,
+    switch: bool,
+    where: tuple[Any, ...] = (),
+) -> Flow:
+    """Rewind (``switch=False``) or switch the active path, with no model call: one
+    compare-and-swap of the head; nothing stored is deleted.
+
+    Rewind: ``message_id`` is the last message of a turn of the active path (or
+    ``"0.0"``, the system message: no turn at all), which becomes the active leaf.
+    Switch: any stored message; the newest turn under its turn becomes the active
+    leaf (``"0.0"``: the newest turn of the whole tree). A paused session is
+    ``ApprovalPendingError``; one running a turn in another worker,
+    ``SessionBusyError``; a write that loses the race, ``StaleSessionError``.
+    """
+    contention = Contention.start(key, 0, None, None)
+    snap: Snapshot = yield Load(key, instance, where, "all" if switch else "path")
+    instance = snap.instance
+    age = _running_for(spec, snap)
+    if age is not None:
+        yield from contention.wait_busy(spec, age)  # no busy_timeout: raises
+    verb = "switch to" if switch else "rewind to"
+    if _no_conversation(snap):
+        raise InputValidationError(
+            f"{_session(key)} has no conversation to {verb} {message_id!r} in",
+            errors=[],
+            source="message_id",
+        )
+    document = read_document(snap, key)
+    _not_paused(key)(document)
+    moved = _switched(snap, message_id, key) if switch else _rewound(document, message_id, key)
+    values, _, joined = _write(spec, moved, SessionStatus.COMPLETED, snap.revision)
+    if (yield Swap(instance, key, snap.revision, values, where)):
+        remember(instance, values[spec.context_attr], joined, "path", None)
+        return instance
+    yield from contention.lost(snap.revision, claim=False)  # no retries: raises
+    raise AssertionError("unreachable")
+
+
+def _rewound(document: dict[str, Any], message_id: Any, key: Any) -> dict[str, Any]:
+    path = list(_paths.seqs(document.get("path") or ()))
+    messages = document["messages"]
+    following: list[int] = []  # "0.0" is the root, with or without a system message
+    if _tree.parse_id(message_id) != (_tree.ROOT, 0):
+        seq, _, at = _on_path(document, path, message_id, key, verb="rewind to")
+        after = _tree.parse_id(messages[at + 1].get("id")) if at + 1 < len(messages) else None
+        if after is not None and after[1] != 0:  # the next turn, or a summary, starts there
+            raise InputValidationError(
+                f"{message_id!r} is not the last message of its turn in {_session(key)}: only "
+                'a turn\'s last message (or "0.0") can be the active leaf; nothing was changed',
+                errors=[],
+                source="message_id",
+            )
+        following = _tree.rewind_base(path, seq)
+    end = len(messages)
+    if len(following) < len(path):
+        found = _position(messages, _tree.message_id(path[len(following)], 0))
+        end = end if found is None else found
+    return _cut(document, end, following)
+
+
+def tree_rows(snap: Snapshot) -> tuple[dict[int, int | None], dict[int, int], dict[int, Any]]:
+    """The stored rows a load of every row read: the turns (``seq -> parent``), the
+    summaries (``seq -> anchor``) and each row's data, rows at or past ``next`` left
+    out (a write that never committed)."""
+    head = snap.document
+    rows = snap.rows if snap.rows is not None else (head.get("rows") or ())
+    newest = int(head.get("next", 1))
+    turns: dict[int, int | None] = {}
+    summaries: dict[int, int] = {}
+    data: dict[int, Any] = {}
+    for seq, parent, raw in rows:
+        if seq >= newest:
+            continue
+        parsed = _parsed(raw)
+        data[seq] = parsed
+        if len(parsed) == 1 and _is_summary_message(parsed[0]) and parent is not None:
+            summaries[seq] = parent
+        else:
+            turns[seq] = parent
+    return turns, summaries, data
+
+
+def _switched(snap: Snapshot, message_id: Any, key: Any) -> dict[str, Any]:
+    head = snap.document
+    turns, _, data = tree_rows(snap)
+    parsed = _tree.parse_id(message_id)
+    known = parsed is not None and (
+        parsed == (_tree.ROOT, 0) or (parsed[0] in turns and parsed[1] < len(data[parsed[0]]))
+    )
+    if parsed is None or not known:
+        raise InputValidationError(
+            f"{_session(key)} has no message {message_id!r} to switch to; nothing was changed",
+            errors=[],
+            source="message_id",
+        )
+    path = _tree.switch_path(turns, parsed[0])
+    moved_head = {k: v for k, v in head.items() if k not in ("summary", "last")}
+    moved_head["path"] = _paths.from_seqs(path)
+    return joined_document(moved_head, snap.rows, key=key)
+
+
+def branch_flow(
+    spec: SessionSpec,
+    model: Model,
+    key: Any,
+    instance: Any,
+    message_id: Any,
+    input: Any,
+    conflict_retries: int,
+    *,
+    regenerate: bool,
+    agent: Agent[Any] | None = None,
+    **options: Any,
+) -> Flow:
+    """Regenerate the newest turn (``regenerate=True``) or edit the user message
+    ``message_id`` with ``input``: a turn (``continue_flow``, its options) on the
+    history before that turn; the old turn stays stored, a sibling of the new one.
+    The new input and the id's form are checked before anything is read."""
+    agent = spec.agent if agent is None else agent
+    if regenerate:
+        branch = Branch(inline=spec.inline)
+    else:
+        if _tree.parse_id(message_id) is None:
+            raise InputValidationError(
+                f'{message_id!r} is not a message id (Message.id: "<turn>.<index>"); '
+                "nothing was run",
+                errors=[],
+                source="message_id",
+            )
+        branch = Branch(message_id, _turn.validate_input(agent, input), spec.inline)
+    return (
+        yield from continue_flow(
+            spec,
+            model,
+            key,
+            instance,
+            None,
+            conflict_retries,
+            branch=branch,
+            agent=agent,
+            **options,
+        )
+    )
+
+
+def read_all_flow(
+    spec: SessionSpec, key: Any, where: tuple[Any, ...] = ()
+) -> Generator[Any, Any, Context]:
+    """Load a row and every stored row of its tree: a ``Context`` whose ``messages``
+    are the system message and every row's messages (seq order, each with its id and
+    parent); ``path`` is the active path."""
+    snap: Snapshot = yield Load(key, None, where, "all")
+    document = read_document(snap, key)
+    if FROM_VERSION in document:  # not stored as rows yet: one path, no ids
+        context = load_context(document, key=key)
+        context._every_row = True
+        return context
+    turns, summaries, data = tree_rows(snap)
+    system = [m for m in document["messages"][:1] if m.get("id") == "0.0"]
+    messages: list[dict[str, Any]] = list(system)
+    last_of: dict[int, str] = {}
+    for seq in sorted(data):
+        parent = turns[seq] if seq in turns else summaries[seq]
+        previous = last_of.get(parent) if parent is not None else None
+        for index, message in enumerate(data[seq]):
+            ident = _tree.message_id(seq, index)
+            entry = {**message, "id": ident}
+            if previous is not None:
+                entry["parent"] = previous
+            messages.append(entry)
+            if seq in turns:
+                previous = ident
+        if previous is not None and seq in turns:
+            last_of[seq] = previous
+    context = load_context({**document, "messages": messages}, key=key)
+    context._every_row = True
+    return context

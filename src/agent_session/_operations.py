@@ -41,7 +41,8 @@ HistoryRead = int | Literal["after_summary", "path", "all"] | tuple[str, Any, in
 """Which history rows a ``Load`` reads with the head: ``None`` none, an int n the
 newest n turns of the active path, ``"after_summary"`` the path after the head
 summary's anchor, ``"path"`` the whole active path (and the summaries on it),
-``"all"`` every row, ``("page", seq, n)`` the newest n turns up to turn ``seq``."""
+``"all"`` every row, ``("page", seq, n)`` the newest n turns up to turn ``seq``,
+``("from", seq, n)`` the path from n turns before turn ``seq`` to its end."""
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from . import _paths
 from .errors import ContextError, show_key
@@ -426,6 +426,55 @@ class Context(BaseModel):
         doc["path"] = [list(run) for run in self.path]
         doc["next"] = self.next
         return doc
+
+    _every_row: bool = PrivateAttr(default=False)
+    """Read with ``path="all"``: ``messages`` holds every stored row."""
+
+    def branches_at(self, message_id: str) -> list[str]:
+        """The versions of a message: its id and the id of the same place in each
+        sibling turn (a turn a regenerate or an edit made beside it), oldest first.
+
+        The same place is the sibling's user message for a user message, its final
+        reply for a final reply (else the message with the same index, or its last).
+        ``switch_branch`` with one of them makes that version active. Needs every
+        stored message: read the context with ``get_context(..., path="all")``
+        (``ValueError`` otherwise, or when the id is not a message of this context).
+        """
+        if not self._every_row:
+            raise ValueError(
+                'branches_at needs every stored message: read the context with path="all"'
+            )
+        rows: dict[int, list[Any]] = {}  # seq -> [parent seq, message count, is a turn]
+        for message in self.messages:
+            row_text, _, place = (message.id or "").partition(".")
+            if not row_text.isdigit() or row_text == "0" or not place.isdigit():
+                continue
+            row = rows.setdefault(int(row_text), [None, 0, message.meta.summary is None])
+            row[1] = max(row[1], int(place) + 1)
+            if place == "0" and message.parent is not None:
+                row[0] = int(message.parent.partition(".")[0])
+        seq_text, _, index_text = str(message_id).partition(".")
+        if message_id == "0.0":
+            return [message_id]
+        if not (seq_text.isdigit() and index_text.isdigit()) or int(seq_text) not in rows:
+            raise ValueError(f"no message {message_id!r} in this context")
+        seq, index = int(seq_text), int(index_text)
+        parent, count, _ = rows[seq]
+        if index >= count:
+            raise ValueError(f"no message {message_id!r} in this context")
+        found = []
+        for other in sorted(rows):
+            other_parent, other_count, is_turn = rows[other]
+            if other_parent != parent or not is_turn:
+                continue
+            if index == 0:
+                at = 0
+            elif index == count - 1:
+                at = other_count - 1
+            else:
+                at = min(index, other_count - 1)
+            found.append(f"{other}.{at}")
+        return found
 
     @property
     def pending_approvals(self) -> list[PendingApproval]:
@@ -778,7 +827,8 @@ def seq_range(head: Any, history: Any) -> tuple[int, int] | None:
     ``"after_summary"`` (the path after the head summary's anchor), ``"path"`` (the
     whole active path, and the summaries anchored on it), ``"all"`` (every row), or
     ``("page", seq, n)``: the newest n turns of the path up to turn ``seq`` (``None``:
-    the newest).
+    the newest), or ``("from", seq, n)``: the path from n turns before turn ``seq`` to
+    its end (an edit of that turn under a window of n turns).
     """
     if history is None or not is_head(head):
         return None
@@ -790,6 +840,13 @@ def seq_range(head: Any, history: Any) -> tuple[int, int] | None:
         return (1, newest) if newest >= 1 else None
     if not path:
         return None
+    if isinstance(history, tuple) and history[0] == "from":
+        _, at, n = history
+        where = _paths.position(path, at)
+        if where is None:
+            return None
+        first = _paths.last_seqs(path, _paths.count(path) - max(where - n, 0))[0]
+        return first, newest
     if isinstance(history, tuple):
         _, upto, n = history
         if upto is not None:

@@ -611,12 +611,18 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        path: Literal["active", "all"] = "active",
     ) -> Context:
-        """The stored conversation of one row, validated (``where`` as in ``continue_session``)."""
+        """The stored conversation of one row, validated (``where`` as in ``continue_session``).
+
+        ``path="active"``: the active path (what the next turn goes on from);
+        ``path="all"``: every stored message of every branch, each with its ``id`` and
+        ``parent`` (``Context.branches_at`` names the versions of a message).
+        """
         spec = _spec(cls)
         store = SyncStore(spec, spec.agent.model, db)
         key, _ = _key_and_instance(cls, pk)
-        flow = _flows.read_flow(spec, key, _criteria(spec, where))
+        flow = _flows.read_flow(spec, key, _criteria(spec, where), path=path)
         return _observe.drive(
             spec.agent, flow, store, call="get_context", key=key, store=store, turn=False
         )
@@ -679,6 +685,259 @@ class AgentSessionMixin(_Generic[OutputT]):
         flow = _flows.import_flow(spec, messages, instruction_args, values, criteria)
         return _observe.drive(  # type: ignore[no-any-return]
             spec.agent, flow, store, call="import_session", store=store, turn=False
+        )
+
+    # -- the tree of turns ----------------------------------------------------------
+
+    @overload
+    @classmethod
+    def regenerate_session(
+        cls,
+        db: SyncDb,
+        session_or_pk: Any,
+        /,
+        *,
+        stream: Literal[False] = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> Self: ...
+
+    @overload
+    @classmethod
+    def regenerate_session(
+        cls,
+        db: SyncDb,
+        session_or_pk: Any,
+        /,
+        *,
+        stream: Literal[True],
+        on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> TurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    def regenerate_session(
+        cls,
+        db: SyncDb,
+        session_or_pk: Any,
+        /,
+        *,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> Self | TurnStream[OutputT, Self]: ...
+
+    @classmethod
+    def regenerate_session(
+        cls,
+        db: SyncDb,
+        session_or_pk: Any,
+        /,
+        *,
+        conflict_retries: int = 0,
+        busy_timeout: float | None = None,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
+        stream: bool = False,
+        on_cancel: OnCancel = "discard",
+    ) -> Self | TurnStream[OutputT, Self]:
+        """Run the newest turn again: its stored input, on the history before it.
+
+        The new reply becomes the active one; the old turn stays stored as its
+        sibling (``Context.branches_at``, ``switch_branch``). A turn that called tools
+        runs whole again. Its usage and cost add to the session's totals, as every
+        turn's do. One compare-and-swap, as a turn: the options, ``stream=True`` and
+        the refusals are ``continue_session``'s (a session with no turn is an
+        ``InputValidationError``; a paused one, ``ApprovalPendingError``).
+        """
+        spec = _spec(cls)
+        _check_on_cancel(stream, on_cancel)
+        key, instance = _key_and_instance(cls, session_or_pk)
+        agent = spec.agent._for_call(model, model_settings)
+        store = SyncStore(spec, agent.model, db, _tools(spec, deps, key))
+        flow = _flows.branch_flow(
+            spec,
+            store.model,
+            key,
+            instance,
+            None,
+            None,
+            conflict_retries,
+            regenerate=True,
+            agent=agent,
+            busy_timeout=busy_timeout,
+            where=_criteria(spec, where),
+            limits=_limits(spec, max_session_tokens, max_session_cost),
+            instruction_args=instruction_args,
+        )
+        if stream:
+            return _streaming.stream_session(
+                agent, flow, store, call="regenerate_session", key=key, on_cancel=on_cancel
+            )
+        return _observe.drive(  # type: ignore[no-any-return]
+            agent, flow, store, call="regenerate_session", key=key, store=store
+        )
+
+    @overload
+    @classmethod
+    def edit_session(
+        cls,
+        db: SyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        stream: Literal[False] = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> Self: ...
+
+    @overload
+    @classmethod
+    def edit_session(
+        cls,
+        db: SyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        stream: Literal[True],
+        on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> TurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    def edit_session(
+        cls,
+        db: SyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> Self | TurnStream[OutputT, Self]: ...
+
+    @classmethod
+    def edit_session(
+        cls,
+        db: SyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        conflict_retries: int = 0,
+        busy_timeout: float | None = None,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
+        stream: bool = False,
+        on_cancel: OnCancel = "discard",
+    ) -> Self | TurnStream[OutputT, Self]:
+        """Replace the user message ``message_id`` (a ``Message.id`` of the active path)
+        with ``input``, and run the turn from there.
+
+        The old message and everything after it stay stored, on their branch. An id
+        that is not a user message of the active path is an ``InputValidationError``
+        before any model call, nothing written. Options, ``stream=True`` and refusals
+        as in ``continue_session``; a summary of the replaced turns no longer applies
+        (the next request sends the messages).
+        """
+        spec = _spec(cls)
+        _check_on_cancel(stream, on_cancel)
+        key, instance = _key_and_instance(cls, session_or_pk)
+        agent = spec.agent._for_call(model, model_settings)
+        store = SyncStore(spec, agent.model, db, _tools(spec, deps, key))
+        flow = _flows.branch_flow(
+            spec,
+            store.model,
+            key,
+            instance,
+            message_id,
+            input,
+            conflict_retries,
+            regenerate=False,
+            agent=agent,
+            busy_timeout=busy_timeout,
+            where=_criteria(spec, where),
+            limits=_limits(spec, max_session_tokens, max_session_cost),
+            instruction_args=instruction_args,
+        )
+        if stream:
+            return _streaming.stream_session(
+                agent, flow, store, call="edit_session", key=key, on_cancel=on_cancel
+            )
+        return _observe.drive(  # type: ignore[no-any-return]
+            agent, flow, store, call="edit_session", key=key, store=store
+        )
+
+    @classmethod
+    def switch_branch(
+        cls,
+        db: SyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        /,
+        *,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+    ) -> Self:
+        """Make the branch of ``message_id`` (any stored message) the active one: the
+        newest turn under that message's turn becomes the active leaf.
+
+        No model call; one compare-and-swap of the row (``StaleSessionError`` when
+        another write came first). An unknown id is an ``InputValidationError``, a
+        paused session ``ApprovalPendingError``, a session running a turn in another
+        worker ``SessionBusyError``; nothing is written then.
+        """
+        spec = _spec(cls)
+        store = SyncStore(spec, spec.agent.model, db)
+        key, instance = _key_and_instance(cls, session_or_pk)
+        flow = _flows.move_flow(
+            spec, key, instance, message_id, switch=True, where=_criteria(spec, where)
+        )
+        return _observe.drive(  # type: ignore[no-any-return]
+            spec.agent, flow, store, call="switch_branch", key=key, store=store, turn=False
+        )
+
+    @classmethod
+    def rewind_session(
+        cls,
+        db: SyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        /,
+        *,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+    ) -> Self:
+        """Make ``message_id`` the active leaf: the last message of a turn on the active
+        path, or ``"0.0"`` (the system message: no turn at all). Nothing is deleted;
+        the next ``continue_session`` branches from there.
+
+        No model call; refusals and the compare-and-swap as in ``switch_branch`` (an id
+        that is not a turn's last message on the active path: ``InputValidationError``).
+        """
+        spec = _spec(cls)
+        store = SyncStore(spec, spec.agent.model, db)
+        key, instance = _key_and_instance(cls, session_or_pk)
+        flow = _flows.move_flow(
+            spec, key, instance, message_id, switch=False, where=_criteria(spec, where)
+        )
+        return _observe.drive(  # type: ignore[no-any-return]
+            spec.agent, flow, store, call="rewind_session", key=key, store=store, turn=False
         )
 
     # -- async API ----------------------------------------------------------------
@@ -958,12 +1217,13 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        path: Literal["active", "all"] = "active",
     ) -> Context:
         """Async twin of ``get_context``."""
         spec = _spec(cls)
         store = AsyncStore(spec, spec.agent.model, db)
         key, _ = _key_and_instance(cls, pk)
-        flow = _flows.read_flow(spec, key, _criteria(spec, where))
+        flow = _flows.read_flow(spec, key, _criteria(spec, where), path=path)
         return await _observe.adrive(
             spec.agent, flow, store, call="aget_context", key=key, store=store, turn=False
         )
@@ -1008,6 +1268,228 @@ class AgentSessionMixin(_Generic[OutputT]):
         flow = _flows.import_flow(spec, messages, instruction_args, values, criteria)
         return await _observe.adrive(
             spec.agent, flow, store, call="aimport_session", store=store, turn=False
+        )
+
+    # -- the tree of turns, async -----------------------------------------------------
+
+    @overload
+    @classmethod
+    async def aregenerate_session(
+        cls,
+        db: AsyncDb,
+        session_or_pk: Any,
+        /,
+        *,
+        stream: Literal[False] = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> Self: ...
+
+    @overload
+    @classmethod
+    async def aregenerate_session(
+        cls,
+        db: AsyncDb,
+        session_or_pk: Any,
+        /,
+        *,
+        stream: Literal[True],
+        on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> AsyncTurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    async def aregenerate_session(
+        cls,
+        db: AsyncDb,
+        session_or_pk: Any,
+        /,
+        *,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> Self | AsyncTurnStream[OutputT, Self]: ...
+
+    @classmethod
+    async def aregenerate_session(
+        cls,
+        db: AsyncDb,
+        session_or_pk: Any,
+        /,
+        *,
+        conflict_retries: int = 0,
+        busy_timeout: float | None = None,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
+        stream: bool = False,
+        on_cancel: OnCancel = "discard",
+    ) -> Self | AsyncTurnStream[OutputT, Self]:
+        """Async twin of ``regenerate_session``."""
+        spec = _spec(cls)
+        _check_on_cancel(stream, on_cancel)
+        key, instance = _key_and_instance(cls, session_or_pk)
+        agent = spec.agent._for_call(model, model_settings)
+        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, key))
+        flow = _flows.branch_flow(
+            spec,
+            store.model,
+            key,
+            instance,
+            None,
+            None,
+            conflict_retries,
+            regenerate=True,
+            agent=agent,
+            busy_timeout=busy_timeout,
+            where=_criteria(spec, where),
+            limits=_limits(spec, max_session_tokens, max_session_cost),
+            instruction_args=instruction_args,
+        )
+        if stream:
+            return await _streaming.astream_session(
+                agent, flow, store, call="aregenerate_session", key=key, on_cancel=on_cancel
+            )
+        return await _observe.adrive(
+            agent, flow, store, call="aregenerate_session", key=key, store=store
+        )
+
+    @overload
+    @classmethod
+    async def aedit_session(
+        cls,
+        db: AsyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        stream: Literal[False] = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> Self: ...
+
+    @overload
+    @classmethod
+    async def aedit_session(
+        cls,
+        db: AsyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        stream: Literal[True],
+        on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> AsyncTurnStream[OutputT, Self]: ...
+
+    @overload
+    @classmethod
+    async def aedit_session(
+        cls,
+        db: AsyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        stream: bool,
+        on_cancel: OnCancel = ...,
+        **options: Unpack[_TurnOptions],
+    ) -> Self | AsyncTurnStream[OutputT, Self]: ...
+
+    @classmethod
+    async def aedit_session(
+        cls,
+        db: AsyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        input: BaseModel | Mapping[str, Any] | str,
+        /,
+        *,
+        conflict_retries: int = 0,
+        busy_timeout: float | None = None,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        deps: Any = None,
+        model: str | Model | None = None,
+        model_settings: Mapping[str, Any] | None = None,
+        max_session_tokens: int | None = None,
+        max_session_cost: float | None = None,
+        stream: bool = False,
+        on_cancel: OnCancel = "discard",
+    ) -> Self | AsyncTurnStream[OutputT, Self]:
+        """Async twin of ``edit_session``."""
+        spec = _spec(cls)
+        _check_on_cancel(stream, on_cancel)
+        key, instance = _key_and_instance(cls, session_or_pk)
+        agent = spec.agent._for_call(model, model_settings)
+        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, key))
+        flow = _flows.branch_flow(
+            spec,
+            store.model,
+            key,
+            instance,
+            message_id,
+            input,
+            conflict_retries,
+            regenerate=False,
+            agent=agent,
+            busy_timeout=busy_timeout,
+            where=_criteria(spec, where),
+            limits=_limits(spec, max_session_tokens, max_session_cost),
+            instruction_args=instruction_args,
+        )
+        if stream:
+            return await _streaming.astream_session(
+                agent, flow, store, call="aedit_session", key=key, on_cancel=on_cancel
+            )
+        return await _observe.adrive(agent, flow, store, call="aedit_session", key=key, store=store)
+
+    @classmethod
+    async def aswitch_branch(
+        cls,
+        db: AsyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        /,
+        *,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+    ) -> Self:
+        """Async twin of ``switch_branch``."""
+        spec = _spec(cls)
+        store = AsyncStore(spec, spec.agent.model, db)
+        key, instance = _key_and_instance(cls, session_or_pk)
+        flow = _flows.move_flow(
+            spec, key, instance, message_id, switch=True, where=_criteria(spec, where)
+        )
+        return await _observe.adrive(
+            spec.agent, flow, store, call="aswitch_branch", key=key, store=store, turn=False
+        )
+
+    @classmethod
+    async def arewind_session(
+        cls,
+        db: AsyncDb,
+        session_or_pk: Any,
+        message_id: str,
+        /,
+        *,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+    ) -> Self:
+        """Async twin of ``rewind_session``."""
+        spec = _spec(cls)
+        store = AsyncStore(spec, spec.agent.model, db)
+        key, instance = _key_and_instance(cls, session_or_pk)
+        flow = _flows.move_flow(
+            spec, key, instance, message_id, switch=False, where=_criteria(spec, where)
+        )
+        return await _observe.adrive(
+            spec.agent, flow, store, call="arewind_session", key=key, store=store, turn=False
         )
 
 

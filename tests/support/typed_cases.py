@@ -198,3 +198,28 @@ def flag_cases(db: Session, chat: OwnColumnsChat, flag: bool) -> None:
         OwnColumnsChat | TurnStream[Reply, OwnColumnsChat],
     )
     assert_type(reply_agent.run("hi", stream=flag), Result[Reply] | TurnStream[Reply, None])
+
+
+async def tree_cases(db: Session, adb: AsyncSession, chat: OwnColumnsChat) -> None:
+    """Regenerate, edit, switch and rewind: typed like a turn."""
+    from agent_session import AsyncTurnStream, TurnStream
+
+    assert_type(OwnColumnsChat.regenerate_session(db, chat), OwnColumnsChat)
+    assert_type(OwnColumnsChat.edit_session(db, chat, "1.0", "hi"), OwnColumnsChat)
+    assert_type(
+        OwnColumnsChat.regenerate_session(db, chat, stream=True),
+        TurnStream[Reply, OwnColumnsChat],
+    )
+    assert_type(
+        OwnColumnsChat.edit_session(db, chat, "1.0", "hi", stream=True),
+        TurnStream[Reply, OwnColumnsChat],
+    )
+    assert_type(OwnColumnsChat.switch_branch(db, chat, "1.0"), OwnColumnsChat)
+    assert_type(OwnColumnsChat.rewind_session(db, chat, "1.1"), OwnColumnsChat)
+    astream = await OwnColumnsChat.aedit_session(adb, chat, "1.0", "hi", stream=True)
+    assert_type(astream, AsyncTurnStream[Reply, OwnColumnsChat])
+    assert_type(await OwnColumnsChat.aregenerate_session(adb, chat), OwnColumnsChat)
+    assert_type(await OwnColumnsChat.aswitch_branch(adb, chat, "1.0"), OwnColumnsChat)
+    assert_type(await OwnColumnsChat.arewind_session(adb, chat, "0.0"), OwnColumnsChat)
+    context = OwnColumnsChat.get_context(db, chat.id, path="all")
+    assert_type(context.branches_at("1.0"), list[str])
