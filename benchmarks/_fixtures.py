@@ -256,11 +256,11 @@ def make_document(messages: int, *, check: bool = True) -> dict[str, Any]:
     return document
 
 
-def chat_items(messages: int) -> list[dict[str, Any]]:
+def chat_items(messages: int, *, check: bool = True) -> list[dict[str, Any]]:
     """The same conversation as plain chat items (what a per-message store keeps)."""
     return [
         {"role": m["role"], "content": m["content"]}
-        for m in make_document(messages)["messages"]
+        for m in make_document(messages, check=check)["messages"]
         if m["role"] != "system"
     ]
 
