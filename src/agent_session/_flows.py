@@ -27,12 +27,25 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from . import _turn
-from ._operations import Insert, Load, Sleep, Snapshot, Swap
+from ._operations import HistoryRead, Insert, Load, Sleep, Snapshot, Swap
 from ._text import encodable
-from .context import Context, Message, isoformat, load_context, utcnow
+from .context import (
+    FROM_VERSION,
+    Context,
+    Message,
+    isoformat,
+    joined_document,
+    load_context,
+    older_form,
+    split,
+    utcnow,
+)
+from .context import _validatable as validatable
 from .errors import (
     AgentSessionError,
     ApprovalPendingError,
@@ -41,7 +54,7 @@ from .errors import (
     StaleSessionError,
     show_key,
 )
-from .history import BudgetLimits
+from .history import BudgetLimits, LastTurns
 from .llm import Model
 
 if TYPE_CHECKING:
@@ -89,6 +102,13 @@ class SessionSpec:
     running_timeout: timedelta
     statements: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     """SQL statements the stores built for this class, reused on every turn."""
+    history_table: Any = field(default=None, compare=False, repr=False)
+    """The companion table of history rows (``None``: the single-column layout)."""
+
+    @property
+    def inline(self) -> bool:
+        """The single-column layout: the head keeps every row."""
+        return self.history_table is None
 
     @property
     def agent(self) -> Agent[Any]:
@@ -112,25 +132,75 @@ def _naive_utc(moment: datetime) -> datetime:
 
 
 def read_document(snap: Snapshot, key: Any) -> dict[str, Any]:
-    """Validate the stored document once; a document this library just wrote is trusted."""
-    doc: Any = snap.document
-    if doc is not None and written_marker(snap.instance) is doc:
-        return cast("dict[str, Any]", doc)
-    context = load_context(doc, key=key)
-    if context.version != doc.get("version"):
-        return context.to_document()
-    return cast("dict[str, Any]", doc)
+    """The joined document of what a load read (the head and its rows), validated
+    once; a document this library just wrote is trusted."""
+    if snap.joined is not None:
+        return snap.joined
+    joined = joined_document(snap.document, snap.rows, key=key)
+    try:
+        Context.model_validate(validatable(joined))
+    except ValidationError as exc:
+        load_context(joined, key=key)  # raises the ContextError that names the problem
+        raise AssertionError("unreachable") from exc
+    return joined
 
 
-def written_marker(instance: Any) -> Any:
-    """The document this library last wrote on ``instance`` (``None`` if none)."""
+def written_marker(instance: Any) -> tuple[Any, Any, Any] | None:
+    """What this library last wrote on ``instance``: ``(head, joined document, history
+    read)`` (``None`` if nothing)."""
     return getattr(instance, _VALID_DOC, None)
 
 
-def remember(instance: Any, document: dict[str, Any], result: Any) -> None:
-    """Mark ``document`` as written (valid) and keep the turn's result on the instance."""
-    object.__setattr__(instance, _VALID_DOC, document)
+def covers(written: tuple[Any, Any, Any], history: HistoryRead) -> bool:
+    """Whether a remembered joined document holds what a load of ``history`` reads."""
+    joined = written[1]
+    if joined is None:
+        return history is None
+    if history is None or history == written[2]:
+        return True
+    return bool(joined.get("loaded", 0) == 0 and history != "all")
+
+
+def remember(
+    instance: Any, head: Any, joined: dict[str, Any], history: HistoryRead, result: Any
+) -> None:
+    """Mark ``head`` as written (valid) with the joined document it stores, and keep
+    the turn's result on the instance. A windowed read's document is not kept (the
+    next turn reads its window again: memory stays flat in the history's length)."""
+    kept = None if isinstance(history, int) else joined
+    object.__setattr__(instance, _VALID_DOC, (head, kept, history))
     object.__setattr__(instance, _LAST_RESULT, result)
+
+
+def history_read(agent: Agent[Any]) -> HistoryRead:
+    """The history rows a turn of ``agent`` reads: with compaction, the path after the
+    summary's anchor; with ``LastTurns(n)``, the newest n turns; else the whole path."""
+    if agent.compaction is not None:
+        return "after_summary"
+    window = agent.history
+    if isinstance(window, LastTurns):
+        return max(window.n, 1)
+    return "path"
+
+
+def _stored(
+    spec: SessionSpec, document: dict[str, Any]
+) -> tuple[dict[str, Any], tuple[Any, ...], dict[str, Any]]:
+    """The head and new rows that store a joined document, and the joined document
+    as stored (every message with its id)."""
+    head, rows, after = split(document, inline=spec.inline)
+    return head, tuple(rows), after
+
+
+def _head_only(spec: SessionSpec, document: dict[str, Any]) -> dict[str, Any]:
+    """What a write that changes only head fields stores: the head (no row is
+    written), or a document not stored as rows yet in its own form."""
+    if FROM_VERSION in document:
+        return older_form(document)
+    head, rows, _ = split(document, inline=spec.inline)
+    if rows:
+        raise AssertionError("a write of head fields found new messages")
+    return head
 
 
 def start_flow(
@@ -149,42 +219,147 @@ def start_flow(
     """
     agent = spec.agent if agent is None else agent
     plan = _turn.plan_first_turn(agent, input, instruction_args, limits=limits)
+    instance = _new_instance(spec, values, "start_session")
+    mode = agent.output_mode(model)  # after validation: may import LiteLLM
+    result = yield from _turn.model_flow(agent, plan, mode)
+    document = _turn.next_document(plan, result, None)
+    document, result = yield from _turn.compaction_flow(agent, plan, document, result)
+    head, rows, joined = _stored(spec, document)
+    setattr(instance, spec.context_attr, head)
+    setattr(instance, spec.revision_attr, 1)
+    if spec.status_attr is not None:
+        setattr(instance, spec.status_attr, _outcome(result).value)
+        setattr(instance, spec.status_changed_attr or "", _naive_utc(plan.now))
+    instance = yield Insert(instance, rows)
+    remember(instance, head, joined, "path", result)
+    return instance
+
+
+def _new_instance(spec: SessionSpec, values: Mapping[str, Any], call: str) -> Any:
+    """A new row of ``spec.cls`` with the caller's column values (checked first)."""
     reserved = {spec.context_attr, spec.revision_attr, spec.status_attr, spec.status_changed_attr}
     clash = {name for name in reserved if name is not None and name in values}
     if clash:
         raise InputValidationError(
-            f"{spec.cls.__name__}.start_session: {sorted(clash)} are managed by the library",
+            f"{spec.cls.__name__}.{call}: {sorted(clash)} are managed by the library",
             errors=[],
             source="values",
         )
     unencodable = sorted(k for k, v in values.items() if isinstance(v, str) and not encodable(v))
     if unencodable:
         raise InputValidationError(
-            f"{spec.cls.__name__}.start_session: {unencodable} hold a character that cannot "
+            f"{spec.cls.__name__}.{call}: {unencodable} hold a character that cannot "
             "be encoded as UTF-8 (a lone surrogate)",
             errors=[],
             source="values",
         )
     try:
-        instance = spec.cls(**values)
+        return spec.cls(**values)
     except TypeError as exc:
         raise InputValidationError(
-            f"{spec.cls.__name__}.start_session: bad column values: {exc}",
+            f"{spec.cls.__name__}.{call}: bad column values: {exc}",
             errors=[],
             source="values",
         ) from exc
-    mode = agent.output_mode(model)  # after validation: may import LiteLLM
-    result = yield from _turn.model_flow(agent, plan, mode)
-    document = _turn.next_document(plan, result, None)
-    document, result = yield from _turn.compaction_flow(agent, plan, document, result)
-    setattr(instance, spec.context_attr, document)
+
+
+def import_flow(
+    spec: SessionSpec,
+    messages: Any,
+    instruction_args: Any,
+    values: Mapping[str, Any],
+    where: tuple[Any, ...] = (),
+) -> Flow:
+    """Validate an existing conversation and insert it as a new session (no model call).
+
+    ``where``: criteria the new row must match (checked in the insert's transaction;
+    a row outside them is an ``InputValidationError`` and nothing is stored)."""
+    from ._import import imported_document
+
+    agent = spec.agent
+    instructions = _turn.validate_instructions(agent, instruction_args)
+    now = utcnow()
+    document = imported_document(agent, messages, instructions, now)
+    instance = _new_instance(spec, values, "import_session")
+    head, rows, _ = split(document, inline=spec.inline)
+    del document
+    setattr(instance, spec.context_attr, head)
     setattr(instance, spec.revision_attr, 1)
     if spec.status_attr is not None:
-        setattr(instance, spec.status_attr, _outcome(result).value)
-        setattr(instance, spec.status_changed_attr or "", _naive_utc(plan.now))
-    instance = yield Insert(instance)
-    remember(instance, document, result)
+        setattr(instance, spec.status_attr, SessionStatus.COMPLETED.value)
+        setattr(instance, spec.status_changed_attr or "", _naive_utc(now))
+    instance = yield Insert(instance, tuple(rows), where)
     return instance
+
+
+def messages_flow(
+    spec: SessionSpec, key: Any, where: tuple[Any, ...], before: Any, limit: Any
+) -> Generator[Any, Any, list[Message]]:
+    """A page of the active path's messages: the ``limit`` newest before message id
+    ``before`` (``None``: the newest), oldest first; reads only the rows of the page."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise InputValidationError(
+            f"limit must be an int >= 0, got {limit!r}", errors=[], source="limit"
+        )
+    upto: tuple[int, int] | None = None
+    if before is not None:
+        upto = _message_id(before)
+    if limit == 0:
+        return []
+    # A row holds one message at least: ``limit`` turns always hold the page.
+    page = ("page", None if upto is None else upto[0], limit)
+    snap: Snapshot = yield Load(key, None, where, None if spec.inline else page)
+    joined = joined_document(snap.document, snap.rows, key=key)
+    # The conversation's messages: neither the instruction nor summaries.
+    messages = [m for m in joined.get("messages") or () if m.get("role") != "system"]
+    if upto is not None:
+        messages = [m for m in messages if m.get("id") and _before(m["id"], upto)]
+    chosen = messages[-limit:]
+    try:
+        return [Message.model_validate(m) for m in _expand(joined, chosen)]
+    except ValidationError as exc:
+        load_context(joined, key=key)  # the ContextError that names the problem
+        raise AssertionError("unreachable") from exc
+
+
+def _expand(joined: dict[str, Any], messages: list[dict[str, Any]]) -> list[Any]:
+    from .context import _expand_messages
+
+    # Messages without ``created_at`` were created with the one before: a page's
+    # first such message takes the time of its turn's user message.
+    created: dict[str, Any] = {}
+    for message in joined.get("messages") or ():
+        ident = message.get("id") or ""
+        at = (message.get("meta") or {}).get("created_at")
+        if at is not None:
+            created[ident.split(".", 1)[0]] = at
+    expanded = []
+    for message in messages:
+        seq = (message.get("id") or "").split(".", 1)[0]
+        expanded.extend(
+            _expand_messages([message], created.get(seq, joined.get("created_at")))
+        )
+    return expanded
+
+
+def _message_id(value: Any) -> tuple[int, int]:
+    try:
+        seq, index = str(value).split(".")
+        found = int(seq), int(index)
+    except ValueError:
+        found = (-1, -1)
+    if not isinstance(value, str) or found[0] < 0 or found[1] < 0:
+        raise InputValidationError(
+            f'before must be a message id such as "12.0", got {value!r}',
+            errors=[],
+            source="before",
+        )
+    return found
+
+
+def _before(ident: str, upto: tuple[int, int]) -> bool:
+    seq, index = (int(part) for part in ident.split("."))
+    return (seq, index) < upto
 
 
 def continue_flow(
@@ -222,9 +397,17 @@ def continue_flow(
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
     budget = _turn.session_budget(agent, limits)
     plan_turn = _next_turn(agent, key, turn_input, given, limits)
+    history = history_read(agent)
     while True:
         claim = yield from claim_flow(
-            spec, key, instance, contention, where, check=plan_turn, mark=budget is not None
+            spec,
+            key,
+            instance,
+            contention,
+            where,
+            check=plan_turn,
+            mark=budget is not None,
+            history=history,
         )
         instance = claim.instance
         plan: _turn.TurnPlan = claim.prepared
@@ -236,8 +419,8 @@ def continue_flow(
             new_document, result = yield from _turn.compaction_flow(
                 agent, plan, new_document, result
             )
-            values = _write(spec, new_document, _outcome(result), revision)
-            written = yield Swap(instance, key, revision, values, where)
+            values, rows, joined = _write(spec, new_document, _outcome(result), revision)
+            written = yield Swap(instance, key, revision, values, where, rows)
         except Exception:
             # The model call or the final write failed: with a status column, say
             # so (keeping the previous context) rather than leave it ``running``;
@@ -253,7 +436,7 @@ def continue_flow(
                     yield Swap(instance, key, revision, back, where)
             raise
         if written:
-            remember(instance, new_document, result)
+            remember(instance, values[spec.context_attr], joined, history, result)
             return instance
         if budget is not None:
             # The calls were paid for: their usage counts against the budget.
@@ -316,7 +499,10 @@ def charge_flow(
         document = _turn.charged_document(read_document(snap, key), result.usage, result.cost)
         if marker is not None and document.get("claimed_at") == marker:
             del document["claimed_at"]
-        values = {spec.context_attr: document, spec.revision_attr: snap.revision + 1}
+        values = {
+            spec.context_attr: _head_only(spec, document),
+            spec.revision_attr: snap.revision + 1,
+        }
         if (yield Swap(instance, key, snap.revision, values, where)):
             return
     logger.warning(
@@ -395,9 +581,10 @@ def resume_session_flow(
     def check(document: dict[str, Any]) -> None:
         _turn.check_first_call_budget(agent, plan_resumed(document), document["pending"])
 
+    history = history_read(agent)
     while True:
         claim = yield from claim_pause_flow(
-            spec, key, instance, contention, where, approvals, check=check
+            spec, key, instance, contention, where, approvals, check=check, history=history
         )
         instance = claim.instance
         paused = claim.document
@@ -413,16 +600,16 @@ def resume_session_flow(
             new_document, result = yield from _turn.compaction_flow(
                 agent, plan, new_document, result
             )
-            values = _write(spec, new_document, _outcome(result), revision)
-            written = yield Swap(instance, key, revision, values, where)
+            values, rows, joined = _write(spec, new_document, _outcome(result), revision)
+            written = yield Swap(instance, key, revision, values, where, rows)
         except Exception:
             # Put the pause back, unclaimed, so that it can be resumed again.
-            back = _write(spec, paused, SessionStatus.AWAITING_APPROVAL, revision)
+            back, _, _ = _write(spec, paused, SessionStatus.AWAITING_APPROVAL, revision, rows=False)
             with contextlib.suppress(AgentSessionError):
                 yield Swap(instance, key, revision, back, where)
             raise
         if written:
-            remember(instance, new_document, result)
+            remember(instance, values[spec.context_attr], joined, history, result)
             return instance
         yield from contention.lost(revision, claim=False)
 
@@ -463,6 +650,7 @@ def claim_pause_flow(
     approvals: Any,
     *,
     check: Callable[[dict[str, Any]], None] | None = None,
+    history: HistoryRead = "path",
 ) -> Generator[Any, Any, Claim]:
     """Load the row and claim its paused turn for this call, before anything runs.
 
@@ -473,7 +661,7 @@ def claim_pause_flow(
     because another resume finished it is ``StaleSessionError`` too.
     """
     while True:
-        snap: Snapshot = yield Load(key, instance, where)
+        snap: Snapshot = yield Load(key, instance, where, history)
         instance = snap.instance
         contention.check_visible(snap)
         document = read_document(snap, key)
@@ -494,7 +682,7 @@ def claim_pause_flow(
             continue
         now = utcnow()
         claimed = {**document, "pending": {**pending, "claimed_at": isoformat(now)}}
-        values = _write(spec, claimed, SessionStatus.RUNNING, snap.revision)
+        values, _, _ = _write(spec, claimed, SessionStatus.RUNNING, snap.revision, rows=False)
         if (yield Swap(instance, key, snap.revision, values, where)):
             unclaimed = Snapshot(instance, document, snap.revision, snap.status)
             return Claim(unclaimed, document, snap.revision + 1)
@@ -704,6 +892,7 @@ def claim_flow(
     *,
     check: Callable[[dict[str, Any] | None], Any] | None = None,
     mark: bool = False,
+    history: HistoryRead = "path",
 ) -> Generator[Any, Any, Claim]:
     """Load the row and make its next turn this call's.
 
@@ -724,7 +913,7 @@ def claim_flow(
     concurrent turns.
     """
     while True:
-        snap: Snapshot = yield Load(key, instance, where)
+        snap: Snapshot = yield Load(key, instance, where, history)
         instance = snap.instance
         contention.check_visible(snap)
         age = _running_for(spec, snap)
@@ -743,7 +932,10 @@ def claim_flow(
         elif mark:
             marker = isoformat(utcnow())
             claimed = {**document, "claimed_at": marker}
-            values = {spec.context_attr: claimed, spec.revision_attr: snap.revision + 1}
+            values = {
+                spec.context_attr: _head_only(spec, claimed),
+                spec.revision_attr: snap.revision + 1,
+            }
         else:
             return Claim(snap, document, snap.revision, prepared)
         if (yield Swap(instance, key, snap.revision, values, where)):
@@ -760,22 +952,32 @@ def _no_conversation(snap: Snapshot) -> bool:
 def read_flow(
     spec: SessionSpec, key: Any, where: tuple[Any, ...] = ()
 ) -> Generator[Any, Any, Context]:
-    """Load a row and validate its stored context."""
-    snap: Snapshot = yield Load(key, None, where)
-    return load_context(snap.document, key=key)
+    """Load a row and its whole active path, and validate its stored context."""
+    snap: Snapshot = yield Load(key, None, where, "path")
+    return load_context(snap.document, key=key, rows=snap.rows)
 
 
 def _write(
-    spec: SessionSpec, document: dict[str, Any], status: SessionStatus, revision: int
-) -> dict[str, Any]:
-    """The values that store ``document`` over ``revision``: the next revision, and
-    ``status`` when there is a status column."""
-    values: dict[str, Any] = {spec.context_attr: document}
+    spec: SessionSpec,
+    document: dict[str, Any],
+    status: SessionStatus,
+    revision: int,
+    *,
+    rows: bool = True,
+) -> tuple[dict[str, Any], tuple[Any, ...], dict[str, Any]]:
+    """The values that store ``document`` over ``revision`` (its head, the next
+    revision, and ``status`` when there is a status column), the new history rows,
+    and the joined document as stored. ``rows=False``: a write of head fields only."""
+    if rows:
+        head, new_rows, joined = _stored(spec, document)
+    else:
+        head, new_rows, joined = _head_only(spec, document), (), document
+    values: dict[str, Any] = {spec.context_attr: head}
     if spec.status_attr is not None:
         values.update(_status(spec, status, revision))
     else:
         values[spec.revision_attr] = revision + 1
-    return values
+    return values, new_rows, joined
 
 
 def _status(spec: SessionSpec, status: SessionStatus, revision: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .llm import ModelRequest
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .tools import ToolCall
 
 __all__ = [
+    "HistoryRead",
     "HookCall",
     "Insert",
     "Load",
@@ -36,28 +37,47 @@ __all__ = [
 ]
 
 
+HistoryRead = int | Literal["after_summary", "path", "all"] | tuple[str, Any, int] | None
+"""Which history rows a ``Load`` reads with the head: ``None`` none, an int n the
+newest n turns of the active path, ``"after_summary"`` the path after the head
+summary's anchor, ``"path"`` the whole active path (and the summaries on it),
+``"all"`` every row, ``("page", seq, n)`` the newest n turns up to turn ``seq``."""
+
+
 @dataclass(frozen=True)
 class Load:
     key: Any
     instance: Any = None
     where: tuple[Any, ...] = ()
     """The caller's criteria: a row outside them is not found."""
+    history: HistoryRead = None
+    """The history rows to read with the head, in the same transaction."""
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a load saw: the instance, its stored document, revision and status."""
+    """What a load saw: the instance, its stored document (the head), revision and
+    status, and the history rows read with it."""
 
     instance: Any
     document: Any
     revision: int
     status: str | None = None
     status_changed_at: datetime | None = None
+    rows: tuple[Any, ...] | None = None
+    """``(seq, parent, data)`` of the rows read (``data`` as JSON text)."""
+    joined: dict[str, Any] | None = None
+    """The joined document this library last wrote on the instance, when the load
+    found the row unchanged since (then no row was read)."""
 
 
 @dataclass(frozen=True)
 class Insert:
     instance: Any
+    rows: tuple[Any, ...] = ()
+    """History rows ``(seq, parent, data)`` inserted with the new row."""
+    where: tuple[Any, ...] = ()
+    """Criteria the new row must match (else ``InputValidationError``, nothing stored)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,8 @@ class Swap:
     values: dict[str, Any]
     where: tuple[Any, ...] = ()
     """The caller's criteria: a row outside them is not written (as after a lost race)."""
+    rows: tuple[Any, ...] = ()
+    """History rows ``(seq, parent, data)`` inserted only when the compare-and-swap won."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -24,11 +25,14 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.types import TypeDecorator
 
 from ._drivers import ToolScope, amodel_handler, model_handler
-from ._flows import SessionSpec, written_marker
+from ._flows import SessionSpec, covers, written_marker
+from ._keys import identity
 from ._operations import Insert, Load, Snapshot, Swap
+from .context import seq_range
 from .errors import (
     ConfigurationError,
     ContextError,
+    InputValidationError,
     SessionNotFoundError,
     StaleSessionError,
     StorageError,
@@ -180,6 +184,15 @@ def _document_type(column_type: Any) -> Any:
     return _DocumentJSON(column_type) if isinstance(column_type, sa.JSON) else column_type
 
 
+ROWS_PER_INSERT = 1000
+"""History rows per INSERT statement (an executemany) when many are written at once."""
+
+
+def snap_key(store: _StoreBase, snap: Snapshot, key: Any) -> Any:
+    """The key of the loaded row (``key`` as given, else the instance's identity)."""
+    return key if key is not None else identity(snap.instance)
+
+
 class _StoreBase:
     """What both shells share: statement building and snapshotting, no I/O."""
 
@@ -217,6 +230,87 @@ class _StoreBase:
                 getattr(instance, spec.status_changed_attr) if spec.status_changed_attr else None
             ),
         )
+
+    # -- history rows ---------------------------------------------------------------
+
+    def _history_keys(self) -> list[sa.Column[Any]]:
+        table = self.spec.history_table
+        return [column for column in table.primary_key.columns if column.name != "seq"]
+
+    def rows_statement(self, op: Load, snap: Snapshot) -> tuple[Any, dict[str, Any]] | None:
+        """``SELECT seq, parent, data WHERE <key> AND seq BETWEEN a AND b ORDER BY
+        seq``: the rows ``op.history`` needs with the head just read (``None``: none)."""
+        table = self.spec.history_table
+        if table is None or op.history is None:
+            return None
+        head = snap.document
+        seqs = seq_range(head, op.history)
+        if seqs is None:
+            return None
+        statement = self.spec.statements.get("rows")
+        if statement is None:
+            keys = self._history_keys()
+            statement = (
+                sa.select(table.c.seq, table.c.parent, table.c.data)
+                .where(
+                    *(
+                        column == sa.bindparam(f"pk{i}", type_=column.type)
+                        for i, column in enumerate(keys)
+                    ),
+                    table.c.seq >= sa.bindparam("first", type_=sa.Integer()),
+                    table.c.seq <= sa.bindparam("last", type_=sa.Integer()),
+                )
+                .order_by(table.c.seq)
+            )
+            self.spec.statements["rows"] = statement
+        params = self._key_params(snap_key(self, snap, op.key))
+        params["first"], params["last"] = seqs
+        return statement, params
+
+    def insert_rows_statement(self, key: Any, rows: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+        """``INSERT`` of ``rows`` under ``key``, as an executemany."""
+        table = self.spec.history_table
+        statement = self.spec.statements.get("insert_rows")
+        if statement is None:
+            statement = sa.insert(table)
+            self.spec.statements["insert_rows"] = statement
+        names = [column.name for column in self._history_keys()]
+        keys = key if isinstance(key, tuple) else (key,)
+        base = dict(zip(names, keys, strict=True))
+        return statement, [
+            {**base, "seq": seq, "parent": parent, "data": data} for seq, parent, data in rows
+        ]
+
+    def insert_batches(self, key: Any, rows: tuple[Any, ...]) -> Iterator[tuple[Any, list[Any]]]:
+        """``insert_rows_statement`` in batches of ``ROWS_PER_INSERT`` rows."""
+        for start in range(0, len(rows), ROWS_PER_INSERT):
+            yield self.insert_rows_statement(key, rows[start : start + ROWS_PER_INSERT])
+
+    def outside(self, op: Insert, row: Any) -> InputValidationError | None:
+        """The error for a new row that its criteria do not match (``row`` is ``None``)."""
+        if row is not None:
+            return None
+        return InputValidationError(
+            f"{self.cls.__name__}: the new row does not match the where= criteria; "
+            "nothing was stored",
+            errors=[],
+            source="where",
+        )
+
+    def delete_rows_statement(self, key: Any) -> tuple[Any, dict[str, Any]]:
+        """``DELETE`` every row under ``key`` (left by a deleted session whose key is
+        used again)."""
+        table = self.spec.history_table
+        statement = self.spec.statements.get("delete_rows")
+        if statement is None:
+            statement = sa.delete(table).where(
+                *(
+                    column == sa.bindparam(f"pk{i}", type_=column.type)
+                    for i, column in enumerate(self._history_keys())
+                )
+            )
+            self.spec.statements["delete_rows"] = statement
+        return statement, self._key_params(key)
 
     # Statements are built once per class and key set, with bound parameters, and
     # run as Core statements: no ORM bulk-update machinery on the per-turn path.
@@ -325,9 +419,12 @@ class _StoreBase:
             return None
         document = state.dict.get(self.spec.context_attr)
         revision = state.dict.get(self.spec.revision_attr)
-        if document is None or revision is None or document is not written_marker(instance):
+        written = written_marker(instance)
+        if document is None or revision is None or written is None or document is not written[0]:
             return None
-        return document, revision
+        if written[1] is None or not covers(written, op.history):
+            return None
+        return written[1], revision
 
     def snapshot_from_revision(
         self, op: Load, written: tuple[Any, int], row: Any
@@ -344,10 +441,11 @@ class _StoreBase:
             set_committed_value(op.instance, spec.status_changed_attr, row[2])
         return Snapshot(
             instance=op.instance,
-            document=document,
+            document=getattr(op.instance, spec.context_attr),
             revision=revision,
             status=row[1] if spec.status_attr else None,
             status_changed_at=row[2] if spec.status_attr else None,
+            joined=document,
         )
 
     def after_swap(self, op: Swap, rowcount: int) -> bool:
@@ -451,18 +549,41 @@ class SyncStore(_StoreBase):
                 instance = session.scalars(self.row_statement(op.where), params).first()
             else:
                 instance = session.get(self.cls, op.key, populate_existing=True)
-        return self.snapshot(instance, op.key)
+        snap = self.snapshot(instance, op.key)
+        read = self.rows_statement(op, snap)
+        if read is None:
+            return snap
+        rows = tuple(Session.execute(session, read[0], read[1]).all())
+        return replace(snap, rows=rows)
 
     def _swap(self, session: Session, op: Swap) -> bool:
         statement, params = self.swap_statement(op)
         result = Session.execute(session, statement, params)
-        return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
+        won = self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
+        if won and op.rows:
+            insert, rows = self.insert_rows_statement(op.key, op.rows)
+            Session.execute(session, insert, rows)
+        return won
 
     def _insert(self, session: Session, op: Insert) -> Any:
         document = self.before_insert(op.instance)
         session.add(op.instance)
         try:
             session.flush()
+            key = identity(op.instance)
+            if self.spec.history_table is not None:
+                Session.execute(session, *self.delete_rows_statement(key))
+                for statement, rows in self.insert_batches(key, op.rows):
+                    Session.execute(session, statement, rows)
+            if op.where:
+                found = Session.execute(
+                    session, self.revision_statement(op.where), self._key_params(key)
+                ).first()
+                error = self.outside(op, found)
+                if error is not None:
+                    session.delete(op.instance)  # its rows go with it
+                    session.flush()
+                    raise error
         except Exception:
             if op.instance in session:
                 session.expunge(op.instance)
@@ -557,18 +678,41 @@ class AsyncStore(_StoreBase):
                 instance = (await session.scalars(self.row_statement(op.where), params)).first()
             else:
                 instance = await session.get(self.cls, op.key, populate_existing=True)
-        return self.snapshot(instance, op.key)
+        snap = self.snapshot(instance, op.key)
+        read = self.rows_statement(op, snap)
+        if read is None:
+            return snap
+        rows = tuple((await self.execute(session, read[0], read[1])).all())
+        return replace(snap, rows=rows)
 
     async def _swap(self, session: AsyncSession, op: Swap) -> bool:
         statement, params = self.swap_statement(op)
         result = await self.execute(session, statement, params)
-        return self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
+        won = self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
+        if won and op.rows:
+            insert, rows = self.insert_rows_statement(op.key, op.rows)
+            await self.execute(session, insert, rows)
+        return won
 
     async def _insert(self, session: AsyncSession, op: Insert) -> Any:
         document = self.before_insert(op.instance)
         session.add(op.instance)
         try:
             await session.flush()
+            key = identity(op.instance)
+            if self.spec.history_table is not None:
+                await self.execute(session, *self.delete_rows_statement(key))
+                for statement, rows in self.insert_batches(key, op.rows):
+                    await self.execute(session, statement, rows)
+            if op.where:
+                result = await self.execute(
+                    session, self.revision_statement(op.where), self._key_params(key)
+                )
+                error = self.outside(op, result.first())
+                if error is not None:
+                    await session.delete(op.instance)  # its rows go with it
+                    await session.flush()
+                    raise error
         except Exception:
             if op.instance in session:
                 session.expunge(op.instance)

@@ -39,6 +39,7 @@ from ._secrets import get_logger
 from ._text import clean_text, encodable, first_unencodable, lone_surrogates
 from .context import (
     CONTEXT_VERSION,
+    FROM_VERSION,
     Usage,
     chat_messages,
     input_document,
@@ -1276,7 +1277,7 @@ def next_document(
         cost = before if result.cost is None else (before or 0.0) + result.cost
         turns = int(previous.get("turns", 0)) + 1
         created = previous["created_at"]
-    doc = _summary(plan, created, usage, cost, turns)
+    doc = _summary(plan, created, usage, cost, turns, previous)
     doc["messages"] = [*plan.history, *result.stored_messages]
     return doc
 
@@ -1368,14 +1369,23 @@ def pause_document(
         cost = previous.get("cost")
         turns = int(previous.get("turns", 0))
         created = previous["created_at"]
-    doc = _summary(plan, created, usage, cost, turns)
+    doc = _summary(plan, created, usage, cost, turns, previous)
     doc["messages"] = list(plan.history)
     doc["pending"] = result.paused_turn.pending
     return doc
 
 
+_CARRIED = ("path", "next", "summary", "last", "loaded", "rows", FROM_VERSION)
+"""Keys of the joined document a turn's new document keeps: where its rows are."""
+
+
 def _summary(
-    plan: TurnPlan, created: str, usage: Usage, cost: float | None, turns: int
+    plan: TurnPlan,
+    created: str,
+    usage: Usage,
+    cost: float | None,
+    turns: int,
+    previous: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "version": CONTEXT_VERSION,
@@ -1388,6 +1398,8 @@ def _summary(
         doc["cost"] = cost
     if plan.instruction_args is not None:
         doc["instruction_args"] = plan.instruction_args
+    if previous is not None:
+        doc.update((key, previous[key]) for key in _CARRIED if key in previous)
     return doc
 
 

@@ -77,10 +77,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import _paths
 from .errors import ContextError, show_key
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ __all__ = [
     "load_context",
 ]
 
-CONTEXT_VERSION = 3
+CONTEXT_VERSION = 4
 """The version this release writes."""
 
 
@@ -209,6 +210,12 @@ class Message(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     meta: MessageMeta
+    id: str | None = None
+    """``"<seq>.<index>"``: the stored turn (or summary) and the place in it; the
+    system message is ``"0.0"``. Derived when read, never stored; ``None`` for a
+    message not stored as a row yet (a document of a version before 4)."""
+    parent: str | None = None
+    """The id of the message before this one on its path (``None`` for the first)."""
 
     def parse_input(self, agent: Agent[Any]) -> BaseModel | None:
         """A user message's input, validated with ``agent.input_schema``; else ``None``."""
@@ -302,9 +309,14 @@ class Context(BaseModel):
 
     model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
-    version: Literal[3] = 3
+    version: Literal[4] = 4
     messages: list[Message]
-    """Finished turns only."""
+    """Finished turns only: the system message, then the active path's turns, each
+    summary right after the turn it is anchored at."""
+    path: list[list[int]] = Field(default_factory=list)
+    """The active path: the seqs of its turn rows, as inclusive runs (see ``_paths``)."""
+    next: int = Field(default=1, ge=1)
+    """The next seq a new row gets."""
     pending: PendingTurn | None = None
     """The turn that waits for approvals, if one does."""
     instruction_args: dict[str, Any] | None = None
@@ -342,12 +354,23 @@ class Context(BaseModel):
                 return message
         return None
 
+    @model_validator(mode="after")
+    def _valid_path(self) -> Context:
+        if not _paths.valid(self.path):
+            raise ValueError(f"path is not a list of [first, last] runs: {self.path!r}")
+        newest = _paths.last(self.path)
+        if newest is not None and any(run[1] >= self.next for run in self.path):
+            raise ValueError(f"path holds seq {newest}, not below next ({self.next})")
+        return self
+
     def chat_messages(self) -> list[dict[str, Any]]:
         """The history in OpenAI chat format, ready to send."""
         return chat_messages(self.model_dump(mode="json", exclude_none=True)["messages"])
 
     def to_document(self) -> dict[str, Any]:
-        """The compact JSON document the library stores for this context."""
+        """The context as one compact JSON document: the head's fields, ``messages``
+        (with their ``id``), ``path`` and ``next``: the joined form a turn works on,
+        which ``split_document`` stores as a head and rows."""
         doc: dict[str, Any] = {
             "version": self.version,
             "created_at": isoformat(self.created_at),
@@ -359,11 +382,13 @@ class Context(BaseModel):
             doc["cost"] = self.cost
         if self.instruction_args is not None:
             doc["instruction_args"] = self.instruction_args
-        doc["messages"] = _messages_document(self.messages, self.created_at)
+        doc["messages"] = _messages_document(self.messages, self.created_at, ids=True)
         if self.pending is not None:
             doc["pending"] = self.pending.to_document()
         if self.claimed_at is not None:
             doc["claimed_at"] = isoformat(self.claimed_at)
+        doc["path"] = [list(run) for run in self.path]
+        doc["next"] = self.next
         return doc
 
     @property
@@ -376,11 +401,14 @@ class Context(BaseModel):
         return [PendingApproval(**a.model_dump()) for a in self.pending.approvals]
 
 
-def _messages_document(messages: list[Message], created_at: datetime | None) -> list[Any]:
+def _messages_document(
+    messages: list[Message], created_at: datetime | None, *, ids: bool = False
+) -> list[Any]:
     stored_messages = []
     previous_at = created_at
+    excluded = {"meta", "parent"} if ids else {"meta", "parent", "id"}
     for message in messages:
-        stored = message.model_dump(mode="json", exclude_none=True, exclude={"meta"})
+        stored = message.model_dump(mode="json", exclude_none=True, exclude=excluded)
         meta = _meta_document(message, previous_at)
         if meta:
             stored["meta"] = meta
@@ -460,9 +488,12 @@ def _meta_document(message: Message, previous_at: datetime | None) -> dict[str, 
     return stored
 
 
+_NOT_SENT = frozenset({"meta", "id", "parent"})
+
+
 def chat_messages(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Strip ``meta`` from stored message dicts."""
-    return [{k: v for k, v in m.items() if k != "meta"} for m in stored]
+    """Strip ``meta`` (and the derived ``id`` and ``parent``) from stored message dicts."""
+    return [{k: v for k, v in m.items() if k not in _NOT_SENT} for m in stored]
 
 
 # -- earlier versions --------------------------------------------------------------
@@ -537,7 +568,9 @@ def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
     context = Context(messages=messages, **old.model_dump(exclude={"version", "messages"}))
     # Version 2 exactly, even once ``Context`` is a later version: the next upgrade
     # in the chain takes it from there.
-    return {**context.to_document(), "version": 2}
+    upgraded = context.to_document()
+    del upgraded["path"], upgraded["next"]
+    return {**upgraded, "version": 2}
 
 
 class _MessageMetaV2(MessageMeta):
@@ -570,9 +603,16 @@ def _upgrade_v2(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "version": 3}
 
 
+def _upgrade_v3(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 -> 4, in memory: the joined form of a document not stored as rows yet
+    (no message ids, an empty path); its next write stores every message as rows."""
+    return {**raw, "version": 4, "path": [], "next": 1, FROM_VERSION: raw.get("version", 3)}
+
+
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _upgrade_v1,
     2: _upgrade_v2,
+    3: _upgrade_v3,
 }
 """``_UPGRADES[n]`` turns a version-n document into a version n+1 document (and raises
 ``ValidationError`` if it is not a valid version-n document)."""
@@ -582,11 +622,29 @@ def _of_session(key: Any) -> str:
     return "" if key is None else f" of session {show_key(key)}"
 
 
-def load_context(raw: Any, *, key: Any = None) -> Context:
+def load_context(raw: Any, *, key: Any = None, rows: Any = None) -> Context:
     """Validate a stored document (any version this release knows) into a ``Context``.
 
+    A version-4 head is joined with ``rows`` (``(seq, parent, data)`` as read from the
+    history table; in the single-column layout the head's own ``rows``); a joined
+    document (one with ``messages``) is validated as it is.
     Raises ``ContextError`` naming ``key`` when the value is not a valid context.
     """
+    try:
+        return Context.model_validate(_validatable(joined_document(raw, rows, key=key)))
+    except ValidationError as exc:
+        raise _invalid(exc, key) from exc
+
+
+def _invalid(exc: ValidationError, key: Any) -> ContextError:
+    return ContextError(
+        f"stored context{_of_session(key)} is invalid: "
+        f"{exc.error_count()} error(s): {_short_errors(exc)}",
+        key=key,
+    )
+
+
+def _check_version(raw: Any, key: Any) -> int:
     if not isinstance(raw, dict):
         kind = "NULL" if raw is None else type(raw).__name__
         raise ContextError(
@@ -604,18 +662,367 @@ def load_context(raw: Any, *, key: Any = None) -> Context:
             f"agent-session; this release reads versions 1 to {CONTEXT_VERSION}",
             key=key,
         )
+    return version
+
+
+# -- version 4: a head and rows ------------------------------------------------------
+
+FROM_VERSION = "from_version"
+"""Key of a joined document read from a document of an earlier version (not stored as
+rows yet): writes that change only head fields keep that document's form."""
+
+JOINED_ONLY = frozenset({"messages", "loaded", "rows", "summary", "last", FROM_VERSION})
+"""Keys of a joined document that ``Context`` does not have."""
+
+HEAD_FIELDS = frozenset(
+    {
+        "version",
+        "created_at",
+        "updated_at",
+        "turns",
+        "usage",
+        "cost",
+        "instruction_args",
+        "system",
+        "path",
+        "next",
+        "summary",
+        "last",
+        "pending",
+        "claimed_at",
+        "rows",
+    }
+)
+
+_SUMMARY_PREFIX = '[{"role":"system"'
+
+
+def _validatable(joined: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in joined.items() if k not in JOINED_ONLY or k == "messages"}
+
+
+def is_head(raw: Any) -> bool:
+    """Whether ``raw`` is a stored version-4 head (not a joined document)."""
+    return isinstance(raw, dict) and raw.get("version") == 4 and "messages" not in raw
+
+
+def _compact(message: dict[str, Any]) -> dict[str, Any]:
+    if "id" in message or "parent" in message:
+        return {k: v for k, v in message.items() if k != "id" and k != "parent"}
+    return message
+
+
+def dump_rows_data(messages: list[dict[str, Any]]) -> str:
+    """A row's ``data``: its messages as compact JSON text."""
+    return json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+
+
+def _parsed(data: Any) -> list[Any]:
+    if isinstance(data, str | bytes | bytearray):
+        data = json.loads(data)
+    if not isinstance(data, list):
+        raise ValueError(
+            f"a history row's data is not a list of messages (got {type(data).__name__})"
+        )
+    return data
+
+
+def _is_summary_message(message: Any) -> bool:
+    if not isinstance(message, dict) or message.get("role") != "system":
+        return False
+    meta = message.get("meta")
+    return isinstance(meta, dict) and meta.get("summary") is not None
+
+
+def seq_range(head: Any, history: Any) -> tuple[int, int] | None:
+    """The seqs ``first..last`` a read of ``history`` needs with this head (``None``:
+    no row).
+
+    ``history``: ``None`` (the head only), an int n (the newest n turns of the path),
+    ``"after_summary"`` (the path after the head summary's anchor), ``"path"`` (the
+    whole active path, and the summaries anchored on it), ``"all"`` (every row), or
+    ``("page", seq, n)``: the newest n turns of the path up to turn ``seq`` (``None``:
+    the newest).
+    """
+    if history is None or not is_head(head):
+        return None
+    path = head.get("path") or []
+    newest = int(head.get("next", 1)) - 1
+    if not _paths.valid(path):
+        return None  # refused when the document is validated
+    if history == "all":
+        return (1, newest) if newest >= 1 else None
+    if not path:
+        return None
+    if isinstance(history, tuple):
+        _, upto, n = history
+        seqs = list(_paths.seqs(path))
+        if upto is not None:
+            if upto not in seqs:
+                return None
+            seqs = seqs[: seqs.index(upto) + 1]
+        wanted = seqs[-n:] if n > 0 else []
+        return (wanted[0], wanted[-1]) if wanted else None
+    if history == "path":
+        return int(path[0][0]), newest
+    if history == "after_summary":
+        summary = head.get("summary")
+        where = None
+        if isinstance(summary, dict):
+            where = _paths.position(path, summary.get("anchor"))  # type: ignore[arg-type]
+        if where is None:
+            return int(path[0][0]), newest
+        after = _paths.last_seqs(path, _paths.count(path) - where - 1)
+        return (after[0], newest) if after else None
+    if isinstance(history, int) and not isinstance(history, bool):
+        wanted = _paths.last_seqs(path, max(history, 0))
+        return (wanted[0], newest) if wanted else None
+    raise ValueError(f"unknown history read {history!r}")
+
+
+def joined_document(raw: Any, rows: Any = None, *, key: Any = None) -> dict[str, Any]:
+    """The joined document a turn works on, from a stored document of any version.
+
+    A version-4 head is joined with the ``rows`` read with it (each ``(seq, parent,
+    data)``, ``data`` JSON text or a list) or, in the single-column layout, with its
+    own ``rows``: ``messages`` holds the system message and the loaded turns of the
+    path, each message with its ``id`` and ``parent``, each summary right after the
+    turn it is anchored at (the head's summary first when its anchor is not loaded);
+    ``loaded`` says how many turns of the path were not loaded (0: complete).
+    A document of an earlier version is upgraded (no ids, an empty path). A joined
+    document is returned as it is. Not validated: ``load_context`` validates.
+    """
+    version = _check_version(raw, key)
+    if version == 4 and "messages" in raw:
+        return cast("dict[str, Any]", raw)
+    if version < 4:
+        try:
+            doc: dict[str, Any] = raw
+            while version < CONTEXT_VERSION:
+                doc = _UPGRADES[version](doc)
+                version += 1
+        except ValidationError as exc:
+            raise _invalid(exc, key) from exc
+        return doc
     try:
-        doc = raw
-        while version < CONTEXT_VERSION:
-            doc = _UPGRADES[version](doc)
-            version += 1
-        return Context.model_validate(doc)
-    except ValidationError as exc:
+        return _join(raw, rows)
+    except (ValueError, TypeError, KeyError) as exc:
         raise ContextError(
-            f"stored context{_of_session(key)} is invalid: "
-            f"{exc.error_count()} error(s): {_short_errors(exc)}",
-            key=key,
+            f"stored context{_of_session(key)} is invalid: {type(exc).__name__}: {exc}", key=key
         ) from exc
+
+
+def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
+    path = head.get("path") or []
+    if not _paths.valid(path):
+        raise ValueError(f"path is not a list of [first, last] runs: {path!r}")
+    inline = "rows" in head
+    if rows is None:
+        rows = head.get("rows") or () if inline else ()
+    newest = int(head.get("next", 1))
+    by_seq: dict[int, tuple[Any, Any]] = {}
+    for row in rows:
+        seq, parent, data = row
+        if seq < newest:
+            by_seq[seq] = (parent, data)
+    path_seqs = list(_paths.seqs(path))
+    on_path = set(path_seqs)
+    # The loaded turns: the newest run of the path's turns that were read (all of
+    # the path's end for a turn's read; a page of it for ``get_messages``).
+    end = len(path_seqs)
+    while end > 0 and path_seqs[end - 1] not in by_seq:
+        end -= 1
+    first = end
+    while first > 0 and path_seqs[first - 1] in by_seq:
+        first -= 1
+    loaded = path_seqs[first:end]
+    loaded_set = set(loaded)
+    # Summaries anchored at a loaded turn: the head's, and any other read with it.
+    anchored: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    summary = head.get("summary")
+    front: dict[str, Any] | None = None
+    if summary is not None:
+        if not isinstance(summary, dict):
+            raise ValueError("summary is not an object")
+        anchor, seq = summary.get("anchor"), int(summary["seq"])
+        message = {**summary["message"], "id": f"{seq}.0"}
+        if anchor in loaded_set:
+            anchored.setdefault(anchor, []).append((seq, message))
+        else:
+            front = message
+    for seq, (parent, data) in by_seq.items():
+        if seq in on_path or parent not in loaded_set:
+            continue
+        if summary is not None and seq == summary.get("seq"):
+            continue
+        if isinstance(data, str) and not data.startswith(_SUMMARY_PREFIX):
+            continue
+        parsed = _parsed(data)
+        if len(parsed) == 1 and _is_summary_message(parsed[0]):
+            anchored.setdefault(parent, []).append((seq, {**parsed[0], "id": f"{seq}.0"}))
+    joined = {k: v for k, v in head.items() if k != "system"}
+    messages: list[dict[str, Any]] = []
+    system = head.get("system")
+    if system is not None:
+        messages.append({**system, "id": "0.0"})
+    if front is not None:
+        messages.append(front)
+    last_of: dict[int, str] = {}
+    for seq in loaded:
+        parent, data = by_seq[seq]
+        parsed = _parsed(data)
+        previous = last_of.get(parent) if parent is not None else None
+        for index, message in enumerate(parsed):
+            if not isinstance(message, dict):
+                raise ValueError(f"row {seq} holds a message that is not an object")
+            ident = f"{seq}.{index}"
+            entry = {**message, "id": ident}
+            if previous is not None:
+                entry["parent"] = previous
+            messages.append(entry)
+            previous = ident
+        if previous is not None:
+            last_of[seq] = previous
+        for _summary_seq, message in sorted(anchored.get(seq, ()), key=lambda item: item[0]):
+            if previous is not None:
+                message = {**message, "parent": previous}
+            messages.append(message)
+    joined["messages"] = messages
+    joined["path"] = path
+    joined["next"] = newest
+    joined["loaded"] = first
+    return joined
+
+
+def split_document(doc: dict[str, Any], *, inline: bool) -> tuple[dict[str, Any], list[Any]]:
+    """The head and the new rows that store a joined document.
+
+    Messages without an ``id`` are new: grouped into turn rows (a user message starts
+    one; leading other messages of an older document form one of their own), each
+    given the next seq, its parent the path's previous seq, and appended to the path;
+    a new summary message becomes a summary row anchored at the row before it, and the
+    head's ``summary``. The system message goes into the head. ``inline``: the
+    single-column layout, where the head keeps every row (``rows``) and no row is
+    returned. Rows are ``(seq, parent, data)`` with ``data`` compact JSON text.
+    """
+    head, rows, _ = split(doc, inline=inline)
+    return head, rows
+
+
+def split(doc: dict[str, Any], *, inline: bool) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
+    """``split_document``, and the joined document as stored (every message with its id)."""
+    path: list[list[int]] = [list(run) for run in doc.get("path") or []]
+    next_seq = int(doc.get("next", 1))
+    messages = doc.get("messages") or []
+    new_rows: list[tuple[int, int | None, list[dict[str, Any]]]] = []
+    after: list[dict[str, Any]] = []
+    system: dict[str, Any] | None = None
+    start = 0
+    if messages and messages[0].get("role") == "system" and not _is_summary_message(messages[0]):
+        system = _compact(messages[0])
+        after.append({**system, "id": "0.0"})
+        start = 1
+    current: list[dict[str, Any]] | None = None
+    current_seq = 0
+    row_of_previous: int | None = None  # the turn row of the message before
+    previous_id: str | None = None
+    summary = doc.get("summary")
+    newest_summary: dict[str, Any] | None = None
+    for message in messages[start:]:
+        ident = message.get("id")
+        if ident is not None:
+            current = None
+            seq = int(str(ident).split(".", 1)[0])
+            if _is_summary_message(message):
+                if isinstance(summary, dict) and summary.get("seq") == seq:
+                    newest_summary = summary
+                elif row_of_previous is not None:
+                    newest_summary = {
+                        "seq": seq,
+                        "anchor": row_of_previous,
+                        "message": _compact(message),
+                    }
+            else:
+                row_of_previous = seq
+            after.append(message)
+            previous_id = str(ident)
+            continue
+        stored = _compact(message)
+        if _is_summary_message(message):
+            current = None
+            seq = next_seq
+            next_seq += 1
+            new_rows.append((seq, row_of_previous, [stored]))
+            newest_summary = {"seq": seq, "anchor": row_of_previous, "message": stored}
+            entry = {**stored, "id": f"{seq}.0"}
+        elif current is None or message.get("role") == "user":
+            current_seq = next_seq
+            next_seq += 1
+            current = [stored]
+            new_rows.append((current_seq, _paths.last(path), current))
+            path = _paths.append(path, current_seq)
+            row_of_previous = current_seq
+            entry = {**stored, "id": f"{current_seq}.0"}
+        else:
+            current.append(stored)
+            entry = {**stored, "id": f"{current_seq}.{len(current) - 1}"}
+        if previous_id is not None:
+            entry["parent"] = previous_id
+        after.append(entry)
+        previous_id = entry["id"]
+    head: dict[str, Any] = {"version": CONTEXT_VERSION}
+    for name, value in doc.items():
+        if name in HEAD_FIELDS and name not in ("version", "path", "next", "summary", "rows"):
+            head[name] = value
+    if system is not None:
+        head["system"] = system
+    else:
+        head.pop("system", None)
+    head["path"] = path
+    head["next"] = next_seq
+    if newest_summary is not None:
+        head["summary"] = newest_summary
+    last = next((m for m in reversed(after) if not _is_summary_message(m)), None)
+    if last is not None and last.get("id") != "0.0":
+        if last.get("role") == "assistant":
+            head["last"] = _compact(last)
+        else:
+            head.pop("last", None)
+    if inline:
+        stored_rows = list(doc.get("rows") or [])
+        stored_rows.extend([seq, parent, data] for seq, parent, data in new_rows)
+        head["rows"] = stored_rows
+        rows: list[Any] = []
+    else:
+        rows = [(seq, parent, dump_rows_data(data)) for seq, parent, data in new_rows]
+    joined = {k: v for k, v in doc.items() if k != FROM_VERSION}
+    joined.update(
+        {k: v for k, v in head.items() if k not in ("system",)},
+    )
+    joined["messages"] = after
+    return head, rows, joined
+
+
+def older_form(joined: dict[str, Any]) -> dict[str, Any]:
+    """A joined document read from an earlier version, in version 3's stored form (a
+    write that changes only head fields keeps a document not stored as rows yet)."""
+    doc = {k: v for k, v in joined.items() if k not in JOINED_ONLY and k not in ("path", "next")}
+    doc["version"] = 3
+    doc["messages"] = [_compact(m) for m in joined.get("messages") or ()]
+    return doc
+
+
+def last_message(raw: Any) -> Message | None:
+    """The final assistant message of the newest turn, from a stored head (or any
+    document), without reading rows; ``None`` if there is none."""
+    if is_head(raw):
+        last = raw.get("last")
+        if last is None:
+            return None
+        created = raw.get("updated_at")
+        expanded = _expand_messages([last], created)[0]
+        return Message.model_validate(expanded)
+    return load_context(raw).last_assistant
 
 
 def _short_errors(exc: ValidationError) -> str:

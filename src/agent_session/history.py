@@ -205,8 +205,12 @@ def _active(messages: Sequence[Msg]) -> tuple[Msg | None, Turn | None, list[Turn
     return history.system, history.summary, turns
 
 
+_NOT_SENT = frozenset({"meta", "id", "parent"})
+"""Keys of a stored message dict that are the library's, never sent to a model."""
+
+
 def _send_form(message: Mapping[str, Any]) -> Msg:
-    return {key: value for key, value in message.items() if key != "meta"}
+    return {key: value for key, value in message.items() if key not in _NOT_SENT}
 
 
 def _head(system: Msg | None, summary: Turn | None) -> list[Msg]:

@@ -50,6 +50,7 @@ from typing import (
 )
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import LONGTEXT
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import visitors
 from sqlalchemy.types import TypeDecorator
@@ -61,7 +62,7 @@ from ._lazy import LazyModule
 from ._store import AsyncStore, SyncStore
 from ._text import encodable
 from .agent import Agent
-from .context import Context, Usage, stored_usage
+from .context import Context, Message, Usage, stored_usage
 from .errors import ConfigurationError, InputValidationError, show_key
 from .history import BudgetLimits
 from .llm import Model
@@ -127,6 +128,18 @@ else:
 
 _SPEC = "__agent_session_spec__"
 
+DEFAULT_HISTORY_TABLE = "<tablename>_history"
+"""``__history_table__``'s default: the session table's name with ``_history``."""
+
+_HISTORY_OF = "agent_session_history_of"
+"""``Table.info`` key of a history table: the session table it belongs to."""
+
+
+def _written_here(instance: Any, raw: Any) -> bool:
+    """Whether the instance still holds the head this library last wrote on it."""
+    written = _flows.written_marker(instance)
+    return written is not None and raw is written[0]
+
 
 def _is_json_type(type_: Any) -> bool:
     if isinstance(type_, TypeDecorator):
@@ -170,6 +183,9 @@ class AgentSessionMixin(_Generic[OutputT]):
     __revision_attribute__: ClassVar[str] = "context_revision"
     __status_attribute__: ClassVar[str | None] = None
     __status_changed_attribute__: ClassVar[str] = "status_changed_at"
+    __history_table__: ClassVar[str | None] = DEFAULT_HISTORY_TABLE
+    """The companion table of history rows: ``"<__tablename__>_history"`` by default;
+    ``None`` keeps every message in the context column (the single-column layout)."""
     __running_timeout__: ClassVar[timedelta | float] = timedelta(minutes=10)
     """How long a ``running`` status blocks other workers before it is taken over:
     a ``timedelta`` or a number of seconds."""
@@ -201,13 +217,17 @@ class AgentSessionMixin(_Generic[OutputT]):
         if raw is None:
             return None
         result = self.last_result
-        if result is not None and raw is _flows.written_marker(self):
+        if result is not None and _written_here(self, raw):
             return result.output  # the row still holds what that turn wrote
-        from .context import load_context
+        from .context import is_head, last_message, load_context
 
-        context = load_context(raw, key=_identity(self))
-        message = context.last_assistant
-        if message is None or context.pending is not None or message.meta.interrupted:
+        if is_head(raw):
+            message = last_message(raw)
+            pending = raw.get("pending")
+        else:
+            context = load_context(raw, key=_identity(self))
+            message, pending = context.last_assistant, context.pending
+        if message is None or pending is not None or message.meta.interrupted:
             return None
         output: OutputT = message.parse_output(spec.agent)
         return output
@@ -223,7 +243,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         if raw is None:
             return []
         result = self.last_result
-        if result is not None and raw is _flows.written_marker(self):
+        if result is not None and _written_here(self, raw):
             return list(result.pending_approvals)
         from .context import load_context
 
@@ -594,6 +614,66 @@ class AgentSessionMixin(_Generic[OutputT]):
             spec.agent, flow, store, call="get_context", key=key, store=store, turn=False
         )
 
+    @classmethod
+    def get_messages(
+        cls,
+        db: SyncDb,
+        pk: Any,
+        /,
+        *,
+        before: str | None = None,
+        limit: int = 50,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+    ) -> list[Message]:
+        """A page of the conversation, newest page first: the ``limit`` newest messages
+        of the active path before the message id ``before`` (``None``: the newest),
+        oldest first within the page. Reads the head and the rows of the page only.
+
+        The page holds the conversation's messages (user, assistant, tool), neither the
+        instruction nor summaries; pass the first message's ``id`` as ``before`` for the
+        page before it (an empty list: no more). ``where`` as in ``continue_session``.
+        """
+        spec = _spec(cls)
+        store = SyncStore(spec, spec.agent.model, db)
+        key, _ = _key_and_instance(cls, pk)
+        flow = _flows.messages_flow(spec, key, _criteria(spec, where), before, limit)
+        return _observe.drive(
+            spec.agent, flow, store, call="get_messages", key=key, store=store, turn=False
+        )
+
+    @classmethod
+    def import_session(
+        cls,
+        db: SyncDb,
+        messages: Sequence[Mapping[str, Any]],
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        values: Mapping[str, Any] | None = None,
+        **column_values: Any,
+    ) -> Self:
+        """Add a new row holding an existing conversation, without calling a model.
+
+        ``messages`` are OpenAI chat messages, finished turns only: each ``user``
+        message starts a turn, every assistant ``tool_calls`` message is followed by one
+        ``tool`` result per call, and each turn ends with an assistant reply. A leading
+        ``system`` message is kept when the agent has no instruction (else the agent's
+        instruction, rendered from ``instruction_args``, is the system message). A
+        message that breaks these rules is an ``InputValidationError`` naming its index,
+        and nothing is stored. Column values as in ``start_session``; ``where``:
+        criteria the new row must match. The rows are inserted in batches, so a long
+        conversation (100,000 messages) imports in one call.
+        """
+        spec = _spec(cls)
+        criteria = _criteria(spec, where)
+        values = _column_values(values, column_values)
+        store = SyncStore(spec, spec.agent.model, db)
+        flow = _flows.import_flow(spec, messages, instruction_args, values, criteria)
+        return _observe.drive(  # type: ignore[no-any-return]
+            spec.agent, flow, store, call="import_session", store=store, turn=False
+        )
+
     # -- async API ----------------------------------------------------------------
 
     @overload
@@ -881,6 +961,48 @@ class AgentSessionMixin(_Generic[OutputT]):
             spec.agent, flow, store, call="aget_context", key=key, store=store, turn=False
         )
 
+    @classmethod
+    async def aget_messages(
+        cls,
+        db: AsyncDb,
+        pk: Any,
+        /,
+        *,
+        before: str | None = None,
+        limit: int = 50,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+    ) -> list[Message]:
+        """Async twin of ``get_messages``."""
+        spec = _spec(cls)
+        store = AsyncStore(spec, spec.agent.model, db)
+        key, _ = _key_and_instance(cls, pk)
+        flow = _flows.messages_flow(spec, key, _criteria(spec, where), before, limit)
+        return await _observe.adrive(
+            spec.agent, flow, store, call="aget_messages", key=key, store=store, turn=False
+        )
+
+    @classmethod
+    async def aimport_session(
+        cls,
+        db: AsyncDb,
+        messages: Sequence[Mapping[str, Any]],
+        /,
+        *,
+        instruction_args: BaseModel | Mapping[str, Any] | None = None,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        values: Mapping[str, Any] | None = None,
+        **column_values: Any,
+    ) -> Self:
+        """Async twin of ``import_session``."""
+        spec = _spec(cls)
+        criteria = _criteria(spec, where)
+        values = _column_values(values, column_values)
+        store = AsyncStore(spec, spec.agent.model, db)
+        flow = _flows.import_flow(spec, messages, instruction_args, values, criteria)
+        return await _observe.adrive(
+            spec.agent, flow, store, call="aimport_session", store=store, turn=False
+        )
+
 
 # -- class set-up ------------------------------------------------------------------
 
@@ -1022,6 +1144,7 @@ def _check_mapped(cls: type) -> None:
             )
     _check_output_type(cls, agent)
     _check_option_names(cls)
+    history = _history_table(cls, table)
     spec = SessionSpec(
         cls=cls,
         context_attr=context_attr,
@@ -1029,8 +1152,98 @@ def _check_mapped(cls: type) -> None:
         status_attr=status_attr,
         status_changed_attr=cls.__status_changed_attribute__ if status_attr else None,  # type: ignore[attr-defined]
         running_timeout=_running_timeout(cls),
+        history_table=history,
     )
     setattr(cls, _SPEC, spec)
+    if history is not None and not _has_mapped_base(cls):
+        sa.event.listen(cls, "after_delete", _delete_history(history), propagate=True)
+
+
+def _history_table(cls: type, table: Any) -> sa.Table | None:
+    """Declare (or find) the companion table of history rows on the model's metadata.
+
+    Columns: one ``session_<pk column>`` per primary-key column of the session table
+    (same type, a foreign key with ``ON DELETE CASCADE``), ``seq``, ``parent`` and
+    ``data`` (compact JSON text); primary key ``(session_..., seq)``. A table of that
+    name that is not this model's history table is a ``ConfigurationError``.
+    """
+    setting = getattr(cls, "__history_table__", DEFAULT_HISTORY_TABLE)
+    if setting is None:
+        return None
+    if setting == DEFAULT_HISTORY_TABLE:
+        setting = f"{table.name}_history"
+    if not isinstance(setting, str) or not setting:
+        raise ConfigurationError(
+            f"{cls.__name__}.__history_table__ must be a table name or None, got {setting!r}"
+        )
+    if not isinstance(table, sa.Table):
+        raise ConfigurationError(
+            f"{cls.__name__}: the history table needs the session table, not {table!r}"
+        )
+    metadata = table.metadata
+    full_name = setting if table.schema is None else f"{table.schema}.{setting}"
+    existing = metadata.tables.get(full_name)
+    if existing is not None:
+        if existing.info.get(_HISTORY_OF) is table:
+            return existing
+        raise ConfigurationError(
+            f"{cls.__name__}: the history table {full_name!r} is already a table of this "
+            "metadata that is not this model's history; set __history_table__ to another "
+            "name (or None for the single-column layout)"
+        )
+    mapper: Any = sa.inspect(cls)
+    keys = [column for column in mapper.primary_key if column.table is table]
+    if not keys:
+        keys = list(table.primary_key.columns)
+    if not keys:
+        raise ConfigurationError(f"{cls.__name__}: the session table has no primary key")
+    names = [f"session_{column.name}" for column in keys]
+    taken = {"seq", "parent", "data"} & set(names)
+    if taken:
+        raise ConfigurationError(
+            f"{cls.__name__}: the history table's columns would clash: {sorted(taken)}"
+        )
+    return sa.Table(
+        setting,
+        metadata,
+        *(
+            sa.Column(name, _key_type(column.type), primary_key=True, autoincrement=False)
+            for name, column in zip(names, keys, strict=True)
+        ),
+        sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("parent", sa.Integer(), nullable=True),
+        sa.Column("data", _DATA_TYPE, nullable=False),
+        sa.ForeignKeyConstraint(
+            names,
+            [column for column in keys],
+            ondelete="CASCADE",
+        ),
+        schema=table.schema,
+        info={_HISTORY_OF: table},
+    )
+
+
+def _key_type(type_: Any) -> Any:
+    """A foreign key column's type: the key's, without what belongs to the key itself
+    (a sequence, an identity)."""
+    return type_.copy() if hasattr(type_, "copy") else type_
+
+
+_DATA_TYPE = sa.Text().with_variant(LONGTEXT(), "mysql", "mariadb")
+"""A row's messages: TEXT, LONGTEXT on MySQL and MariaDB (whose TEXT holds 64 KiB)."""
+
+
+def _delete_history(history: sa.Table) -> Any:
+    """An ``after_delete`` listener: the deleted session's rows go with it (SQLite does
+    not enforce the foreign key unless ``PRAGMA foreign_keys=ON``)."""
+    key_columns = [column for column in history.primary_key.columns if column.name != "seq"]
+
+    def delete_rows(mapper: Any, connection: Any, target: Any) -> None:
+        identity = mapper.primary_key_from_instance(target)
+        values = dict(zip(key_columns, identity, strict=False))
+        connection.execute(sa.delete(history).where(*(c == v for c, v in values.items())))
+
+    return delete_rows
 
 
 _NAME_SETTINGS = ("__context_attribute__", "__revision_attribute__", "__status_changed_attribute__")
