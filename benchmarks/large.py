@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import statistics
 import time
 import tracemalloc
@@ -92,6 +93,11 @@ PAGE_GOAL = 2.0  # get_messages page at 100,000 / at 100
 
 LIB, LIB_WIN, SDK, SDK_WIN = "turn", "windowed turn", "SDK turn", "SDK windowed turn"
 LIB_READ, SDK_READ = "get_context", "SDK get_items()"
+
+
+def _dumps(document: Any) -> str:
+    """Compact JSON, as the library writes it: a row put back reads as it was seeded."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
 
 def _agent(history: Any) -> Agent[Reply]:
@@ -296,7 +302,7 @@ class Bench:
 
     async def run(self) -> Figures:
         engine = create_async_engine(self.async_url)
-        sync_engine = sa.create_engine(self.sync_url)
+        sync_engine = sa.create_engine(self.sync_url, json_serializer=_dumps)
         try:
             for size in self.sizes:
                 await self._size(engine, sync_engine, size)
@@ -461,7 +467,7 @@ async def _imports(async_url: str, sync_url: str, opts: Options) -> dict[str, li
     """import_session of 10,000 messages into a new row against the SDK's add_items of the
     same items into a new session, interleaved (the new rows are deleted, not timed)."""
     engine = create_async_engine(async_url)
-    sync_engine = sa.create_engine(sync_url)
+    sync_engine = sa.create_engine(sync_url, json_serializer=_dumps)
     maker = async_sessionmaker(engine)
     side = LibSide("large_import", None)
     side.metadata.drop_all(sync_engine)
@@ -513,7 +519,7 @@ async def _imports(async_url: str, sync_url: str, opts: Options) -> dict[str, li
 async def _pages(async_url: str, sync_url: str, opts: Options) -> dict[str, list[float]]:
     """The newest page of get_messages (limit 50) at 100 and at 100,000 messages."""
     engine = create_async_engine(async_url)
-    sync_engine = sa.create_engine(sync_url)
+    sync_engine = sa.create_engine(sync_url, json_serializer=_dumps)
     maker = async_sessionmaker(engine)
     side = LibSide("large_pages", None)
     side.metadata.drop_all(sync_engine)
