@@ -210,6 +210,9 @@ def _record_operation(store: Any, op: Any) -> None:
         _RECORDED["documents"].append(("insert", getattr(op.instance, attr, None)))
     elif isinstance(op, Swap) and attr in op.values:
         _RECORDED["documents"].append(("swap", op.values[attr]))
+    # Format 4: each history row written is one finished turn (or one summary).
+    for seq, _, data in getattr(op, "rows", ()):
+        _RECORDED["documents"].append((f"history row {seq}", {"row": data}))
 
 
 @pytest.fixture(scope="session", autouse=True)

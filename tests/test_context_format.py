@@ -84,7 +84,7 @@ def test_every_golden_document_loads(path: Path) -> None:
 
     assert isinstance(context, Context)
     assert raw == before, "load_context must not modify the stored document"
-    assert context.version == CONTEXT_VERSION == 3
+    assert context.version == CONTEXT_VERSION == 4
     assert context.messages
     assert all(m.meta.created_at.tzinfo is not None for m in context.messages)
     assert context.created_at.tzinfo is not None
@@ -95,9 +95,11 @@ def test_every_golden_document_loads(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", GOLDEN_V3, ids=lambda path: path.stem)
-def test_version_3_golden_documents_are_what_the_library_writes(path: Path) -> None:
+def test_version_3_golden_documents_read_back_as_they_were_written(path: Path) -> None:
+    """Read, a version-3 document is the joined form of format 4 with no rows yet:
+    the same fields and messages, an empty path (its next write stores them as rows)."""
     raw = json.loads(path.read_text(encoding="utf-8"))
-    assert load_context(raw).to_document() == raw
+    assert load_context(raw).to_document() == {**raw, "version": 4, "path": [], "next": 1}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -110,7 +112,7 @@ def test_version_1_upgrades_to_the_version_2_golden_document(kind: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_older_versions_upgrade_to_the_version_3_golden_document(version: int, kind: str) -> None:
     upgraded = load_context(_golden(f"context_v{version}_{kind}.json")).to_document()
-    assert upgraded == _golden(f"context_v3_{kind}.json")
+    assert upgraded == {**_golden(f"context_v3_{kind}.json"), "version": 4, "path": [], "next": 1}
     assert "pending" not in upgraded
 
 
@@ -403,8 +405,11 @@ def test_what_the_compact_form_leaves_out_is_filled_in() -> None:
     assert context.usage == Usage() and context.cost is None
     assert context.to_document() == {
         **document,
+        "version": 4,
         "turns": 0,
         "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+        "path": [],
+        "next": 1,
     }
 
 
@@ -637,7 +642,107 @@ def test_the_summary_golden_document() -> None:
     assert summary.role == "system"
     assert summary.meta.summary is not None and summary.meta.summary.covers == 4
     assert [m.meta.summary is None for m in context.messages].count(False) == 1
-    assert context.to_document() == raw
+    assert context.to_document() == {**raw, "version": 4, "path": [], "next": 1}
     # Version 2 had no summaries: such a document is refused, not guessed at.
     with pytest.raises(ContextError):
         load_context({**raw, "version": 2})
+
+
+# -- version 4: a head and its rows --------------------------------------------------
+
+GOLDEN_V4 = sorted(DATA.glob("context_v4_*.json"))
+
+
+def _v4(path: Path) -> tuple[dict[str, Any], list[Any]]:
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    rows = [(seq, parent, _context.dump_rows_data(data)) for seq, parent, data in raw["rows"]]
+    return raw["head"], rows
+
+
+def test_version_4_golden_documents_are_present() -> None:
+    names = {path.name for path in GOLDEN_V4}
+    assert {
+        "context_v4_tool_calls.json",
+        "context_v4_summary.json",
+        "context_v4_pending_approval.json",
+        "context_v4_plain_text.json",
+    } <= names
+
+
+@pytest.mark.parametrize("path", GOLDEN_V4, ids=lambda p: p.name)
+def test_version_4_golden_documents_load_as_their_version_3_twins(path: Path) -> None:
+    head, rows = _v4(path)
+    assert "messages" not in head and head["version"] == 4
+    context = load_context(head, rows=rows)
+    twin = load_context(_golden(path.name.replace("context_v4_", "context_v3_")))
+    assert [m.model_dump(exclude={"id", "parent"}) for m in context.messages] == [
+        m.model_dump(exclude={"id", "parent"}) for m in twin.messages
+    ]
+    assert context.pending == twin.pending and context.usage == twin.usage
+    ids = [m.id for m in context.messages]
+    assert ids[0] == "0.0" and len(set(ids)) == len(ids)
+    # A message's parent is the message before it on the path; a summary annotates
+    # the path (its parent is the turn it is anchored at) and is no message's parent.
+    expected, previous = [], None
+    for message in context.messages[1:]:
+        expected.append(previous)
+        if message.meta.summary is None:
+            previous = message.id
+    assert [m.parent for m in context.messages[1:]] == expected
+
+
+@pytest.mark.parametrize("path", GOLDEN_V4, ids=lambda p: p.name)
+def test_version_4_golden_documents_are_what_a_version_3_document_becomes(path: Path) -> None:
+    head, rows = _v4(path)
+    twin = _golden(path.name.replace("context_v4_", "context_v3_"))
+    written_head, written_rows = _context.split_document(
+        _context.joined_document(twin), inline=False
+    )
+    assert written_head == head
+    assert written_rows == rows
+
+
+def test_the_version_4_summary_golden_document() -> None:
+    head, rows = _v4(DATA / "context_v4_summary.json")
+    assert head["path"] == [[1, 2], [4, 4]] and head["next"] == 5
+    assert head["summary"]["seq"] == 3 and head["summary"]["anchor"] == 2
+    [summary_row] = [row for row in rows if row[0] == 3]
+    assert summary_row[1] == 2
+    # A turn after the summary reads the rows after its anchor only.
+    assert _context.seq_range(head, "after_summary") == (4, 4)
+    joined = _context.joined_document(head, [row for row in rows if row[0] >= 4])
+    assert [m["id"] for m in joined["messages"]] == ["0.0", "3.0", "4.0", "4.1"]
+    assert joined["loaded"] == 2
+
+
+def test_a_joined_document_splits_back_to_its_head_without_new_rows() -> None:
+    head, rows = _v4(DATA / "context_v4_tool_calls.json")
+    joined = _context.joined_document(head, rows)
+    again, new = _context.split_document(joined, inline=False)
+    assert new == [] and again == head
+
+
+def test_the_single_column_layout_keeps_the_rows_in_the_head() -> None:
+    twin = _golden("context_v3_tool_calls.json")
+    head, rows = _context.split_document(_context.joined_document(twin), inline=True)
+    assert rows == [] and [row[0] for row in head["rows"]] == [1]
+    golden_head, golden_rows = _v4(DATA / "context_v4_tool_calls.json")
+    assert load_context(head).messages == load_context(golden_head, rows=golden_rows).messages
+
+
+def test_a_missing_history_row_reads_as_an_empty_history_not_a_crash() -> None:
+    head, _ = _v4(DATA / "context_v4_plain_text.json")
+    joined = _context.joined_document(head, [])
+    assert joined["loaded"] == 2 and [m["id"] for m in joined["messages"]] == ["0.0"]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        {"version": 4, "created_at": "2026-01-01T00:00:00Z", "updated_at": "x", "path": [[2, 1]]},
+        {"version": 4, "created_at": "2026-01-01T00:00:00Z", "path": [[1, 3]], "next": 2},
+    ],
+)
+def test_a_bad_version_4_head_is_a_context_error(head: dict[str, Any]) -> None:
+    with pytest.raises(ContextError):
+        load_context(head, key=7)

@@ -1,6 +1,39 @@
-"""The stored conversation: a versioned JSON document, validated when read.
+"""The stored conversation: a small head in the context column, the history in rows.
 
-A context document (version 3) looks like::
+Version 4 stores a conversation in two places. The context column holds the *head*,
+what every turn reads and rewrites::
+
+    {
+      "version": 4,
+      "created_at": "...", "updated_at": "...", "turns": 12,
+      "usage": {"prompt_tokens": 210, "completion_tokens": 45}, "cost": 0.0002,
+      "instruction_args": {...},
+      "system": {"role": "system", "content": "You are ..."},
+      "path": [[1, 10], [12, 13]],      the active path: turn-row seqs, as runs
+      "next": 14,                        the next seq a row gets
+      "summary": {"seq": 11, "anchor": 10, "message": {...}},   the newest summary
+      "last": {"role": "assistant", ...},                       the newest reply
+      "pending": {...}, "claimed_at": "..."                     as described below
+    }
+
+The history lives in a companion table (``<table>_history`` by default, see
+``AgentSessionMixin.__history_table__``): one row per finished turn (the user
+message, the tool exchange, the final assistant message) or per compaction summary,
+keyed by the session's primary key and its ``seq``, with ``parent`` (the seq of the
+turn before it on its path; for a summary, the turn it is anchored at) and ``data``
+(the row's messages as compact JSON). A turn writes the head and its new rows in one
+compare-and-swap, so the bytes a turn writes grow with its new messages only, and a
+windowed turn reads only the rows it sends. With ``__history_table__ = None`` (the
+single-column layout) the head keeps every row itself, in ``"rows"``.
+
+A message's ``id`` is ``"<seq>.<index>"`` (``"0.0"`` for the system message); ids and
+``parent`` ids are derived when rows are read, never stored. In memory a turn works
+on the *joined* document: the head's fields with ``messages`` (the system message and
+the loaded rows' messages, each summary right after the turn it is anchored at), as
+version 3 stored it; ``split_document`` turns it back into a head and the new rows.
+
+Version 3 (still read, and stored as rows by the next turn) kept the whole
+conversation in the column::
 
     {
       "version": 3,
@@ -26,9 +59,9 @@ user message, each assistant message with its ``tool_calls`` followed by one
 arguments were not a JSON object is stored with ``{}`` as its arguments and the
 model's raw text in the assistant message's ``meta.raw_arguments`` (by call id).
 
-``messages`` holds finished turns only: a call never appears there without its
-result. A turn that waits for a person's approval (version 3) is kept apart, in
-``pending``::
+The history holds finished turns only: a call never appears there without its
+result. A turn that waits for a person's approval (since version 3) is kept apart,
+in the head's ``pending``::
 
     "pending": {
       "messages": [<the user message>, <assistant tool_calls>, <tool results so far>],
@@ -43,8 +76,10 @@ before its model call: the document then has a top-level ``"claimed_at"``, which
 the turn's own write (or its failure) removes again.
 
 A long conversation may hold compaction summaries: a ``system`` message after the
-first, with ``meta.summary = {"covers": n}`` (the n stored messages before it that it
-stands for, which stay stored); see ``agent_session.history``.
+first, with ``meta.summary = {"covers": n}`` (the n messages before it that it stands
+for, which stay stored); see ``agent_session.history``. In version 4 each summary is a
+row of its own, anchored at the turn it follows, and the newest one on the active
+path is also in the head, so a turn sends it without reading any row.
 
 No message repeats what can be derived, and what is left is written compactly:
 
@@ -97,6 +132,7 @@ __all__ = [
     "SummaryMeta",
     "Usage",
     "load_context",
+    "split_document",
 ]
 
 CONTEXT_VERSION = 4
@@ -832,7 +868,7 @@ def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
     end = len(path_seqs)
     while end > 0 and path_seqs[end - 1] not in by_seq:
         end -= 1
-    first = end
+    first = end if end else len(path_seqs)
     while first > 0 and path_seqs[first - 1] in by_seq:
         first -= 1
     loaded = path_seqs[first:end]

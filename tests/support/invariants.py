@@ -14,7 +14,21 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["check_document", "check_history"]
+__all__ = ["check_document", "check_history", "check_row"]
+
+
+def check_row(data: Any, *, where: str) -> None:
+    """A format-4 history row: a whole turn (its calls answered, ending with a reply
+    without calls) or one summary message."""
+    messages = json.loads(data) if isinstance(data, str) else data
+    if not isinstance(messages, list) or not messages:
+        raise AssertionError(f"{where}: a history row that is not a list of messages")
+    if len(messages) == 1 and messages[0].get("role") == "system":
+        return  # a summary (or the leading system part of an older document)
+    check_history(messages, where=where)
+    last = messages[-1]
+    if last.get("role") == "assistant" and _calls(last):
+        raise AssertionError(f"{where}: a turn row that ends with unanswered calls")
 
 
 def _calls(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -62,9 +76,15 @@ def check_history(messages: Sequence[Any], *, open_ids: Iterable[str] = (), wher
 
 
 def check_document(document: Any, *, where: str) -> None:
-    """A context document as the library wrote it (any version) keeps the invariant."""
+    """A context document as the library wrote it (any version; a format-4 head, its
+    inline rows, or a ``{"row": data}`` history row) keeps the invariant."""
     if not isinstance(document, dict):
         return
+    if "row" in document:
+        check_row(document["row"], where=where)
+        return
+    for seq, _, data in document.get("rows") or ():
+        check_row(data, where=f"{where} inline row {seq}")
     check_history(document.get("messages") or [], where=f"{where} messages")
     pending = document.get("pending")
     if pending is None:

@@ -76,6 +76,27 @@ class Api:
             return await self.model.aget_context(self._db(db), key, **kw)
         return self.model.get_context(self._db(db), key, **kw)
 
+    async def messages(self, db: Any, key: Any, **kw: Any) -> Any:
+        if self.is_async:
+            return await self.model.aget_messages(self._db(db), key, **kw)
+        return self.model.get_messages(self._db(db), key, **kw)
+
+    async def import_(self, db: Any, messages: Any, **kw: Any) -> Any:
+        if self.is_async:
+            return await self.model.aimport_session(self._db(db), messages, **kw)
+        return self.model.import_session(self._db(db), messages, **kw)
+
+    async def delete(self, db: Any, instance: Any) -> None:
+        if self.is_async:
+            await db.delete(instance)
+            await db.flush()
+        else:
+            db.delete(instance)
+            db.flush()
+
+    async def get(self, db: Any, key: Any) -> Any:
+        return (await db.get(self.model, key)) if self.is_async else db.get(self.model, key)
+
 
 async def stream_text(stream: Any) -> str:
     """Read a turn's stream (sync or async) to its end; the text it sent."""
@@ -94,3 +115,54 @@ def stored_rows(database: Database, table: sa.Table) -> list[dict[str, Any]]:
         pk = list(table.primary_key.columns)
         rows = conn.execute(sa.select(table).order_by(*pk)).mappings().all()
         return [dict(row) for row in rows]
+
+
+def history_table(table: sa.Table) -> sa.Table | None:
+    """The format-4 history table of a session table, if it has one."""
+    for other in table.metadata.tables.values():
+        if other.info.get("agent_session_history_of") is table:
+            return other
+    return None
+
+
+def history_rows(database: Database, table: sa.Table) -> list[dict[str, Any]]:
+    """Every history row of a session table, as stored (``[]`` without a history table)."""
+    history = history_table(table)
+    if history is None:
+        return []
+    with database.sync_engine().connect() as conn:
+        pk = list(history.primary_key.columns)
+        rows = conn.execute(sa.select(history).order_by(*pk)).mappings().all()
+        return [dict(row) for row in rows]
+
+
+def joined_rows(database: Database, table: sa.Table, attr: str = "context") -> list[dict[str, Any]]:
+    """``stored_rows`` with each format-4 head joined with its history rows: the
+    context column then holds the whole active path in ``messages`` (compact, without
+    ids), as the library's turns see it."""
+    from agent_session.context import is_head, joined_document
+
+    rows = stored_rows(database, table)
+    history = history_table(table)
+    by_key: dict[Any, list[tuple[Any, ...]]] = {}
+    if history is not None:
+        names = [c.name for c in history.primary_key.columns if c.name != "seq"]
+        for row in history_rows(database, table):
+            key = tuple(row[name] for name in names)
+            by_key.setdefault(key, []).append((row["seq"], row["parent"], row["data"]))
+    keys = [c.name for c in table.primary_key.columns]
+    column = table.c[attr].name if attr in table.c else attr
+    for row in rows:
+        head = row.get(column)
+        if isinstance(head, str):
+            import json
+
+            head = json.loads(head)
+        if is_head(head):
+            joined = joined_document(head, by_key.get(tuple(row[k] for k in keys), []))
+            joined["messages"] = [
+                {k: v for k, v in m.items() if k not in ("id", "parent")}
+                for m in joined["messages"]
+            ]
+            row[column] = joined
+    return rows

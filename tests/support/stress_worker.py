@@ -100,6 +100,34 @@ def model_of(cls: Any) -> FunctionModel:
     return model
 
 
+def joined_row(conn: Any, table: sa.Table, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its format-4 head joined with its history rows: ``context`` then
+    holds ``messages`` (the whole active path, without ids), as version 3 stored it."""
+    from agent_session.context import is_head, joined_document
+
+    head = row.get("context")
+    history = next(
+        (
+            t
+            for t in table.metadata.tables.values()
+            if t.info.get("agent_session_history_of") is table
+        ),
+        None,
+    )
+    if not is_head(head) or history is None:
+        return row
+    rows = conn.execute(
+        sa.select(history.c.seq, history.c.parent, history.c.data)
+        .where(history.c.session_id == row["id"])
+        .order_by(history.c.seq)
+    ).all()
+    joined = joined_document(head, rows)
+    joined["messages"] = [
+        {k: v for k, v in m.items() if k not in ("id", "parent")} for m in joined["messages"]
+    ]
+    return {**row, "context": joined}
+
+
 def history_tokens(document: dict[str, Any]) -> list[str]:
     """Check a stored history and return the user tokens in order.
 
@@ -198,14 +226,17 @@ class Harness:
     # -- what is stored, read through a separate sync connection ---------------
 
     def rows(self) -> list[dict[str, Any]]:
+        """Every row, its context joined with its history rows (the whole path)."""
         with self.database.sync_engine().connect() as conn:
             query = sa.select(self.table).order_by(self.table.c.id)
-            return [dict(row) for row in conn.execute(query).mappings()]
+            return [
+                joined_row(conn, self.table, dict(row)) for row in conn.execute(query).mappings()
+            ]
 
     def row(self, key: int) -> dict[str, Any]:
         with self.database.sync_engine().connect() as conn:
             query = sa.select(self.table).where(self.table.c.id == key)
-            return dict(conn.execute(query).mappings().one())
+            return joined_row(conn, self.table, dict(conn.execute(query).mappings().one()))
 
     def update(self, key: int, **values: Any) -> None:
         with self.database.sync_engine().begin() as conn:
