@@ -894,7 +894,7 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
     judged = [g for g in goals if g.judged]
     missed = [g for g in judged if not g.met]
     for what, why in WHY.items():
-        if any(g.what.startswith(what) and not g.met for g in missed):
+        if any(g.what == what for g in missed):
             result.notes.append(f"Why {what} is missed: {why}")
     result.sections.insert(
         0,
