@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import statistics
 import time
 import tracemalloc
@@ -59,8 +58,11 @@ from ._fixtures import (
     BenchInput,
     Databases,
     Reply,
+    Resetter,
     chat_items,
+    compact_json,
     forget_requests,
+    history_tables,
     instant_model,
     make_document,
     put_rows,
@@ -103,11 +105,6 @@ LIB_READ, SDK_READ = "get_context", "SDK get_items()"
 REF_WIN, REF_SDK = "windowed turn at 10", "SDK windowed turn at 10"
 
 
-def _dumps(document: Any) -> str:
-    """Compact JSON, as the library writes it: a row put back reads as it was seeded."""
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-
-
 def _agent(history: Any) -> Agent[Reply]:
     return Agent(
         instant_model(),
@@ -140,14 +137,7 @@ class LibSide:
         self.model = self.chat.__agent__.model
         self.table: sa.Table = self.chat.__table__
         self.metadata: sa.MetaData = self.table.metadata
-        self.snapshot: dict[int, tuple[Any, int, dict[str, int]]] = {}
-
-    def history_tables(self) -> list[sa.Table]:
-        return [t for t in self.metadata.sorted_tables if t is not self.table and "seq" in t.c]
-
-    @staticmethod
-    def _key_column(history: sa.Table) -> sa.Column[Any]:
-        return next(c for c in history.c if c.foreign_keys)
+        self.resetter: Resetter | None = None
 
     async def seed(self, engine: sa.Engine, maker: Any, pk: int, size: int) -> None:
         if has_import(self.chat):
@@ -155,35 +145,13 @@ class LibSide:
             await self.chat.aimport_session(maker, items, instruction_args=INSTRUCTION_ARGS, id=pk)
         else:
             put_rows(engine, self.table, make_document(size, check=size <= 10_000), [pk])
-        self.remember(engine, pk)
-
-    def remember(self, engine: sa.Engine, pk: int) -> None:
-        with engine.connect() as conn:
-            row = conn.execute(
-                sa.select(self.table.c.context, self.table.c.context_revision).where(
-                    self.table.c.id == pk
-                )
-            ).one()
-            seqs = {}
-            for history in self.history_tables():
-                key = self._key_column(history)
-                top = conn.execute(sa.select(sa.func.max(history.c.seq)).where(key == pk)).scalar()
-                seqs[history.name] = int(top or 0)
-        self.snapshot[pk] = (row.context, row.context_revision, seqs)
+        if self.resetter is None:
+            self.resetter = Resetter(engine, self.table, {})
+        self.resetter(pk)  # the first call remembers the row as seeded
 
     def reset(self, engine: sa.Engine, pk: int) -> None:
-        context, revision, seqs = self.snapshot[pk]
-        with engine.begin() as conn:
-            for history in self.history_tables():
-                key = self._key_column(history)
-                conn.execute(
-                    sa.delete(history).where(key == pk, history.c.seq > seqs.get(history.name, 0))
-                )
-            conn.execute(
-                sa.update(self.table)
-                .where(self.table.c.id == pk)
-                .values(context=context, context_revision=revision)
-            )
+        assert self.resetter is not None
+        self.resetter(pk)
 
     async def turn(self, maker: Any, pk: int) -> None:
         await self.chat.acontinue_session(maker, pk, USER_TEXT)
@@ -310,7 +278,7 @@ class Bench:
 
     async def run(self) -> Figures:
         engine = create_async_engine(self.async_url)
-        sync_engine = sa.create_engine(self.sync_url, json_serializer=_dumps)
+        sync_engine = sa.create_engine(self.sync_url, json_serializer=compact_json)
         # A session of 10 messages on each side takes a windowed turn in every round of
         # every size: the growth with the history is a ratio of paired rounds.
         maker = async_sessionmaker(engine)
@@ -494,7 +462,7 @@ async def _imports(async_url: str, sync_url: str, opts: Options) -> dict[str, li
     """import_session of 10,000 messages into a new row against the SDK's add_items of the
     same items into a new session, interleaved (the new rows are deleted, not timed)."""
     engine = create_async_engine(async_url)
-    sync_engine = sa.create_engine(sync_url, json_serializer=_dumps)
+    sync_engine = sa.create_engine(sync_url, json_serializer=compact_json)
     maker = async_sessionmaker(engine)
     side = LibSide("large_import", None)
     side.metadata.drop_all(sync_engine)
@@ -511,7 +479,7 @@ async def _imports(async_url: str, sync_url: str, opts: Options) -> dict[str, li
             await side.chat.aimport_session(maker, items, instruction_args=INSTRUCTION_ARGS, id=pk)
             elapsed = time.perf_counter() - started
             with sync_engine.begin() as conn:
-                for history in side.history_tables():
+                for history, _ in history_tables(side.table):
                     conn.execute(sa.delete(history))
                 conn.execute(sa.delete(side.table))
             return elapsed
@@ -546,7 +514,7 @@ async def _imports(async_url: str, sync_url: str, opts: Options) -> dict[str, li
 async def _pages(async_url: str, sync_url: str, opts: Options) -> dict[str, list[float]]:
     """The newest page of get_messages (limit 50) at 100 and at 100,000 messages."""
     engine = create_async_engine(async_url)
-    sync_engine = sa.create_engine(sync_url, json_serializer=_dumps)
+    sync_engine = sa.create_engine(sync_url, json_serializer=compact_json)
     maker = async_sessionmaker(engine)
     side = LibSide("large_pages", None)
     side.metadata.drop_all(sync_engine)
