@@ -246,9 +246,8 @@ async def test_uuid_key_as_text(database: Database) -> None:
     assert info.value.source == "key"
     with pytest.raises(SessionNotFoundError):
         await h.cont(str(uuid.uuid4()), "turn [t3]")
-    with database.sync_engine().connect() as conn:
-        (document,) = conn.execute(sa.select(h.table.c.context)).scalars().all()
-    assert history_tokens(document) == ["t0", "t1", "t2"]
+    [row] = h.rows()
+    assert history_tokens(row["context"]) == ["t0", "t1", "t2"]
 
 
 async def test_instance_of_another_model(database: Database) -> None:

@@ -59,7 +59,7 @@ def test_quickstart_runs_offline_twice_the_same_way(tmp_path: Path) -> None:
         assert conversation.count("     user: ") == QUESTIONS
         assert conversation.count("assistant: ") == QUESTIONS
         document = json.loads(stored)
-        assert document["version"] == 3 and document["turns"] == QUESTIONS
+        assert document["version"] == 4 and document["turns"] == QUESTIONS
         roles = [m["role"] for m in document["messages"]]
         assert roles == ["system"] + ["user", "assistant"] * QUESTIONS
         assert stored_rows(database) == 1

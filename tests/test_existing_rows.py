@@ -28,7 +28,7 @@ from agent_session import (
 )
 from agent_session.testing import FunctionModel
 from support.databases import Database
-from support.sessions import Api, stored_rows, stream_text
+from support.sessions import Api, joined_rows, stream_text
 
 during_next_call: list[Callable[[], Awaitable[Any]]] = []
 """What the next model call runs before it answers (another writer, for races)."""
@@ -88,7 +88,7 @@ def _existing_rows(database: Database) -> None:
 async def test_an_existing_row_takes_its_first_turn(database: Database) -> None:
     _existing_rows(database)
     api = Api(database, Ticket)
-    before = stored_rows(database, Ticket.__table__)
+    before = joined_rows(database, Ticket.__table__)
     assert [row["context"] for row in before] == [None, None]
     calls = len(model.requests)
 
@@ -105,7 +105,7 @@ async def test_an_existing_row_takes_its_first_turn(database: Database) -> None:
             )
         assert len(model.requests) == calls
         await api.rollback(db)
-    assert stored_rows(database, Ticket.__table__) == before
+    assert joined_rows(database, Ticket.__table__) == before
 
     async with api.session() as db:
         ticket = await api.cont(
@@ -136,7 +136,7 @@ async def test_an_existing_row_takes_its_first_turn(database: Database) -> None:
     assert context.turns == 3 and context.instruction_args == {"customer": "Bob"}
     assert [m.role for m in context.messages].count("system") == 1
 
-    rows = {row["id"]: row for row in stored_rows(database, Ticket.__table__)}
+    rows = {row["id"]: row for row in joined_rows(database, Ticket.__table__)}
     assert rows[7]["subject"] == "printer" and rows[7]["context_revision"] == 3
     assert rows[8] == next(row for row in before if row["id"] == 8)  # untouched
 
@@ -153,14 +153,14 @@ async def test_a_streamed_first_turn_on_a_row_with_a_status(database: Database) 
     with pytest.raises(InputValidationError, match="customer"):
         await stream_text(await api.cont(None, 7, "hello", stream=True))
     assert len(model.requests) == calls
-    [row] = stored_rows(database, TrackedTicket.__table__)
+    [row] = joined_rows(database, TrackedTicket.__table__)
     # Refused before the row was claimed: still as the application left it.
     assert (row["status"], row["context_revision"], row["context"]) == ("pending", 0, None)
 
     stream = await api.cont(None, 7, "hello", stream=True, instruction_args={"customer": "Cy"})
     text = await stream_text(stream)
     assert stream.session.last_output == "noted (2 messages)" and text == "noted (2 messages)"
-    [row] = stored_rows(database, TrackedTicket.__table__)
+    [row] = joined_rows(database, TrackedTicket.__table__)
     # No claim on a row without a conversation: the first write is revision 1.
     assert row["status"] == "completed" and row["context_revision"] == 1
     assert row["context"]["messages"][0] == {"role": "system", "content": "You help Cy."}
@@ -169,7 +169,7 @@ async def test_a_streamed_first_turn_on_a_row_with_a_status(database: Database) 
 async def test_a_failed_first_turn_leaves_the_row_as_it_was(database: Database) -> None:
     _existing_rows(database)
     api = Api(database, TrackedTicket, maker=True)
-    before = stored_rows(database, TrackedTicket.__table__)
+    before = joined_rows(database, TrackedTicket.__table__)
 
     async def provider_down() -> None:
         raise ModelCallError("provider down", model="function-model", status_code=400)
@@ -177,7 +177,7 @@ async def test_a_failed_first_turn_leaves_the_row_as_it_was(database: Database) 
     during_next_call.append(provider_down)
     with pytest.raises(ModelCallError):
         await api.cont(None, 7, "hello", instruction_args={"customer": "Di"})
-    assert stored_rows(database, TrackedTicket.__table__) == before  # still pending, revision 0
+    assert joined_rows(database, TrackedTicket.__table__) == before  # still pending, revision 0
     ticket = await api.cont(None, 7, "hello again", instruction_args={"customer": "Di"})
     assert ticket.status == "completed" and ticket.context_revision == 1
 
@@ -203,7 +203,7 @@ async def test_two_first_turns_racing_leave_one_conversation(
             instruction_args={"customer": "Bob"},
             conflict_retries=retries,
         )
-    row = next(row for row in stored_rows(database, Ticket.__table__) if row["id"] == 7)
+    row = next(row for row in joined_rows(database, Ticket.__table__) if row["id"] == 7)
     messages = row["context"]["messages"]
     users = [m["content"] for m in messages if m["role"] == "user"]
     systems = [m["content"] for m in messages if m["role"] == "system"]

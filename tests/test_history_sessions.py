@@ -41,7 +41,7 @@ from agent_session.llm import ModelRequest, import_litellm
 from agent_session.testing import FunctionModel, TestModel
 from support.databases import Database, open_database
 from support.invariants import check_document
-from support.sessions import Api, stored_rows
+from support.sessions import Api, joined_rows
 
 IDS = itertools.count(1)
 
@@ -129,7 +129,7 @@ class BudgetChat(AgentSessionMixin[str], Base):
 
 
 def _row(database: Database, cls: type[Any], key: Any) -> dict[str, Any]:
-    [row] = [r for r in stored_rows(database, cls.__table__) if r["id"] == key]
+    [row] = [r for r in joined_rows(database, cls.__table__) if r["id"] == key]
     return row
 
 
@@ -435,7 +435,7 @@ async def test_a_bad_per_call_budget_is_refused_before_any_query(database: Datab
     api = Api(database, BudgetChat, maker=True)
     with pytest.raises(InputValidationError):
         await api.start(None, "hi", max_session_tokens=-5)
-    assert stored_rows(database, BudgetChat.__table__) == []
+    assert joined_rows(database, BudgetChat.__table__) == []
 
 
 async def test_the_turn_log_line_says_what_the_window_left_out(

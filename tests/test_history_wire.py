@@ -18,7 +18,7 @@ from agent_session import Agent, AgentSessionMixin, ContextWindowError, TokenBud
 from agent_session.llm import LiteLLMModel, import_litellm
 from support.databases import Database
 from support.fake_openai import FakeOpenAI, running_fake_openai
-from support.sessions import Api, stored_rows
+from support.sessions import Api, joined_rows
 
 
 class Base(DeclarativeBase):
@@ -26,7 +26,7 @@ class Base(DeclarativeBase):
 
 
 def _row(database: Database, key: Any) -> dict[str, Any]:
-    [row] = [r for r in stored_rows(database, WireChat.__table__) if r["id"] == key]
+    [row] = [r for r in joined_rows(database, WireChat.__table__) if r["id"] == key]
     return row
 
 

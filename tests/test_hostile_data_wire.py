@@ -37,7 +37,7 @@ from agent_session.llm import ModelRequest, ModelResponse, StreamChunk, StreamEn
 from agent_session.testing import TestModel
 from support.databases import Database
 from support.fake_openai import FakeOpenAI, running_fake_openai
-from support.sessions import Api, stored_rows
+from support.sessions import Api, joined_rows
 
 REPLACED = "\ufffd"
 WARNING = "cannot be encoded as UTF-8"
@@ -87,7 +87,7 @@ async def _drain(stream: Any) -> list[Any]:
 
 
 def _messages(database: Database, cls: Any) -> list[dict[str, Any]]:
-    [row] = stored_rows(database, cls.__table__)
+    [row] = joined_rows(database, cls.__table__)
     messages: list[dict[str, Any]] = row["context"]["messages"]
     return messages
 
@@ -109,7 +109,7 @@ async def test_lone_surrogates_from_the_model_and_a_tool_are_stored_replaced(
             await api.start(None, bad["input"], instruction_args=bad["instruction_args"])
         assert WARNING in str(info.value)
         assert info.value.source == ("input" if "input" in bad["input"] else "instruction_args")
-    assert stored_rows(database, cls.__table__) == [] and fake.requests == []
+    assert joined_rows(database, cls.__table__) == [] and fake.requests == []
     with pytest.raises(InputValidationError) as info:
         await api.start(None, "hi", instruction_args=company, owner="bad \ud83d")
     assert info.value.source == "values"
@@ -120,7 +120,7 @@ async def test_lone_surrogates_from_the_model_and_a_tool_are_stored_replaced(
         with pytest.raises(InputValidationError) as info:
             await call
         assert info.value.source == source
-    assert stored_rows(database, cls.__table__) == [] and fake.requests == []
+    assert joined_rows(database, cls.__table__) == [] and fake.requests == []
 
     caplog.set_level(logging.WARNING, logger="agent_session")
     # A plain reply whose JSON holds "\ud83d" alone, as the server sent it.
@@ -238,7 +238,7 @@ async def test_a_paused_call_runs_with_the_arguments_its_approver_saw(database: 
         [shown] = chat.pending_approvals
         assert shown.arguments == {"to": "bob", "amount": 10.0}
         table = PayChat.__table__
-        [row] = stored_rows(database, table)
+        [row] = joined_rows(database, table)
         document = row["context"]
         call = document["pending"]["messages"][1]["tool_calls"][0]
         call["function"]["arguments"] = json.dumps({"to": "mallory", "amount": 9999})
@@ -247,10 +247,10 @@ async def test_a_paused_call_runs_with_the_arguments_its_approver_saw(database: 
         assert [p.arguments for p in (await api.context(None, chat.id)).pending_approvals] == [
             shown.arguments
         ]
-        paused = stored_rows(database, table)
+        paused = joined_rows(database, table)
         with pytest.raises(InputValidationError) as info:  # the approver's text, too
             await api.resume(None, chat.id, approvals={"p1": Denied("bad \ud83d")})
-        assert info.value.source == "approvals" and stored_rows(database, table) == paused
+        assert info.value.source == "approvals" and joined_rows(database, table) == paused
         chat = await api.resume(None, chat.id, approvals={"p1": True})
     assert PAID == [{"to": "bob", "amount": 10.0}]
     assert chat.last_result.tool_calls[0].arguments == shown.arguments
@@ -258,17 +258,17 @@ async def test_a_paused_call_runs_with_the_arguments_its_approver_saw(database: 
     # An approval for a call the paused reply does not hold: refused as damaged.
     with PayChat.__agent__.override(model=TestModel(replies=[ToolCall("pay", {"to": "x"})])):
         chat = await api.start(None, "pay x")
-    [row] = [r for r in stored_rows(database, table) if r["id"] == chat.id]
+    [row] = [r for r in joined_rows(database, table) if r["id"] == chat.id]
     document = row["context"]
     document["pending"]["approvals"][0]["tool_name"] = "other"
     with database.sync_engine().begin() as conn:
         conn.execute(sa.update(table).where(table.c.id == chat.id).values(context=document))
-    before = stored_rows(database, table)
+    before = joined_rows(database, table)
     with pytest.raises(ContextError, match="not a call of the paused reply"):
         await api.resume(
             None, chat.id, approvals={document["pending"]["approvals"][0]["tool_call_id"]: True}
         )
-    assert stored_rows(database, table) == before
+    assert joined_rows(database, table) == before
 
 
 class _StoredBase(DeclarativeBase):
@@ -297,13 +297,13 @@ async def test_a_storage_error_quotes_no_stored_data(database: Database) -> None
     database.create_all(_StoredBase.metadata)
     api = Api(database, CodedChat, maker=True)
     await api.start(None, "hi", code="private-code-4242")
-    before = stored_rows(database, CodedChat.__table__)
+    before = joined_rows(database, CodedChat.__table__)
     with pytest.raises(StorageError) as info:
         await api.start(None, "hi", code="private-code-4242")
     message = str(info.value)
     assert "private-code-4242" not in message and "DETAIL" not in message, message
     assert type(info.value.__cause__.orig).__name__ in message  # type: ignore[union-attr]
-    assert stored_rows(database, CodedChat.__table__) == before
+    assert joined_rows(database, CodedChat.__table__) == before
 
 
 @pytest.mark.parametrize(
@@ -319,7 +319,7 @@ async def test_a_document_jsonb_refuses_is_not_quoted(named_database: Database) 
     message = str(info.value)
     assert "private-reply-text" in str(info.value.__cause__)  # what SQLAlchemy says
     assert "private-reply-text" not in message and "JSON data" not in message, message
-    assert stored_rows(named_database, JsonbChat.__table__) == []
+    assert joined_rows(named_database, JsonbChat.__table__) == []
 
 
 def test_what_mask_hides(monkeypatch: pytest.MonkeyPatch) -> None:

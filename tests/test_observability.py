@@ -39,7 +39,7 @@ from agent_session.testing import FunctionModel, TestModel
 from agent_session.tools import ToolCallResult
 from support.databases import Database
 from support.fake_openai import running_fake_openai
-from support.sessions import Api, stored_rows
+from support.sessions import Api, joined_rows
 
 otel_trace = pytest.importorskip("opentelemetry.trace")
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
@@ -526,7 +526,7 @@ async def test_hooks_on_a_stored_session(named_database: Database, spans: Spans)
     api = Api(database, HookedChat, maker=True)
     chat = await api.start(None, "my secret plan")
     assert calls == ["before", "after my [redacted] plan"]
-    [row] = stored_rows(database, HookedChat.__table__)
+    [row] = joined_rows(database, HookedChat.__table__)
     user = row["context"]["messages"][0]
     assert user["content"] == "my secret plan"  # stored as said; sent redacted
     assert chat.last_output.answer == "my [redacted] plan"
@@ -595,7 +595,7 @@ async def test_hooks_on_a_streamed_session_and_a_stop_is_no_error(
     assert calls == ["before"]  # no after_model_call, and no on_error
     # The turn's spans were current only inside the stream, never in this code.
     assert not otel_trace.get_current_span().get_span_context().is_valid
-    [row] = stored_rows(database, HookedChat.__table__)
+    [row] = joined_rows(database, HookedChat.__table__)
     assert row["status"] == "failed" and row["context"]["turns"] == 1
     stopped = spans.named("invoke_agent")[-1]
     assert attrs(stopped)["error.type"] == "TurnCancelled"
@@ -612,12 +612,12 @@ async def test_a_veto_stores_nothing_and_marks_the_turn_failed(
     with pytest.raises(ModelCallError) as caught:
         await api.start(None, "first")
     assert isinstance(caught.value.__cause__, PermissionError)
-    assert stored_rows(database, HookedChat.__table__) == []
+    assert joined_rows(database, HookedChat.__table__) == []
     assert calls == ["before", "error ModelCallError"]
 
     veto.clear()
     chat = await api.start(None, "first")
-    [before] = stored_rows(database, HookedChat.__table__)
+    [before] = joined_rows(database, HookedChat.__table__)
     calls.clear()
     spans.exporter.clear()
     veto.append(PermissionError("not now"))
@@ -625,7 +625,7 @@ async def test_a_veto_stores_nothing_and_marks_the_turn_failed(
         await api.cont(None, chat.id, "second")
     assert isinstance(caught.value.__cause__, PermissionError)
     assert calls == ["before", "error ModelCallError"]
-    [after] = stored_rows(database, HookedChat.__table__)
+    [after] = joined_rows(database, HookedChat.__table__)
     assert after["status"] == "failed"
     assert after["context"] == before["context"]
     turn = spans.one("invoke_agent")
@@ -910,7 +910,7 @@ async def test_a_key_echoed_by_a_401_is_masked_everywhere(
             await api.start(None, "hi")
         server.enqueue_error(401, echoed, code="invalid_api_key")
         frames = await _frames(api, await api.start(None, "hi", stream=True))
-    assert stored_rows(database, cls.__table__) == []
+    assert joined_rows(database, cls.__table__) == []
     message = str(info.value)
     assert info.value.status_code == 401 and "Incorrect API key provided: ****" in message
     assert "event: error" in frames and "Incorrect API key provided: ****" in frames

@@ -26,7 +26,14 @@ def test_every_mixin_classmethod_has_an_async_twin() -> None:
         for name, member in _public(AgentSessionMixin).items()
         if inspect.ismethod(member) and not name.startswith("a")
     }
-    assert set(methods) == {"start_session", "continue_session", "resume_session", "get_context"}
+    assert set(methods) == {
+        "start_session",
+        "continue_session",
+        "resume_session",
+        "get_context",
+        "get_messages",
+        "import_session",
+    }
     for name, sync in methods.items():
         twin = getattr(AgentSessionMixin, f"a{name}")
         assert inspect.iscoroutinefunction(twin), name

@@ -20,7 +20,7 @@ from agent_session import Agent, AgentSessionMixin, InputValidationError, Tool
 from agent_session.testing import FunctionModel, TestModel
 from agent_session.tools import ToolCall
 from support.databases import Database
-from support.sessions import Api, stored_rows, stream_text
+from support.sessions import Api, joined_rows, stream_text
 
 
 class Customer(BaseModel):
@@ -94,7 +94,7 @@ async def test_the_current_instruction_is_sent_after_a_deploy(database: Database
     assert _system(model.last_request.messages) == ["Version two: answer Ada in English."]
     await stream_text(await after.cont(None, chat.id, "And now?", stream=True))
     assert _system(model.last_request.messages) == ["Version two: answer Ada in English."]
-    [row] = stored_rows(database, table)
+    [row] = joined_rows(database, table)
     assert _system(row["context"]["messages"]) == ["Version two: answer Ada in English."]
     assert row["context"]["instruction_args"] == {"customer": "Ada"}
     context = await after.context(None, chat.id)
@@ -111,7 +111,7 @@ async def test_stored_arguments_the_new_schema_refuses(database: Database) -> No
     database.create_all(Base1.metadata)
     before, refusing = Api(database, Before, maker=True), Api(database, Refusing, maker=True)
     chat = await before.start(None, "Hi", instruction_args={"customer": "Ada"})
-    calls, rows = len(model.requests), stored_rows(database, Refusing.__table__)
+    calls, rows = len(model.requests), joined_rows(database, Refusing.__table__)
 
     # Refused before any model call, the row as it was (not even claimed ``running``).
     with pytest.raises(InputValidationError, match="instruction_args=") as info:
@@ -122,7 +122,7 @@ async def test_stored_arguments_the_new_schema_refuses(database: Database) -> No
     with pytest.raises(InputValidationError, match="instruction_args="):
         await refusing.cont(None, chat.id, "Hello", stream=True)
     assert len(model.requests) == calls
-    assert stored_rows(database, Refusing.__table__) == rows
+    assert joined_rows(database, Refusing.__table__) == rows
 
     # The migration: new arguments on the next turn replace the stored ones.
     args = {"customer": "Ada", "tier": 2}
@@ -184,7 +184,7 @@ async def test_a_model_and_settings_per_call(database: Database) -> None:
     assert double.last_request.settings == {"max_tokens": 100, "temperature": 0.0}
 
     # The stored replies record the model that answered each.
-    [row] = stored_rows(database, ShopChat.__table__)
+    [row] = joined_rows(database, ShopChat.__table__)
     replies = [m for m in row["context"]["messages"] if m["role"] == "assistant"]
     assert [m["meta"]["model"] for m in replies] == ["chosen-model", "chosen-model", "double"]
 
@@ -198,5 +198,5 @@ async def test_a_model_and_settings_per_call(database: Database) -> None:
         with pytest.raises(InputValidationError) as info:
             await api.cont(None, chat.id, "Bad", **bad)
         assert info.value.source == source, bad
-    assert stored_rows(database, ShopChat.__table__) == [row]
+    assert joined_rows(database, ShopChat.__table__) == [row]
     assert len(chosen.requests) == 2 and configured.requests == []

@@ -22,7 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from agent_session import Agent, AgentSessionMixin, ModelResponse, Usage
-from agent_session.context import load_context
+from agent_session.context import load_context, split_document
 from agent_session.testing import FunctionModel
 from support.databases import Database
 from support.sessions import Api
@@ -182,6 +182,13 @@ _BYTES = {
 }
 
 
+_ROW_BYTES = {
+    "postgresql": "octet_length(data)",
+    "mysql": "octet_length(data)",
+    "sqlite": "length(CAST(data AS BLOB))",
+}
+
+
 def stored(database: Database, table: sa.Table, key: int) -> tuple[str, int]:
     """The context of row ``key`` as the database holds it: its text and its bytes."""
     query = sa.text(
@@ -193,9 +200,23 @@ def stored(database: Database, table: sa.Table, key: int) -> tuple[str, int]:
     return str(text), int(size)
 
 
-def bare_bytes(document: dict[str, Any]) -> int:
+def stored_rows(database: Database, table: sa.Table, key: int) -> tuple[str, int]:
+    """The history rows of session ``key`` as the database holds them: their data
+    (joined by newlines) and their bytes."""
+    query = sa.text(
+        f"SELECT data, {_ROW_BYTES[database.dialect]} FROM {table.name}_history "
+        "WHERE session_id = :id ORDER BY seq"
+    )
+    with database.sync_engine().connect() as conn:
+        rows = conn.execute(query, {"id": key}).all()
+    return "\n".join(str(text) for text, _ in rows), sum(int(size) for _, size in rows)
+
+
+def bare_bytes(context: Any) -> int:
     """The compact UTF-8 JSON of the chat messages' role and content."""
-    bare = [{"role": m.role, "content": m.content} for m in load_context(document).messages]
+    if isinstance(context, dict):
+        context = load_context(context)
+    bare = [{"role": m.role, "content": m.content} for m in context.messages]
     return len(json.dumps(bare, ensure_ascii=False, separators=(",", ":")).encode())
 
 
@@ -218,12 +239,16 @@ async def test_twenty_turns_store_at_most_one_and_a_half_times_the_messages(
             chat = await api.cont(db, chat, _input(kind, rng))
         await api.commit(db)
         key, document = chat.id, chat.context
+        context = await api.context(db, key)
 
     text, size = stored(database, cls.__table__, key)
+    rows_text, rows_size = stored_rows(database, cls.__table__, key)
     assert json.loads(text) == document
     assert document["turns"] == TURNS
-    assert size <= LIMIT * bare_bytes(document)
-    assert "\\u" not in text
+    assert size + rows_size <= LIMIT * bare_bytes(context)
+    # The head is small: the instruction, the totals and the newest reply.
+    assert size - len(json.dumps(document["last"], ensure_ascii=False).encode()) < 1_000
+    assert "\\u" not in text and "\\u" not in rows_text
 
 
 async def test_non_ascii_is_stored_as_utf8_whatever_the_engine_serializer(
@@ -241,11 +266,13 @@ async def test_non_ascii_is_stored_as_utf8_whatever_the_engine_serializer(
         context = await api.context(db, key)  # read back through the engine's deserializer
 
     text, size = stored(database, api.model.__table__, key)
+    rows_text, _ = stored_rows(database, api.model.__table__, key)
     compact = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-    assert "\\u" not in text
-    assert "東京 🍣" in text and "👩‍💻 Köln" in text
+    assert "\\u" not in text and "\\u" not in rows_text
+    assert "Ünï 🚀" in text
+    assert "東京 🍣" in rows_text and "👩‍💻 Köln" in rows_text
     assert size == len(compact.encode())
-    assert context.to_document() == document
+    assert split_document(context.to_document(), inline=False) == (document, [])
     assert context.messages[1].parse_input(api.model.__agent__) == ticket
 
 
@@ -262,11 +289,15 @@ async def test_a_large_cjk_and_emoji_message_is_stored_once_as_utf8(
     async with api.session() as db:
         chat = await api.start(db, message)
         await api.commit(db)
-    text, stored_size = stored(database, Legacy.__table__, chat.id)
-    assert "\\u" not in text
-    # Stored once, as UTF-8: the chat messages and a few hundred bytes of metadata.
-    assert len(message.encode()) < bare_bytes(chat.context) < stored_size
-    assert stored_size - bare_bytes(chat.context) < 1_000
+        context = await api.context(db, chat.id)
+    text, head_size = stored(database, Legacy.__table__, chat.id)
+    rows_text, rows_size = stored_rows(database, Legacy.__table__, chat.id)
+    assert "\\u" not in text and "\\u" not in rows_text
+    # Stored once, as UTF-8 (in its turn's row, not in the head): the chat messages
+    # and a few hundred bytes of metadata.
+    assert message not in text and head_size < 5_000
+    assert len(message.encode()) < bare_bytes(context) < rows_size
+    assert rows_size - bare_bytes(context) < 1_000
 
 
 async def test_a_version_1_row_continues_and_is_written_back_as_current_version(
@@ -285,15 +316,19 @@ async def test_a_version_1_row_continues_and_is_written_back_as_current_version(
         await api.commit(db)
 
     text, _ = stored(database, Legacy.__table__, key)
-    document = json.loads(text)
-    assert document["version"] == 3
-    assert document["messages"][:-2] == v2["messages"]
+    rows_text, _ = stored_rows(database, Legacy.__table__, key)
+    head = json.loads(text)
+    assert head["version"] == 4 and "messages" not in head
+    async with api.session() as db:
+        document = (await api.context(db, key)).to_document()
+    messages = [{k: v for k, v in m.items() if k != "id"} for m in document["messages"]]
+    assert messages[:-2] == v2["messages"]
     assert document["created_at"] == v2["created_at"]
     assert document["instruction_args"] == v1["instruction_args"]
     assert document["turns"] == 3
-    assert document["messages"][-2]["content"] == "Ich habe keine E-Mail bekommen 📧"
-    assert "\\u" not in text
-    assert chat.last_output == document["messages"][-1]["content"]
+    assert messages[-2]["content"] == "Ich habe keine E-Mail bekommen 📧"
+    assert "\\u" not in text and "\\u" not in rows_text
+    assert chat.last_output == messages[-1]["content"]
 
 
 async def test_a_context_column_of_the_applications_own_type_keeps_its_processing(
@@ -310,4 +345,4 @@ async def test_a_context_column_of_the_applications_own_type_keeps_its_processin
     async with api.session() as db:
         context = await api.context(db, key)
     assert [value is not None and value["turns"] for value in BOUND] == [1, 2]
-    assert context.to_document() == chat.context
+    assert split_document(context.to_document(), inline=False) == (chat.context, [])

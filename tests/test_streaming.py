@@ -51,7 +51,7 @@ from agent_session.llm import Model, StreamChunk
 from agent_session.testing import FunctionModel, TestModel
 from agent_session.tools import ToolCallResult
 from support.databases import Database
-from support.sessions import stored_rows
+from support.sessions import joined_rows
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -576,7 +576,7 @@ def engine(database: Database) -> Any:
 
 async def test_a_streamed_continue_is_stored_once(database: Database, engine: Any) -> None:
     key = await _start(database, engine)
-    [before] = stored_rows(database, Chat.__table__)
+    [before] = joined_rows(database, Chat.__table__)
 
     stream = _continue_stream(database, engine, key, TestModel(text="It ships today"))
     events = await _collect(stream)
@@ -585,7 +585,7 @@ async def test_a_streamed_continue_is_stored_once(database: Database, engine: An
     assert isinstance(events[-1], TurnCompleted)
     assert stream.session is not None and stream.session.id == key
     assert stream.result is stream.session.last_result
-    [after] = stored_rows(database, Chat.__table__)
+    [after] = joined_rows(database, Chat.__table__)
     assert after["status"] == "completed"
     assert after["context_revision"] == before["context_revision"] + 2  # the claim, then the turn
     messages = after["context"]["messages"]
@@ -597,7 +597,7 @@ async def test_a_cancelled_streamed_continue_stores_nothing_and_ends_failed(
     database: Database, engine: Any
 ) -> None:
     key = await _start(database, engine)
-    [before] = stored_rows(database, Chat.__table__)
+    [before] = joined_rows(database, Chat.__table__)
     model = ScriptedStream(_reply("It ships today"))
 
     stream = _continue_stream(database, engine, key, model)
@@ -611,7 +611,7 @@ async def test_a_cancelled_streamed_continue_stores_nothing_and_ends_failed(
                 break
 
     assert model.closed_early == 1
-    [after] = stored_rows(database, Chat.__table__)
+    [after] = joined_rows(database, Chat.__table__)
     assert after["context"] == before["context"]
     assert after["status"] == "failed"
     assert after["context_revision"] == before["context_revision"] + 2  # the claim, then the status
@@ -622,7 +622,7 @@ async def test_a_streamed_continue_that_fails_mid_stream_stores_nothing(
     database: Database, engine: Any
 ) -> None:
     key = await _start(database, engine)
-    [before] = stored_rows(database, Chat.__table__)
+    [before] = joined_rows(database, Chat.__table__)
     broken = ModelCallError("invalid request", model="m", status_code=400)
     model = ScriptedStream([TextChunk("It "), broken])
 
@@ -631,7 +631,7 @@ async def test_a_streamed_continue_that_fails_mid_stream_stores_nothing(
         await _collect(stream)
 
     assert caught.value.usage == Usage()  # type: ignore[attr-defined]
-    [after] = stored_rows(database, Chat.__table__)
+    [after] = joined_rows(database, Chat.__table__)
     assert after["context"] == before["context"]
     assert after["status"] == "failed"
 
@@ -642,7 +642,7 @@ async def test_a_task_cancelled_streamed_continue_ends_failed(
     async_database.create_all(Base.metadata)
     engine = async_database.engine()
     key = await _start(async_database, engine)
-    [before] = stored_rows(async_database, Chat.__table__)
+    [before] = joined_rows(async_database, Chat.__table__)
     model = ScriptedStream([TextChunk("It "), 30.0, *_reply("never")])
     stream = _continue_stream(async_database, engine, key, model)
     first = asyncio.Event()
@@ -659,7 +659,7 @@ async def test_a_task_cancelled_streamed_continue_ends_failed(
         await task
 
     assert model.closed_early == 1
-    [after] = stored_rows(async_database, Chat.__table__)
+    [after] = joined_rows(async_database, Chat.__table__)
     assert after["context"] == before["context"]
     assert after["status"] == "failed"
 
@@ -685,7 +685,7 @@ async def test_a_cancelled_streamed_start_inserts_nothing(database: Database, en
             for _event in stream:
                 break
     assert model.closed_early == 1
-    assert stored_rows(database, Chat.__table__) == []
+    assert joined_rows(database, Chat.__table__) == []
 
 
 def test_the_plain_flow_driver_is_unchanged() -> None:
@@ -749,7 +749,7 @@ async def test_a_cancel_scope_that_cancels_every_await_still_ends_failed(
     async_database.create_all(Base.metadata)
     engine = async_database.engine()
     key = await _start(async_database, engine)
-    [before] = stored_rows(async_database, Chat.__table__)
+    [before] = joined_rows(async_database, Chat.__table__)
     model = ScriptedStream([TextChunk("It "), 30.0, *_reply("never")])
     stream = _continue_stream(async_database, engine, key, model)
 
@@ -765,6 +765,6 @@ async def test_a_cancel_scope_that_cancels_every_await_still_ends_failed(
 
     assert not _streaming._CLEANUPS
     assert model.closed_early == 1
-    [after] = stored_rows(async_database, Chat.__table__)
+    [after] = joined_rows(async_database, Chat.__table__)
     assert after["context"] == before["context"]
     assert after["status"] == "failed"

@@ -47,7 +47,7 @@ from agent_session import (
 from agent_session.llm import Model, StreamChunk
 from agent_session.testing import TestModel
 from support.databases import Database
-from support.sessions import stored_rows
+from support.sessions import joined_rows
 
 RAN: list[str] = []
 
@@ -248,7 +248,7 @@ async def _stop_after(stream: Any, count: int, how: str) -> None:
 
 
 def _row(database: Database, cls: type[Any], key: Any = None) -> dict[str, Any]:
-    rows = stored_rows(database, cls.__table__)
+    rows = joined_rows(database, cls.__table__)
     [row] = [r for r in rows if key is None or r["id"] == key]
     return row
 
@@ -283,7 +283,7 @@ async def test_a_streamed_start_is_inserted_once_with_no_connection_while_tokens
 
     with AGENT.override(model=Scripted(_reply("Hello there, Ann"))):
         stream = await _call(database, chat_cls, "start_session", "Hi", stream=True, owner="bo")
-        assert stored_rows(database, chat_cls.__table__) == []  # nothing runs before reading
+        assert joined_rows(database, chat_cls.__table__) == []  # nothing runs before reading
         events = await _collect(stream, look)
 
     assert checked_out == [0, 0, 0]
@@ -465,7 +465,7 @@ async def test_a_stopped_streamed_start_inserts_nothing(
         stream = await _call(database, chat_cls, "start_session", "Hi", stream=True)
         await _stop_after(stream, 1, "break")
     assert model.closed_early == 1
-    assert stored_rows(database, chat_cls.__table__) == []
+    assert joined_rows(database, chat_cls.__table__) == []
 
 
 @pytest.mark.parametrize("on_cancel", ["discard", "keep"])
@@ -665,7 +665,7 @@ async def test_keep_counts_the_usage_and_keeps_only_complete_tool_steps(
             database, chat_cls, "start_session", "where?", stream=True, on_cancel="keep"
         )
         await _stop_after(stream, 2, "break")  # the text, then ToolCallStarted
-    second = [r for r in stored_rows(database, chat_cls.__table__) if r["id"] != row["id"]]
+    second = [r for r in joined_rows(database, chat_cls.__table__) if r["id"] != row["id"]]
     [stored] = second
     roles = [(m["role"], m.get("content")) for m in stored["context"]["messages"]]
     assert roles == [("user", "where?"), ("assistant", "Checking ")]
@@ -678,7 +678,7 @@ async def test_keep_needs_a_stream(database: Database) -> None:
         await _call(database, StatusChat, "start_session", "Hi", on_cancel="keep")
     with pytest.raises(InputValidationError, match="on_cancel"):
         await _call(database, StatusChat, "start_session", "Hi", stream=True, on_cancel="kept")
-    assert stored_rows(database, StatusChat.__table__) == []
+    assert joined_rows(database, StatusChat.__table__) == []
 
 
 async def test_keep_still_discards_a_broken_stream(database: Database) -> None:

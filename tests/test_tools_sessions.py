@@ -35,7 +35,7 @@ from agent_session import (
 from agent_session.testing import FunctionModel, TestModel
 from support.databases import Database
 from support.invariants import check_document
-from support.sessions import Api, stored_rows
+from support.sessions import Api, joined_rows
 
 RAN: list[tuple[str, Any]] = []
 """Every tool run of the test: (tool, detail)."""
@@ -102,7 +102,7 @@ def chat_cls(request: pytest.FixtureRequest) -> type[Any]:
 
 
 def _row(database: Database, cls: type[Any], key: Any) -> dict[str, Any]:
-    [row] = [r for r in stored_rows(database, cls.__table__) if r["id"] == key]
+    [row] = [r for r in joined_rows(database, cls.__table__) if r["id"] == key]
     return row
 
 
@@ -148,7 +148,7 @@ async def test_tool_turns_are_stored_in_chat_form_and_continue(
     roles = [m["role"] for m in document["messages"]]
     first_turn = ["user", "assistant", "tool", "tool", "assistant"]
     assert roles == ["system", *first_turn, "user", "assistant", "tool", "assistant"]
-    assert document["version"] == 3 and document["turns"] == 2 and "pending" not in document
+    assert document["version"] == 4 and document["turns"] == 2 and "pending" not in document
     cut = document["messages"][2]
     assert cut["tool_calls"][1]["function"]["arguments"] == "{}"
     assert list(cut["meta"]["raw_arguments"].values()) == ['{"order_id": "2"']
@@ -175,7 +175,7 @@ async def test_a_tool_loop_stores_nothing(database: Database, chat_cls: type[Any
     looping = FunctionModel(lambda messages: ToolCall("get_order", {"order_id": "x"}))
     with AGENT.override(model=looping), pytest.raises(ToolLoopError):
         await api.start(None, "loop")
-    assert stored_rows(database, chat_cls.__table__) == []
+    assert joined_rows(database, chat_cls.__table__) == []
 
     with AGENT.override(model=_script("hello")):
         chat = await api.start(None, "hi")
@@ -197,7 +197,7 @@ async def test_a_raising_tool_fails_the_turn_and_stores_nothing(
     at_once = _script(ToolCall("explode", {}))
     with AGENT.override(model=at_once), pytest.raises(ToolExecutionError):
         await api.start(None, "explode at once")
-    assert stored_rows(database, chat_cls.__table__) == []
+    assert joined_rows(database, chat_cls.__table__) == []
     with AGENT.override(model=_script("hello")):
         chat = await api.start(None, "hi")
     before = _row(database, chat_cls, chat.id)

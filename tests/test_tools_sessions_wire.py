@@ -19,7 +19,7 @@ from agent_session import Agent, AgentSessionMixin, Tool, ToolContext
 from agent_session.llm import import_litellm
 from support.databases import Database
 from support.fake_openai import FakeOpenAI, running_fake_openai
-from support.sessions import Api, stored_rows
+from support.sessions import Api, joined_rows
 
 REFUNDS: list[tuple[str, float, str]] = []
 
@@ -103,7 +103,7 @@ async def test_a_tool_session_replays_to_openai_and_anthropic_endpoints(
     fake.enqueue_tool_calls([("refund", {"order_id": "A-1", "amount": 5}, "call_r")])
     chat = await api.cont(None, chat.id, "Refund 5 on A-1, please.")
     assert [p.tool_call_id for p in chat.pending_approvals] == ["call_r"]
-    assert stored_rows(database, WireChat.__table__)[0]["status"] == "awaiting_approval"
+    assert joined_rows(database, WireChat.__table__)[0]["status"] == "awaiting_approval"
     assert REFUNDS == []
     fake.enqueue_completion("Refunded 5 on A-1.")
     chat = await api.resume(None, chat.id, approvals={"call_r": True}, deps="shop-7")
@@ -143,7 +143,7 @@ async def test_a_tool_session_replays_to_openai_and_anthropic_endpoints(
     monkeypatch.setattr(WireChat, "__agent__", openai_style)
     fake.enqueue_completion("Anything else?")
     chat = await api.cont(None, chat.id, "Bye")
-    [row] = stored_rows(database, WireChat.__table__)
+    [row] = joined_rows(database, WireChat.__table__)
     document = row["context"] if isinstance(row["context"], dict) else json.loads(row["context"])
     assert document["turns"] == 4 and row["status"] == "completed"
     assert fake.pending == 0

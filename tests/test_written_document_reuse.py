@@ -19,7 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from agent_session import Agent, AgentSessionMixin
 from agent_session.testing import FunctionModel
 from support.databases import Database
-from support.sessions import Api, stored_rows
+from support.sessions import Api, joined_rows
 
 
 def reply(messages: list[dict[str, Any]]) -> str:
@@ -70,7 +70,7 @@ async def test_next_turn_checks_only_the_revision(database: Database, maker: boo
     assert len(seen) == 1
     assert "context_revision" in seen[0]
     assert "reuse_chats.context," not in seen[0] and "reuse_chats.context " not in seen[0]
-    [row] = stored_rows(database, Chat.__table__)
+    [row] = joined_rows(database, Chat.__table__)
     assert users(row["context"]) == ["one", "two"] and row["context_revision"] == 2
 
 
@@ -85,7 +85,7 @@ async def test_a_newer_revision_from_another_writer_is_loaded(database: Database
             await other.commit(db2)
         chat = await mine.cont(db, chat, "three")
         await mine.commit(db)
-    [row] = stored_rows(database, Chat.__table__)
+    [row] = joined_rows(database, Chat.__table__)
     assert users(row["context"]) == ["one", "two (other worker)", "three"]
     assert row["context_revision"] == 3
 
@@ -109,7 +109,7 @@ async def test_after_a_rollback_the_row_is_reloaded(database: Database) -> None:
             await other.commit(db2)
         chat = await mine.cont(db, chat, "three")
         await mine.commit(db)
-    [row] = stored_rows(database, Chat.__table__)
+    [row] = joined_rows(database, Chat.__table__)
     assert users(row["context"]) == ["one", "two (other worker)", "three"]
 
 
@@ -124,7 +124,7 @@ async def test_a_replaced_context_value_is_not_trusted(database: Database) -> No
             chat = await api.cont(db, chat, "two")
         await api.commit(db)
     assert any("context," in s or "context " in s for s in seen)
-    [row] = stored_rows(database, Chat.__table__)
+    [row] = joined_rows(database, Chat.__table__)
     assert users(row["context"]) == ["one", "two"]
 
 

@@ -336,9 +336,7 @@ def _expand(joined: dict[str, Any], messages: list[dict[str, Any]]) -> list[Any]
     expanded = []
     for message in messages:
         seq = (message.get("id") or "").split(".", 1)[0]
-        expanded.extend(
-            _expand_messages([message], created.get(seq, joined.get("created_at")))
-        )
+        expanded.extend(_expand_messages([message], created.get(seq, joined.get("created_at"))))
     return expanded
 
 
@@ -420,7 +418,8 @@ def continue_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
-            written = yield Swap(instance, key, revision, values, where, rows)
+            fresh = FROM_VERSION in new_document
+            written = yield Swap(instance, key, revision, values, where, rows, fresh)
         except Exception:
             # The model call or the final write failed: with a status column, say
             # so (keeping the previous context) rather than leave it ``running``;
@@ -601,7 +600,8 @@ def resume_session_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
-            written = yield Swap(instance, key, revision, values, where, rows)
+            fresh = FROM_VERSION in new_document
+            written = yield Swap(instance, key, revision, values, where, rows, fresh)
         except Exception:
             # Put the pause back, unclaimed, so that it can be resumed again.
             back, _, _ = _write(spec, paused, SessionStatus.AWAITING_APPROVAL, revision, rows=False)

@@ -90,6 +90,9 @@ class Swap:
     """The caller's criteria: a row outside them is not written (as after a lost race)."""
     rows: tuple[Any, ...] = ()
     """History rows ``(seq, parent, data)`` inserted only when the compare-and-swap won."""
+    fresh: bool = False
+    """The rows are the first of a document stored as rows for the first time: any row
+    left under the key (by a head written back by hand) is deleted before them."""
 
 
 @dataclass(frozen=True)

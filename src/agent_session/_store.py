@@ -561,8 +561,10 @@ class SyncStore(_StoreBase):
         result = Session.execute(session, statement, params)
         won = self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
         if won and op.rows:
-            insert, rows = self.insert_rows_statement(op.key, op.rows)
-            Session.execute(session, insert, rows)
+            if op.fresh:
+                Session.execute(session, *self.delete_rows_statement(op.key))
+            for insert, rows in self.insert_batches(op.key, op.rows):
+                Session.execute(session, insert, rows)
         return won
 
     def _insert(self, session: Session, op: Insert) -> Any:
@@ -690,8 +692,10 @@ class AsyncStore(_StoreBase):
         result = await self.execute(session, statement, params)
         won = self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
         if won and op.rows:
-            insert, rows = self.insert_rows_statement(op.key, op.rows)
-            await self.execute(session, insert, rows)
+            if op.fresh:
+                await self.execute(session, *self.delete_rows_statement(op.key))
+            for insert, rows in self.insert_batches(op.key, op.rows):
+                await self.execute(session, insert, rows)
         return won
 
     async def _insert(self, session: AsyncSession, op: Insert) -> Any:

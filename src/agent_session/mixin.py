@@ -35,6 +35,7 @@ import math
 import sys
 import types
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import (
@@ -131,8 +132,14 @@ _SPEC = "__agent_session_spec__"
 DEFAULT_HISTORY_TABLE = "<tablename>_history"
 """``__history_table__``'s default: the session table's name with ``_history``."""
 
-_HISTORY_OF = "agent_session_history_of"
-"""``Table.info`` key of a history table: the session table it belongs to."""
+_HISTORY_OF: weakref.WeakKeyDictionary[sa.Table, sa.Table] = weakref.WeakKeyDictionary()
+"""Each history table the mixin declared, and the session table it belongs to (kept
+here rather than in ``Table.info``, which Alembic would render into migrations)."""
+
+
+def history_owner(table: Any) -> sa.Table | None:
+    """The session table whose history ``table`` is (``None``: not a history table)."""
+    return _HISTORY_OF.get(table)
 
 
 def _written_here(instance: Any, raw: Any) -> bool:
@@ -1184,7 +1191,7 @@ def _history_table(cls: type, table: Any) -> sa.Table | None:
     full_name = setting if table.schema is None else f"{table.schema}.{setting}"
     existing = metadata.tables.get(full_name)
     if existing is not None:
-        if existing.info.get(_HISTORY_OF) is table:
+        if _HISTORY_OF.get(existing) is table:
             return existing
         raise ConfigurationError(
             f"{cls.__name__}: the history table {full_name!r} is already a table of this "
@@ -1203,7 +1210,7 @@ def _history_table(cls: type, table: Any) -> sa.Table | None:
         raise ConfigurationError(
             f"{cls.__name__}: the history table's columns would clash: {sorted(taken)}"
         )
-    return sa.Table(
+    history = sa.Table(
         setting,
         metadata,
         *(
@@ -1219,8 +1226,9 @@ def _history_table(cls: type, table: Any) -> sa.Table | None:
             ondelete="CASCADE",
         ),
         schema=table.schema,
-        info={_HISTORY_OF: table},
     )
+    _HISTORY_OF[history] = table
+    return history
 
 
 def _key_type(type_: Any) -> Any:

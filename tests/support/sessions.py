@@ -119,8 +119,10 @@ def stored_rows(database: Database, table: sa.Table) -> list[dict[str, Any]]:
 
 def history_table(table: sa.Table) -> sa.Table | None:
     """The format-4 history table of a session table, if it has one."""
+    from agent_session.mixin import history_owner
+
     for other in table.metadata.tables.values():
-        if other.info.get("agent_session_history_of") is table:
+        if history_owner(other) is table:
             return other
     return None
 
@@ -136,10 +138,12 @@ def history_rows(database: Database, table: sa.Table) -> list[dict[str, Any]]:
         return [dict(row) for row in rows]
 
 
-def joined_rows(database: Database, table: sa.Table, attr: str = "context") -> list[dict[str, Any]]:
+def joined_rows(database: Database, table: sa.Table) -> list[dict[str, Any]]:
     """``stored_rows`` with each format-4 head joined with its history rows: the
     context column then holds the whole active path in ``messages`` (compact, without
-    ids), as the library's turns see it."""
+    ids), as the library's turns see it (and as version 3 stored it)."""
+    import json
+
     from agent_session.context import is_head, joined_document
 
     rows = stored_rows(database, table)
@@ -151,14 +155,12 @@ def joined_rows(database: Database, table: sa.Table, attr: str = "context") -> l
             key = tuple(row[name] for name in names)
             by_key.setdefault(key, []).append((row["seq"], row["parent"], row["data"]))
     keys = [c.name for c in table.primary_key.columns]
-    column = table.c[attr].name if attr in table.c else attr
     for row in rows:
-        head = row.get(column)
-        if isinstance(head, str):
-            import json
-
-            head = json.loads(head)
-        if is_head(head):
+        for column, head in list(row.items()):
+            if isinstance(head, str) and head.startswith('{"version":4'):
+                head = json.loads(head)
+            if not is_head(head):
+                continue
             joined = joined_document(head, by_key.get(tuple(row[k] for k in keys), []))
             joined["messages"] = [
                 {k: v for k, v in m.items() if k not in ("id", "parent")}

@@ -104,14 +104,11 @@ def joined_row(conn: Any, table: sa.Table, row: dict[str, Any]) -> dict[str, Any
     """``row`` with its format-4 head joined with its history rows: ``context`` then
     holds ``messages`` (the whole active path, without ids), as version 3 stored it."""
     from agent_session.context import is_head, joined_document
+    from agent_session.mixin import history_owner
 
     head = row.get("context")
     history = next(
-        (
-            t
-            for t in table.metadata.tables.values()
-            if t.info.get("agent_session_history_of") is table
-        ),
+        (t for t in table.metadata.tables.values() if history_owner(t) is table),
         None,
     )
     if not is_head(head) or history is None:
