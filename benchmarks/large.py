@@ -549,10 +549,13 @@ async def _pages(async_url: str, sync_url: str, opts: Options) -> dict[str, list
 
 
 _PER_TURN = (
-    "At 10 messages both sides make the same driver calls per turn (36 on aiosqlite: two "
-    "transactions each), so what the turn costs over the SDK's is the library's own work "
-    "in Python per turn (validating input, output and the stored head and rows, building "
-    "the request, the head's JSON), not its SQL."
+    "Both sides run the same SQL per turn: two transactions of two statements (here: "
+    "SELECT the row, SELECT the window's history rows; UPDATE the head under the "
+    "compare-and-swap, INSERT the turn's row; the SDK: SELECT its rows; SELECT the session, "
+    "INSERT the messages, UPDATE updated_at), and the same 36 aiosqlite calls. What a turn "
+    "costs over the SDK's is the library's work in Python per turn: the ORM load of the "
+    "row, validating the input, the output and what was read, building the request, "
+    "encoding the head."
 )
 _WHOLE = (
     "Without a window a turn reads every history row and builds a whole validated Context "
