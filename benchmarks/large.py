@@ -246,15 +246,25 @@ class SdkSide:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.sessions_table}")
 
 
-def _timed(fn: Callable[[], Awaitable[Any]], after: Callable[[], Any]) -> Callable[[], Any]:
-    async def variant() -> float:
+class _Timed:
+    """A variant: times ``fn`` (wall clock, returned, and this process's CPU time, kept in
+    ``cpu``), then runs ``after`` untimed."""
+
+    def __init__(self, fn: Callable[[], Awaitable[Any]], after: Callable[[], Any]) -> None:
+        self.fn, self.after = fn, after
+        self.cpu: list[float] = []
+
+    async def __call__(self) -> float:
+        cpu = time.process_time()
         started = time.perf_counter()
-        await fn()
+        await self.fn()
         elapsed = time.perf_counter() - started
-        after()
+        self.cpu.append(time.process_time() - cpu)
+        self.after()
         return elapsed
 
-    return variant
+
+_timed = _Timed
 
 
 # -- one database ------------------------------------------------------------------------
@@ -267,6 +277,7 @@ class Figures:
 
     label: str
     samples: dict[tuple[int, str], list[float]] = field(default_factory=dict)
+    cpu: dict[tuple[int, str], list[float]] = field(default_factory=dict)
     wal: dict[tuple[int, str], float] = field(default_factory=dict)
     memory: dict[tuple[int, str], float] = field(default_factory=dict)
     seeding: dict[int, float] = field(default_factory=dict)
@@ -333,7 +344,7 @@ class Bench:
                 with sync_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                     conn.exec_driver_sql("VACUUM (ANALYZE)")
 
-            variants: dict[str, Callable[[], Awaitable[float]]] = {
+            variants: dict[str, _Timed] = {
                 LIB_WIN: _timed(lambda: win.turn(maker, 1), lambda: win.reset(sync_engine, 1)),
                 SDK_WIN: _timed(lambda: sdk.turn("win", SDK_LIMIT), lambda: sdk.reset(sync_engine)),
             }
@@ -353,9 +364,12 @@ class Bench:
             if size > 10:
                 variants.update(self.reference)
             rounds = 2 if self.opts.quick else ROUNDS[size]
-            samples = await ainterleave(variants, rounds, warmup=1)
+            for variant in variants.values():
+                variant.cpu.clear()
+            samples = await ainterleave(variants, rounds, warmup=1)  # type: ignore[arg-type]
             for name, values in samples.items():
                 self.figures.samples[(size, name)] = values
+                self.figures.cpu[(size, name)] = variants[name].cpu[1:]  # not the warm-up
 
             if size in (10, 10_000) and not self.opts.quick:
                 if self.postgres:
@@ -788,6 +802,37 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
             "windowed/SDK",
             "p25–p75",
             "seed s",
+        ],
+        rows,
+    )
+
+    # CPU time of this process.
+    rows = []
+    for f in figures:
+        for size in (*SIZES, HUGE):
+            cells = []
+            for lib, sdk in ((LIB, SDK), (LIB_WIN, SDK_WIN)):
+                a, b = f.cpu.get((size, lib)), f.cpu.get((size, sdk))
+                if a and b:
+                    cells += [fmt_ms(stats(a).median), fmt_ms(stats(b).median)]
+                    cells.append(fmt_ratio(stats(a).median / stats(b).median))
+                else:
+                    cells += ["", "", ""]
+            if any(cells):
+                rows.append([f.label, f"{size:,}", *cells])
+    result.add_table(
+        "CPU time of this process per turn, ms (time.process_time, median; includes the "
+        "driver's threads, not the database server's work; less disturbed by the load of "
+        "other processes than the wall clock)",
+        [
+            "database",
+            "stored messages",
+            "turn",
+            "SDK turn",
+            "ratio",
+            "LastTurns(20)",
+            "SDK limit=40",
+            "ratio",
         ],
         rows,
     )
