@@ -418,7 +418,8 @@ def continue_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
-            fresh = FROM_VERSION in new_document
+            # The first rows of this conversation replace any left under the key.
+            fresh = claim.document is None or FROM_VERSION in new_document
             written = yield Swap(instance, key, revision, values, where, rows, fresh)
         except Exception:
             # The model call or the final write failed: with a status column, say
