@@ -851,11 +851,14 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
             peer = _ratio(f, (size, SDK_WIN), (size, REF_SDK))
             if growth is None:
                 continue
+            cpu_n, cpu_10 = f.cpu.get((size, LIB_WIN)), f.cpu.get((size, REF_WIN))
+            cpu = stats(cpu_n).median / stats(cpu_10).median if cpu_n and cpu_10 else None
             rows.append(
                 [
                     f.label,
                     f"{size:,}",
                     *fmt_ratio_stats(growth),
+                    fmt_ratio(cpu) if cpu else "",
                     fmt_ratio(peer.median) if peer else "",
                     fmt_ms(stats(f.samples[(size, LIB_WIN)]).median),
                     fmt_ms(stats(f.samples[(size, REF_WIN)]).median),
@@ -875,6 +878,7 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
             "stored messages",
             "LastTurns(20) N/10",
             "p25–p75",
+            "CPU N/10",
             "SDK limit=40 N/10",
             "at N, ms",
             "at 10, ms",
