@@ -1015,6 +1015,11 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
     else:
         result.notes.append("get_messages is not in this version of the library: not measured.")
 
+    result.notes.append(
+        "On a machine with more runnable processes than CPUs (see the load average above) "
+        "the wall-clock ratios spread (their p25–p75 columns); the CPU-time figures of "
+        "this process move much less and say where the library's own cost grows."
+    )
     goals.sort(key=lambda g: (not g.judged, g.label != "SQLite"))
     judged = [g for g in goals if g.judged]
     missed = [g for g in judged if not g.met]
