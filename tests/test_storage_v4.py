@@ -525,3 +525,29 @@ async def test_compaction_reads_the_turns_after_the_summary_only(database: Datab
                 int(str(before).split(".")[0])
                 == by_seq[int(str(message.id).split(".")[0])]["parent"]
             )
+
+
+class V4CompactInline(AgentSessionMixin, Base):
+    __tablename__ = "v4_compact_inline"
+    __agent__ = V4Compact.__agent__
+    __history_table__ = None
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+
+async def test_compaction_in_the_single_column_layout(database: Database) -> None:
+    database.create_all(Base.metadata)
+    api = Api(database, V4CompactInline, maker=True)
+    chat = await api.start(None, "turn 1 " + "x" * 60)
+    for turn in range(2, 7):
+        chat = await api.cont(None, chat.id, f"turn {turn} " + "x" * 60)
+    [row] = [r for r in stored_rows(database, V4CompactInline.__table__) if r["id"] == chat.id]
+    head = row["context"]
+    head = json.loads(head) if isinstance(head, str) else head
+    summary = head["summary"]
+    rows = {seq: (parent, data) for seq, parent, data in head["rows"]}
+    assert rows[summary["seq"]][0] == summary["anchor"]
+    assert rows[summary["seq"]][1] == [summary["message"]]
+    context = await api.context(None, chat.id)
+    assert context.turns == 6
+    assert [m.role for m in context.messages if m.role != "system"] == ["user", "assistant"] * 6
+    assert any(m.meta.summary is not None for m in context.messages)

@@ -852,9 +852,10 @@ def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
     path = head.get("path") or []
     if not _paths.valid(path):
         raise ValueError(f"path is not a list of [first, last] runs: {path!r}")
-    inline = "rows" in head
-    if rows is None:
-        rows = head.get("rows") or () if inline else ()
+    if "rows" in head:  # the single-column layout: the head holds every row
+        rows = head["rows"] or ()
+    elif rows is None:
+        rows = ()
     newest = int(head.get("next", 1))
     by_seq: dict[int, tuple[Any, Any]] = {}
     for row in rows:
