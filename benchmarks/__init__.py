@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "window": ("window", "History windows at 10 to 10,000 messages"),
     "concurrency": ("concurrency", "Concurrency"),
     "peer": ("peer", "Peer: OpenAI Agents SDK SQLAlchemySession"),
+    "large": ("large", "Large sessions: a turn at 10 to 100,000 stored messages"),
     "storage": ("storage", "Storage: json vs jsonb"),
     "profile": ("profile_turn", "Where a turn spends its time"),
     "streaming": ("streaming", "Streaming: first delta and per-delta overhead"),

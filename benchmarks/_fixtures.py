@@ -21,12 +21,13 @@ two new messages appended.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -256,11 +257,11 @@ def make_document(messages: int, *, check: bool = True) -> dict[str, Any]:
     return document
 
 
-def chat_items(messages: int) -> list[dict[str, Any]]:
+def chat_items(messages: int, *, check: bool = True) -> list[dict[str, Any]]:
     """The same conversation as plain chat items (what a per-message store keeps)."""
     return [
         {"role": m["role"], "content": m["content"]}
-        for m in make_document(messages)["messages"]
+        for m in make_document(messages, check=check)["messages"]
         if m["role"] != "system"
     ]
 
@@ -363,9 +364,27 @@ async def abaseline_turn_maker(
 # -- rows ------------------------------------------------------------------------
 
 
+def history_tables(table: sa.Table) -> list[tuple[sa.Table, sa.Column[Any]]]:
+    """The tables that keep a session row's history apart from it (format 4's history
+    table, declared on the model's metadata), each with its column naming the row."""
+    found = []
+    for other in table.metadata.sorted_tables:
+        for column in other.c:
+            if any(fk.column.table is table for fk in column.foreign_keys):
+                found.append((other, column))
+                break
+    return found
+
+
 def put_rows(engine: sa.Engine, table: sa.Table, document: dict[str, Any], ids: list[int]) -> None:
-    """Insert (or reset) rows ``ids`` holding ``document``, revision 0."""
+    """Insert (or reset) rows ``ids`` holding ``document`` as one stored document
+    (format 3), revision 0, with no history rows: the library reads it and moves it to
+    its current layout on the row's next write."""
+    if not ids:
+        return
     with engine.begin() as conn:
+        for history, key in history_tables(table):
+            conn.execute(sa.delete(history).where(key.in_(ids)))
         conn.execute(sa.delete(table).where(table.c.id.in_(ids)))
         conn.execute(
             sa.insert(table),
@@ -376,20 +395,69 @@ def put_rows(engine: sa.Engine, table: sa.Table, document: dict[str, Any], ids: 
         )
 
 
+def import_rows(
+    engine: sa.Engine, chat: type[Any], document: dict[str, Any], ids: list[int]
+) -> None:
+    """Rows ``ids`` holding ``document``'s conversation in the library's current layout:
+    written by ``import_session`` where the library has it, else as ``put_rows``."""
+    if not hasattr(chat, "import_session"):
+        put_rows(engine, chat.__table__, document, ids)
+        return
+    table = chat.__table__
+    items = [
+        {"role": m["role"], "content": m["content"]}
+        for m in document["messages"]
+        if m["role"] != "system"
+    ]
+    with engine.begin() as conn:
+        for history, key in history_tables(table):
+            conn.execute(sa.delete(history).where(key.in_(ids)))
+        conn.execute(sa.delete(table).where(table.c.id.in_(ids)))
+    for pk in ids:
+        with Session(engine) as db:
+            chat.import_session(db, items, instruction_args=document.get("instruction_args"), id=pk)
+            db.commit()
+
+
 class Resetter:
-    """Puts one row back to a stored document between timed turns (not timed)."""
+    """Puts a row back, between timed turns (not timed), to what it held the first time
+    it was called for that row: the stored document and revision, and no history rows
+    newer than the ones it had then."""
 
     def __init__(self, engine: sa.Engine, table: sa.Table, document: dict[str, Any]) -> None:
         self.engine = engine
         self.table = table
         self.document = document
+        self._saved: dict[int, tuple[Any, int, list[int]]] = {}
 
     def __call__(self, pk: int) -> None:
+        histories = history_tables(self.table)
         with self.engine.begin() as conn:
+            if pk not in self._saved:
+                row = conn.execute(
+                    sa.select(self.table.c.context, self.table.c.context_revision).where(
+                        self.table.c.id == pk
+                    )
+                ).one()
+                tops = [
+                    int(
+                        conn.execute(
+                            sa.select(sa.func.coalesce(sa.func.max(history.c.seq), 0)).where(
+                                key == pk
+                            )
+                        ).scalar_one()
+                    )
+                    for history, key in histories
+                ]
+                self._saved[pk] = (row.context, row.context_revision, tops)
+                return
+            context, revision, tops = self._saved[pk]
+            for (history, key), top in zip(histories, tops, strict=True):
+                conn.execute(sa.delete(history).where(key == pk, history.c.seq > top))
             conn.execute(
                 sa.update(self.table)
                 .where(self.table.c.id == pk)
-                .values(context=self.document, context_revision=0)
+                .values(context=context, context_revision=revision)
             )
 
 
@@ -406,14 +474,19 @@ class ChatTable:
 
 
 @contextmanager
-def chat_table(url: str, tablename: str, messages: int, ids: list[int]) -> Iterator[ChatTable]:
+def chat_table(
+    url: str, tablename: str, messages: int, ids: list[int], *, baseline: Sequence[int] = ()
+) -> Iterator[ChatTable]:
     """``instant_chat(tablename)``'s table created at ``url``, with rows ``ids`` holding a
-    document of ``messages`` messages; dropped, and the engine disposed, on exit."""
+    conversation of ``messages`` messages (the library's rows in its current layout, the
+    ``baseline`` ones as one format-3 document); dropped, and the engine disposed, on
+    exit."""
     chat, table, model = instant_chat(tablename)
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(url, json_serializer=compact_json)
     table.metadata.create_all(engine)
     document = make_document(messages)
-    put_rows(engine, table, document, ids)
+    import_rows(engine, chat, document, [i for i in ids if i not in baseline])
+    put_rows(engine, table, document, [i for i in ids if i in baseline])
     try:
         yield ChatTable(chat, table, model, engine, document, Resetter(engine, table, document))
     finally:
@@ -561,6 +634,11 @@ class Databases:
         self._postgres.close()
         self._mysql.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def compact_json(document: Any) -> str:
+    """Compact JSON, as the library writes it: a row put back reads as it was written."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
 
 def _memory_dir() -> str | None:

@@ -257,9 +257,11 @@ reported, not an error.
   available: a disk flush costs every variant the same and only adds noise.
 - MySQL/MariaDB (`AGENT_SESSION_BENCH_MYSQL_URL`, default
   `mysql+pymysql://root@127.0.0.1:3306/test`) gets the same treatment; it is used
-  for reference rows of the per-turn overhead only.
-- `peer` needs `openai-agents` and `profile` needs `pyinstrument` (the `bench`
-  extra); without them those two report "skipped".
+  for reference rows of the per-turn overhead and of the large sessions.
+- `peer` and `large` need `openai-agents` and `profile` needs `pyinstrument` (the
+  `bench` extra, which also brings the async drivers); without them those report
+  "skipped". `large` reads the write-ahead log with PostgreSQL's `pg_walinspect`
+  extension (PostgreSQL 15+, created in the run's own database).
 - The whole suite takes a few minutes on a 2-core machine; `--quick` well under a
   minute.
 

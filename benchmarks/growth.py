@@ -83,7 +83,7 @@ class _GcClock:
 
 
 def _measure(url: str, size: int, rounds: int) -> dict[str, Any]:
-    with chat_table(url, f"growth_{size}", size, [1, 2, 3]) as fx:
+    with chat_table(url, f"growth_{size}", size, [1, 2, 3], baseline=[2, 3]) as fx:
         chat, table, model, engine = fx.chat, fx.table, fx.model, fx.engine
         document, reset = fx.document, fx.reset
         postgres = engine.dialect.name == "postgresql"

@@ -47,6 +47,7 @@ from ._fixtures import (
     Reply,
     Resetter,
     forget_requests,
+    import_rows,
     make_document,
     put_rows,
     session_class,
@@ -232,7 +233,8 @@ def _sqlite(url: str, rounds: int) -> dict[str, list[float]]:
     engine = sa.create_engine(url)
     table.metadata.create_all(engine)
     document = make_document(MESSAGES)
-    put_rows(engine, table, document, [1, 2])
+    import_rows(engine, chat, document, [1])  # the library's row, in its own layout
+    put_rows(engine, table, document, [2])
     reset = Resetter(engine, table, document)
     forget = partial(forget_requests, model)
 

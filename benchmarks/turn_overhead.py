@@ -74,6 +74,7 @@ MESSAGES = 10
 LIB_OWNED, BASE_OWNED = "library, Session", "baseline, Session"
 LIB_MAKER, BASE_MAKER = "library, sessionmaker", "baseline, sessionmaker"
 ROWS = {LIB_OWNED: 1, BASE_OWNED: 2, LIB_MAKER: 3, BASE_MAKER: 4}
+BASELINE_ROWS = (ROWS[BASE_OWNED], ROWS[BASE_MAKER])
 
 
 def _variants(
@@ -91,7 +92,9 @@ def _variants(
 
 
 def _sync_backend(url: str, rounds: int) -> dict[str, list[float]]:
-    with chat_table(url, "overhead_sync", MESSAGES, list(ROWS.values())) as fx:
+    with chat_table(
+        url, "overhead_sync", MESSAGES, list(ROWS.values()), baseline=BASELINE_ROWS
+    ) as fx:
         chat, table, model, engine = fx.chat, fx.table, fx.model, fx.engine
         maker = sessionmaker(engine)
 
@@ -116,7 +119,9 @@ def _sync_backend(url: str, rounds: int) -> dict[str, list[float]]:
 
 
 def _async_backend(url: str, sync_url: str, rounds: int) -> dict[str, list[float]]:
-    with chat_table(sync_url, "overhead_async", MESSAGES, list(ROWS.values())) as fx:
+    with chat_table(
+        sync_url, "overhead_async", MESSAGES, list(ROWS.values()), baseline=BASELINE_ROWS
+    ) as fx:
         chat, table, model = fx.chat, fx.table, fx.model
 
         async def main() -> dict[str, list[float]]:
@@ -183,7 +188,9 @@ def _cold(url: str, processes: int, turns: int) -> dict[str, tuple[list[float], 
     }
     firsts: dict[str, list[float]] = {"library": [], "baseline": []}
     laters: dict[str, list[float]] = {"library": [], "baseline": []}
-    with chat_table(url, "overhead_cold", MESSAGES, [ROWS[LIB_OWNED], ROWS[BASE_OWNED]]):
+    with chat_table(
+        url, "overhead_cold", MESSAGES, [ROWS[LIB_OWNED], ROWS[BASE_OWNED]], baseline=BASELINE_ROWS
+    ):
         for _ in range(processes):
             for variant in ("library", "baseline"):
                 out = subprocess.run(

@@ -71,7 +71,7 @@ def _agent(model: Any, history: Any) -> Agent[Reply]:
 
 
 def _measure(url: str, size: int, rounds: int) -> dict[str, Any]:
-    with chat_table(url, f"window_{size}", size, [1, 2, 3]) as fx:
+    with chat_table(url, f"window_{size}", size, [1, 2, 3], baseline=[3]) as fx:
         chat, table, model, engine = fx.chat, fx.table, fx.model, fx.engine
         windowed, unwindowed = _agent(model, WINDOW), _agent(model, None)
         sent: dict[str, int] = {}
