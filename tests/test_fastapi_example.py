@@ -3,8 +3,9 @@
 The endpoint is the README's own block (taken from the page, not copied), executed
 with a ``ChatAgent`` of this test: a status column, a tool that needs approval, a
 small ``max_input_bytes`` and a session token budget, so that every early error can
-be provoked. Errors known before the model is called must come back as 404/422/409,
-not as a 200 whose body is an ``error`` frame; a good request streams its frames.
+be provoked. Errors known before the model is called must come back as problem
+documents (404/422/409/429, ``agent_session.http``), not as a 200 whose body is an
+``error`` frame; a good request streams its frames.
 """
 
 from __future__ import annotations
@@ -144,13 +145,26 @@ def test_the_readme_endpoint_answers_early_errors_with_their_status(
             f"/chats/{key}/messages", json={"message": text}, headers={"X-User-Id": user}
         )
 
+    def problem_type(response: Any) -> str:
+        assert response.headers["content-type"] == "application/problem+json"
+        body = response.json()
+        assert body["status"] == response.status_code
+        return str(body["type"]).rpartition("/")[2]
+
     with httpx.Client(base_url=base_url, timeout=10) as client:
-        assert post(uuid.uuid4(), "Hi").status_code == 404
-        assert post(chat.id, "Hi", user="bob").status_code == 404
-        assert post(chat.id, "x" * 100).status_code == 422
-        assert post(paused.id, "Hi").status_code == 409
-        assert post(busy.id, "Hi").status_code == 409
-        assert post(spent.id, "Hi").status_code == 409
+        expected = [
+            (post(uuid.uuid4(), "Hi"), 404, "session-not-found"),
+            (post(chat.id, "Hi", user="bob"), 404, "session-not-found"),
+            (post(chat.id, "x" * 100), 422, "invalid-input"),
+            (post(paused.id, "Hi"), 409, "approval-pending"),
+            (post(busy.id, "Hi"), 409, "session-busy"),
+            (post(spent.id, "Hi"), 429, "budget-exceeded"),
+        ]
+        for response, status, name in expected:
+            assert (response.status_code, problem_type(response)) == (status, name)
+        assert expected[3][0].json()["pending"] == [
+            {"tool_call_id": "pay", "tool_name": "transfer"}
+        ]
         assert SERVED.requests == []
         assert _rows(maker) == before
 

@@ -28,6 +28,7 @@ from ._drivers import ToolScope, amodel_handler, model_handler
 from ._flows import SessionSpec, covers, written_marker
 from ._keys import identity
 from ._operations import Insert, Load, Snapshot, Swap
+from ._server_errors import misconfigured, read_only_hint
 from .context import seq_range
 from .errors import (
     ConfigurationError,
@@ -112,6 +113,11 @@ def _database_errors(what: str, key: Any, name: str, *, owned: bool = True) -> I
         text = str(exc.orig) if exc.orig is not None else str(exc)
         # The driver's text may quote stored data: only ``driver_message`` is shown.
         shown = driver_message(exc)
+        advice = misconfigured(exc)
+        if advice is not None:
+            raise ConfigurationError(
+                f"{name}: database error while {what} ({shown}): {advice}"
+            ) from exc
         if _lost_race(exc, text):
             raise StaleSessionError(
                 f"{name}: another writer held or changed the row while {what} "
@@ -119,7 +125,7 @@ def _database_errors(what: str, key: Any, name: str, *, owned: bool = True) -> I
                 "back before retrying",
                 key=key,
             ) from exc
-        hint = ""
+        hint = read_only_hint(exc)
         if exc.connection_invalidated and not owned:
             hint = (
                 ". The connection was lost, and your transaction with it: nothing was "
