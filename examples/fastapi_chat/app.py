@@ -42,14 +42,15 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-EXAMPLES = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(EXAMPLES))
-
 import agent_session
 from agent_session import AgentSessionError, Denied, Message, SessionNotFoundError, sse
 from agent_session.http import problem
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/models.py
+
 from models import Base, Reply, WebChat, web_agent
 
+EXAMPLES = Path(__file__).resolve().parent.parent
 ROOT = EXAMPLES.parent
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_URL = "sqlite+aiosqlite:///fastapi_chat.sqlite3"
@@ -298,7 +299,11 @@ def create_app(database_url: str | None = None, *, pool_size: int | None = None)
         stream: bool = False,
     ) -> Response:
         result = await WebChat.aregenerate_session(
-            maker, chat_id, where=mine(user), stream=wants_stream(request, stream), **idempotency(key)
+            maker,
+            chat_id,
+            where=mine(user),
+            stream=wants_stream(request, stream),
+            **idempotency(key),
         )
         return answer(result)
 
