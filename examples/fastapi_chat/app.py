@@ -237,7 +237,9 @@ def create_app(database_url: str | None = None, *, pool_size: int | None = None)
         stream: bool = False,
     ) -> Response:
         # A retried start with the same Idempotency-Key names the same primary key.
-        values: dict[str, Any] = {"user_id": user, "title": body.title or body.message[:80]}
+        values: dict[str, Any] = {"user_id": user}
+        if body.title:  # else the library's: the first message, cut to 80 characters
+            values["title"] = body.title
         if key:
             values["id"] = uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{user}\n{key}")
         result = await WebChat.astart_session(
@@ -363,13 +365,13 @@ def create_app(database_url: str | None = None, *, pool_size: int | None = None)
                     "id": str(item.key),
                     "title": item.title,
                     "status": item.status,
-                    "turns": item.turn_count,
-                    "created_at": item.created_at.isoformat() if item.created_at else None,
-                    "last_turn_at": item.last_turn_at.isoformat() if item.last_turn_at else None,
+                    "turns": item.turns,
+                    "created_at": item.created_at.isoformat(),
+                    "last_turn_at": item.last_turn_at.isoformat(),
                 }
-                for item in page
+                for item in page.items
             ],
-            "before": page.next_before,
+            "before": page.next,
         }
 
     @app.delete("/chats/{chat_id}", status_code=204)
