@@ -5,8 +5,8 @@
   tables made by the example's Alembic revisions, dropped afterwards; yields the async
   URL (asyncpg) the app takes.
 - ``serving(env, workers=1)``: the app under a real ``uvicorn`` process (``workers``
-  processes) on a free port of 127.0.0.1; yields its base URL, and stops it whatever
-  happens.
+  processes) on a free port of 127.0.0.1; yields a ``Served`` (its base URL and the
+  process), and stops it whatever happens.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -94,9 +95,39 @@ def sync_engine(async_url: str) -> sa.Engine:
     return sa.create_engine(url.set(drivername=name), poolclass=NullPool)
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    """``http://127.0.0.1:PORT``"""
+    process: subprocess.Popen[bytes]
+    """uvicorn's process (with ``workers > 1``, the parent of the worker processes)."""
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of uvicorn and its worker processes so far."""
+        pids = [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        if children.exists():
+            pids += [int(pid) for pid in children.read_text().split()]
+        ticks = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def serving(env: Mapping[str, str], *, workers: int = 1, timeout: float = 60.0) -> Iterator[str]:
-    """``uvicorn fastapi_chat.app:app`` on 127.0.0.1 with ``env`` added; the base URL."""
+def serving(
+    env: Mapping[str, str],
+    *,
+    workers: int = 1,
+    timeout: float = 60.0,
+    app: str = "fastapi_chat.app:app",
+    app_dir: Path = EXAMPLES,
+) -> Iterator[Served]:
+    """``uvicorn <app>`` on 127.0.0.1 with ``env`` added."""
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_NOT)}
     environment.update(env)
@@ -105,7 +136,7 @@ def serving(env: Mapping[str, str], *, workers: int = 1, timeout: float = 60.0) 
         "-m",
         "uvicorn",
         "--app-dir",
-        str(EXAMPLES),
+        str(app_dir),
         "--host",
         "127.0.0.1",
         "--port",
@@ -115,7 +146,7 @@ def serving(env: Mapping[str, str], *, workers: int = 1, timeout: float = 60.0) 
         "--log-level",
         "warning",
         "--no-access-log",
-        "fastapi_chat.app:app",
+        app,
     ]
     process = subprocess.Popen(command, env=environment, cwd=ROOT)
     base_url = f"http://127.0.0.1:{port}"
@@ -132,7 +163,7 @@ def serving(env: Mapping[str, str], *, workers: int = 1, timeout: float = 60.0) 
             if time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not answer in time")
             time.sleep(0.1)
-        yield base_url
+        yield Served(base_url, process)
     finally:
         process.terminate()
         try:
