@@ -17,7 +17,9 @@ run's time is up.
   limit. Against the same app's hand-written turn (``POST /raw/{id}/messages``: read
   the row, call LiteLLM, write the row) under the same load in the same run, goal
   >= 0.8; CPU time per turn of both (uvicorn's processes, user + system).
-- Each is repeated with streaming (``?stream=1``, the whole SSE body read).
+- Each is repeated with streaming (``?stream=1``, the whole SSE body read), and both
+  shapes run the hand-written turn too: when it falls as short of the ideal as the
+  library, the limit is the machine, not a wait in the library.
 
 Reported for each run: turns/s, p50/p99 latency, the most PostgreSQL connections seen
 open and the most busy at once (``pg_stat_activity``, sampled every 100 ms; the bound
@@ -236,11 +238,12 @@ def _measure(
 
 def _row(run: Run, ideal: float | None, baseline: Run | None) -> list[str]:
     failures = ", ".join(f"{n} x {k}" for k, n in run.failures.most_common()) or "0"
-    versus = ""
+    against = []
     if ideal:
-        versus = f"{run.rate / ideal:.2f} of ideal"
-    elif baseline is not None and baseline.rate:
-        versus = f"{run.rate / baseline.rate:.2f} of hand-written"
+        against.append(f"{run.rate / ideal:.2f} of ideal")
+    if baseline is not None and baseline.rate:
+        against.append(f"{run.rate / baseline.rate:.2f} of hand-written")
+    versus = "; ".join(against)
     return [
         run.label,
         f"{run.turns}",
@@ -292,7 +295,7 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
         shapes = [Shape("CPU-bound", 2, 0.01, 0.5, ideal=False)]
     else:
         shapes = [
-            Shape("latency-bound", 100, 0.5, 25.0, ideal=True),
+            Shape("latency-bound", 100, 0.5, 15.0, ideal=True),
             Shape("CPU-bound", 200, 0.01, 15.0, ideal=False),
         ]
 
@@ -330,32 +333,21 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
                     rows: list[tuple[Run, float | None, Run | None]] = []
                     for stream in (False, True):
                         kind = "streamed" if stream else "unstreamed"
-                        lib = _measure(
-                            served,
-                            engine,
-                            sampler_url,
-                            database,
-                            library,
-                            shape.seconds,
-                            stream=stream,
-                            label=f"library, {kind}",
-                            raw=False,
-                        )
-                        if ideal is not None:
-                            rows.append((lib, ideal, None))
-                            continue
-                        hand = _measure(
-                            served,
-                            engine,
-                            sampler_url,
-                            database,
-                            raw,
-                            shape.seconds,
-                            stream=stream,
-                            label=f"hand-written, {kind}",
-                            raw=True,
-                        )
-                        rows += [(lib, None, hand), (hand, None, None)]
+                        measured = {}
+                        for name, paths in (("library", library), ("hand-written", raw)):
+                            measured[name] = _measure(
+                                served,
+                                engine,
+                                sampler_url,
+                                database,
+                                paths,
+                                shape.seconds,
+                                stream=stream,
+                                label=f"{name}, {kind}",
+                                raw=name == "hand-written",
+                            )
+                        hand = measured["hand-written"]
+                        rows += [(measured["library"], ideal, hand), (hand, ideal, None)]
                     runs[shape.name] = rows
         finally:
             engine.dispose()
@@ -369,10 +361,13 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
         )
         result.add_table(title, HEADERS, [_row(*row) for row in rows])
         for run_, ideal, baseline in rows:
+            if baseline is None:
+                continue  # the hand-written turn: a reference, not judged
             if ideal:
-                verdicts.append((run_.label, run_.rate / ideal, 0.9, "of ideal"))
-            elif baseline is not None and baseline.rate:
-                verdicts.append((run_.label, run_.rate / baseline.rate, 0.8, "of hand-written"))
+                verdicts.append((f"{shape.name} {run_.label}", run_.rate / ideal, 0.9, "of ideal"))
+            elif baseline.rate:
+                ratio = run_.rate / baseline.rate
+                verdicts.append((f"{shape.name} {run_.label}", ratio, 0.8, "of hand-written"))
     all_runs = [r for rows in runs.values() for r, _, _ in rows]
     lost = sum(r.lost for r in all_runs)
     most_open = max(r.open_max for r in all_runs)
@@ -381,6 +376,11 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
     parts = [f"{label} {value:.2f} {what}" for label, value, _, what in verdicts]
     result.measured = "; ".join(parts) + f"; {lost} lost; <= {most_open} connections"
     result.headline = ", ".join(f"{value:.2f}" for _, value, _, _ in verdicts)
+    result.notes.append(
+        "The machine is shared: 2 cores, with other builds and test suites running "
+        "(see the load average); uvicorn's 4 workers, PostgreSQL, the fake model and the "
+        "clients all run on those 2 cores."
+    )
     result.met = met
     return result
 

@@ -298,10 +298,10 @@ def served() -> Iterator[tuple[str, sa.Engine]]:
         pytest.skip(why)
     with chat_database() as url:
         env = {"AGENT_SESSION_DATABASE_URL": url, "CHAT_DEMO_DELAY": "0.05"}
-        with serving(env) as base_url:
+        with serving(env) as server:
             engine = sync_engine(url)
             try:
-                yield base_url, engine
+                yield server.url, engine
             finally:
                 engine.dispose()
 

@@ -49,8 +49,8 @@ def page_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip(why)
     url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('browser') / 'chat.sqlite3'}"
     load_app().migrate(url)
-    with serving({"AGENT_SESSION_DATABASE_URL": url, "CHAT_DEMO_DELAY": "0.04"}) as base_url:
-        yield f"{base_url}/"
+    with serving({"AGENT_SESSION_DATABASE_URL": url, "CHAT_DEMO_DELAY": "0.04"}) as server:
+        yield f"{server.url}/"
 
 
 @pytest.mark.slow
