@@ -4,7 +4,8 @@
 routes unchanged and ``POST /raw/{id}/messages``: what an app writes without the
 library, on a table of its own (``raw_chats``: the conversation as a JSON list). Read
 the row, call LiteLLM (the same model, system prompt and response format), write the
-row back, under the same caller scoping. With ``?stream=1`` the reply streams as
+row back, under the same caller scoping (the same tool definitions sent, though the
+fake model never calls them). With ``?stream=1`` the reply streams as
 server-sent events and the row is written at the end. No revision check, no status,
 no budgets, no validation of the reply beyond parsing it: a baseline, not an
 alternative.
@@ -38,6 +39,21 @@ RAW = sa.Table(
     sa.Column("messages", sa.JSON, nullable=False),
 )
 
+TOOLS = [  # the example's refund tool, as an app would write it by hand
+    {
+        "type": "function",
+        "function": {
+            "name": "refund",
+            "description": "Refund part of an order. A person approves every refund.",
+            "parameters": {
+                "type": "object",
+                "properties": {"order_id": {"type": "string"}, "amount": {"type": "number"}},
+                "required": ["order_id", "amount"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
 MODEL = os.environ.get("AGENT_SESSION_MODEL", "openai/fake-model")
 RESPONSE_FORMAT = {
     "type": "json_schema",
@@ -78,7 +94,7 @@ async def raw_turn(
     request_messages = [system_message(), *messages]
     if not stream:
         response = await litellm.acompletion(
-            model=MODEL, messages=request_messages, response_format=RESPONSE_FORMAT
+            model=MODEL, messages=request_messages, tools=TOOLS, response_format=RESPONSE_FORMAT
         )
         text = response.choices[0].message.content
         reply = json.loads(text)
@@ -88,7 +104,11 @@ async def raw_turn(
     async def frames() -> AsyncIterator[str]:
         pieces: list[str] = []
         chunks = await litellm.acompletion(
-            model=MODEL, messages=request_messages, response_format=RESPONSE_FORMAT, stream=True
+            model=MODEL,
+            messages=request_messages,
+            tools=TOOLS,
+            response_format=RESPONSE_FORMAT,
+            stream=True,
         )
         async for chunk in chunks:
             text = chunk.choices[0].delta.content if chunk.choices else None
