@@ -53,6 +53,14 @@ class V4Windowed(AgentSessionMixin, Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
 
 
+class V4Budget(AgentSessionMixin, Base):
+    """A session budget without a status column: each turn claims the row first."""
+
+    __tablename__ = "v4_budget"
+    __agent__ = Agent(TestModel(text="fine"), instruction="You help.", max_session_tokens=10**9)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+
 class V4Inline(AgentSessionMixin, Base):
     __tablename__ = "v4_inline"
     __agent__ = agent
@@ -205,14 +213,31 @@ async def test_deleting_a_session_deletes_its_rows(database: Database) -> None:
     assert len(_rows_of(database, V4Chat.__table__, other_key)) == 1
 
 
-async def test_a_version_3_document_takes_a_turn_and_is_then_in_rows(database: Database) -> None:
+async def test_claims_write_the_head_only(database: Database) -> None:
+    """With a session budget and no status column a turn claims the row (a write of
+    the head) before its model call: the claim adds no row, the turn adds one."""
     database.create_all(Base.metadata)
-    api = Api(database, V4Chat)
+    api = Api(database, V4Budget, maker=True)
+    chat = await api.start(None, "hello")
+    for turn in range(2, 5):
+        chat = await api.cont(None, chat.id, f"turn {turn}")
+        rows = [r for r in history_rows(database, V4Budget.__table__) if r["session_id"] == chat.id]
+        assert [r["seq"] for r in rows] == list(range(1, turn + 1))
+        assert chat.context_revision == 2 * turn - 1  # a claim and a turn each
+    assert "claimed_at" not in _head(database, V4Budget.__table__, chat.id)
+
+
+@pytest.mark.parametrize("model", [V4Chat, V4Budget], ids=["plain", "claimed"])
+async def test_a_version_3_document_takes_a_turn_and_is_then_in_rows(
+    database: Database, model: Any
+) -> None:
+    database.create_all(Base.metadata)
+    api = Api(database, model)
     v3 = json.loads((DATA / "context_v3_tool_calls.json").read_text())
-    table = V4Chat.__table__
+    table = model.__table__
     with database.sync_engine().begin() as conn:
         key = conn.execute(
-            sa.insert(table).values(context=v3, context_revision=1, owner="a")
+            sa.insert(table).values(context=v3, context_revision=1)
         ).inserted_primary_key[0]
     async with api.session() as db:
         before = await api.context(db, key)
@@ -224,6 +249,7 @@ async def test_a_version_3_document_takes_a_turn_and_is_then_in_rows(database: D
     assert head["version"] == 4 and "messages" not in head
     turns = v3["turns"]
     assert head["path"] == [[1, turns + 1]]
+    assert [r["seq"] for r in _rows_of(database, table, key)] == list(range(1, turns + 2))
     assert [m.role for m in after.messages[:-2]] == [m.role for m in before.messages]
     # The instruction is the agent's own from this turn on; the turns are as they were.
     assert [m.content for m in after.messages[1:-2]] == [m.content for m in before.messages[1:]]

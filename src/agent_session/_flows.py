@@ -427,8 +427,9 @@ def continue_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
-            # A document stored as rows for the first time (``first_rows``: by a branch).
-            fresh = FROM_VERSION in new_document or bool(first_rows)
+            # The first rows of this conversation replace any left under the key; a
+            # document stored as rows for the first time (``first_rows``: by a branch).
+            fresh = claim.document is None or FROM_VERSION in new_document or bool(first_rows)
             rows = (*first_rows, *rows)
             written = yield Swap(instance, key, revision, values, where, rows, fresh)
         except Exception:

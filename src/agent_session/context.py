@@ -961,8 +961,14 @@ def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
     if front is not None:
         messages.append(front)
     last_of: dict[int, str] = {}
-    for seq in loaded:
-        parent, data = by_seq[seq]
+    texts = [by_seq[seq][1] for seq in loaded]
+    if texts and all(isinstance(text, str) for text in texts):
+        # One parse of every row read, rather than one per row.
+        datas: list[Any] = json.loads("[" + ",".join(texts) + "]")
+    else:
+        datas = texts
+    for seq, data in zip(loaded, datas, strict=True):
+        parent = by_seq[seq][0]
         parsed = _parsed(data)
         previous = last_of.get(parent) if parent is not None else None
         for index, message in enumerate(parsed):
