@@ -44,6 +44,7 @@ if _typing.TYPE_CHECKING:
         TurnCompleted,
     )
     from .history import LastTurns, Summarize, TokenBudget
+    from .listing import SessionPage, SessionSummary
     from .llm import (
         LiteLLMModel,
         Model,
@@ -104,6 +105,8 @@ _LAZY = {
     "AgentSessionMixin": "mixin",
     "SessionStatus": "mixin",
     "Result": "result",
+    "SessionPage": "listing",
+    "SessionSummary": "listing",
     "Denied": "tools",
     "PendingApproval": "tools",
     "Tool": "tools",
@@ -166,7 +169,9 @@ __all__ = [
     "Result",
     "SessionBusyError",
     "SessionNotFoundError",
+    "SessionPage",
     "SessionStatus",
+    "SessionSummary",
     "StaleSessionError",
     "StorageError",
     "StreamChunk",

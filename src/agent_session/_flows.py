@@ -94,6 +94,18 @@ class SessionStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Listing:
+    """The columns ``list_sessions`` reads, which every turn keeps up to date."""
+
+    title_attr: str
+    turns_attr: str
+    created_attr: str
+    last_turn_attr: str
+    keys: tuple[Any, ...]
+    """The primary-key columns (the order of sessions with one last turn time)."""
+
+
+@dataclass(frozen=True)
 class SessionSpec:
     """How one model class stores its sessions (attribute names, agent, limits)."""
 
@@ -107,6 +119,8 @@ class SessionSpec:
     """SQL statements the stores built for this class, reused on every turn."""
     history_table: Any = field(default=None, compare=False, repr=False)
     """The companion table of history rows (``None``: the single-column layout)."""
+    listing: Listing | None = field(default=None, compare=False, repr=False)
+    """The listing's columns (``None``: the model does not list its sessions)."""
 
     @property
     def inline(self) -> bool:
@@ -206,6 +220,46 @@ def _head_only(spec: SessionSpec, document: dict[str, Any]) -> dict[str, Any]:
     return head
 
 
+TITLE_CHARS = 80
+"""A derived title: the first user message, its whitespace collapsed, cut to this."""
+
+
+def derived_title(document: Mapping[str, Any]) -> str | None:
+    """The title of a conversation the app did not name: its first user message."""
+    for message in document.get("messages") or ():
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            return " ".join(message["content"].split())[:TITLE_CHARS] or None
+    return None
+
+
+def listing_values(
+    spec: SessionSpec,
+    document: Mapping[str, Any],
+    now: datetime,
+    *,
+    instance: Any = None,
+    first: bool = False,
+) -> dict[str, Any]:
+    """The listing's columns a turn writes in its compare-and-swap (none when the model
+    does not list its sessions): the last turn time and the turn count; on the first
+    turn of a conversation, the creation time and the title, unless the app set them."""
+    listing = spec.listing
+    if listing is None:
+        return {}
+    values: dict[str, Any] = {
+        listing.last_turn_attr: _naive_utc(now),
+        listing.turns_attr: int(document.get("turns") or 0),
+    }
+    if first and instance is not None:
+        if getattr(instance, listing.created_attr, None) is None:
+            values[listing.created_attr] = _naive_utc(now)
+        if getattr(instance, listing.title_attr, None) is None:
+            title = derived_title(document)
+            if title is not None:
+                values[listing.title_attr] = title
+    return values
+
+
 def start_flow(
     spec: SessionSpec,
     model: Model,
@@ -233,6 +287,9 @@ def start_flow(
     if spec.status_attr is not None:
         setattr(instance, spec.status_attr, _outcome(result).value)
         setattr(instance, spec.status_changed_attr or "", _naive_utc(plan.now))
+    listed = listing_values(spec, document, utcnow(), instance=instance, first=True)
+    for name, value in listed.items():
+        setattr(instance, name, value)
     instance = yield Insert(instance, rows)
     remember(instance, head, joined, "path", result)
     return instance
@@ -285,6 +342,8 @@ def import_flow(
     document = imported_document(agent, messages, instructions, now)
     instance = _new_instance(spec, values, "import_session")
     head, rows, _ = split(document, inline=spec.inline)
+    for name, value in listing_values(spec, document, now, instance=instance, first=True).items():
+        setattr(instance, name, value)
     del document
     setattr(instance, spec.context_attr, head)
     setattr(instance, spec.revision_attr, 1)
@@ -427,6 +486,11 @@ def continue_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
+            values.update(
+                listing_values(
+                    spec, new_document, utcnow(), instance=instance, first=claim.document is None
+                )
+            )
             # The first rows of this conversation replace any left under the key; a
             # document stored as rows for the first time (``first_rows``: by a branch).
             fresh = claim.document is None or FROM_VERSION in new_document or bool(first_rows)
@@ -629,6 +693,7 @@ def resume_session_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
+            values.update(listing_values(spec, new_document, utcnow()))
             fresh = FROM_VERSION in new_document
             written = yield Swap(instance, key, revision, values, where, rows, fresh)
         except Exception:

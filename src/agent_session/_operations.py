@@ -3,8 +3,8 @@
 A flow is a generator: it yields an operation and is sent its answer. Who answers:
 
 - the stores (``_store``), database operations: ``Load`` (answered with a
-  ``Snapshot`` or ``None``), ``Insert`` (``None``) and ``Swap`` (whether the
-  compare-and-swap won);
+  ``Snapshot`` or ``None``), ``Insert`` (``None``), ``Swap`` (whether the
+  compare-and-swap won) and ``Query`` (the rows of a read-only statement);
 - the drivers, everything else: ``ModelRequest`` (a ``ModelResponse``; defined with
   the model seam in ``llm``, re-exported here), ``RunTools`` (one ``ToolCallResult``
   per call), ``Sleep`` (``None``) and ``HookCall`` (what the user hook returned).
@@ -30,6 +30,7 @@ __all__ = [
     "Insert",
     "Load",
     "ModelRequest",
+    "Query",
     "RunTools",
     "Sleep",
     "Snapshot",
@@ -94,6 +95,13 @@ class Swap:
     fresh: bool = False
     """The rows are the first of a document stored as rows for the first time: any row
     left under the key (by a head written back by hand) is deleted before them."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """Run a read-only statement (``list_sessions``); answered with its rows."""
+
+    statement: Any
 
 
 @dataclass(frozen=True)
