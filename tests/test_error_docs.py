@@ -246,7 +246,7 @@ def _invalid_context(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException
 
 @raises(
     "stored context of session 1 has version 99, written by a newer agent-session; "
-    "this release reads versions 1 to 3"
+    "this release reads versions 1 to 4"
 )
 def _newer(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
     fresh(engine, Chat, 1)

@@ -38,11 +38,14 @@ __all__ = [
 ]
 
 
-HistoryRead = int | Literal["after_summary", "path", "all"] | tuple[str, Any, int] | None
+HistoryRead = (
+    int | Literal["after_summary", "path", "all"] | tuple[str, Any, int] | tuple[str, int] | None
+)
 """Which history rows a ``Load`` reads with the head: ``None`` none, an int n the
 newest n turns of the active path, ``"after_summary"`` the path after the head
 summary's anchor, ``"path"`` the whole active path (and the summaries on it),
 ``"all"`` every row, ``("page", seq, n)`` the newest n turns up to turn ``seq``,
+``("row", seq)`` that row alone,
 ``("from", seq, n)`` the path from n turns before turn ``seq`` to its end."""
 
 

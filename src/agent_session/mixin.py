@@ -58,6 +58,7 @@ from sqlalchemy.types import TypeDecorator
 
 from . import _drivers, _flows, _observe
 from ._flows import Listing, SessionSpec, SessionStatus
+from ._idempotency import checked_key
 from ._keys import identity as _identity
 from ._lazy import LazyModule
 from ._store import AsyncStore, SyncStore
@@ -96,6 +97,7 @@ if TYPE_CHECKING:
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None
         max_session_tokens: int | None
         max_session_cost: float | None
+        idempotency_key: str | None
 
     class _ResumeOptions(_TurnOptions, total=False):
         approvals: Required[Mapping[str, bool | Denied]]
@@ -388,15 +390,28 @@ class AgentSessionMixin(_Generic[OutputT]):
         for this call (``BudgetExceededError`` before a call past them, nothing stored).
         ``model`` (a LiteLLM model string or a ``Model``) and ``model_settings`` (merged
         over the agent's) apply to this call only, as on every turn method.
+
+        A primary key given in the values (one the client chose) makes the start
+        retry-safe: when a row with that key exists and was started with the same
+        input, that session is returned (``last_result`` of its first turn, no model
+        call); started with another input, it is an ``IdempotencyKeyReusedError``.
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         values = _column_values(values, column_values)
         agent = spec.agent._for_call(model, model_settings)
-        store = SyncStore(spec, agent.model, db, _tools(spec, deps, _new_key(cls, values)))
+        chosen = _new_key(cls, values)
+        store = SyncStore(spec, agent.model, db, _tools(spec, deps, chosen))
         limits = _limits(spec, max_session_tokens, max_session_cost)
         flow = _flows.start_flow(
-            spec, store.model, input, instruction_args, values, limits=limits, agent=agent
+            spec,
+            store.model,
+            input,
+            instruction_args,
+            values,
+            limits=limits,
+            agent=agent,
+            chosen=chosen,
         )
         if stream:
             return _streaming.stream_session(
@@ -466,6 +481,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | TurnStream[OutputT, Self]:
         """Run one more turn on a stored session (an instance or a primary key).
 
@@ -493,6 +509,16 @@ class AgentSessionMixin(_Generic[OutputT]):
         assistant message marked interrupted.
         ``max_session_tokens`` and ``max_session_cost`` replace the agent's session
         budgets for this call.
+
+        ``idempotency_key`` (a client's ``Idempotency-Key``): a call whose key the
+        session already holds (its newest 100) is not run again: the session comes back
+        with that turn's ``last_result``/``last_output``, no model call, nothing written.
+        The key is stored by the turn's own compare-and-swap, and claims the session
+        while the turn runs, so two requests with one key end as one turn (the second
+        waits within ``busy_timeout``, else ``SessionBusyError``, and retried later gets
+        the stored result). The same key with another input is an
+        ``IdempotencyKeyReusedError``. ``resume_session``, ``regenerate_session`` and
+        ``edit_session`` take it too.
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
@@ -512,6 +538,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
             agent=agent,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return _streaming.stream_session(
@@ -578,6 +605,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | TurnStream[OutputT, Self]:
         """Decide the calls a paused turn waits for, and finish the turn (in any process).
 
@@ -608,6 +636,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
             agent=agent,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return _streaming.stream_session(
@@ -785,6 +814,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | TurnStream[OutputT, Self]:
         """Run the newest turn again: its stored input, on the history before it.
 
@@ -814,6 +844,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return _streaming.stream_session(
@@ -887,6 +918,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | TurnStream[OutputT, Self]:
         """Replace the user message ``message_id`` (a ``Message.id`` of the active path)
         with ``input``, and run the turn from there.
@@ -916,6 +948,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return _streaming.stream_session(
@@ -1064,10 +1097,18 @@ class AgentSessionMixin(_Generic[OutputT]):
         _check_on_cancel(stream, on_cancel)
         values = _column_values(values, column_values)
         agent = spec.agent._for_call(model, model_settings)
-        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, _new_key(cls, values)))
+        chosen = _new_key(cls, values)
+        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, chosen))
         limits = _limits(spec, max_session_tokens, max_session_cost)
         flow = _flows.start_flow(
-            spec, store.model, input, instruction_args, values, limits=limits, agent=agent
+            spec,
+            store.model,
+            input,
+            instruction_args,
+            values,
+            limits=limits,
+            agent=agent,
+            chosen=chosen,
         )
         if stream:
             return await _streaming.astream_session(
@@ -1135,6 +1176,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``continue_session`` (``stream=True``: an ``AsyncTurnStream``)."""
         spec = _spec(cls)
@@ -1155,6 +1197,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
             agent=agent,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return await _streaming.astream_session(
@@ -1221,6 +1264,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``resume_session`` (approved calls run concurrently)."""
         spec = _spec(cls)
@@ -1240,6 +1284,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
             agent=agent,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return await _streaming.astream_session(
@@ -1385,6 +1430,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``regenerate_session``."""
         spec = _spec(cls)
@@ -1406,6 +1452,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return await _streaming.astream_session(
@@ -1479,6 +1526,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``edit_session``."""
         spec = _spec(cls)
@@ -1500,6 +1548,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return await _streaming.astream_session(
