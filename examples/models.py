@@ -62,6 +62,11 @@ class SupportChat(AgentSessionMixin[Reply], Base):
 
     __tablename__ = "support_chats"
     __agent__ = support_agent
+    # Listed per user (``SupportChat.list_sessions(db, where=SupportChat.user_id == ...)``):
+    # the mixin adds ``last_turn_at`` and ``turn_count`` (``title`` and ``created_at`` are
+    # the app's own) and the index (user_id, last_turn_at, id).
+    __last_turn_attribute__ = "last_turn_at"
+    __listed_by__ = ("user_id",)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     user_id: Mapped[str] = mapped_column(sa.String(64), index=True)
