@@ -18,5 +18,6 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "storage": ("storage", "Storage: json vs jsonb"),
     "profile": ("profile_turn", "Where a turn spends its time"),
     "streaming": ("streaming", "Streaming: first delta and per-delta overhead"),
+    "listing": ("listing", "Listing a user's chats"),
 }
 """Benchmark name -> (module in this package, title)."""
