@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "storage": ("storage", "Storage: json vs jsonb"),
     "profile": ("profile_turn", "Where a turn spends its time"),
     "streaming": ("streaming", "Streaming: first delta and per-delta overhead"),
+    "tree": ("tree_ops", "Regenerate and edit beside a turn"),
     "listing": ("listing", "Listing a user's chats"),
 }
 """Benchmark name -> (module in this package, title)."""

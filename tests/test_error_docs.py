@@ -362,6 +362,23 @@ def _paused(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
 
 
 @raises(
+    "'1.1' is an assistant message of session 4: only a user message can be edited; nothing was run"
+)
+def _edit_a_reply(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    fresh(engine, Chat, 4)
+    return caught(lambda: Chat.edit_session(sessionmaker(engine), 4, "1.1", "hi"))
+
+
+@raises(
+    "session 4 has no message '9.0' on its active path (to edit a message of another branch, "
+    "switch_branch to it first); nothing was run"
+)
+def _edit_unknown(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    fresh(engine, Chat, 4)
+    return caught(lambda: Chat.edit_session(sessionmaker(engine), 4, "9.0", "hi"))
+
+
+@raises(
     "input holds a character that cannot be encoded as UTF-8 (a lone surrogate, '\\ud83d', "
     "at position 4)"
 )
