@@ -137,7 +137,8 @@ def started(document: Mapping[str, Any] | None, fp: str, key: Any) -> int | None
     stored = None if document is None else document.get("started_with")
     if not isinstance(stored, list) or not stored or stored[0] != fp:
         raise IdempotencyKeyReusedError(
-            f"session {show_key(key)} already exists, started with another input; nothing was run",
+            f"session {show_key(key)} already exists and was not started with this input; "
+            "nothing was run",
             key=key,
         )
     seq = stored[1] if len(stored) > 1 else None
