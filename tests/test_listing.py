@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column, sessionmaker
+from sqlmodel import Field, SQLModel
 
 from agent_session import (
     Agent,
@@ -225,3 +226,43 @@ def test_listing_settings_are_checked() -> None:
             __last_turn_attribute__ = "last_turn_at"
             __title_attribute__ = "not a name"
             id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class DataclassBase(MappedAsDataclass, DeclarativeBase):
+    pass
+
+
+class ListedDataclass(AgentSessionMixin, DataclassBase):
+    __tablename__ = "listed_dataclass_chats"
+    __agent__ = agent
+    __last_turn_attribute__ = "last_turn_at"
+    __listed_by__ = ("owner",)
+    owner: Mapped[str] = mapped_column(sa.String(20))
+    id: Mapped[int] = mapped_column(primary_key=True, init=False)
+
+
+class ListedSQLModel(AgentSessionMixin, SQLModel, table=True):
+    __agent__ = agent
+    __last_turn_attribute__ = "last_turn_at"
+    __listed_by__ = ("owner",)
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(max_length=20)
+
+
+@pytest.mark.parametrize("model", [ListedDataclass, ListedSQLModel], ids=["dataclass", "sqlmodel"])
+def test_the_listing_in_the_dataclass_and_sqlmodel_styles(tmp_path: Any, model: Any) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'styles.sqlite3'}")
+    table = model.__table__
+    own = (table.name, f"{table.name}_history")
+    table.metadata.create_all(engine, tables=[table.metadata.tables[name] for name in own])
+    assert any(index.name == f"ix_{table.name}_listing" for index in table.indexes)
+    maker = sessionmaker(engine, expire_on_commit=False)
+    first = model.start_session(maker, "first question", owner="ann")
+    second = model.start_session(maker, "second question", owner="ann")
+    model.continue_session(maker, first.id, "again")
+    page = model.list_sessions(maker, where=model.owner == "ann")
+    assert [(i.key, i.title, i.turns) for i in page.items] == [
+        (first.id, "first question", 2),
+        (second.id, "second question", 1),
+    ]
+    engine.dispose()
