@@ -257,3 +257,39 @@ async def test_the_newest_keys_are_kept(database: Database) -> None:
     assert len(calls) == KEPT + 2  # the newest key answered
     await tx(api, "continue_session", chat.id, "q0", idempotency_key="k0")
     assert len(calls) == KEPT + 3  # the oldest forgotten: run again
+
+
+@pytest.mark.parametrize("stored_key", ["k", "other"])
+def test_a_lost_write_finds_its_key_stored_by_the_winner(tmp_path: Any, stored_key: str) -> None:
+    """The write of a keyed turn loses to a writer that stored this call's key (its retry,
+    which took the session over): the call answers from the winner's turn instead of
+    raising ``StaleSessionError``; a winner without the key is a plain lost race."""
+    from agent_session import StaleSessionError
+    from agent_session._idempotency import fingerprint
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'lost.sqlite3'}")
+    Base.metadata.create_all(engine)
+    maker = sessionmaker(engine, expire_on_commit=False)
+    chat = KeyedChat.start_session(maker, "one")
+    table = KeyedChat.__table__
+
+    def winner(messages: list[dict[str, Any]]) -> str:
+        with engine.begin() as conn:
+            head, revision = conn.execute(
+                sa.select(table.c.context, table.c.context_revision)
+            ).one()
+            head = {k: v for k, v in head.items() if k != "claimed_at"}
+            head["keys"] = [[stored_key, fingerprint("continue", "two", None), 1]]
+            conn.execute(table.update().values(context=head, context_revision=revision + 1))
+        return "the loser's reply"
+
+    slow = FunctionModel(winner)
+    if stored_key == "k":
+        answered = KeyedChat.continue_session(
+            maker, chat.id, "two", idempotency_key="k", model=slow
+        )
+        assert answered.last_output == "r1:one"  # the turn the key names
+    else:
+        with pytest.raises(StaleSessionError):
+            KeyedChat.continue_session(maker, chat.id, "two", idempotency_key="k", model=slow)
+    engine.dispose()
