@@ -69,6 +69,11 @@ class SupportChat(AgentSessionMixin[Reply], Base):
 
     __tablename__ = "support_chats"
     __agent__ = support_agent
+    # Listed per user (``SupportChat.list_sessions(db, where=SupportChat.user_id == ...)``):
+    # the mixin adds ``last_turn_at`` and ``turn_count`` (``title`` and ``created_at`` are
+    # the app's own) and the index (user_id, last_turn_at, id).
+    __last_turn_attribute__ = "last_turn_at"
+    __listed_by__ = ("user_id",)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     user_id: Mapped[str] = mapped_column(sa.String(64), index=True)
@@ -156,9 +161,11 @@ class WebChat(AgentSessionMixin[Reply], Base):
     __tablename__ = "web_chats"
     __agent__ = web_agent
     __status_attribute__ = "status"
+    __last_turn_attribute__ = "last_turn_at"  # listed: GET /chats
+    __listed_by__ = ("user_id",)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    user_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    user_id: Mapped[str] = mapped_column(sa.String(64))  # the listing index leads with it
     title: Mapped[str | None] = mapped_column(sa.String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
     status: Mapped[str] = mapped_column(sa.String(32), server_default="pending")

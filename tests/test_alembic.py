@@ -155,6 +155,11 @@ EXAMPLE_TABLES = (
     "web_chats",
     "alembic_version",
 )
+TURNS_COLUMN = "sa.Column('turn_count', sa.Integer(), server_default=sa.text('0'), nullable=False)"
+LAST_TURN_COLUMN = (
+    "sa.Column('last_turn_at', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb')"
+    ".with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=True)"
+)
 HISTORY_COLUMNS = {
     "seq": "sa.Column('seq', sa.Integer(), autoincrement=False, nullable=False)",
     "parent": "sa.Column('parent', sa.Integer(), nullable=True)",
@@ -206,9 +211,21 @@ def test_autogenerate_renders_the_mixin_columns(sync_database: Database, tmp_pat
             "created_at",
             "context",
             "context_revision",
+            "turn_count",
+            "last_turn_at",
         ]
         assert support["context"] == CONTEXT_COLUMN
         assert support["context_revision"] == REVISION_COLUMN
+        assert support["turn_count"] == TURNS_COLUMN
+        assert support["last_turn_at"] == LAST_TURN_COLUMN
+        # The index that serves list_sessions: the user, the last turn time, the key.
+        indexes = {
+            ast.unparse(args[0]): ast.unparse(args[2])
+            for op, args in upgrade
+            if op == "create_index"
+        }
+        assert indexes["'ix_support_chats_listing'"] == "['user_id', 'last_turn_at', 'id']"
+        assert "last_turn_at" not in created["tracked_chats"]  # listing is opt-in
 
         tracked = created["tracked_chats"]
         assert tracked["context"] == CONTEXT_COLUMN

@@ -246,7 +246,7 @@ def _invalid_context(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException
 
 @raises(
     "stored context of session 1 has version 99, written by a newer agent-session; "
-    "this release reads versions 1 to 3"
+    "this release reads versions 1 to 4"
 )
 def _newer(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
     fresh(engine, Chat, 1)
@@ -359,6 +359,23 @@ def _nothing_pending(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException
 def _paused(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
     paused(engine, 3)
     return caught(lambda: Chat.continue_session(sessionmaker(engine), 3, "hello?"))
+
+
+@raises(
+    "'1.1' is an assistant message of session 4: only a user message can be edited; nothing was run"
+)
+def _edit_a_reply(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    fresh(engine, Chat, 4)
+    return caught(lambda: Chat.edit_session(sessionmaker(engine), 4, "1.1", "hi"))
+
+
+@raises(
+    "session 4 has no message '9.0' on its active path (to edit a message of another branch, "
+    "switch_branch to it first); nothing was run"
+)
+def _edit_unknown(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
+    fresh(engine, Chat, 4)
+    return caught(lambda: Chat.edit_session(sessionmaker(engine), 4, "9.0", "hi"))
 
 
 @raises(

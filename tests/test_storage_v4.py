@@ -279,12 +279,29 @@ async def test_get_messages_pages_back_from_the_newest(database: Database) -> No
         chat = await api.cont(None, chat.id, f"t{turn}")
     pages = []
     before = None
-    while True:
-        page = await api.messages(None, chat.id, before=before, limit=3)
-        if not page:
-            break
-        pages.append([m.id for m in page])
-        before = page[0].id
+    read: list[int] = []
+    from agent_session import _store
+
+    real = _store._StoreBase.rows_statement
+
+    def spy(self: Any, op: Any, snap: Any) -> Any:
+        found = real(self, op, snap)
+        if found is not None:
+            read.append(found[1]["last"] - found[1]["first"] + 1)
+        return found
+
+    _store._StoreBase.rows_statement = spy  # type: ignore[method-assign]
+    try:
+        while True:
+            page = await api.messages(None, chat.id, before=before, limit=3)
+            if not page:
+                break
+            pages.append([m.id for m in page])
+            before = page[0].id
+    finally:
+        _store._StoreBase.rows_statement = real  # type: ignore[method-assign]
+    # Each page reads the rows of at most ``limit`` turns, up to the page's end.
+    assert read == [3, 3, 3, 1, 1]
     assert pages == [
         ["4.1", "5.0", "5.1"],
         ["3.0", "3.1", "4.0"],

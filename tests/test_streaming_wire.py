@@ -379,9 +379,25 @@ async def _session_stream(cls: type[Any], tmp_path: Any, mode: str, **kw: Any) -
 
 
 def _stored(cls: type[Any], tmp_path: Any) -> list[dict[str, Any]]:
+    """The rows, each context joined with its history rows (``messages``)."""
+    from agent_session.context import joined_document
+
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'wire.db'}")
+    history = cls.__table__.metadata.tables[f"{cls.__table__.name}_history"]
     with engine.connect() as conn:
         rows = [dict(row._mapping) for row in conn.execute(sa.select(cls.__table__))]
+        for row in rows:
+            found = conn.execute(
+                sa.select(history.c.seq, history.c.parent, history.c.data)
+                .where(history.c.session_id == row["id"])
+                .order_by(history.c.seq)
+            ).all()
+            joined = joined_document(row["context"], found)
+            joined["messages"] = [
+                {k: v for k, v in m.items() if k not in ("id", "parent")}
+                for m in joined["messages"]
+            ]
+            row["context"] = joined
     engine.dispose()
     return rows
 

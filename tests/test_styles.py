@@ -24,6 +24,7 @@ from alembic.autogenerate import compare_metadata, produce_migrations, render_py
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -207,9 +208,13 @@ def test_mistakes_are_configuration_errors_at_class_definition_in_every_style() 
 def _migrate(database: Database, table: sa.Table) -> None:
     """Autogenerate the table's migration on an empty database, run it, compare again."""
     database.create_all(table.metadata)  # dropped again when the test ends
+    # The history table is declared on the style's own metadata, beside the table.
+    history = table.metadata.tables[f"{table.name}_history"]
     metadata = sa.MetaData()
     table.to_metadata(metadata)
+    history.to_metadata(metadata)
     with database.sync_engine().begin() as conn:
+        history.drop(conn)
         table.drop(conn)
         context = MigrationContext.configure(conn)
         script = produce_migrations(context, metadata)
@@ -218,7 +223,8 @@ def _migrate(database: Database, table: sa.Table) -> None:
         rendered = ast.unparse(ast.parse(code))
         for column in MIXIN_COLUMNS.values():
             assert column in rendered, rendered
-        namespace = {"op": Operations(context), "sa": sa, "sqlmodel": sqlmodel}
+        assert f"op.create_table('{history.name}'" in rendered, rendered
+        namespace = {"op": Operations(context), "sa": sa, "sqlmodel": sqlmodel, "mysql": mysql}
         exec(code, namespace)
         namespace["upgrade"]()
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []

@@ -584,7 +584,7 @@ def test_next_document_first_turn() -> None:
     context = load_context(document)
     assert context.turns == 1
     assert context.chat_messages() == result.messages
-    assert context.to_document() == document
+    assert context.to_document() == {**document, "path": [], "next": 1}
     reply = context.messages[-1]
     assert reply.parse_output(agent) == Answer(answer="Hello", confidence=1.0)
     assert reply.meta.attempts == 1
