@@ -366,7 +366,7 @@ def create_app(database_url: str | None = None, *, pool_size: int | None = None)
                     "title": item.title,
                     "status": item.status,
                     "turns": item.turns,
-                    "created_at": item.created_at.isoformat(),
+                    "created_at": item.created_at and item.created_at.isoformat(),
                     "last_turn_at": item.last_turn_at.isoformat(),
                 }
                 for item in page.items
