@@ -20,5 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "profile": ("profile_turn", "Where a turn spends its time"),
     "streaming": ("streaming", "Streaming: first delta and per-delta overhead"),
     "tree": ("tree_ops", "Regenerate and edit beside a turn"),
+    "listing": ("listing", "Listing a user's chats"),
+    "load": ("load", "Load: the FastAPI example under uvicorn"),
 }
 """Benchmark name -> (module in this package, title)."""

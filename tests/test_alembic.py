@@ -149,9 +149,16 @@ def _drop_tables(database: Database, *names: str) -> None:
 EXAMPLE_TABLES = (
     "support_chats_history",
     "tracked_chats_history",
+    "web_chats_history",
     "support_chats",
     "tracked_chats",
+    "web_chats",
     "alembic_version",
+)
+TURNS_COLUMN = "sa.Column('turn_count', sa.Integer(), server_default=sa.text('0'), nullable=False)"
+LAST_TURN_COLUMN = (
+    "sa.Column('last_turn_at', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb')"
+    ".with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=True)"
 )
 HISTORY_COLUMNS = {
     "seq": "sa.Column('seq', sa.Integer(), autoincrement=False, nullable=False)",
@@ -183,9 +190,11 @@ def test_autogenerate_renders_the_mixin_columns(sync_database: Database, tmp_pat
             "tracked_chats",
             "support_chats_history",
             "tracked_chats_history",
+            "web_chats",
+            "web_chats_history",
         }, source
         assert {op for op, _ in upgrade} == {"create_table", "create_index"}, source
-        for name in ("support_chats_history", "tracked_chats_history"):
+        for name in ("support_chats_history", "tracked_chats_history", "web_chats_history"):
             history = created[name]
             assert list(history) == ["session_id", "seq", "parent", "data"]
             assert {k: history[k] for k in HISTORY_COLUMNS} == HISTORY_COLUMNS
@@ -202,9 +211,21 @@ def test_autogenerate_renders_the_mixin_columns(sync_database: Database, tmp_pat
             "created_at",
             "context",
             "context_revision",
+            "turn_count",
+            "last_turn_at",
         ]
         assert support["context"] == CONTEXT_COLUMN
         assert support["context_revision"] == REVISION_COLUMN
+        assert support["turn_count"] == TURNS_COLUMN
+        assert support["last_turn_at"] == LAST_TURN_COLUMN
+        # The index that serves list_sessions: the user, the last turn time, the key.
+        indexes = {
+            ast.unparse(args[0]): ast.unparse(args[2])
+            for op, args in upgrade
+            if op == "create_index"
+        }
+        assert indexes["'ix_support_chats_listing'"] == "['user_id', 'last_turn_at', 'id']"
+        assert "last_turn_at" not in created["tracked_chats"]  # listing is opt-in
 
         tracked = created["tracked_chats"]
         assert tracked["context"] == CONTEXT_COLUMN
@@ -259,15 +280,16 @@ def test_offline_sql_uses_plain_json(tmp_path: Path, url: str) -> None:
     command.upgrade(config, "head", sql=True)
     sql = output.getvalue()
     lines = [line.strip().rstrip(",") for line in sql.splitlines()]
-    assert lines.count("context JSON") == 2, sql
+    assert lines.count("context JSON") == 3, sql
     revision = [line for line in lines if line.startswith("context_revision ")]
     status = [line for line in lines if line.startswith("status ")]
     for line in [*revision, *status]:
         assert "NOT NULL" in line, sql
-    assert len(revision) == 2 and all(
+    assert len(revision) == 3 and all(
         "INTEGER" in line and "DEFAULT 0" in line for line in revision
     )
-    assert len(status) == 1 and "VARCHAR(32)" in status[0] and "DEFAULT 'pending'" in status[0]
+    assert len(status) == 2
+    assert all("VARCHAR(32)" in line and "DEFAULT 'pending'" in line for line in status)
 
 
 # -- adding the mixin to an existing table -----------------------------------

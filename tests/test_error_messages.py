@@ -19,6 +19,7 @@ from agent_session import (
     Agent,
     AgentSessionMixin,
     ContextError,
+    IdempotencyKeyReusedError,
     SessionNotFoundError,
     StaleSessionError,
     StorageError,
@@ -115,15 +116,35 @@ async def test_a_failed_start_never_says_none(api: Api, mode: str) -> None:
     before = stored_rows(api.database, Ticket.__table__)
     async with api.session() as session:
         db = session if mode == "session" else None
-        with pytest.raises(StorageError) as info:  # the primary key is taken
-            await api.start(db, "hi", id=KEY)
+        # the primary key is taken, by a start with another input
+        with pytest.raises(IdempotencyKeyReusedError) as reused:
+            await api.start(db, "hello", id=KEY)
         if db is not None:
             await api.rollback(db)
-    message = str(info.value)
-    assert message.startswith("new Ticket session: database error while inserting"), message
-    assert "None" not in message
-    assert info.value.key is None
+    assert str(reused.value).startswith(f"session {SHOWN} already exists"), str(reused.value)
+    assert "None" not in str(reused.value) and reused.value.key == KEY
     assert stored_rows(api.database, Ticket.__table__) == before
+
+    # taken while the model answered (another writer's row): the insert fails
+    other = uuid.uuid4()
+
+    def take_the_key() -> None:
+        with api.database.sync_engine().begin() as conn:
+            conn.execute(Ticket.__table__.insert().values(id=other))
+
+    interfere["during_call"] = take_the_key
+    async with api.session() as session:
+        db = session if mode == "session" else None
+        with pytest.raises((StorageError, IdempotencyKeyReusedError)) as info:
+            await api.start(db, "hi", id=other)
+        if db is not None:
+            await api.rollback(db)
+    interfere["during_call"] = None
+    message = str(info.value)
+    if isinstance(info.value, StorageError):  # a caller's session cannot read after it
+        assert message.startswith("new Ticket session: database error while inserting"), message
+        assert info.value.key is None
+    assert "None" not in message
 
 
 def test_show_key() -> None:

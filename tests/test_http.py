@@ -82,6 +82,11 @@ EXAMPLES: dict[type[AgentSessionError], AgentSessionError] = {
         f"Chat session 7: another writer changed the row\n{MARKER}", key=7
     ),
     errors.SessionBusyError: errors.SessionBusyError("Chat session 7 is running", key=7),
+    errors.IdempotencyKeyReusedError: errors.IdempotencyKeyReusedError(
+        f"session 7: idempotency key 'k' was used by a request with another input\n{MARKER}",
+        key=7,
+        idempotency_key="k",
+    ),
     errors.StorageError: errors.StorageError(f"database error: {MARKER} {SECRET}", key=7),
     errors.ToolExecutionError: errors.ToolExecutionError(
         f"tool 'pay' raised ValueError: {MARKER}", tool_name="pay", tool_call_id="c1"
@@ -109,6 +114,7 @@ EXPECTED: dict[type[AgentSessionError], tuple[int, str]] = {
     errors.SessionNotFoundError: (404, "session-not-found"),
     errors.StaleSessionError: (409, "stale-session"),
     errors.SessionBusyError: (409, "session-busy"),
+    errors.IdempotencyKeyReusedError: (409, "idempotency-key-reused"),
     errors.StorageError: (500, "storage"),
     errors.ToolExecutionError: (500, "tool-failed"),
     errors.ToolLoopError: (502, "tool-loop"),

@@ -37,6 +37,7 @@ def test_every_mixin_classmethod_has_an_async_twin() -> None:
         "edit_session",
         "switch_branch",
         "rewind_session",
+        "list_sessions",
     }
     for name, sync in methods.items():
         twin = getattr(AgentSessionMixin, f"a{name}")
@@ -72,6 +73,13 @@ def test_every_session_classmethod_takes_deps() -> None:
             assert deps.kind is deps.KEYWORD_ONLY and deps.default is None, name
     for method in (Agent.run, Agent.arun, Agent.resume, Agent.aresume):
         assert inspect.signature(method).parameters["deps"].default is None
+
+
+def test_every_turn_of_an_existing_session_takes_an_idempotency_key() -> None:
+    for name in ("continue_session", "resume_session", "regenerate_session", "edit_session"):
+        for method in (getattr(AgentSessionMixin, name), getattr(AgentSessionMixin, f"a{name}")):
+            key = inspect.signature(method).parameters["idempotency_key"]
+            assert key.kind is key.KEYWORD_ONLY and key.default is None, name
 
 
 def test_stores_answer_the_same_operations() -> None:

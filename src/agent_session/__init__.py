@@ -15,6 +15,7 @@ from .errors import (
     ConfigurationError,
     ContextError,
     ContextWindowError,
+    IdempotencyKeyReusedError,
     InputValidationError,
     ModelCallError,
     OutputLimitError,
@@ -44,6 +45,7 @@ if _typing.TYPE_CHECKING:
         TurnCompleted,
     )
     from .history import LastTurns, Summarize, TokenBudget
+    from .listing import SessionPage, SessionSummary
     from .llm import (
         LiteLLMModel,
         Model,
@@ -104,6 +106,8 @@ _LAZY = {
     "AgentSessionMixin": "mixin",
     "SessionStatus": "mixin",
     "Result": "result",
+    "SessionPage": "listing",
+    "SessionSummary": "listing",
     "Denied": "tools",
     "PendingApproval": "tools",
     "Tool": "tools",
@@ -150,6 +154,7 @@ __all__ = [
     "ContextError",
     "ContextWindowError",
     "Denied",
+    "IdempotencyKeyReusedError",
     "InputValidationError",
     "LastTurns",
     "LiteLLMModel",
@@ -166,7 +171,9 @@ __all__ = [
     "Result",
     "SessionBusyError",
     "SessionNotFoundError",
+    "SessionPage",
     "SessionStatus",
+    "SessionSummary",
     "StaleSessionError",
     "StorageError",
     "StreamChunk",

@@ -33,6 +33,18 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from . import _paths, _tree, _turn
+from ._idempotency import (
+    Idem,
+    Replayed,
+    approval_parts,
+    fingerprint,
+    input_parts,
+    produced_seq,
+    recorded,
+    replayed,
+    started,
+)
+from ._idempotency import check as check_key
 from ._operations import HistoryRead, Insert, Load, Sleep, Snapshot, Swap
 from ._text import encodable
 from .context import (
@@ -55,7 +67,9 @@ from .errors import (
     ApprovalPendingError,
     InputValidationError,
     SessionBusyError,
+    SessionNotFoundError,
     StaleSessionError,
+    StorageError,
     show_key,
 )
 from .history import BudgetLimits, LastTurns
@@ -99,6 +113,18 @@ class SessionStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Listing:
+    """The columns ``list_sessions`` reads, which every turn keeps up to date."""
+
+    title_attr: str
+    turns_attr: str
+    created_attr: str
+    last_turn_attr: str
+    keys: tuple[Any, ...]
+    """The primary-key columns (the order of sessions with one last turn time)."""
+
+
+@dataclass(frozen=True)
 class SessionSpec:
     """How one model class stores its sessions (attribute names, agent, limits)."""
 
@@ -112,6 +138,8 @@ class SessionSpec:
     """SQL statements the stores built for this class, reused on every turn."""
     history_table: Any = field(default=None, compare=False, repr=False)
     """The companion table of history rows (``None``: the single-column layout)."""
+    listing: Listing | None = field(default=None, compare=False, repr=False)
+    """The listing's columns (``None``: the model does not list its sessions)."""
 
     @property
     def inline(self) -> bool:
@@ -170,7 +198,7 @@ def covers(written: tuple[Any, Any, Any], history: HistoryRead) -> bool:
 
 
 def remember(
-    instance: Any, head: Any, joined: dict[str, Any], history: HistoryRead, result: Any
+    instance: Any, head: Any, joined: dict[str, Any] | None, history: HistoryRead, result: Any
 ) -> None:
     """Mark ``head`` as written (valid) with the joined document it stores, and keep
     the turn's result on the instance. A windowed read's document is not kept (the
@@ -211,6 +239,46 @@ def _head_only(spec: SessionSpec, document: dict[str, Any]) -> dict[str, Any]:
     return head
 
 
+TITLE_CHARS = 80
+"""A derived title: the first user message, its whitespace collapsed, cut to this."""
+
+
+def derived_title(document: Mapping[str, Any]) -> str | None:
+    """The title of a conversation the app did not name: its first user message."""
+    for message in document.get("messages") or ():
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            return " ".join(message["content"].split())[:TITLE_CHARS] or None
+    return None
+
+
+def listing_values(
+    spec: SessionSpec,
+    document: Mapping[str, Any],
+    now: datetime,
+    *,
+    instance: Any = None,
+    first: bool = False,
+) -> dict[str, Any]:
+    """The listing's columns a turn writes in its compare-and-swap (none when the model
+    does not list its sessions): the last turn time and the turn count; on the first
+    turn of a conversation, the creation time and the title, unless the app set them."""
+    listing = spec.listing
+    if listing is None:
+        return {}
+    values: dict[str, Any] = {
+        listing.last_turn_attr: _naive_utc(now),
+        listing.turns_attr: int(document.get("turns") or 0),
+    }
+    if first and instance is not None:
+        if getattr(instance, listing.created_attr, None) is None:
+            values[listing.created_attr] = _naive_utc(now)
+        if getattr(instance, listing.title_attr, None) is None:
+            title = derived_title(document)
+            if title is not None:
+                values[listing.title_attr] = title
+    return values
+
+
 def start_flow(
     spec: SessionSpec,
     model: Model,
@@ -220,27 +288,95 @@ def start_flow(
     *,
     limits: BudgetLimits | None = None,
     agent: Agent[Any] | None = None,
+    chosen: Any = None,
 ) -> Flow:
     """Validate, call the model, then insert the new row with its first context.
 
     ``agent``: the agent with this call's model and settings (default: the class's).
+    ``chosen``: the primary key the client chose (in ``values``): a row with it is
+    this start retried when the stored start sent the same input (that session is
+    returned, no model call), else ``IdempotencyKeyReusedError``.
     """
     agent = spec.agent if agent is None else agent
     plan = _turn.plan_first_turn(agent, input, instruction_args, limits=limits)
     instance = _new_instance(spec, values, "start_session")
+    fp = None
+    if chosen is not None:
+        # A primary key the client chose: a retried start finds its session.
+        fp = fingerprint("start", *input_parts(_turn.validate_input(agent, input)))
+        try:
+            found: Snapshot | None = yield Load(chosen)
+        except SessionNotFoundError:
+            found = None
+        if found is not None:
+            seq = started(found.document, fp, chosen)
+            return (yield from replay_flow(spec, agent, chosen, (), seq))
     mode = agent.output_mode(model)  # after validation: may import LiteLLM
     result = yield from _turn.model_flow(agent, plan, mode)
     document = _turn.next_document(plan, result, None)
     document, result = yield from _turn.compaction_flow(agent, plan, document, result)
     head, rows, joined = _stored(spec, document)
+    if fp is not None:
+        head["started_with"] = joined["started_with"] = [fp, produced_seq(joined)]
     setattr(instance, spec.context_attr, head)
     setattr(instance, spec.revision_attr, 1)
     if spec.status_attr is not None:
         setattr(instance, spec.status_attr, _outcome(result).value)
         setattr(instance, spec.status_changed_attr or "", _naive_utc(plan.now))
-    instance = yield Insert(instance, rows)
+    listed = listing_values(spec, document, utcnow(), instance=instance, first=True)
+    for name, value in listed.items():
+        setattr(instance, name, value)
+    try:
+        instance = yield Insert(instance, rows)
+    except StorageError as exc:
+        if fp is None:
+            raise
+        # The same start, retried while the first one ran: its row came first.
+        try:
+            found = yield Load(chosen)
+        except Exception:
+            raise exc from None
+        seq = started(found.document if found is not None else None, fp, chosen)
+        return (yield from replay_flow(spec, agent, chosen, (), seq))
     remember(instance, head, joined, "path", result)
     return instance
+
+
+def replay_flow(
+    spec: SessionSpec, agent: Agent[Any], key: Any, where: tuple[Any, ...], seq: int | None
+) -> Flow:
+    """A retried call whose turn is stored: the session, its ``last_result`` rebuilt
+    from that turn's row (no model call, nothing written)."""
+    history = None if seq is None or spec.inline else ("row", seq)
+    snap: Snapshot = yield Load(key, None, where, history)
+    result = None if seq is None else replayed(agent, snap.document, snap.rows, seq)
+    if result is not None:
+        remember(snap.instance, snap.document, None, None, result)
+    return snap.instance
+
+
+def _replay_if_stored(
+    spec: SessionSpec, agent: Agent[Any], key: Any, where: tuple[Any, ...], idem: Idem | None
+) -> Flow:
+    """After a lost write: the session answered from the winner's turn when the winner
+    was this call's retry (it holds this call's key); else ``None``."""
+    if idem is None:
+        return None
+    snap: Snapshot = yield Load(key, None, where)
+    try:
+        check_key(snap.document if isinstance(snap.document, Mapping) else None, idem, key)
+    except Replayed as replay:
+        return (yield from replay_flow(spec, agent, key, where, replay.seq))
+    return None
+
+
+def _record_key(
+    idem: Idem | None, values: dict[str, Any], joined: dict[str, Any], attr: str
+) -> None:
+    """This call's key into the head its turn writes (the same compare-and-swap)."""
+    if idem is not None:
+        head = values[attr]
+        head["keys"] = joined["keys"] = recorded(head, idem, produced_seq(joined))
 
 
 def _new_instance(spec: SessionSpec, values: Mapping[str, Any], call: str) -> Any:
@@ -290,6 +426,8 @@ def import_flow(
     document = imported_document(agent, messages, instructions, now)
     instance = _new_instance(spec, values, "import_session")
     head, rows, _ = split(document, inline=spec.inline)
+    for name, value in listing_values(spec, document, now, instance=instance, first=True).items():
+        setattr(instance, name, value)
     del document
     setattr(instance, spec.context_attr, head)
     setattr(instance, spec.revision_attr, 1)
@@ -383,6 +521,7 @@ def continue_flow(
     instruction_args: Any = None,
     agent: Agent[Any] | None = None,
     branch: Branch | None = None,
+    idempotency_key: str | None = None,
 ) -> Flow:
     """Claim the row, call the model with the stored history, and compare-and-swap the result.
 
@@ -409,17 +548,30 @@ def continue_flow(
     budget = _turn.session_budget(agent, limits)
     plan_turn = _next_turn(agent, key, turn_input, given, limits, branch)
     history = history_read(agent) if branch is None else branch.history(agent)
+    idem = None
+    if idempotency_key is not None:
+        what = input_parts(turn_input) if branch is None else branch.parts()
+        idem = Idem(idempotency_key, fingerprint(branch.verb if branch else "continue", *what))
+
+    def check(document: dict[str, Any] | None) -> Planned:
+        check_key(document, idem, key)  # before any other refusal: a retry is answered
+        return plan_turn(document)
+
     while True:
-        claim = yield from claim_flow(
-            spec,
-            key,
-            instance,
-            contention,
-            where,
-            check=plan_turn,
-            mark=budget is not None,
-            history=history,
-        )
+        try:
+            claim = yield from claim_flow(
+                spec,
+                key,
+                instance,
+                contention,
+                where,
+                check=check,
+                # a key claims the session, so that its retry waits rather than runs
+                mark=budget is not None or idem is not None,
+                history=history,
+            )
+        except Replayed as replay:
+            return (yield from replay_flow(spec, agent, key, where, replay.seq))
         instance = claim.instance
         plan: _turn.TurnPlan
         plan, base, first_rows = claim.prepared
@@ -432,8 +584,14 @@ def continue_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
-            # The first rows of this conversation replace any left under the key (a
-            # branch's ``first_rows``: a document stored as rows for the first time).
+            values.update(
+                listing_values(
+                    spec, new_document, utcnow(), instance=instance, first=claim.document is None
+                )
+            )
+            _record_key(idem, values, joined, spec.context_attr)
+            # The first rows of this conversation replace any left under the key; a
+            # document stored as rows for the first time (``first_rows``: by a branch).
             fresh = claim.document is None or FROM_VERSION in new_document or bool(first_rows)
             rows = (*first_rows, *rows)
             written = yield Swap(instance, key, revision, values, where, rows, fresh)
@@ -457,6 +615,9 @@ def continue_flow(
         if budget is not None:
             # The calls were paid for: their usage counts against the budget.
             yield from charge_flow(spec, key, instance, where, result, claim.marker)
+        answered = yield from _replay_if_stored(spec, agent, key, where, idem)
+        if answered is not None:
+            return answered
         yield from contention.lost(revision, claim=False)
 
 
@@ -586,6 +747,7 @@ def resume_session_flow(
     limits: BudgetLimits | None = None,
     instruction_args: Any = None,
     agent: Agent[Any] | None = None,
+    idempotency_key: str | None = None,
 ) -> Flow:
     """Claim a paused turn, run the approved calls, and go on to the end or the next pause.
 
@@ -615,10 +777,24 @@ def resume_session_flow(
         _turn.check_first_call_budget(agent, plan_resumed(document), document["pending"])
 
     history = history_read(agent)
+    idem = None
+    if idempotency_key is not None:
+        idem = Idem(idempotency_key, fingerprint("resume", *approval_parts(approvals)))
     while True:
-        claim = yield from claim_pause_flow(
-            spec, key, instance, contention, where, approvals, check=check, history=history
-        )
+        try:
+            claim = yield from claim_pause_flow(
+                spec,
+                key,
+                instance,
+                contention,
+                where,
+                approvals,
+                check=check,
+                history=history,
+                idem=idem,
+            )
+        except Replayed as replay:
+            return (yield from replay_flow(spec, agent, key, where, replay.seq))
         instance = claim.instance
         paused = claim.document
         assert paused is not None  # a pause is stored in a document
@@ -634,6 +810,8 @@ def resume_session_flow(
                 agent, plan, new_document, result
             )
             values, rows, joined = _write(spec, new_document, _outcome(result), revision)
+            values.update(listing_values(spec, new_document, utcnow()))
+            _record_key(idem, values, joined, spec.context_attr)
             fresh = FROM_VERSION in new_document
             written = yield Swap(instance, key, revision, values, where, rows, fresh)
         except Exception:
@@ -645,6 +823,9 @@ def resume_session_flow(
         if written:
             remember(instance, values[spec.context_attr], joined, history, result)
             return instance
+        answered = yield from _replay_if_stored(spec, agent, key, where, idem)
+        if answered is not None:
+            return answered
         yield from contention.lost(revision, claim=False)
 
 
@@ -685,6 +866,7 @@ def claim_pause_flow(
     *,
     check: Callable[[dict[str, Any]], None] | None = None,
     history: HistoryRead = "path",
+    idem: Idem | None = None,
 ) -> Generator[Any, Any, Claim]:
     """Load the row and claim its paused turn for this call, before anything runs.
 
@@ -699,6 +881,7 @@ def claim_pause_flow(
         instance = snap.instance
         contention.check_visible(snap)
         document = read_document(snap, key)
+        check_key(document, idem, key)  # a retry is answered before any other refusal
         pending = document.get("pending")
         if pending is None and _decided_before(document, approvals):
             raise StaleSessionError(
@@ -1076,6 +1259,12 @@ class Branch:
             return max(window.n, 1) + 1
         parsed = _tree.parse_id(self.message_id)
         return "path" if parsed is None else ("from", parsed[0], max(window.n, 1))
+
+    def parts(self) -> list[Any]:
+        """What an idempotency key's fingerprint holds of this branch."""
+        if self.turn_input is None:
+            return [self.message_id]
+        return [self.message_id, *input_parts(self.turn_input)]
 
     def nothing(self, key: Any) -> InputValidationError:
         return InputValidationError(

@@ -3,8 +3,8 @@
 A flow is a generator: it yields an operation and is sent its answer. Who answers:
 
 - the stores (``_store``), database operations: ``Load`` (answered with a
-  ``Snapshot`` or ``None``), ``Insert`` (``None``) and ``Swap`` (whether the
-  compare-and-swap won);
+  ``Snapshot`` or ``None``), ``Insert`` (``None``), ``Swap`` (whether the
+  compare-and-swap won) and ``Query`` (the rows of a read-only statement);
 - the drivers, everything else: ``ModelRequest`` (a ``ModelResponse``; defined with
   the model seam in ``llm``, re-exported here), ``RunTools`` (one ``ToolCallResult``
   per call), ``Sleep`` (``None``) and ``HookCall`` (what the user hook returned).
@@ -30,6 +30,7 @@ __all__ = [
     "Insert",
     "Load",
     "ModelRequest",
+    "Query",
     "RunTools",
     "Sleep",
     "Snapshot",
@@ -37,11 +38,14 @@ __all__ = [
 ]
 
 
-HistoryRead = int | Literal["after_summary", "path", "all"] | tuple[str, Any, int] | None
+HistoryRead = (
+    int | Literal["after_summary", "path", "all"] | tuple[str, Any, int] | tuple[str, int] | None
+)
 """Which history rows a ``Load`` reads with the head: ``None`` none, an int n the
 newest n turns of the active path, ``"after_summary"`` the path after the head
 summary's anchor, ``"path"`` the whole active path (and the summaries on it),
 ``"all"`` every row, ``("page", seq, n)`` the newest n turns up to turn ``seq``,
+``("row", seq)`` that row alone,
 ``("from", seq, n)`` the path from n turns before turn ``seq`` to its end."""
 
 
@@ -94,6 +98,13 @@ class Swap:
     fresh: bool = False
     """The rows are the first of a document stored as rows for the first time: any row
     left under the key (by a head written back by hand) is deleted before them."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """Run a read-only statement (``list_sessions``); answered with its rows."""
+
+    statement: Any
 
 
 @dataclass(frozen=True)

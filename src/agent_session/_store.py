@@ -27,7 +27,7 @@ from sqlalchemy.types import TypeDecorator
 from ._drivers import ToolScope, amodel_handler, model_handler
 from ._flows import SessionSpec, covers, written_marker
 from ._keys import identity
-from ._operations import Insert, Load, Snapshot, Swap
+from ._operations import Insert, Load, Query, Snapshot, Swap
 from ._server_errors import misconfigured, read_only_hint
 from .context import seq_range
 from .errors import (
@@ -496,6 +496,8 @@ class SyncStore(_StoreBase):
             return self._run(self._swap, op, op.key, "writing")
         if isinstance(op, Insert):
             return self._run(self._insert, op, None, "inserting")
+        if isinstance(op, Query):
+            return self._run(self._query, op, None, "reading")
         return self._drive(op)
 
     def _run(self, fn: Callable[[Session, Any], T], op: Any, key: Any, what: str) -> T:
@@ -573,6 +575,9 @@ class SyncStore(_StoreBase):
                 Session.execute(session, insert, rows)
         return won
 
+    def _query(self, session: Session, op: Query) -> list[Any]:
+        return list(Session.execute(session, op.statement).all())
+
     def _insert(self, session: Session, op: Insert) -> Any:
         document = self.before_insert(op.instance)
         session.add(op.instance)
@@ -634,6 +639,8 @@ class AsyncStore(_StoreBase):
             return await self._run(self._swap, op, op.key, "writing")
         if isinstance(op, Insert):
             return await self._run(self._insert, op, None, "inserting")
+        if isinstance(op, Query):
+            return await self._run(self._query, op, None, "reading")
         return await self._drive(op)
 
     async def _run(
@@ -703,6 +710,9 @@ class AsyncStore(_StoreBase):
             for insert, rows in self.insert_batches(op.key, op.rows):
                 await self.execute(session, insert, rows)
         return won
+
+    async def _query(self, session: AsyncSession, op: Query) -> list[Any]:
+        return list((await self.execute(session, op.statement)).all())
 
     async def _insert(self, session: AsyncSession, op: Insert) -> Any:
         document = self.before_insert(op.instance)

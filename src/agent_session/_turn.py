@@ -1386,7 +1386,17 @@ def pause_document(
     return doc
 
 
-_CARRIED = ("path", "next", "summary", "last", "loaded", "rows", FROM_VERSION)
+_CARRIED = (
+    "path",
+    "next",
+    "summary",
+    "last",
+    "loaded",
+    "rows",
+    "keys",
+    "started_with",
+    FROM_VERSION,
+)
 """Keys of the joined document a turn's new document keeps: where its rows are."""
 
 

@@ -756,8 +756,11 @@ FROM_VERSION = "from_version"
 """Key of a joined document read from a document of an earlier version (not stored as
 rows yet): writes that change only head fields keep that document's form."""
 
-JOINED_ONLY = frozenset({"messages", "loaded", "rows", "summary", "last", FROM_VERSION})
-"""Keys of a joined document that ``Context`` does not have."""
+JOINED_ONLY = frozenset(
+    {"messages", "loaded", "rows", "summary", "last", "keys", "started_with", FROM_VERSION}
+)
+"""Keys of a joined document that ``Context`` does not have (``keys``: the idempotency
+keys of the newest turns; ``started_with``: what a start with a chosen key sent)."""
 
 HEAD_FIELDS = frozenset(
     {
@@ -776,6 +779,8 @@ HEAD_FIELDS = frozenset(
         "pending",
         "claimed_at",
         "rows",
+        "keys",
+        "started_with",
     }
 )
 
@@ -827,7 +832,8 @@ def seq_range(head: Any, history: Any) -> tuple[int, int] | None:
     ``"after_summary"`` (the path after the head summary's anchor), ``"path"`` (the
     whole active path, and the summaries anchored on it), ``"all"`` (every row), or
     ``("page", seq, n)``: the newest n turns of the path up to turn ``seq`` (``None``:
-    the newest), or ``("from", seq, n)``: the path from n turns before turn ``seq`` to
+    the newest), ``("row", seq)``: that row alone (a replayed turn), or
+    ``("from", seq, n)``: the path from n turns before turn ``seq`` to
     its end (an edit of that turn under a window of n turns).
     """
     if history is None or not is_head(head):
@@ -838,6 +844,8 @@ def seq_range(head: Any, history: Any) -> tuple[int, int] | None:
         return None  # refused when the document is validated
     if history == "all":
         return (1, newest) if newest >= 1 else None
+    if isinstance(history, tuple) and history[0] == "row":
+        return (history[1], history[1]) if 1 <= history[1] <= newest else None
     if not path:
         return None
     if isinstance(history, tuple) and history[0] == "from":

@@ -9,6 +9,7 @@ SQLAlchemy) are raised ``from`` that exception, so the original stays on
     ├── ConfigurationError         the Agent, the model class or the set-up (key, module) is wrong
     ├── TemplateError              the instruction failed to render at run time
     ├── InputValidationError       input or instruction arguments are invalid (also ValueError)
+    │   └── IdempotencyKeyReusedError  a retry's key came first with another input
     ├── ModelCallError             the LLM call failed: auth, rate limit, timeout, 5xx, ...
     │   ├── ContextWindowError     the request is longer than the model's context window
     │   ├── TurnTimeoutError       the turn's model time passed turn_timeout; nothing stored
@@ -48,6 +49,7 @@ __all__ = [
     "ConfigurationError",
     "ContextError",
     "ContextWindowError",
+    "IdempotencyKeyReusedError",
     "InputValidationError",
     "ModelCallError",
     "OutputLimitError",
@@ -112,6 +114,19 @@ class InputValidationError(AgentSessionError, ValueError):
         super().__init__(message)
         self.errors: list[Any] = errors
         self.source: str = source
+
+
+class IdempotencyKeyReusedError(InputValidationError):
+    """A retried request is not the request that used its key first: the
+    ``idempotency_key`` (or, for ``start_session``, the primary key the client chose)
+    was used by a request with another input, approvals or operation. Nothing was run."""
+
+    def __init__(self, message: str, *, key: Hashable = None, idempotency_key: str | None = None):
+        super().__init__(message, errors=[], source="idempotency_key")
+        self.key: Hashable = key
+        """The session's primary key (a tuple for a composite key)."""
+        self.idempotency_key: str | None = idempotency_key
+        """The key given (``None``: a start retried with its chosen primary key)."""
 
 
 RETRYABLE_STATUS_CODES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})

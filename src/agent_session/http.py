@@ -16,7 +16,8 @@ lists them. The statuses:
 
 - 404: ``SessionNotFoundError`` (no such session, or not the caller's under ``where=``)
 - 409: ``StaleSessionError``, ``SessionBusyError`` (``"retryable": true``),
-  ``ApprovalPendingError`` (``"pending"``: the ids and tool names to decide)
+  ``ApprovalPendingError`` (``"pending"``: the ids and tool names to decide),
+  ``IdempotencyKeyReusedError`` (the key came with another request)
 - 422: ``InputValidationError`` (``"source"``, and ``"errors"``: Pydantic's
   locations, messages and types, never the input itself), ``ContextWindowError``
 - 429: ``BudgetExceededError`` (``"kind"``, ``"limit"``, ``"spent"``)
@@ -54,6 +55,7 @@ from .errors import (
     ConfigurationError,
     ContextError,
     ContextWindowError,
+    IdempotencyKeyReusedError,
     InputValidationError,
     ModelCallError,
     OutputLimitError,
@@ -105,6 +107,9 @@ PROBLEM_TYPES: dict[type[AgentSessionError], ProblemType] = {
     SessionBusyError: ProblemType("session-busy", "Session busy", 409),
     ApprovalPendingError: ProblemType("approval-pending", "Approval pending", 409),
     InputValidationError: ProblemType("invalid-input", "Invalid input", 422),
+    IdempotencyKeyReusedError: ProblemType(
+        "idempotency-key-reused", "Idempotency key used with another request", 409
+    ),
     BudgetExceededError: ProblemType("budget-exceeded", "Budget exceeded", 429),
     ContextWindowError: ProblemType(
         "context-window-exceeded",

@@ -51,13 +51,14 @@ from typing import (
 )
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.mysql import LONGTEXT
+from sqlalchemy.dialects.mysql import DATETIME, LONGTEXT
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import visitors
 from sqlalchemy.types import TypeDecorator
 
 from . import _drivers, _flows, _observe
-from ._flows import SessionSpec, SessionStatus
+from ._flows import Listing, SessionSpec, SessionStatus
+from ._idempotency import checked_key
 from ._keys import identity as _identity
 from ._lazy import LazyModule
 from ._store import AsyncStore, SyncStore
@@ -66,6 +67,7 @@ from .agent import Agent
 from .context import Context, Message, Usage, stored_usage
 from .errors import ConfigurationError, InputValidationError, show_key
 from .history import BudgetLimits
+from .listing import SessionPage, list_flow
 from .llm import Model
 from .tools import Denied, PendingApproval
 
@@ -95,6 +97,7 @@ if TYPE_CHECKING:
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None
         max_session_tokens: int | None
         max_session_cost: float | None
+        idempotency_key: str | None
 
     class _ResumeOptions(_TurnOptions, total=False):
         approvals: Required[Mapping[str, bool | Denied]]
@@ -193,6 +196,19 @@ class AgentSessionMixin(_Generic[OutputT]):
     __history_table__: ClassVar[str | None] = DEFAULT_HISTORY_TABLE
     """The companion table of history rows: ``"<__tablename__>_history"`` by default;
     ``None`` keeps every message in the context column (the single-column layout)."""
+    __last_turn_attribute__: ClassVar[str | None] = None
+    """Set (``"last_turn_at"``) to list the sessions (``list_sessions``): the mixin then
+    adds this column (naive UTC time of the newest turn), the three below and an index."""
+    __title_attribute__: ClassVar[str] = "title"
+    """With listing: the title column (the first user message cut to 80 characters,
+    unless the app set one)."""
+    __turns_attribute__: ClassVar[str] = "turn_count"
+    """With listing: the number of turns run (the head's ``turns``)."""
+    __created_attribute__: ClassVar[str] = "created_at"
+    """With listing: when the conversation started (naive UTC)."""
+    __listed_by__: ClassVar[Sequence[str]] = ()
+    """With listing: the columns ``list_sessions``' ``where=`` filters on (``("user_id",)``);
+    the listing index starts with them."""
     __running_timeout__: ClassVar[timedelta | float] = timedelta(minutes=10)
     """How long a ``running`` status blocks other workers before it is taken over:
     a ``timedelta`` or a number of seconds."""
@@ -374,15 +390,28 @@ class AgentSessionMixin(_Generic[OutputT]):
         for this call (``BudgetExceededError`` before a call past them, nothing stored).
         ``model`` (a LiteLLM model string or a ``Model``) and ``model_settings`` (merged
         over the agent's) apply to this call only, as on every turn method.
+
+        A primary key given in the values (one the client chose) makes the start
+        retry-safe: when a row with that key exists and was started with the same
+        input, that session is returned (``last_result`` of its first turn, no model
+        call); started with another input, it is an ``IdempotencyKeyReusedError``.
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
         values = _column_values(values, column_values)
         agent = spec.agent._for_call(model, model_settings)
-        store = SyncStore(spec, agent.model, db, _tools(spec, deps, _new_key(cls, values)))
+        chosen = _new_key(cls, values)
+        store = SyncStore(spec, agent.model, db, _tools(spec, deps, chosen))
         limits = _limits(spec, max_session_tokens, max_session_cost)
         flow = _flows.start_flow(
-            spec, store.model, input, instruction_args, values, limits=limits, agent=agent
+            spec,
+            store.model,
+            input,
+            instruction_args,
+            values,
+            limits=limits,
+            agent=agent,
+            chosen=chosen,
         )
         if stream:
             return _streaming.stream_session(
@@ -452,6 +481,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | TurnStream[OutputT, Self]:
         """Run one more turn on a stored session (an instance or a primary key).
 
@@ -479,6 +509,16 @@ class AgentSessionMixin(_Generic[OutputT]):
         assistant message marked interrupted.
         ``max_session_tokens`` and ``max_session_cost`` replace the agent's session
         budgets for this call.
+
+        ``idempotency_key`` (a client's ``Idempotency-Key``): a call whose key the
+        session already holds (its newest 100) is not run again: the session comes back
+        with that turn's ``last_result``/``last_output``, no model call, nothing written.
+        The key is stored by the turn's own compare-and-swap, and claims the session
+        while the turn runs, so two requests with one key end as one turn (the second
+        waits within ``busy_timeout``, else ``SessionBusyError``, and retried later gets
+        the stored result). The same key with another input is an
+        ``IdempotencyKeyReusedError``. ``resume_session``, ``regenerate_session`` and
+        ``edit_session`` take it too.
         """
         spec = _spec(cls)
         _check_on_cancel(stream, on_cancel)
@@ -498,6 +538,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
             agent=agent,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return _streaming.stream_session(
@@ -564,6 +605,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | TurnStream[OutputT, Self]:
         """Decide the calls a paused turn waits for, and finish the turn (in any process).
 
@@ -594,6 +636,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
             agent=agent,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return _streaming.stream_session(
@@ -687,6 +730,32 @@ class AgentSessionMixin(_Generic[OutputT]):
             spec.agent, flow, store, call="import_session", store=store, turn=False
         )
 
+    @classmethod
+    def list_sessions(
+        cls,
+        db: SyncDb,
+        /,
+        *,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        before: str | None = None,
+        limit: int = 50,
+        all: bool = False,
+    ) -> SessionPage:
+        """A page of the sessions that match ``where`` (the caller's: ``Chat.user_id ==
+        user.id``), newest last turn first: a ``SessionPage`` of ``SessionSummary``
+        (key, title, status, creation and last turn times, turn count) and ``next``, the
+        cursor to pass as ``before`` for the page after it (``None``: no more).
+
+        Reads the listing's columns only, never a conversation (the model sets
+        ``__last_turn_attribute__``; a row with no turn yet is not listed). ``where`` is
+        required: missing or empty, it is an ``InputValidationError`` unless ``all=True``
+        (every row). ``limit``: 1 to 1000.
+        """
+        spec = _spec(cls)
+        store = SyncStore(spec, spec.agent.model, db)
+        flow = list_flow(spec, _criteria(spec, where), before, limit, all)
+        return _observe.drive(spec.agent, flow, store, call="list_sessions", turn=False)
+
     # -- the tree of turns ----------------------------------------------------------
 
     @overload
@@ -745,6 +814,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | TurnStream[OutputT, Self]:
         """Run the newest turn again: its stored input, on the history before it.
 
@@ -774,6 +844,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return _streaming.stream_session(
@@ -847,6 +918,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | TurnStream[OutputT, Self]:
         """Replace the user message ``message_id`` (a ``Message.id`` of the active path)
         with ``input``, and run the turn from there.
@@ -876,6 +948,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return _streaming.stream_session(
@@ -1024,10 +1097,18 @@ class AgentSessionMixin(_Generic[OutputT]):
         _check_on_cancel(stream, on_cancel)
         values = _column_values(values, column_values)
         agent = spec.agent._for_call(model, model_settings)
-        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, _new_key(cls, values)))
+        chosen = _new_key(cls, values)
+        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, chosen))
         limits = _limits(spec, max_session_tokens, max_session_cost)
         flow = _flows.start_flow(
-            spec, store.model, input, instruction_args, values, limits=limits, agent=agent
+            spec,
+            store.model,
+            input,
+            instruction_args,
+            values,
+            limits=limits,
+            agent=agent,
+            chosen=chosen,
         )
         if stream:
             return await _streaming.astream_session(
@@ -1095,6 +1176,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``continue_session`` (``stream=True``: an ``AsyncTurnStream``)."""
         spec = _spec(cls)
@@ -1115,6 +1197,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
             agent=agent,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return await _streaming.astream_session(
@@ -1181,6 +1264,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``resume_session`` (approved calls run concurrently)."""
         spec = _spec(cls)
@@ -1200,6 +1284,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
             agent=agent,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return await _streaming.astream_session(
@@ -1272,6 +1357,23 @@ class AgentSessionMixin(_Generic[OutputT]):
 
     # -- the tree of turns, async -----------------------------------------------------
 
+    @classmethod
+    async def alist_sessions(
+        cls,
+        db: AsyncDb,
+        /,
+        *,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        before: str | None = None,
+        limit: int = 50,
+        all: bool = False,
+    ) -> SessionPage:
+        """Async twin of ``list_sessions``."""
+        spec = _spec(cls)
+        store = AsyncStore(spec, spec.agent.model, db)
+        flow = list_flow(spec, _criteria(spec, where), before, limit, all)
+        return await _observe.adrive(spec.agent, flow, store, call="alist_sessions", turn=False)
+
     @overload
     @classmethod
     async def aregenerate_session(
@@ -1328,6 +1430,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``regenerate_session``."""
         spec = _spec(cls)
@@ -1349,6 +1452,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return await _streaming.astream_session(
@@ -1422,6 +1526,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         max_session_cost: float | None = None,
         stream: bool = False,
         on_cancel: OnCancel = "discard",
+        idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``edit_session``."""
         spec = _spec(cls)
@@ -1443,6 +1548,7 @@ class AgentSessionMixin(_Generic[OutputT]):
             where=_criteria(spec, where),
             limits=_limits(spec, max_session_tokens, max_session_cost),
             instruction_args=instruction_args,
+            idempotency_key=checked_key(idempotency_key),
         )
         if stream:
             return await _streaming.astream_session(
@@ -1553,6 +1659,26 @@ def _mapped_columns(cls: type) -> dict[str, tuple[Any, Any]]:
             Mapped[Any],
             mapped_column(sa.DateTime(), nullable=True, default=None, **dataclass_kw),
         )
+    if cls.__last_turn_attribute__ is not None:  # type: ignore[attr-defined]
+        columns[cls.__title_attribute__] = (  # type: ignore[attr-defined]
+            Mapped[str | None],
+            mapped_column(sa.String(TITLE_LENGTH), nullable=True, default=None, **dataclass_kw),
+        )
+        columns[cls.__turns_attribute__] = (  # type: ignore[attr-defined]
+            Mapped[int],
+            mapped_column(
+                sa.Integer(),
+                nullable=False,
+                default=0,
+                server_default=sa.text("0"),
+                **dataclass_kw,
+            ),
+        )
+        for setting in ("__created_attribute__", "__last_turn_attribute__"):
+            columns[getattr(cls, setting)] = (
+                Mapped[Any],
+                mapped_column(_TIME_TYPE, nullable=True, default=None, **dataclass_kw),
+            )
     return columns
 
 
@@ -1590,6 +1716,20 @@ def _model_fields(cls: type) -> dict[str, tuple[Any, Any]]:
             datetime | None,
             Field(default=None, sa_type=sa.DateTime(), nullable=True),
         )
+    if cls.__last_turn_attribute__ is not None:  # type: ignore[attr-defined]
+        fields[cls.__title_attribute__] = (  # type: ignore[attr-defined]
+            str | None,
+            Field(default=None, sa_type=sa.String(TITLE_LENGTH), nullable=True),
+        )
+        fields[cls.__turns_attribute__] = (  # type: ignore[attr-defined]
+            int,
+            Field(default=0, sa_column_kwargs={"server_default": sa.text("0")}),
+        )
+        for setting in ("__created_attribute__", "__last_turn_attribute__"):
+            fields[getattr(cls, setting)] = (
+                datetime | None,
+                Field(default=None, sa_type=_TIME_TYPE, nullable=True),
+            )
     return fields
 
 
@@ -1622,6 +1762,12 @@ def _check_mapped(cls: type) -> None:
     if status_attr is not None:
         attrs["status"] = status_attr
         attrs["status change time"] = cls.__status_changed_attribute__  # type: ignore[attr-defined]
+    last_turn_attr = cls.__last_turn_attribute__  # type: ignore[attr-defined]
+    if last_turn_attr is not None:
+        attrs["last turn time"] = last_turn_attr
+        attrs["title"] = cls.__title_attribute__  # type: ignore[attr-defined]
+        attrs["turn count"] = cls.__turns_attribute__  # type: ignore[attr-defined]
+        attrs["creation time"] = cls.__created_attribute__  # type: ignore[attr-defined]
     for role, attr in attrs.items():
         column = getattr(getattr(cls, attr, None), "expression", None)
         if not isinstance(column, sa.Column):
@@ -1642,6 +1788,7 @@ def _check_mapped(cls: type) -> None:
         status_changed_attr=cls.__status_changed_attribute__ if status_attr else None,  # type: ignore[attr-defined]
         running_timeout=_running_timeout(cls),
         history_table=history,
+        listing=None if last_turn_attr is None else _listing(cls, table),
     )
     setattr(cls, _SPEC, spec)
     if history is not None and not _has_mapped_base(cls):
@@ -1713,11 +1860,53 @@ def _history_table(cls: type, table: Any) -> sa.Table | None:
     return history
 
 
+def _listing(cls: type, table: Any) -> Listing:
+    """The listing's columns, and the index that serves ``list_sessions``: the
+    ``__listed_by__`` columns, the last turn time and the primary key (declared on the
+    session table, so ``create_all`` and Alembic autogenerate create it)."""
+    mapper: Any = sa.inspect(cls)
+
+    def column_of(attr: str, what: str) -> Any:
+        prop = mapper.attrs.get(attr)
+        columns = getattr(prop, "columns", None)
+        if not columns or columns[0].table is not table:
+            raise ConfigurationError(
+                f"{cls.__name__}: {what} {attr!r} is not a column of {table.name}"
+            )
+        return columns[0]
+
+    scope = cls.__listed_by__  # type: ignore[attr-defined]
+    if isinstance(scope, str) or not isinstance(scope, Sequence):
+        raise ConfigurationError(
+            f"{cls.__name__}.__listed_by__ must be a tuple of attribute names, got {scope!r}"
+        )
+    scoped = [column_of(attr, "__listed_by__ names") for attr in scope]
+    keys = [column for column in mapper.primary_key if column.table is table]
+    last_turn = column_of(cls.__last_turn_attribute__, "__last_turn_attribute__")  # type: ignore[attr-defined]
+    name = f"ix_{table.name}_listing"
+    if not _has_mapped_base(cls) and not any(index.name == name for index in table.indexes):
+        sa.Index(name, *scoped, last_turn, *keys)
+    return Listing(
+        title_attr=cls.__title_attribute__,  # type: ignore[attr-defined]
+        turns_attr=cls.__turns_attribute__,  # type: ignore[attr-defined]
+        created_attr=cls.__created_attribute__,  # type: ignore[attr-defined]
+        last_turn_attr=cls.__last_turn_attribute__,  # type: ignore[attr-defined]
+        keys=tuple(keys),
+    )
+
+
 def _key_type(type_: Any) -> Any:
     """A foreign key column's type: the key's, without what belongs to the key itself
     (a sequence, an identity)."""
     return type_.copy() if hasattr(type_, "copy") else type_
 
+
+TITLE_LENGTH = 200
+"""The length of the title column the mixin adds (a derived title is cut to 80)."""
+
+_TIME_TYPE = sa.DateTime().with_variant(DATETIME(fsp=6), "mysql", "mariadb")
+"""Listing times: naive UTC, to the microsecond (MySQL and MariaDB keep seconds unless
+told), so that the newest activity comes first."""
 
 _DATA_TYPE = sa.Text().with_variant(LONGTEXT(), "mysql", "mariadb")
 """A row's messages: TEXT, LONGTEXT on MySQL and MariaDB (whose TEXT holds 64 KiB)."""
@@ -1736,20 +1925,26 @@ def _delete_history(history: sa.Table) -> Any:
     return delete_rows
 
 
-_NAME_SETTINGS = ("__context_attribute__", "__revision_attribute__", "__status_changed_attribute__")
+_NAME_SETTINGS = (
+    "__context_attribute__",
+    "__revision_attribute__",
+    "__status_changed_attribute__",
+    "__title_attribute__",
+    "__turns_attribute__",
+    "__created_attribute__",
+)
+_OPTIONAL_SETTINGS = ("__status_attribute__", "__last_turn_attribute__")
 
 
 def _check_settings(cls: type) -> None:
     """Check the class's ``__*__`` settings before they are used to add the columns."""
     name = cls.__name__
-    for setting in (*_NAME_SETTINGS, "__status_attribute__"):
+    for setting in (*_NAME_SETTINGS, *_OPTIONAL_SETTINGS):
         value = getattr(cls, setting)
-        if value is None and setting == "__status_attribute__":
+        if value is None and setting in _OPTIONAL_SETTINGS:
             continue
         if not isinstance(value, str) or not value.isidentifier():
-            expected = "an attribute name" + (
-                " or None" if setting == "__status_attribute__" else ""
-            )
+            expected = "an attribute name" + (" or None" if setting in _OPTIONAL_SETTINGS else "")
             raise ConfigurationError(f"{name}.{setting} must be {expected}, got {value!r}")
     _running_timeout(cls)
 

@@ -37,7 +37,12 @@ the scripted replies are the same objects, rendered as Anthropic content blocks
 (``text`` and ``tool_use``), so a test can check what LiteLLM translates both ways.
 
 A request that finds the script empty gets an HTTP 500 and is recorded like any
-other, so a test that counts requests sees hidden retries.
+other, so a test that counts requests sees hidden retries; unless ``default`` is set,
+a reply given to every request the script does not answer. ``latency`` delays every
+reply by that many seconds (a model that takes its time; a load test's model)::
+
+    with running_fake_openai(latency=0.5, default=Completion('{"answer": "ok"}')) as server:
+        ...  # every request is answered after 500 ms, as many at once as come in
 """
 
 from __future__ import annotations
@@ -340,6 +345,10 @@ class FakeOpenAI:
     """``(server, tokens)``: refuse a chat request longer than ``tokens`` (its prompt by
     ``prompt_tokens``, plus its ``max_tokens`` except for llama.cpp) with that server's
     error, as a server with that context size does; the script is left as it is."""
+    default: Reply | None = None
+    """The reply to a request the script does not answer (``None``: an HTTP 500)."""
+    latency: float = 0.0
+    """Seconds every reply waits before its first byte."""
     _script: deque[Reply] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closing: threading.Event = field(default_factory=threading.Event)
@@ -491,7 +500,7 @@ class FakeOpenAI:
             refused = self._too_long(request.body)
             if refused is not None:
                 return number, refused
-            reply = self._script.popleft() if self._script else None
+            reply = self._script.popleft() if self._script else self.default
         return number, reply
 
     def _too_long(self, body: Any) -> ErrorReply | None:
@@ -533,6 +542,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         anthropic = path in ANTHROPIC_PATHS
         number, reply = fake._receive(recorded)
+        if fake.latency and fake._closing.wait(fake.latency):
+            return  # shutting down: drop the connection
         if isinstance(reply, Delay):
             if fake._closing.wait(reply.seconds):
                 return  # shutting down: drop the connection
@@ -659,6 +670,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # a load test's hundreds of connections at once
 
     def __init__(self, fake: FakeOpenAI) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -669,9 +681,11 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def running_fake_openai() -> Iterator[FakeOpenAI]:
+def running_fake_openai(
+    *, latency: float = 0.0, default: Reply | None = None
+) -> Iterator[FakeOpenAI]:
     """Start a fake server on a free loopback port; stop it on exit."""
-    fake = FakeOpenAI()
+    fake = FakeOpenAI(latency=latency, default=default)
     server = _Server(fake)
     fake.port = server.server_address[1]
     fake.anthropic_base_url = f"http://127.0.0.1:{fake.port}"
