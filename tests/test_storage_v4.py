@@ -25,7 +25,7 @@ from agent_session import (
     SessionNotFoundError,
     StaleSessionError,
 )
-from agent_session.history import LastTurns
+from agent_session.history import LastTurns, Summarize
 from agent_session.testing import FunctionModel, TestModel
 from support.databases import Database
 from support.sessions import Api, history_rows, joined_rows, stored_rows
@@ -457,3 +457,97 @@ def test_a_named_history_table_and_a_composite_key() -> None:
         db.delete(chat)
         db.flush()
         assert db.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
+
+
+def _replies(messages: list[dict[str, Any]]) -> str:
+    if str(messages[0].get("content", "")).startswith("You summarize"):
+        return "a summary of the turns so far"
+    return "fine " + "y" * 40
+
+
+def _length(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(m.get("content") or "")) for m in messages)
+
+
+class V4Compact(AgentSessionMixin, Base):
+    __tablename__ = "v4_compact"
+    __agent__ = Agent(
+        FunctionModel(_replies),
+        instruction="You help.",
+        compaction=Summarize(when_tokens_over=200, keep_last_turns=1, counter=_length),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+
+async def test_compaction_reads_the_turns_after_the_summary_only(database: Database) -> None:
+    database.create_all(Base.metadata)
+    api = Api(database, V4Compact, maker=True)
+    chat = await api.start(None, "turn 1 " + "x" * 60)
+    for turn in range(2, 7):
+        chat = await api.cont(None, chat.id, f"turn {turn} " + "x" * 60)
+    head = _head(database, V4Compact.__table__, chat.id)
+    summary = head["summary"]
+    rows = _rows_of(database, V4Compact.__table__, chat.id)
+    by_seq = {r["seq"]: r for r in rows}
+    # The head's summary is a row of its own, anchored at a turn on the path, which
+    # it follows; the turns after the anchor are on the path, the summary is not.
+    assert by_seq[summary["seq"]]["parent"] == summary["anchor"]
+    path = [seq for first, last in head["path"] for seq in range(first, last + 1)]
+    assert summary["anchor"] in path and summary["seq"] not in path
+    after = path[path.index(summary["anchor"]) + 1 :]
+    read: list[tuple[int, int]] = []
+    from agent_session import _store
+
+    real = _store._StoreBase.rows_statement
+
+    def spy(self: Any, op: Any, snap: Any) -> Any:
+        found = real(self, op, snap)
+        if found is not None:
+            read.append((found[1]["first"], found[1]["last"]))
+        return found
+
+    _store._StoreBase.rows_statement = spy  # type: ignore[method-assign]
+    try:
+        chat = await api.cont(None, chat.id, "one more")
+    finally:
+        _store._StoreBase.rows_statement = real  # type: ignore[method-assign]
+    assert read and read[0][0] == (after[0] if after else None)
+    # The whole context still holds every turn, each summary right after its anchor.
+    context = await api.context(None, chat.id)
+    assert context.turns == 7
+    by_seq = {r["seq"]: r for r in _rows_of(database, V4Compact.__table__, chat.id)}
+    ids = [m.id for m in context.messages]
+    assert sum(m.meta.summary is not None for m in context.messages) >= 2
+    for message in context.messages:
+        if message.meta.summary is not None:
+            before = ids[ids.index(message.id) - 1]
+            assert (
+                int(str(before).split(".")[0])
+                == by_seq[int(str(message.id).split(".")[0])]["parent"]
+            )
+
+
+class V4CompactInline(AgentSessionMixin, Base):
+    __tablename__ = "v4_compact_inline"
+    __agent__ = V4Compact.__agent__
+    __history_table__ = None
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+
+
+async def test_compaction_in_the_single_column_layout(database: Database) -> None:
+    database.create_all(Base.metadata)
+    api = Api(database, V4CompactInline, maker=True)
+    chat = await api.start(None, "turn 1 " + "x" * 60)
+    for turn in range(2, 7):
+        chat = await api.cont(None, chat.id, f"turn {turn} " + "x" * 60)
+    [row] = [r for r in stored_rows(database, V4CompactInline.__table__) if r["id"] == chat.id]
+    head = row["context"]
+    head = json.loads(head) if isinstance(head, str) else head
+    summary = head["summary"]
+    rows = {seq: (parent, data) for seq, parent, data in head["rows"]}
+    assert rows[summary["seq"]][0] == summary["anchor"]
+    assert rows[summary["seq"]][1] == [summary["message"]]
+    context = await api.context(None, chat.id)
+    assert context.turns == 6
+    assert [m.role for m in context.messages if m.role != "system"] == ["user", "assistant"] * 6
+    assert any(m.meta.summary is not None for m in context.messages)

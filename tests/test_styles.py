@@ -210,9 +210,11 @@ def _migrate(database: Database, table: sa.Table) -> None:
     database.create_all(table.metadata)  # dropped again when the test ends
     # The history table is declared on the style's own metadata, beside the table.
     history = table.metadata.tables[f"{table.name}_history"]
+    # Every table of the metadata (SQLModel's is shared with other test modules): the
+    # migration then creates this style's two tables and touches no other.
     metadata = sa.MetaData()
-    table.to_metadata(metadata)
-    history.to_metadata(metadata)
+    for other in table.metadata.sorted_tables:
+        other.to_metadata(metadata)
     with database.sync_engine().begin() as conn:
         history.drop(conn)
         table.drop(conn)

@@ -96,9 +96,19 @@ def clean() -> None:
     DURING.clear()
 
 
-@pytest.fixture(params=["status", "plain"])
+class InlineChat(AgentSessionMixin[str], Base):
+    """The single-column layout: every row kept in the context column."""
+
+    __tablename__ = "tool_inline_chats"
+    __agent__ = AGENT
+    __history_table__ = None
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(sa.String(32), default="ann")
+
+
+@pytest.fixture(params=["status", "plain", "inline"])
 def chat_cls(request: pytest.FixtureRequest) -> type[Any]:
-    return StatusChat if request.param == "status" else PlainChat
+    return {"status": StatusChat, "plain": PlainChat, "inline": InlineChat}[request.param]
 
 
 def _row(database: Database, cls: type[Any], key: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from agent_session.history import DEFAULT_SUMMARY_INSTRUCTION
 from agent_session.llm import ModelRequest
 from agent_session.testing import FunctionModel
 from support.databases import Database
-from support.sessions import Api, stored_rows
+from support.sessions import Api, stored_rows, stream_text
 from support.tree_model import TreeModel, check_stored_trees, random_ops
 
 calls: list[str] = []
@@ -172,6 +172,10 @@ async def scenario(tx: Tx) -> None:
     chat = await tx("switch_branch", chat.id, "1.0")  # the newest leaf under turn 1
     assert texts(await tx.context(chat.id)) == ["one", "r1:one", "two", "r3:two"]
 
+    page = await tx("get_messages", chat.id, limit=3)  # paged reads follow the active path
+    assert [m.content for m in page] == ["r1:one", "two", "r3:two"]
+    assert [m.id for m in page] == ["1.1", "3.0", "3.1"]
+
     chat = await tx("rewind_session", chat.id, "1.1")
     assert texts(await tx.context(chat.id)) == ["one", "r1:one"]
     assert chat.last_output == "r1:one"
@@ -207,6 +211,7 @@ async def test_refusals_leave_the_database_unchanged(api: Api) -> None:
         (InputValidationError, "switch_branch", (chat.id, "2.2"), {}),
         (InputValidationError, "switch_branch", (chat.id, "12"), {}),
         (InputValidationError, "regenerate_session", (chat.id,), {"conflict_retries": -1}),
+        (InputValidationError, "get_context", (chat.id,), {"path": "everything"}),
         (SessionNotFoundError, "regenerate_session", (12345,), {}),
         (SessionNotFoundError, "edit_session", (12345, "1.0", "x"), {}),
         (SessionNotFoundError, "switch_branch", (12345, "1.0"), {}),
@@ -290,15 +295,16 @@ async def test_the_status_column_reports_them_like_turns(database: Database) -> 
 async def test_regenerate_and_edit_stream(api: Api) -> None:
     tx = Tx(api)
     chat = await tx("start_session", "one")
-    if api.maker is None:
-        pytest.skip("the stream holds its session: covered with a sessionmaker")
-    stream = await call(api, None, "regenerate_session", chat.id, stream=True)
-    from support.sessions import stream_text
-
-    assert await stream_text(stream) == "r2:one"
-    stream = await call(api, None, "edit_session", chat.id, "2.0", "uno", stream=True)
-    assert await stream_text(stream) == "r3:uno"
+    async with api.session() as db:
+        mine = None if api.maker is not None else db  # a caller-owned Session, or the maker
+        stream = await call(api, mine, "regenerate_session", chat.id, stream=True)
+        assert await stream_text(stream) == "r2:one"
+        stream = await call(api, mine, "edit_session", chat.id, "2.0", "uno", stream=True)
+        assert await stream_text(stream) == "r3:uno"
+        assert stream.session is not None and stream.session.last_output == "r3:uno"
+        await api.commit(db)
     assert texts(await tx.context(chat.id)) == ["uno", "r3:uno"]
+    tx.check()
 
 
 # -- races ---------------------------------------------------------------------------
@@ -449,16 +455,21 @@ async def test_a_switch_during_a_turn_makes_the_turn_stale(database: Database) -
 # -- the model of the tree, over real storage -----------------------------------------
 
 
-async def test_random_operations_match_the_model_on_sqlite(tmp_path: Any) -> None:
+@pytest.mark.parametrize(
+    ("cls", "seed"), [(TreeChat, 4), (TreeInline, 5)], ids=["history-table", "single-column"]
+)
+async def test_random_operations_match_the_model_on_sqlite(
+    tmp_path: Any, cls: Any, seed: int
+) -> None:
     from support.databases import open_database
 
-    rng = random.Random(4)
+    rng = random.Random(seed)
     async with open_database("sqlite", tmp_path) as database:
         database.create_all(Base.metadata)
-        api = Api(database, TreeChat, maker=True)
+        api = Api(database, cls, maker=True)
         tx = Tx(api)  # checks every stored tree after each call
-        for _ in range(3):
-            model, key, ops = TreeModel(), None, random_ops(rng, 30)
+        for _ in range(4):
+            model, key, ops = TreeModel(), None, random_ops(rng, 40)
             for step, op in enumerate(ops):
                 kind, pick, text = op
                 # The turn the operation picks, seen before the model applies it.

@@ -1,4 +1,5 @@
-"""Session flows: start, continue and read a stored conversation, without I/O.
+"""Session flows: start, continue, branch (regenerate, edit, switch, rewind) and read a
+stored conversation, without I/O.
 
 Each flow is a generator that yields operations and receives their results:
 
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WAITS",
+    "Branch",
     "Claim",
     "Contention",
     "Insert",
@@ -88,9 +90,12 @@ __all__ = [
     "Snapshot",
     "Swap",
     "Waits",
+    "branch_flow",
     "charge_flow",
     "claim_flow",
     "continue_flow",
+    "move_flow",
+    "read_all_flow",
     "read_flow",
     "resume_session_flow",
     "start_flow",
@@ -585,8 +590,8 @@ def continue_flow(
                 )
             )
             _record_key(idem, values, joined, spec.context_attr)
-            # The first rows of this conversation replace any left under the key; a
-            # document stored as rows for the first time (``first_rows``: by a branch).
+            # The first rows of this conversation replace any left under the key (a
+            # branch's ``first_rows``: a document stored as rows for the first time).
             fresh = claim.document is None or FROM_VERSION in new_document or bool(first_rows)
             rows = (*first_rows, *rows)
             written = yield Swap(instance, key, revision, values, where, rows, fresh)

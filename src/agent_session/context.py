@@ -917,9 +917,10 @@ def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
     path = head.get("path") or []
     if not _paths.valid(path):
         raise ValueError(f"path is not a list of [first, last] runs: {path!r}")
-    inline = "rows" in head
-    if rows is None:
-        rows = head.get("rows") or () if inline else ()
+    if "rows" in head:  # the single-column layout: the head holds every row
+        rows = head["rows"] or ()
+    elif rows is None:
+        rows = ()
     newest = int(head.get("next", 1))
     by_seq: dict[int, tuple[Any, Any]] = {}
     for row in rows:
@@ -970,20 +971,21 @@ def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
         messages.append(front)
     last_of: dict[int, str] = {}
     texts = [by_seq[seq][1] for seq in loaded]
-    if texts and all(isinstance(text, str) for text in texts):
-        # One parse of every row read, rather than one per row.
-        datas: list[Any] = json.loads("[" + ",".join(texts) + "]")
-    else:
-        datas = texts
+    # One parse of every row read, rather than one per row; the messages it makes
+    # are this read's own, so they take their ids in place (rows kept in the head,
+    # in the single-column layout, are copied instead).
+    own = bool(texts) and all(isinstance(text, str) for text in texts)
+    datas: list[Any] = json.loads("[" + ",".join(texts) + "]") if own else texts
     for seq, data in zip(loaded, datas, strict=True):
         parent = by_seq[seq][0]
-        parsed = _parsed(data)
+        parsed = data if own and isinstance(data, list) else _parsed(data)
         previous = last_of.get(parent) if parent is not None else None
         for index, message in enumerate(parsed):
             if not isinstance(message, dict):
                 raise ValueError(f"row {seq} holds a message that is not an object")
             ident = f"{seq}.{index}"
-            entry = {**message, "id": ident}
+            entry = message if own else dict(message)
+            entry["id"] = ident
             if previous is not None:
                 entry["parent"] = previous
             messages.append(entry)
