@@ -241,28 +241,40 @@ class ListedDataclass(AgentSessionMixin, DataclassBase):
     id: Mapped[int] = mapped_column(primary_key=True, init=False)
 
 
-class ListedSQLModel(AgentSessionMixin, SQLModel, table=True):
-    __agent__ = agent
-    __last_turn_attribute__ = "last_turn_at"
-    __listed_by__ = ("owner",)
-    id: int | None = Field(default=None, primary_key=True)
-    owner: str = Field(max_length=20)
+def _sqlmodel_class() -> Any:
+    """A SQLModel table model, defined by the test that uses it: SQLModel keeps every
+    table model on one shared metadata, which other tests create and drop whole."""
+
+    class ListedSQLModel(AgentSessionMixin, SQLModel, table=True):
+        __agent__ = agent
+        __last_turn_attribute__ = "last_turn_at"
+        __listed_by__ = ("owner",)
+        id: int | None = Field(default=None, primary_key=True)
+        owner: str = Field(max_length=20)
+
+    return ListedSQLModel
 
 
-@pytest.mark.parametrize("model", [ListedDataclass, ListedSQLModel], ids=["dataclass", "sqlmodel"])
-def test_the_listing_in_the_dataclass_and_sqlmodel_styles(tmp_path: Any, model: Any) -> None:
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'styles.sqlite3'}")
+@pytest.mark.parametrize("style", ["dataclass", "sqlmodel"])
+def test_the_listing_in_the_dataclass_and_sqlmodel_styles(tmp_path: Any, style: str) -> None:
+    model = ListedDataclass if style == "dataclass" else _sqlmodel_class()
     table = model.__table__
-    own = (table.name, f"{table.name}_history")
-    table.metadata.create_all(engine, tables=[table.metadata.tables[name] for name in own])
-    assert any(index.name == f"ix_{table.name}_listing" for index in table.indexes)
-    maker = sessionmaker(engine, expire_on_commit=False)
-    first = model.start_session(maker, "first question", owner="ann")
-    second = model.start_session(maker, "second question", owner="ann")
-    model.continue_session(maker, first.id, "again")
-    page = model.list_sessions(maker, where=model.owner == "ann")
-    assert [(i.key, i.title, i.turns) for i in page.items] == [
-        (first.id, "first question", 2),
-        (second.id, "second question", 1),
-    ]
-    engine.dispose()
+    own = [table.metadata.tables[name] for name in (table.name, f"{table.name}_history")]
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'styles.sqlite3'}")
+    try:
+        table.metadata.create_all(engine, tables=own)
+        assert any(index.name == f"ix_{table.name}_listing" for index in table.indexes)
+        maker = sessionmaker(engine, expire_on_commit=False)
+        first = model.start_session(maker, "first question", owner="ann")
+        second = model.start_session(maker, "second question", owner="ann")
+        model.continue_session(maker, first.id, "again")
+        page = model.list_sessions(maker, where=model.owner == "ann")
+        assert [(i.key, i.title, i.turns) for i in page.items] == [
+            (first.id, "first question", 2),
+            (second.id, "second question", 1),
+        ]
+    finally:
+        engine.dispose()
+        if style == "sqlmodel":
+            for owned in reversed(own):
+                table.metadata.remove(owned)
