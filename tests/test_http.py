@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -375,3 +376,71 @@ def test_a_rate_limited_turn_asks_the_client_to_wait() -> None:
     assert (status, headers["Retry-After"], body["retry_after"]) == (503, "2", 2)
     assert body["retryable"] is True
     assert MARKER not in _text((status, headers, body))
+
+
+# -- transcripts -------------------------------------------------------------------
+
+
+def test_transcript_shows_ids_parsed_replies_and_summarized_calls_without_the_system() -> None:
+    from agent_session import Agent
+    from agent_session.context import Message, MessageMeta
+    from agent_session.http import message_view, transcript
+
+    class Answer(BaseModel):
+        answer: str
+
+    agent = Agent("openai/gpt-4o-mini", instruction="Be brief.", output_schema=Answer)
+    now = datetime.now(UTC)
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup", "arguments": '{"order": 7}'},
+    }
+    messages = [
+        Message(id="0.0", role="system", content="Be brief.", meta=MessageMeta(created_at=now)),
+        Message(id="1.0", role="user", content="Where is 7?", meta=MessageMeta(created_at=now)),
+        Message(id="1.1", role="assistant", tool_calls=[call], meta=MessageMeta(created_at=now)),
+        Message(
+            id="1.2",
+            role="tool",
+            tool_call_id="call_1",
+            content="shipped",
+            meta=MessageMeta(created_at=now),
+        ),
+        Message(
+            id="1.3",
+            role="assistant",
+            content='{"answer": "Shipped."}',
+            meta=MessageMeta(created_at=now),
+        ),
+        Message(id="2.1", role="assistant", content="not json", meta=MessageMeta(created_at=now)),
+        Message(
+            id="3.1",
+            role="assistant",
+            content='{"ans',
+            meta=MessageMeta(created_at=now, interrupted=True),
+        ),
+    ]
+    views = transcript(messages, agent)
+    assert [v["id"] for v in views] == ["1.0", "1.1", "1.2", "1.3", "2.1", "3.1"]
+    assert views[0] == {"id": "1.0", "role": "user", "text": "Where is 7?"}
+    assert views[1] == {
+        "id": "1.1",
+        "role": "assistant",
+        "tool_calls": [{"id": "call_1", "name": "lookup", "arguments": '{"order": 7}'}],
+    }
+    assert views[2] == {"id": "1.2", "role": "tool", "tool_call_id": "call_1", "text": "shipped"}
+    assert views[3] == {"id": "1.3", "role": "assistant", "output": {"answer": "Shipped."}}
+    assert views[4] == {"id": "2.1", "role": "assistant", "text": "not json"}
+    assert views[5] == {"id": "3.1", "role": "assistant", "interrupted": True, "text": '{"ans'}
+    assert "meta" not in str(views) and "usage" not in str(views)
+    assert transcript(messages, agent, system=True)[0] == {
+        "id": "0.0",
+        "role": "system",
+        "text": "Be brief.",
+    }
+    assert message_view(messages[4]) == {
+        "id": "1.3",
+        "role": "assistant",
+        "text": '{"answer": "Shipped."}',
+    }

@@ -43,12 +43,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 import agent_session
-from agent_session import AgentSessionError, Denied, Message, SessionNotFoundError, sse
-from agent_session.http import problem
+from agent_session import AgentSessionError, Denied, SessionNotFoundError, http, sse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/models.py
 
-from models import Base, Reply, WebChat, web_agent
+from models import Base, WebChat, web_agent
 
 EXAMPLES = Path(__file__).resolve().parent.parent
 ROOT = EXAMPLES.parent
@@ -136,37 +135,6 @@ def chat_view(chat: WebChat) -> dict[str, Any]:
     }
 
 
-def message_view(message: Message) -> dict[str, Any]:
-    """One message for an API client: its id (for the edit and regenerate buttons),
-    the user's text, the parsed reply, tool calls summarized (name and arguments)."""
-    view: dict[str, Any] = {"id": message.id, "role": message.role}
-    if message.role == "user":
-        view["text"] = message.content  # the input's one field, as the user wrote it
-    elif message.role == "assistant":
-        if message.tool_calls:
-            view["tool_calls"] = [
-                {
-                    "id": call.get("id"),
-                    "name": call["function"]["name"],
-                    "arguments": call["function"]["arguments"],
-                }
-                for call in message.tool_calls
-            ]
-        if message.meta.interrupted:
-            view["interrupted"] = True
-            view["text"] = message.content
-        elif message.content:
-            try:
-                output: Reply = message.parse_output(web_agent)
-                view["output"] = output.model_dump()
-            except ValueError:  # a reply the current schema no longer reads
-                view["text"] = message.content
-    else:  # a tool result
-        view["tool_call_id"] = message.tool_call_id
-        view["text"] = message.content
-    return view
-
-
 def wants_stream(request: Request, stream: bool) -> bool:
     return stream or "text/event-stream" in request.headers.get("accept", "")
 
@@ -201,7 +169,7 @@ def create_app(database_url: str | None = None, *, pool_size: int | None = None)
 
     @app.exception_handler(AgentSessionError)
     async def problem_response(request: Request, exc: AgentSessionError) -> JSONResponse:
-        status, headers, body = problem(exc)
+        status, headers, body = http.problem(exc)
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(HTTPException)
@@ -347,7 +315,7 @@ def create_app(database_url: str | None = None, *, pool_size: int | None = None)
             maker, chat_id, before=before, limit=limit, where=mine(user)
         )
         view = chat_view(chat)
-        view["messages"] = [message_view(m) for m in messages]
+        view["messages"] = http.transcript(messages, web_agent)
         view["before"] = messages[0].id if len(messages) == limit else None
         return view
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._secrets import mask
 from .errors import (
@@ -70,7 +70,21 @@ from .errors import (
     TurnTimeoutError,
 )
 
-__all__ = ["MEDIA_TYPE", "PROBLEM_BASE", "PROBLEM_TYPES", "ProblemType", "problem"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .agent import Agent
+    from .context import Message
+
+__all__ = [
+    "MEDIA_TYPE",
+    "PROBLEM_BASE",
+    "PROBLEM_TYPES",
+    "ProblemType",
+    "message_view",
+    "problem",
+    "transcript",
+]
 
 MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://agent-session.dev/problems/"
@@ -288,3 +302,70 @@ _EXTENSIONS: dict[type[AgentSessionError], Callable[[Any], dict[str, Any]]] = {
     StaleSessionError: _retryable,
     SessionBusyError: _retryable,
 }
+
+
+# -- transcripts for API clients ---------------------------------------------------
+
+
+def message_view(message: Message, agent: Agent[Any] | None = None) -> dict[str, Any]:
+    """One stored message as an API client shows it: its ``id`` (what the edit and
+    regenerate buttons send back), the ``role``, and
+
+    - a user message: ``text`` (the input's text as the user wrote it);
+    - an assistant reply: ``output``, the reply parsed by ``agent`` as JSON data (the
+      stored ``text`` when no agent is given, when the agent's output schema no longer
+      reads it, or when the reply was interrupted: then ``interrupted: true``), and
+      ``tool_calls`` summarized as ``id``, ``name`` and ``arguments`` (a JSON string);
+    - a tool result: ``tool_call_id`` and ``text``;
+    - a system message (the instruction or a compaction summary): ``text``.
+
+    Nothing else of ``meta`` (usage, cost, model) is shown.
+    """
+    view: dict[str, Any] = {"id": message.id, "role": message.role}
+    if message.role == "assistant":
+        if message.tool_calls:
+            view["tool_calls"] = [_call_view(call) for call in message.tool_calls]
+        if message.meta.interrupted:
+            view["interrupted"] = True
+            view["text"] = message.content
+        elif message.content:
+            view.update(_reply_view(message, agent))
+    elif message.role == "tool":
+        view["tool_call_id"] = message.tool_call_id
+        view["text"] = message.content
+    else:
+        view["text"] = message.content
+    return view
+
+
+def transcript(
+    messages: Iterable[Message], agent: Agent[Any] | None = None, *, system: bool = False
+) -> list[dict[str, Any]]:
+    """``message_view`` of each message, without system messages (the instruction and
+    compaction summaries) unless ``system=True``: what a chat UI lists, from
+    ``get_messages`` or ``get_context(...).messages``."""
+    return [
+        message_view(message, agent) for message in messages if system or message.role != "system"
+    ]
+
+
+def _call_view(call: Any) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call, dict) else None
+    function = function if isinstance(function, dict) else {}
+    return {
+        "id": call.get("id") if isinstance(call, dict) else None,
+        "name": function.get("name"),
+        "arguments": function.get("arguments"),
+    }
+
+
+def _reply_view(message: Message, agent: Agent[Any] | None) -> dict[str, Any]:
+    if agent is None:
+        return {"text": message.content}
+    try:
+        output = message.parse_output(agent)
+    except ValueError:  # a reply the current output schema no longer reads
+        return {"text": message.content}
+    if hasattr(output, "model_dump"):
+        return {"output": output.model_dump(mode="json")}
+    return {"output": output}
