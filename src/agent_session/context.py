@@ -112,7 +112,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
@@ -784,6 +784,73 @@ _SUMMARY_PREFIX = '[{"role":"system"'
 
 def _validatable(joined: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in joined.items() if k not in JOINED_ONLY or k == "messages"}
+
+
+def check_joined(joined: dict[str, Any]) -> None:
+    """Validate a joined document as ``load_context`` does, without building the
+    ``Context``: the head's fields with ``Context`` itself, the messages in their stored
+    (compact) form with a schema of plain dicts that accepts exactly what ``Message``
+    accepts once ``load_context`` has filled the compact form in. Raises
+    ``ValidationError`` (``load_context`` then gives the ``ContextError`` that names it).
+    """
+    head = _validatable(joined)
+    messages = head.pop("messages", None)
+    head["messages"] = []
+    Context.model_validate(head)
+    _messages_checker().validate_python(messages)
+
+
+_CHECKER: list[Any] = []
+
+
+def _messages_checker() -> Any:
+    """A ``TypeAdapter`` of the stored messages, built on first use (not on import)."""
+    if not _CHECKER:
+        from typing import NotRequired, Required
+
+        from pydantic import TypeAdapter
+        from typing_extensions import TypedDict
+
+        forbid = ConfigDict(extra="forbid")
+
+        class UsageData(TypedDict, total=False):
+            __pydantic_config__ = forbid  # type: ignore[misc]
+            prompt_tokens: int
+            completion_tokens: int
+            total_tokens: int
+
+        class SummaryData(TypedDict):
+            __pydantic_config__ = forbid  # type: ignore[misc]
+            covers: Annotated[int, Field(ge=0)]
+
+        # ``created_at`` may be left out (or null): it is then the previous message's,
+        # the first one's the document's (validated with the head).
+        class MetaData(TypedDict, total=False):
+            __pydantic_config__ = forbid  # type: ignore[misc]
+            created_at: datetime | None
+            input: dict[str, Any] | None
+            model: str | None
+            usage: UsageData | None
+            cost: float | None
+            finish_reason: str | None
+            attempts: int | None
+            raw_arguments: dict[str, str] | None
+            interrupted: bool | None
+            summary: SummaryData | None
+
+        class MessageData(TypedDict, total=False):
+            __pydantic_config__ = forbid  # type: ignore[misc]
+            role: Required[Literal["system", "user", "assistant", "tool"]]
+            content: str | list[Any] | None
+            name: str | None
+            tool_calls: list[dict[str, Any]] | None
+            tool_call_id: str | None
+            meta: NotRequired[MetaData | None]
+            id: str | None
+            parent: str | None
+
+        _CHECKER.append(TypeAdapter(list[MessageData]))
+    return _CHECKER[0]
 
 
 def is_head(raw: Any) -> bool:
