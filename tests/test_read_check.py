@@ -157,3 +157,24 @@ def test_a_turn_on_a_corrupt_history_row_is_a_context_error_and_writes_nothing()
     with engine.connect() as connection:
         assert connection.execute(sa.select(CheckedChat.__table__)).all() == before
         assert connection.execute(sa.select(history)).all() == rows_before
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['[{"a":1,"a":2}]', "[123456789012345678901234567890, 1e400, -0.0, 0.1]", '["\\ud800"]'],
+)
+def test_rows_are_parsed_as_json_loads_parses_them(text: str) -> None:
+    assert repr(_context._loads(text)) == repr(json.loads(text))
+
+
+def test_malformed_row_text_is_json_loads_error() -> None:
+    with pytest.raises(json.JSONDecodeError):
+        _context._loads('[{"role": "user",')
+
+
+def test_a_row_with_a_lone_surrogate_escape_is_read() -> None:
+    head = {"version": 4, "created_at": AT, "updated_at": AT, "path": [[1, 1]], "next": 2}
+    message = {"role": "user", "content": "\ud800", "meta": {"created_at": AT}}
+    rows = [(1, None, json.dumps([message]))]  # the escape, as ``json.dumps`` writes it
+    joined = _context.joined_document(head, rows)
+    assert joined["messages"][0]["content"] == "\ud800"
