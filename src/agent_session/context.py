@@ -112,9 +112,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic_core import from_json
 
 from . import _paths
 from .errors import ContextError, show_key
@@ -791,6 +792,73 @@ def _validatable(joined: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in joined.items() if k not in JOINED_ONLY or k == "messages"}
 
 
+def check_joined(joined: dict[str, Any]) -> None:
+    """Validate a joined document as ``load_context`` does, without building the
+    ``Context``: the head's fields with ``Context`` itself, the messages in their stored
+    (compact) form with a schema of plain dicts that accepts exactly what ``Message``
+    accepts once ``load_context`` has filled the compact form in. Raises
+    ``ValidationError`` (``load_context`` then gives the ``ContextError`` that names it).
+    """
+    head = _validatable(joined)
+    messages = head.pop("messages", None)
+    head["messages"] = []
+    Context.model_validate(head)
+    _messages_checker().validate_python(messages)
+
+
+_CHECKER: list[Any] = []
+
+
+def _messages_checker() -> Any:
+    """A ``TypeAdapter`` of the stored messages, built on first use (not on import)."""
+    if not _CHECKER:
+        from typing import NotRequired, Required
+
+        from pydantic import TypeAdapter
+        from typing_extensions import TypedDict
+
+        forbid = ConfigDict(extra="forbid")
+
+        class UsageData(TypedDict, total=False):
+            __pydantic_config__ = forbid  # type: ignore[misc]
+            prompt_tokens: int
+            completion_tokens: int
+            total_tokens: int
+
+        class SummaryData(TypedDict):
+            __pydantic_config__ = forbid  # type: ignore[misc]
+            covers: Annotated[int, Field(ge=0)]
+
+        # ``created_at`` may be left out (or null): it is then the previous message's,
+        # the first one's the document's (validated with the head).
+        class MetaData(TypedDict, total=False):
+            __pydantic_config__ = forbid  # type: ignore[misc]
+            created_at: datetime | None
+            input: dict[str, Any] | None
+            model: str | None
+            usage: UsageData | None
+            cost: float | None
+            finish_reason: str | None
+            attempts: int | None
+            raw_arguments: dict[str, str] | None
+            interrupted: bool | None
+            summary: SummaryData | None
+
+        class MessageData(TypedDict, total=False):
+            __pydantic_config__ = forbid  # type: ignore[misc]
+            role: Required[Literal["system", "user", "assistant", "tool"]]
+            content: str | list[Any] | None
+            name: str | None
+            tool_calls: list[dict[str, Any]] | None
+            tool_call_id: str | None
+            meta: NotRequired[MetaData | None]
+            id: str | None
+            parent: str | None
+
+        _CHECKER.append(TypeAdapter(list[MessageData]))
+    return _CHECKER[0]
+
+
 def is_head(raw: Any) -> bool:
     """Whether ``raw`` is a stored version-4 head (not a joined document)."""
     return isinstance(raw, dict) and raw.get("version") == 4 and "messages" not in raw
@@ -815,6 +883,16 @@ def _parsed(data: Any) -> list[Any]:
             f"a history row's data is not a list of messages (got {type(data).__name__})"
         )
     return data
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``, by pydantic-core's parser (about twice as fast on a long
+    history); what it refuses (a lone surrogate escape, which ``json.loads`` reads,
+    or malformed text) goes to ``json.loads``, so the result and the errors are its."""
+    try:
+        return from_json(text, cache_strings="keys")
+    except ValueError:
+        return json.loads(text)
 
 
 def _is_summary_message(message: Any) -> bool:
@@ -985,7 +1063,7 @@ def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
     # are this read's own, so they take their ids in place (rows kept in the head,
     # in the single-column layout, are copied instead).
     own = bool(texts) and all(isinstance(text, str) for text in texts)
-    datas: list[Any] = json.loads("[" + ",".join(texts) + "]") if own else texts
+    datas: list[Any] = _loads("[" + ",".join(texts) + "]") if own else texts
     for seq, data in zip(loaded, datas, strict=True):
         parent = by_seq[seq][0]
         parsed = data if own and isinstance(data, list) else _parsed(data)
