@@ -488,12 +488,8 @@ def _expand(joined: dict[str, Any], messages: list[dict[str, Any]]) -> list[Any]
 
 
 def _message_id(value: Any) -> tuple[int, int]:
-    try:
-        seq, index = str(value).split(".")
-        found = int(seq), int(index)
-    except ValueError:
-        found = (-1, -1)
-    if not isinstance(value, str) or found[0] < 0 or found[1] < 0:
+    found = _tree.parse_id(value)
+    if found is None:
         raise InputValidationError(
             f'before must be a message id such as "12.0", got {value!r}',
             errors=[],
@@ -503,8 +499,8 @@ def _message_id(value: Any) -> tuple[int, int]:
 
 
 def _before(ident: str, upto: tuple[int, int]) -> bool:
-    seq, index = (int(part) for part in ident.split("."))
-    return (seq, index) < upto
+    found = _tree.parse_id(ident)
+    return found is not None and found < upto
 
 
 def continue_flow(
