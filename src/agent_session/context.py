@@ -1041,7 +1041,7 @@ def _join(head: dict[str, Any], rows: Any) -> dict[str, Any]:
         else:
             front = message
     for seq, (parent, data) in by_seq.items():
-        if parent not in loaded_set or _paths.contains(path, seq):
+        if seq in loaded_set or parent not in loaded_set or _paths.contains(path, seq):
             continue
         if summary is not None and seq == summary.get("seq"):
             continue
