@@ -1334,7 +1334,7 @@ def _on_path(
         )
     seq, index = parsed
     at = None
-    if (seq == _tree.ROOT and index == 0) or seq in set(path):
+    if (seq == _tree.ROOT and index == 0) or seq in path:
         at = _position(document["messages"], message_id)
     if at is None:
         raise InputValidationError(
