@@ -162,6 +162,7 @@ async def test_a_windowed_turn_reads_only_its_window(database: Database) -> None
     from agent_session import _store
 
     real = _store._StoreBase.rows_statement
+    real_both = _store._StoreBase.snapshot_and_rows
 
     def spy(self: Any, op: Any, snap: Any) -> Any:
         read = real(self, op, snap)
@@ -169,12 +170,19 @@ async def test_a_windowed_turn_reads_only_its_window(database: Database) -> None
             rows_seen.append(read[1]["last"] - read[1]["first"] + 1)
         return read
 
+    def spy_both(self: Any, op: Any, found: Any, newest: int) -> Any:
+        rows_seen.append(sum(1 for row in found if row[1] is not None))
+        return real_both(self, op, found, newest)
+
     _store._StoreBase.rows_statement = spy  # type: ignore[method-assign]
+    _store._StoreBase.snapshot_and_rows = spy_both  # type: ignore[method-assign]
     try:
         chat = await api.cont(None, chat.id, "last")
     finally:
         _store._StoreBase.rows_statement = real  # type: ignore[method-assign]
+        _store._StoreBase.snapshot_and_rows = real_both  # type: ignore[method-assign]
         sa.event.remove(engine, "before_cursor_execute", count_rows)
+    # One statement reads the head and the window's two rows, and no other row.
     assert fetched == [1] and rows_seen == [2]
     assert len(_rows_of(database, table, chat.id)) == 10
     # The request sent the window: system, 2 turns, the new message.

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.orm import Session, aliased, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.types import TypeDecorator
 
@@ -193,6 +193,14 @@ def _document_type(column_type: Any) -> Any:
 ROWS_PER_INSERT = 1000
 """History rows per INSERT statement (an executemany) when many are written at once."""
 
+NEWEST_ROWS = 64
+"""How many of a session's newest history rows a load of its whole path reads in the
+statement that reads the head (a ``LastTurns(n)`` load reads n): which rows a turn
+needs is known only from the head, so the load reads these with it, in one statement,
+and the older rows of a longer path in a second one."""
+
+_SEQ, _PARENT, _DATA = "agent_session_seq", "agent_session_parent", "agent_session_data"
+
 
 def snap_key(store: _StoreBase, snap: Snapshot, key: Any) -> Any:
     """The key of the loaded row (``key`` as given, else the instance's identity)."""
@@ -272,6 +280,115 @@ class _StoreBase:
         params = self._key_params(snap_key(self, snap, op.key))
         params["first"], params["last"] = seqs
         return statement, params
+
+    def rows_between(self, op: Load, snap: Snapshot, first: int, last: int) -> tuple[Any, Any]:
+        """``rows_statement`` for the seqs ``first..last``."""
+        read = self.rows_statement(op, snap)
+        assert read is not None
+        statement, params = read
+        params["first"], params["last"] = first, last
+        return statement, params
+
+    def newest_rows(self, op: Load) -> int | None:
+        """How many of the newest rows to read with the head in one statement, for
+        ``op`` (``None``: read the head alone, then the rows it names)."""
+        history = op.history
+        if self.spec.history_table is None or not self._one_statement_load():
+            return None
+        if history == "path":
+            return NEWEST_ROWS
+        if isinstance(history, int) and not isinstance(history, bool) and history > 0:
+            return history
+        return None
+
+    def _one_statement_load(self) -> bool:
+        """Whether the model's row can be loaded by the ORM from a ``UNION ALL`` of its
+        table and the history table: a plain mapping of one table (no inheritance, no
+        SQL-expression attributes, no relationship loaded by a join), which is what
+        ``Session.get`` would then load too."""
+        cached = self.spec.statements.get("one_statement")
+        if cached is None:
+            mapper = sa.inspect(self.cls)
+            table = mapper.local_table
+            cached = (
+                isinstance(table, sa.Table)
+                and mapper.persist_selectable is table
+                and mapper.inherits is None
+                and mapper.polymorphic_on is None
+                and not any(rel.lazy in ("joined", "subquery") for rel in mapper.relationships)
+                and all(
+                    isinstance(column, sa.Column) and column.table is table
+                    for prop in mapper.column_attrs
+                    for column in prop.columns
+                )
+            )
+            self.spec.statements["one_statement"] = cached
+        return bool(cached)
+
+    def head_and_rows_statement(self, op: Load) -> Any:
+        """``SELECT <the row>, NULL.. WHERE <pk> [AND <where>] UNION ALL SELECT NULL..,
+        seq, parent, data WHERE <key> AND seq > max(seq) - :newest``, as the ORM's
+        entity of the model and the three row columns: the head and the newest rows
+        in one statement (``newest_rows``)."""
+        if not op.where:
+            cached = self.spec.statements.get("head_and_rows")
+            if cached is not None:
+                return cached
+        table = sa.inspect(self.cls).local_table
+        history = self.spec.history_table
+        keys = [
+            column == sa.bindparam(f"pk{i}", type_=column.type)
+            for i, column in enumerate(self._history_keys())
+        ]
+        newest = (
+            sa.select(sa.func.coalesce(sa.func.max(history.c.seq), 0))
+            .where(*keys)
+            .scalar_subquery()
+        )
+        head = sa.select(
+            *table.c,
+            sa.type_coerce(sa.null(), sa.Integer()).label(_SEQ),
+            sa.type_coerce(sa.null(), sa.Integer()).label(_PARENT),
+            sa.type_coerce(sa.null(), history.c.data.type).label(_DATA),
+        ).where(*self._key_criteria(), *op.where)
+        rows = sa.select(
+            *(sa.type_coerce(sa.null(), column.type).label(column.name) for column in table.c),
+            history.c.seq.label(_SEQ),
+            history.c.parent.label(_PARENT),
+            history.c.data.label(_DATA),
+        ).where(*keys, history.c.seq > newest - sa.bindparam("newest", type_=sa.Integer()))
+        both = sa.union_all(head, rows).subquery("agent_session_load")
+        statement = sa.select(
+            aliased(self.cls, both), both.c[_SEQ], both.c[_PARENT], both.c[_DATA]
+        ).execution_options(populate_existing=True)
+        if not op.where:
+            self.spec.statements["head_and_rows"] = statement
+        return statement
+
+    def snapshot_and_rows(
+        self, op: Load, found: Sequence[Any], newest: int
+    ) -> tuple[Snapshot, tuple[int, int] | None]:
+        """The snapshot of what ``head_and_rows_statement`` found, with the rows the
+        head needs among the ones read, and the seqs it needs that were not read
+        (``None``: none)."""
+        instance = None
+        read = []
+        for entity, seq, parent, data in found:
+            if entity is not None:
+                instance = entity
+            elif seq is not None:
+                read.append((seq, parent, data))
+        snap = self.snapshot(instance, op.key)
+        wanted = seq_range(snap.document, op.history)
+        if wanted is None:
+            return snap, None
+        first, last = wanted
+        oldest_read = max((row[0] for row in read), default=0) - newest + 1
+        rows = tuple(sorted(row for row in read if first <= row[0] <= last))
+        snap = replace(snap, rows=rows)
+        if first >= oldest_read:
+            return snap, None
+        return snap, (first, min(last, oldest_read - 1))
 
     def insert_rows_statement(self, key: Any, rows: tuple[Any, ...]) -> tuple[Any, list[Any]]:
         """``INSERT`` of ``rows`` under ``key``, as an executemany."""
@@ -552,6 +669,18 @@ class SyncStore(_StoreBase):
             snap = self.snapshot_from_revision(op, written, row)
             if snap is not None:
                 return snap
+        newest = self.newest_rows(op)
+        if newest is not None:
+            params["newest"] = newest
+            statement = self.head_and_rows_statement(op)
+            with _readable_row(op.key, self.name(op.key)):
+                found = Session.execute(session, statement, params).all()
+            snap, missing = self.snapshot_and_rows(op, found, newest)
+            if missing is None:
+                return snap
+            assert snap.rows is not None
+            older = Session.execute(session, *self.rows_between(op, snap, *missing)).all()
+            return replace(snap, rows=(*older, *snap.rows))
         with _readable_row(op.key, self.name(op.key)):
             if op.where:
                 instance = session.scalars(self.row_statement(op.where), params).first()
@@ -688,6 +817,19 @@ class AsyncStore(_StoreBase):
             snap = self.snapshot_from_revision(op, written, result.first())
             if snap is not None:
                 return snap
+        newest = self.newest_rows(op)
+        if newest is not None:
+            params["newest"] = newest
+            statement = self.head_and_rows_statement(op)
+            with _readable_row(op.key, self.name(op.key)):
+                found = (await self.execute(session, statement, params)).all()
+            snap, missing = self.snapshot_and_rows(op, found, newest)
+            if missing is None:
+                return snap
+            assert snap.rows is not None
+            between = self.rows_between(op, snap, *missing)
+            older = (await self.execute(session, *between)).all()
+            return replace(snap, rows=(*older, *snap.rows))
         with _readable_row(op.key, self.name(op.key)):
             if op.where:
                 instance = (await session.scalars(self.row_statement(op.where), params)).first()
