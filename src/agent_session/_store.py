@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, aliased, scoped_session, sessionmaker
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.types import TypeDecorator
 
@@ -357,10 +357,17 @@ class _StoreBase:
             history.c.parent.label(_PARENT),
             history.c.data.label(_DATA),
         ).where(*keys, history.c.seq > newest - sa.bindparam("newest", type_=sa.Integer()))
-        both = sa.union_all(head, rows).subquery("agent_session_load")
-        statement = sa.select(
-            aliased(self.cls, both), both.c[_SEQ], both.c[_PARENT], both.c[_DATA]
-        ).execution_options(populate_existing=True)
+        # Not a subquery: MariaDB would copy the union into a temporary table first.
+        statement = (
+            sa.select(
+                self.cls,
+                sa.column(_SEQ, sa.Integer()),
+                sa.column(_PARENT, sa.Integer()),
+                sa.column(_DATA, history.c.data.type),
+            )
+            .from_statement(sa.union_all(head, rows))
+            .execution_options(populate_existing=True)
+        )
         if not op.where:
             self.spec.statements["head_and_rows"] = statement
         return statement
