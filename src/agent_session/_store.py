@@ -199,6 +199,10 @@ statement that reads the head (a ``LastTurns(n)`` load reads n): which rows a tu
 needs is known only from the head, so the load reads these with it, in one statement,
 and the older rows of a longer path in a second one."""
 
+SWAP_WITH_ROWS = 8
+"""Up to this many new rows go into the compare-and-swap's own statement on PostgreSQL
+(a turn writes one or two); more are inserted by their own statements."""
+
 _SEQ, _PARENT, _DATA = "agent_session_seq", "agent_session_parent", "agent_session_data"
 
 
@@ -491,6 +495,47 @@ class _StoreBase:
             statement = statement.where(*op.where)
         return statement, params
 
+    def swap_and_rows_statement(self, op: Swap, dialect: str) -> tuple[Any, dict[str, Any]] | None:
+        """On PostgreSQL, the compare-and-swap and the INSERT of its new rows as one
+        statement: ``WITH won AS (UPDATE ... RETURNING <pk>) INSERT INTO <history>
+        SELECT <pk>, :seq0, :parent0, :data0 FROM won [UNION ALL ...]``, which inserts
+        the rows only when the UPDATE matched (its row count: every row, or none).
+        ``None``: run the UPDATE, then the INSERT (other databases have no
+        data-modifying ``WITH``; a first write of rows deletes old ones first)."""
+        count = len(op.rows)
+        if dialect != "postgresql" or not count or op.fresh or count > SWAP_WITH_ROWS:
+            return None
+        update, params = self.swap_statement(op)
+        cache_key = ("swap_rows", tuple(sorted(op.values)), count)
+        statement = None if op.where else self.spec.statements.get(cache_key)
+        if statement is None:
+            history = self.spec.history_table
+            keys = list(sa.inspect(self.cls).primary_key)
+            won = update.returning(*keys).cte("agent_session_won")
+            selects = [
+                sa.select(
+                    *won.c,
+                    sa.bindparam(f"seq{i}", type_=sa.Integer()),
+                    sa.bindparam(f"parent{i}", type_=sa.Integer()),
+                    sa.bindparam(f"data{i}", type_=history.c.data.type),
+                )
+                for i in range(count)
+            ]
+            names = [column.name for column in self._history_keys()]
+            statement = (
+                sa.insert(history)
+                .from_select(
+                    [*names, "seq", "parent", "data"],
+                    selects[0] if count == 1 else sa.union_all(*selects),
+                )
+                .execution_options(preserve_rowcount=True)  # an INSERT's count is kept
+            )
+            if not op.where:
+                self.spec.statements[cache_key] = statement
+        for i, (seq, parent, data) in enumerate(op.rows):
+            params[f"seq{i}"], params[f"parent{i}"], params[f"data{i}"] = seq, parent, data
+        return statement, params
+
     def _bind_type(self, attr: str, column: sa.Column[Any]) -> Any:
         if attr == self.spec.context_attr:
             return _document_type(column.type)
@@ -701,6 +746,12 @@ class SyncStore(_StoreBase):
         return replace(snap, rows=rows)
 
     def _swap(self, session: Session, op: Swap) -> bool:
+        if op.rows:
+            dialect = session.get_bind(self.cls).dialect.name
+            both = self.swap_and_rows_statement(op, dialect)
+            if both is not None:
+                result = Session.execute(session, *both)
+                return self.after_swap(op, int(result.rowcount == len(op.rows)))  # type: ignore[attr-defined]
         statement, params = self.swap_statement(op)
         result = Session.execute(session, statement, params)
         won = self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]
@@ -850,6 +901,12 @@ class AsyncStore(_StoreBase):
         return replace(snap, rows=rows)
 
     async def _swap(self, session: AsyncSession, op: Swap) -> bool:
+        if op.rows:
+            dialect = session.sync_session.get_bind(self.cls).dialect.name
+            both = self.swap_and_rows_statement(op, dialect)
+            if both is not None:
+                result = await self.execute(session, *both)
+                return self.after_swap(op, int(result.rowcount == len(op.rows)))  # type: ignore[attr-defined]
         statement, params = self.swap_statement(op)
         result = await self.execute(session, statement, params)
         won = self.after_swap(op, result.rowcount)  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""How a turn reads its session, on the whole database matrix.
+"""How a turn reads and writes its session, on the whole database matrix.
 
 A load reads the head and the session's newest history rows in one statement (a
 ``UNION ALL`` the ORM loads the model from); a path longer than that, a path that
@@ -6,7 +6,9 @@ starts after the session's first row and a window over an edited path read the r
 they still need in a second statement. Every case sends the model exactly the
 messages of the active path (or its window), as ``get_context`` shows them. Models
 the ORM cannot load from such a union (inheritance, a relationship loaded by a join)
-read the head and then its rows, as before.
+read the head and then its rows, as before. On PostgreSQL the compare-and-swap and
+the INSERT of the turn's rows are one statement, which inserts nothing when the swap
+loses.
 """
 
 from __future__ import annotations
@@ -220,3 +222,26 @@ async def test_a_row_outside_where_is_not_found_with_its_rows_unread(
     assert await _path_texts(api, chat.id) == before
     chat = await api.cont(None, chat.id, "turn 1", where=LoadChat.owner == "a")
     assert await _path_texts(api, chat.id) == [*before, "turn 1", "fine"]
+
+
+async def test_on_postgresql_the_swap_and_its_rows_are_one_statement(
+    database: Database,
+) -> None:
+    """Elsewhere (no data-modifying WITH) the UPDATE, then the INSERT."""
+    database.create_all(Base.metadata)
+    api = Api(database, LoadChat, maker=True)
+    chat = await api.start(None, "turn 0")
+    engine = api.engine.sync_engine if api.is_async else api.engine
+    writes: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.lstrip().upper().startswith("SELECT"):
+            writes.append(statement.lstrip().split()[0].upper())
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        chat = await api.cont(None, chat.id, "turn 1")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert writes == (["WITH"] if database.dialect == "postgresql" else ["UPDATE", "INSERT"])
+    assert await _path_texts(api, chat.id) == ["turn 0", "fine", "turn 1", "fine"]
