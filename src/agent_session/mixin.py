@@ -1277,23 +1277,23 @@ class AgentSessionMixin(_Generic[OutputT]):
 
 # -- the operations ----------------------------------------------------------------
 #
-# Each public classmethod and its async twin hand their arguments (``**locals()``) to
-# one builder, which checks them in the order the call raises its errors and builds
-# the flow; the twins differ only in the store they pass and in the runner that
-# drives the built call (``_run``, ``_arun``). A builder's keywords are the
-# parameters of the method, under the same names.
+# Each public classmethod and its async twin have one statement: they hand their
+# arguments (``**locals()``, before any other name is bound) to one builder, which
+# checks them in the order the call raises its errors and builds the flow. The twins
+# differ only in the store they pass and in the runner that drives the built call
+# (``_run``, ``_arun``). A builder's keywords are the method's parameters, by name.
 
-R = TypeVar("R")
+_R = TypeVar("_R")
 """What a built operation returns when it is driven."""
 
 
-class _Call(NamedTuple, Generic[R]):
+class _Call(NamedTuple, Generic[_R]):
     """One operation, checked and built: its flow and what drives it."""
 
     name: str
     """The sync method's name (``_arun`` names its twin)."""
     agent: Agent[Any]
-    flow: Generator[Any, Any, R]
+    flow: Generator[Any, Any, _R]
     store: SyncStore | AsyncStore
     key: Any = None
     turn: bool = True
@@ -1302,25 +1302,25 @@ class _Call(NamedTuple, Generic[R]):
     on_cancel: OnCancel = "discard"
 
 
-def _run(call: _Call[R]) -> R:
+def _run(call: _Call[_R]) -> _R:
     """Drive a built operation; ``stream=True``: return it as a ``TurnStream``."""
     agent, flow, store, key = call.agent, call.flow, call.store, call.key
     if call.stream:  # only a turn streams: its call is a _Call[Any]
         stream = _streaming.stream_session(
             agent, flow, store, call=call.name, key=key, on_cancel=call.on_cancel
         )
-        return cast("R", stream)
+        return cast("_R", stream)
     return _observe.drive(agent, flow, store, call=call.name, key=key, store=store, turn=call.turn)
 
 
-async def _arun(call: _Call[R]) -> R:
+async def _arun(call: _Call[_R]) -> _R:
     """Async twin of ``_run`` (``stream=True``: an ``AsyncTurnStream``)."""
     agent, flow, store, key, name = call.agent, call.flow, call.store, call.key, f"a{call.name}"
     if call.stream:
         stream = await _streaming.astream_session(
             agent, flow, store, call=name, key=key, on_cancel=call.on_cancel
         )
-        return cast("R", stream)
+        return cast("_R", stream)
     return await _observe.adrive(
         agent, flow, store, call=name, key=key, store=store, turn=call.turn
     )
