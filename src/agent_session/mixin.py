@@ -106,6 +106,14 @@ if TYPE_CHECKING:
     class _ResumeOptions(_TurnOptions, total=False):
         approvals: Required[Mapping[str, bool | Denied]]
 
+    class _TurnStreamOptions(_TurnOptions, total=False):
+        """With ``stream=True`` (or a ``bool``): ``on_cancel`` too."""
+
+        on_cancel: OnCancel
+
+    class _ResumeStreamOptions(_ResumeOptions, total=False):
+        on_cancel: OnCancel
+
 
 __all__ = ["AgentSessionMixin", "SessionStatus"]
 
@@ -425,8 +433,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> TurnStream[OutputT, Self]: ...
 
     @overload
@@ -439,8 +446,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -524,8 +530,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_ResumeOptions],
+        **options: Unpack[_ResumeStreamOptions],
     ) -> TurnStream[OutputT, Self]: ...
 
     @overload
@@ -537,8 +542,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_ResumeOptions],
+        **options: Unpack[_ResumeStreamOptions],
     ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -687,8 +691,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> TurnStream[OutputT, Self]: ...
 
     @overload
@@ -700,8 +703,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -760,8 +762,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> TurnStream[OutputT, Self]: ...
 
     @overload
@@ -775,8 +776,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -956,8 +956,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
     @overload
@@ -970,8 +969,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -1019,8 +1017,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_ResumeOptions],
+        **options: Unpack[_ResumeStreamOptions],
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
     @overload
@@ -1032,8 +1029,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_ResumeOptions],
+        **options: Unpack[_ResumeStreamOptions],
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -1139,8 +1135,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
     @overload
@@ -1152,8 +1147,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -1204,8 +1198,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
     @overload
@@ -1219,8 +1212,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
