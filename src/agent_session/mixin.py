@@ -36,15 +36,18 @@ import sys
 import types
 import uuid
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import (
     TYPE_CHECKING,
     Any,
     ClassVar,
+    Generic,
     Literal,
+    NamedTuple,
     Self,
     TypeVar,
+    cast,
     get_args,
     get_origin,
     overload,
@@ -88,6 +91,7 @@ if TYPE_CHECKING:
     # one, or a scoped session (Flask-SQLAlchemy's ``db.session``).
     SyncDb: TypeAlias = Session | sessionmaker[Any] | scoped_session[Any]
     AsyncDb: TypeAlias = AsyncSession | async_sessionmaker[Any] | async_scoped_session[Any]
+    _StoreType: TypeAlias = type[SyncStore] | type[AsyncStore]
 
     class _TurnOptions(_RunOptions, total=False):
         """The keywords of ``continue_session`` and its twin, for their ``stream=`` overloads."""
@@ -101,6 +105,14 @@ if TYPE_CHECKING:
 
     class _ResumeOptions(_TurnOptions, total=False):
         approvals: Required[Mapping[str, bool | Denied]]
+
+    class _TurnStreamOptions(_TurnOptions, total=False):
+        """With ``stream=True`` (or a ``bool``): ``on_cancel`` too."""
+
+        on_cancel: OnCancel
+
+    class _ResumeStreamOptions(_ResumeOptions, total=False):
+        on_cancel: OnCancel
 
 
 __all__ = ["AgentSessionMixin", "SessionStatus"]
@@ -396,30 +408,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         input, that session is returned (``last_result`` of its first turn, no model
         call); started with another input, it is an ``IdempotencyKeyReusedError``.
         """
-        spec = _spec(cls)
-        _check_on_cancel(stream, on_cancel)
-        values = _column_values(values, column_values)
-        agent = spec.agent._for_call(model, model_settings)
-        chosen = _new_key(cls, values)
-        store = SyncStore(spec, agent.model, db, _tools(spec, deps, chosen))
-        limits = _limits(spec, max_session_tokens, max_session_cost)
-        flow = _flows.start_flow(
-            spec,
-            store.model,
-            input,
-            instruction_args,
-            values,
-            limits=limits,
-            agent=agent,
-            chosen=chosen,
-        )
-        if stream:
-            return _streaming.stream_session(
-                agent, flow, store, call="start_session", on_cancel=on_cancel
-            )
-        return _observe.drive(  # type: ignore[no-any-return]
-            agent, flow, store, call="start_session", store=store
-        )
+        return _run(_start_call(SyncStore, **locals()))  # type: ignore[no-any-return]
 
     @overload
     @classmethod
@@ -444,8 +433,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> TurnStream[OutputT, Self]: ...
 
     @overload
@@ -458,8 +446,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -520,33 +507,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         ``IdempotencyKeyReusedError``. ``resume_session``, ``regenerate_session`` and
         ``edit_session`` take it too.
         """
-        spec = _spec(cls)
-        _check_on_cancel(stream, on_cancel)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        agent = spec.agent._for_call(model, model_settings)
-        store = SyncStore(spec, agent.model, db, _tools(spec, deps, key))
-        criteria = _criteria(spec, where)
-        flow = _flows.continue_flow(
-            spec,
-            store.model,
-            key,
-            instance,
-            input,
-            conflict_retries,
-            busy_timeout=busy_timeout,
-            where=criteria,
-            limits=_limits(spec, max_session_tokens, max_session_cost),
-            instruction_args=instruction_args,
-            agent=agent,
-            idempotency_key=checked_key(idempotency_key),
-        )
-        if stream:
-            return _streaming.stream_session(
-                agent, flow, store, call="continue_session", key=key, on_cancel=on_cancel
-            )
-        return _observe.drive(  # type: ignore[no-any-return]
-            agent, flow, store, call="continue_session", key=key, store=store
-        )
+        return _run(_turn_call(SyncStore, "continue_session", **locals()))  # type: ignore[no-any-return]
 
     @overload
     @classmethod
@@ -569,8 +530,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_ResumeOptions],
+        **options: Unpack[_ResumeStreamOptions],
     ) -> TurnStream[OutputT, Self]: ...
 
     @overload
@@ -582,8 +542,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_ResumeOptions],
+        **options: Unpack[_ResumeStreamOptions],
     ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -619,32 +578,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         message is rendered as each turn renders it) and ``max_session_tokens``/
         ``max_session_cost`` as in ``continue_session``.
         """
-        spec = _spec(cls)
-        _check_on_cancel(stream, on_cancel)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        agent = spec.agent._for_call(model, model_settings)
-        store = SyncStore(spec, agent.model, db, _tools(spec, deps, key))
-        flow = _flows.resume_session_flow(
-            spec,
-            store.model,
-            key,
-            instance,
-            approvals,
-            conflict_retries,
-            busy_timeout=busy_timeout,
-            where=_criteria(spec, where),
-            limits=_limits(spec, max_session_tokens, max_session_cost),
-            instruction_args=instruction_args,
-            agent=agent,
-            idempotency_key=checked_key(idempotency_key),
-        )
-        if stream:
-            return _streaming.stream_session(
-                agent, flow, store, call="resume_session", key=key, on_cancel=on_cancel
-            )
-        return _observe.drive(  # type: ignore[no-any-return]
-            agent, flow, store, call="resume_session", key=key, store=store
-        )
+        return _run(_turn_call(SyncStore, "resume_session", **locals()))  # type: ignore[no-any-return]
 
     @classmethod
     def get_context(
@@ -662,13 +596,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         ``path="all"``: every stored message of every branch, each with its ``id`` and
         ``parent`` (``Context.branches_at`` names the versions of a message).
         """
-        spec = _spec(cls)
-        store = SyncStore(spec, spec.agent.model, db)
-        key, _ = _key_and_instance(cls, pk)
-        flow = _flows.read_flow(spec, key, _criteria(spec, where), path=path)
-        return _observe.drive(
-            spec.agent, flow, store, call="get_context", key=key, store=store, turn=False
-        )
+        return _run(_context_call(SyncStore, **locals()))
 
     @classmethod
     def get_messages(
@@ -689,13 +617,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         instruction nor summaries; pass the first message's ``id`` as ``before`` for the
         page before it (an empty list: no more). ``where`` as in ``continue_session``.
         """
-        spec = _spec(cls)
-        store = SyncStore(spec, spec.agent.model, db)
-        key, _ = _key_and_instance(cls, pk)
-        flow = _flows.messages_flow(spec, key, _criteria(spec, where), before, limit)
-        return _observe.drive(
-            spec.agent, flow, store, call="get_messages", key=key, store=store, turn=False
-        )
+        return _run(_messages_call(SyncStore, **locals()))
 
     @classmethod
     def import_session(
@@ -721,14 +643,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         criteria the new row must match. The rows are inserted in batches, so a long
         conversation (100,000 messages) imports in one call.
         """
-        spec = _spec(cls)
-        criteria = _criteria(spec, where)
-        values = _column_values(values, column_values)
-        store = SyncStore(spec, spec.agent.model, db)
-        flow = _flows.import_flow(spec, messages, instruction_args, values, criteria)
-        return _observe.drive(  # type: ignore[no-any-return]
-            spec.agent, flow, store, call="import_session", store=store, turn=False
-        )
+        return _run(_import_call(SyncStore, **locals()))  # type: ignore[no-any-return]
 
     @classmethod
     def list_sessions(
@@ -751,10 +666,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         required: missing or empty, it is an ``InputValidationError`` unless ``all=True``
         (every row). ``limit``: 1 to 1000.
         """
-        spec = _spec(cls)
-        store = SyncStore(spec, spec.agent.model, db)
-        flow = list_flow(spec, _criteria(spec, where), before, limit, all)
-        return _observe.drive(spec.agent, flow, store, call="list_sessions", turn=False)
+        return _run(_list_call(SyncStore, **locals()))
 
     # -- the tree of turns ----------------------------------------------------------
 
@@ -779,8 +691,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> TurnStream[OutputT, Self]: ...
 
     @overload
@@ -792,8 +703,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -825,34 +735,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         the refusals are ``continue_session``'s (a session with no turn is an
         ``InputValidationError``; a paused one, ``ApprovalPendingError``).
         """
-        spec = _spec(cls)
-        _check_on_cancel(stream, on_cancel)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        agent = spec.agent._for_call(model, model_settings)
-        store = SyncStore(spec, agent.model, db, _tools(spec, deps, key))
-        flow = _flows.branch_flow(
-            spec,
-            store.model,
-            key,
-            instance,
-            None,
-            None,
-            conflict_retries,
-            regenerate=True,
-            agent=agent,
-            busy_timeout=busy_timeout,
-            where=_criteria(spec, where),
-            limits=_limits(spec, max_session_tokens, max_session_cost),
-            instruction_args=instruction_args,
-            idempotency_key=checked_key(idempotency_key),
-        )
-        if stream:
-            return _streaming.stream_session(
-                agent, flow, store, call="regenerate_session", key=key, on_cancel=on_cancel
-            )
-        return _observe.drive(  # type: ignore[no-any-return]
-            agent, flow, store, call="regenerate_session", key=key, store=store
-        )
+        return _run(_turn_call(SyncStore, "regenerate_session", **locals()))  # type: ignore[no-any-return]
 
     @overload
     @classmethod
@@ -879,8 +762,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> TurnStream[OutputT, Self]: ...
 
     @overload
@@ -894,8 +776,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | TurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -929,34 +810,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         as in ``continue_session``; a summary of the replaced turns no longer applies
         (the next request sends the messages).
         """
-        spec = _spec(cls)
-        _check_on_cancel(stream, on_cancel)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        agent = spec.agent._for_call(model, model_settings)
-        store = SyncStore(spec, agent.model, db, _tools(spec, deps, key))
-        flow = _flows.branch_flow(
-            spec,
-            store.model,
-            key,
-            instance,
-            message_id,
-            input,
-            conflict_retries,
-            regenerate=False,
-            agent=agent,
-            busy_timeout=busy_timeout,
-            where=_criteria(spec, where),
-            limits=_limits(spec, max_session_tokens, max_session_cost),
-            instruction_args=instruction_args,
-            idempotency_key=checked_key(idempotency_key),
-        )
-        if stream:
-            return _streaming.stream_session(
-                agent, flow, store, call="edit_session", key=key, on_cancel=on_cancel
-            )
-        return _observe.drive(  # type: ignore[no-any-return]
-            agent, flow, store, call="edit_session", key=key, store=store
-        )
+        return _run(_turn_call(SyncStore, "edit_session", **locals()))  # type: ignore[no-any-return]
 
     @classmethod
     def switch_branch(
@@ -976,15 +830,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         paused session ``ApprovalPendingError``, a session running a turn in another
         worker ``SessionBusyError``; nothing is written then.
         """
-        spec = _spec(cls)
-        store = SyncStore(spec, spec.agent.model, db)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.move_flow(
-            spec, key, instance, message_id, switch=True, where=_criteria(spec, where)
-        )
-        return _observe.drive(  # type: ignore[no-any-return]
-            spec.agent, flow, store, call="switch_branch", key=key, store=store, turn=False
-        )
+        return _run(_move_call(SyncStore, "switch_branch", **locals()))  # type: ignore[no-any-return]
 
     @classmethod
     def rewind_session(
@@ -1003,15 +849,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         No model call; refusals and the compare-and-swap as in ``switch_branch`` (an id
         that is not a turn's last message on the active path: ``InputValidationError``).
         """
-        spec = _spec(cls)
-        store = SyncStore(spec, spec.agent.model, db)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.move_flow(
-            spec, key, instance, message_id, switch=False, where=_criteria(spec, where)
-        )
-        return _observe.drive(  # type: ignore[no-any-return]
-            spec.agent, flow, store, call="rewind_session", key=key, store=store, turn=False
-        )
+        return _run(_move_call(SyncStore, "rewind_session", **locals()))  # type: ignore[no-any-return]
 
     # -- async API ----------------------------------------------------------------
 
@@ -1093,28 +931,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         **column_values: Any,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``start_session`` (``stream=True``: an ``AsyncTurnStream``)."""
-        spec = _spec(cls)
-        _check_on_cancel(stream, on_cancel)
-        values = _column_values(values, column_values)
-        agent = spec.agent._for_call(model, model_settings)
-        chosen = _new_key(cls, values)
-        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, chosen))
-        limits = _limits(spec, max_session_tokens, max_session_cost)
-        flow = _flows.start_flow(
-            spec,
-            store.model,
-            input,
-            instruction_args,
-            values,
-            limits=limits,
-            agent=agent,
-            chosen=chosen,
-        )
-        if stream:
-            return await _streaming.astream_session(
-                agent, flow, store, call="astart_session", on_cancel=on_cancel
-            )
-        return await _observe.adrive(agent, flow, store, call="astart_session", store=store)
+        return await _arun(_start_call(AsyncStore, **locals()))
 
     @overload
     @classmethod
@@ -1139,8 +956,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
     @overload
@@ -1153,8 +969,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -1179,33 +994,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``continue_session`` (``stream=True``: an ``AsyncTurnStream``)."""
-        spec = _spec(cls)
-        _check_on_cancel(stream, on_cancel)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        agent = spec.agent._for_call(model, model_settings)
-        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, key))
-        criteria = _criteria(spec, where)
-        flow = _flows.continue_flow(
-            spec,
-            store.model,
-            key,
-            instance,
-            input,
-            conflict_retries,
-            busy_timeout=busy_timeout,
-            where=criteria,
-            limits=_limits(spec, max_session_tokens, max_session_cost),
-            instruction_args=instruction_args,
-            agent=agent,
-            idempotency_key=checked_key(idempotency_key),
-        )
-        if stream:
-            return await _streaming.astream_session(
-                agent, flow, store, call="acontinue_session", key=key, on_cancel=on_cancel
-            )
-        return await _observe.adrive(
-            agent, flow, store, call="acontinue_session", key=key, store=store
-        )
+        return await _arun(_turn_call(AsyncStore, "continue_session", **locals()))
 
     @overload
     @classmethod
@@ -1228,8 +1017,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_ResumeOptions],
+        **options: Unpack[_ResumeStreamOptions],
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
     @overload
@@ -1241,8 +1029,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_ResumeOptions],
+        **options: Unpack[_ResumeStreamOptions],
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -1267,32 +1054,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``resume_session`` (approved calls run concurrently)."""
-        spec = _spec(cls)
-        _check_on_cancel(stream, on_cancel)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        agent = spec.agent._for_call(model, model_settings)
-        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, key))
-        flow = _flows.resume_session_flow(
-            spec,
-            store.model,
-            key,
-            instance,
-            approvals,
-            conflict_retries,
-            busy_timeout=busy_timeout,
-            where=_criteria(spec, where),
-            limits=_limits(spec, max_session_tokens, max_session_cost),
-            instruction_args=instruction_args,
-            agent=agent,
-            idempotency_key=checked_key(idempotency_key),
-        )
-        if stream:
-            return await _streaming.astream_session(
-                agent, flow, store, call="aresume_session", key=key, on_cancel=on_cancel
-            )
-        return await _observe.adrive(
-            agent, flow, store, call="aresume_session", key=key, store=store
-        )
+        return await _arun(_turn_call(AsyncStore, "resume_session", **locals()))
 
     @classmethod
     async def aget_context(
@@ -1305,13 +1067,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         path: Literal["active", "all"] = "active",
     ) -> Context:
         """Async twin of ``get_context``."""
-        spec = _spec(cls)
-        store = AsyncStore(spec, spec.agent.model, db)
-        key, _ = _key_and_instance(cls, pk)
-        flow = _flows.read_flow(spec, key, _criteria(spec, where), path=path)
-        return await _observe.adrive(
-            spec.agent, flow, store, call="aget_context", key=key, store=store, turn=False
-        )
+        return await _arun(_context_call(AsyncStore, **locals()))
 
     @classmethod
     async def aget_messages(
@@ -1325,13 +1081,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
     ) -> list[Message]:
         """Async twin of ``get_messages``."""
-        spec = _spec(cls)
-        store = AsyncStore(spec, spec.agent.model, db)
-        key, _ = _key_and_instance(cls, pk)
-        flow = _flows.messages_flow(spec, key, _criteria(spec, where), before, limit)
-        return await _observe.adrive(
-            spec.agent, flow, store, call="aget_messages", key=key, store=store, turn=False
-        )
+        return await _arun(_messages_call(AsyncStore, **locals()))
 
     @classmethod
     async def aimport_session(
@@ -1346,14 +1096,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         **column_values: Any,
     ) -> Self:
         """Async twin of ``import_session``."""
-        spec = _spec(cls)
-        criteria = _criteria(spec, where)
-        values = _column_values(values, column_values)
-        store = AsyncStore(spec, spec.agent.model, db)
-        flow = _flows.import_flow(spec, messages, instruction_args, values, criteria)
-        return await _observe.adrive(
-            spec.agent, flow, store, call="aimport_session", store=store, turn=False
-        )
+        return await _arun(_import_call(AsyncStore, **locals()))
 
     # -- the tree of turns, async -----------------------------------------------------
 
@@ -1369,10 +1112,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         all: bool = False,
     ) -> SessionPage:
         """Async twin of ``list_sessions``."""
-        spec = _spec(cls)
-        store = AsyncStore(spec, spec.agent.model, db)
-        flow = list_flow(spec, _criteria(spec, where), before, limit, all)
-        return await _observe.adrive(spec.agent, flow, store, call="alist_sessions", turn=False)
+        return await _arun(_list_call(AsyncStore, **locals()))
 
     @overload
     @classmethod
@@ -1395,8 +1135,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
     @overload
@@ -1408,8 +1147,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -1433,34 +1171,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``regenerate_session``."""
-        spec = _spec(cls)
-        _check_on_cancel(stream, on_cancel)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        agent = spec.agent._for_call(model, model_settings)
-        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, key))
-        flow = _flows.branch_flow(
-            spec,
-            store.model,
-            key,
-            instance,
-            None,
-            None,
-            conflict_retries,
-            regenerate=True,
-            agent=agent,
-            busy_timeout=busy_timeout,
-            where=_criteria(spec, where),
-            limits=_limits(spec, max_session_tokens, max_session_cost),
-            instruction_args=instruction_args,
-            idempotency_key=checked_key(idempotency_key),
-        )
-        if stream:
-            return await _streaming.astream_session(
-                agent, flow, store, call="aregenerate_session", key=key, on_cancel=on_cancel
-            )
-        return await _observe.adrive(
-            agent, flow, store, call="aregenerate_session", key=key, store=store
-        )
+        return await _arun(_turn_call(AsyncStore, "regenerate_session", **locals()))
 
     @overload
     @classmethod
@@ -1487,8 +1198,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: Literal[True],
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> AsyncTurnStream[OutputT, Self]: ...
 
     @overload
@@ -1502,8 +1212,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         /,
         *,
         stream: bool,
-        on_cancel: OnCancel = ...,
-        **options: Unpack[_TurnOptions],
+        **options: Unpack[_TurnStreamOptions],
     ) -> Self | AsyncTurnStream[OutputT, Self]: ...
 
     @classmethod
@@ -1529,32 +1238,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         idempotency_key: str | None = None,
     ) -> Self | AsyncTurnStream[OutputT, Self]:
         """Async twin of ``edit_session``."""
-        spec = _spec(cls)
-        _check_on_cancel(stream, on_cancel)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        agent = spec.agent._for_call(model, model_settings)
-        store = AsyncStore(spec, agent.model, db, _tools(spec, deps, key))
-        flow = _flows.branch_flow(
-            spec,
-            store.model,
-            key,
-            instance,
-            message_id,
-            input,
-            conflict_retries,
-            regenerate=False,
-            agent=agent,
-            busy_timeout=busy_timeout,
-            where=_criteria(spec, where),
-            limits=_limits(spec, max_session_tokens, max_session_cost),
-            instruction_args=instruction_args,
-            idempotency_key=checked_key(idempotency_key),
-        )
-        if stream:
-            return await _streaming.astream_session(
-                agent, flow, store, call="aedit_session", key=key, on_cancel=on_cancel
-            )
-        return await _observe.adrive(agent, flow, store, call="aedit_session", key=key, store=store)
+        return await _arun(_turn_call(AsyncStore, "edit_session", **locals()))
 
     @classmethod
     async def aswitch_branch(
@@ -1567,15 +1251,7 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
     ) -> Self:
         """Async twin of ``switch_branch``."""
-        spec = _spec(cls)
-        store = AsyncStore(spec, spec.agent.model, db)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.move_flow(
-            spec, key, instance, message_id, switch=True, where=_criteria(spec, where)
-        )
-        return await _observe.adrive(
-            spec.agent, flow, store, call="aswitch_branch", key=key, store=store, turn=False
-        )
+        return await _arun(_move_call(AsyncStore, "switch_branch", **locals()))
 
     @classmethod
     async def arewind_session(
@@ -1588,15 +1264,220 @@ class AgentSessionMixin(_Generic[OutputT]):
         where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
     ) -> Self:
         """Async twin of ``rewind_session``."""
-        spec = _spec(cls)
-        store = AsyncStore(spec, spec.agent.model, db)
-        key, instance = _key_and_instance(cls, session_or_pk)
-        flow = _flows.move_flow(
-            spec, key, instance, message_id, switch=False, where=_criteria(spec, where)
+        return await _arun(_move_call(AsyncStore, "rewind_session", **locals()))
+
+
+# -- the operations ----------------------------------------------------------------
+#
+# Each public classmethod and its async twin have one statement: they hand their
+# arguments (``**locals()``, before any other name is bound) to one builder, which
+# checks them in the order the call raises its errors and builds the flow. The twins
+# differ only in the store they pass and in the runner that drives the built call
+# (``_run``, ``_arun``). A builder's keywords are the method's parameters, by name.
+
+_R = TypeVar("_R")
+"""What a built operation returns when it is driven."""
+
+
+class _Call(NamedTuple, Generic[_R]):
+    """One operation, checked and built: its flow and what drives it."""
+
+    name: str
+    """The sync method's name (``_arun`` names its twin)."""
+    agent: Agent[Any]
+    flow: Generator[Any, Any, _R]
+    store: SyncStore | AsyncStore
+    key: Any = None
+    turn: bool = True
+    """``False``: a read or a move (no turn span, turn logs or ``on_error``)."""
+    stream: bool = False
+    on_cancel: OnCancel = "discard"
+
+
+def _run(call: _Call[_R]) -> _R:
+    """Drive a built operation; ``stream=True``: return it as a ``TurnStream``."""
+    agent, flow, store, key = call.agent, call.flow, call.store, call.key
+    if call.stream:  # only a turn streams: its call is a _Call[Any]
+        stream = _streaming.stream_session(
+            agent, flow, store, call=call.name, key=key, on_cancel=call.on_cancel
         )
-        return await _observe.adrive(
-            spec.agent, flow, store, call="arewind_session", key=key, store=store, turn=False
+        return cast("_R", stream)
+    return _observe.drive(agent, flow, store, call=call.name, key=key, store=store, turn=call.turn)
+
+
+async def _arun(call: _Call[_R]) -> _R:
+    """Async twin of ``_run`` (``stream=True``: an ``AsyncTurnStream``)."""
+    agent, flow, store, key, name = call.agent, call.flow, call.store, call.key, f"a{call.name}"
+    if call.stream:
+        stream = await _streaming.astream_session(
+            agent, flow, store, call=name, key=key, on_cancel=call.on_cancel
         )
+        return cast("_R", stream)
+    return await _observe.adrive(
+        agent, flow, store, call=name, key=key, store=store, turn=call.turn
+    )
+
+
+def _start_call(
+    store_type: _StoreType,
+    *,
+    cls: type,
+    db: Any,
+    input: Any,
+    instruction_args: Any,
+    deps: Any,
+    model: Any,
+    model_settings: Any,
+    max_session_tokens: Any,
+    max_session_cost: Any,
+    stream: bool,
+    on_cancel: OnCancel,
+    values: Any,
+    column_values: dict[str, Any],
+) -> _Call[Any]:
+    """``start_session``: the first turn of a new row."""
+    spec = _spec(cls)
+    _check_on_cancel(stream, on_cancel)
+    values = _column_values(values, column_values)
+    agent = spec.agent._for_call(model, model_settings)
+    chosen = _new_key(cls, values)
+    store = store_type(spec, agent.model, db, _tools(spec, deps, chosen))
+    limits = _limits(spec, max_session_tokens, max_session_cost)
+    flow = _flows.start_flow(
+        spec,
+        store.model,
+        input,
+        instruction_args,
+        values,
+        limits=limits,
+        agent=agent,
+        chosen=chosen,
+    )
+    return _Call("start_session", agent, flow, store, stream=stream, on_cancel=on_cancel)
+
+
+def _turn_call(
+    store_type: _StoreType,
+    name: str,
+    *,
+    cls: type,
+    db: Any,
+    session_or_pk: Any,
+    conflict_retries: int,
+    busy_timeout: Any,
+    where: Any,
+    instruction_args: Any,
+    deps: Any,
+    model: Any,
+    model_settings: Any,
+    max_session_tokens: Any,
+    max_session_cost: Any,
+    stream: bool,
+    on_cancel: OnCancel,
+    idempotency_key: Any,
+    input: Any = None,
+    approvals: Any = None,
+    message_id: Any = None,
+) -> _Call[Any]:
+    """A turn on a stored session: ``continue_session``, ``resume_session`` (with
+    ``approvals``), ``regenerate_session`` and ``edit_session`` (with ``message_id``)."""
+    spec = _spec(cls)
+    _check_on_cancel(stream, on_cancel)
+    key, instance = _key_and_instance(cls, session_or_pk)
+    agent = spec.agent._for_call(model, model_settings)
+    store = store_type(spec, agent.model, db, _tools(spec, deps, key))
+    options: dict[str, Any] = {
+        "busy_timeout": busy_timeout,
+        "where": _criteria(spec, where),
+        "limits": _limits(spec, max_session_tokens, max_session_cost),
+        "instruction_args": instruction_args,
+        "agent": agent,
+        "idempotency_key": checked_key(idempotency_key),
+    }
+    row = (spec, store.model, key, instance)
+    if name == "continue_session":
+        flow = _flows.continue_flow(*row, input, conflict_retries, **options)
+    elif name == "resume_session":
+        flow = _flows.resume_session_flow(*row, approvals, conflict_retries, **options)
+    else:
+        regenerate = name == "regenerate_session"
+        flow = _flows.branch_flow(
+            *row, message_id, input, conflict_retries, regenerate=regenerate, **options
+        )
+    return _Call(name, agent, flow, store, key, stream=stream, on_cancel=on_cancel)
+
+
+def _context_call(
+    store_type: _StoreType, *, cls: type, db: Any, pk: Any, where: Any, path: Any
+) -> _Call[Context]:
+    """``get_context``."""
+    spec = _spec(cls)
+    store = store_type(spec, spec.agent.model, db)
+    key, _ = _key_and_instance(cls, pk)
+    flow = _flows.read_flow(spec, key, _criteria(spec, where), path=path)
+    return _Call("get_context", spec.agent, flow, store, key, turn=False)
+
+
+def _messages_call(
+    store_type: _StoreType, *, cls: type, db: Any, pk: Any, before: Any, limit: Any, where: Any
+) -> _Call[list[Message]]:
+    """``get_messages``."""
+    spec = _spec(cls)
+    store = store_type(spec, spec.agent.model, db)
+    key, _ = _key_and_instance(cls, pk)
+    flow = _flows.messages_flow(spec, key, _criteria(spec, where), before, limit)
+    return _Call("get_messages", spec.agent, flow, store, key, turn=False)
+
+
+def _import_call(
+    store_type: _StoreType,
+    *,
+    cls: type,
+    db: Any,
+    messages: Any,
+    instruction_args: Any,
+    where: Any,
+    values: Any,
+    column_values: dict[str, Any],
+) -> _Call[Any]:
+    """``import_session``."""
+    spec = _spec(cls)
+    criteria = _criteria(spec, where)
+    values = _column_values(values, column_values)
+    store = store_type(spec, spec.agent.model, db)
+    flow = _flows.import_flow(spec, messages, instruction_args, values, criteria)
+    return _Call("import_session", spec.agent, flow, store, turn=False)
+
+
+def _list_call(
+    store_type: _StoreType, *, cls: type, db: Any, where: Any, before: Any, limit: Any, all: Any
+) -> _Call[SessionPage]:
+    """``list_sessions``."""
+    spec = _spec(cls)
+    store = store_type(spec, spec.agent.model, db)
+    flow = list_flow(spec, _criteria(spec, where), before, limit, all)
+    return _Call("list_sessions", spec.agent, flow, store, turn=False)
+
+
+def _move_call(
+    store_type: _StoreType,
+    name: str,
+    *,
+    cls: type,
+    db: Any,
+    session_or_pk: Any,
+    message_id: Any,
+    where: Any,
+) -> _Call[Any]:
+    """``switch_branch`` and ``rewind_session``: a new active leaf, no model call."""
+    spec = _spec(cls)
+    store = store_type(spec, spec.agent.model, db)
+    key, instance = _key_and_instance(cls, session_or_pk)
+    switch = name == "switch_branch"
+    flow = _flows.move_flow(
+        spec, key, instance, message_id, switch=switch, where=_criteria(spec, where)
+    )
+    return _Call(name, spec.agent, flow, store, key, turn=False)
 
 
 # -- class set-up ------------------------------------------------------------------
