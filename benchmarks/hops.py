@@ -29,7 +29,6 @@ with ``benchmarks._fixtures.chat_table``).
 from __future__ import annotations
 
 import sys
-import textwrap
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +144,17 @@ def measure(url: str) -> tuple[Trace, Trace]:
 
 
 def _wrapped_path(path: list[str], width: int = 96) -> str:
-    return "\n".join(textwrap.wrap(" -> ".join(path), width, break_on_hyphens=False))
+    """``a -> b -> c``, broken after an arrow so no line is longer than ``width``."""
+    lines: list[str] = []
+    line = ""
+    for index, module in enumerate(path):
+        step = module if index == len(path) - 1 else f"{module} ->"
+        if line and len(line) + 1 + len(step) > width:
+            lines.append(line)
+            line = step
+        else:
+            line = f"{line} {step}" if line else step
+    return "\n".join([*lines, line])
 
 
 def run(opts: Options, dbs: Databases) -> BenchResult:
@@ -199,7 +208,6 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
             f"A second row's turn differed: {len(check.crossings)} crossings, "
             f"{len(check.files)} files touched."
         )
-    result.notes.append(f"Package measured: `{_package_dir()}`.")
     return result
 
 
@@ -209,6 +217,7 @@ def main() -> int:
 
     dbs = Databases()
     try:
+        print(f"agent_session imported from {_package_dir()}")
         print_result(run(Options(quick=True), dbs))
     finally:
         dbs.close()
