@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "large": ("large", "Large sessions: a turn at 10 to 100,000 stored messages"),
     "storage": ("storage", "Storage: json vs jsonb"),
     "profile": ("profile_turn", "Where a turn spends its time"),
+    "hops": ("hops", "Hops: module crossings in one turn"),
     "streaming": ("streaming", "Streaming: first delta and per-delta overhead"),
     "tree": ("tree_ops", "Regenerate and edit beside a turn"),
     "listing": ("listing", "Listing a user's chats"),
