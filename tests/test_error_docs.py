@@ -439,7 +439,7 @@ def _lost_connection(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException
     lost.connection_invalidated = True
 
     def fail() -> None:
-        with _store._database_errors("inserting", None, "new Chat session", owned=False):
+        with _store._database_errors("inserting", None, lambda _: "new Chat session", owned=False):
             raise lost
 
     return caught(fail)
@@ -605,7 +605,7 @@ def _duplicate(engine: sa.Engine, mp: pytest.MonkeyPatch) -> BaseException:
     refused = pymysql.err.IntegrityError(1062, "Duplicate entry 'private-4242' for key 'code'")
 
     def fail() -> None:
-        with _store._database_errors("inserting", None, "new Chat session"):
+        with _store._database_errors("inserting", None, lambda _: "new Chat session"):
             raise sa_exc.IntegrityError("INSERT ...", {}, refused)
 
     return caught(fail)

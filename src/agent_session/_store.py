@@ -100,16 +100,19 @@ def driver_message(exc: sa_exc.DBAPIError) -> str:
 
 
 @contextmanager
-def _database_errors(what: str, key: Any, name: str, *, owned: bool = True) -> Iterator[None]:
+def _database_errors(
+    what: str, key: Any, naming: Callable[[Any], str], *, owned: bool = True
+) -> Iterator[None]:
     """Turn driver errors into the library's errors (never a raw OperationalError).
 
-    ``name`` says which session (``Chat session 42``, ``new Chat session``); ``owned``
-    is false in a caller-owned transaction, whose lost connection the caller must
-    roll back.
+    ``naming(key)`` says which session (``Chat session 42``, ``new Chat session``),
+    asked only when an error is raised; ``owned`` is false in a caller-owned
+    transaction, whose lost connection the caller must roll back.
     """
     try:
         yield
     except sa_exc.DBAPIError as exc:
+        name = naming(key)
         text = str(exc.orig) if exc.orig is not None else str(exc)
         # The driver's text may quote stored data: only ``driver_message`` is shown.
         shown = driver_message(exc)
@@ -136,13 +139,13 @@ def _database_errors(what: str, key: Any, name: str, *, owned: bool = True) -> I
 
 
 @contextmanager
-def _readable_row(key: Any, name: str) -> Iterator[None]:
+def _readable_row(key: Any, naming: Callable[[Any], str]) -> Iterator[None]:
     """A stored value the column type cannot decode (invalid JSON text on SQLite)."""
     try:
         yield
     except (ValueError, TypeError) as exc:
         raise ContextError(
-            f"stored row of {name} cannot be read: {type(exc).__name__}: {exc}",
+            f"stored row of {naming(key)} cannot be read: {type(exc).__name__}: {exc}",
             key=key,
         ) from exc
 
@@ -674,7 +677,6 @@ class SyncStore(_StoreBase):
         # fails on its first statement. When the failed transaction held this
         # operation alone and was never committed, the server has discarded it:
         # nothing was written, and one retry on a fresh connection is safe.
-        name = self.name(key)
         if self.maker is None:
             assert self.session is not None
             session = self.session
@@ -686,7 +688,7 @@ class SyncStore(_StoreBase):
                     if fresh and attempt == 1 and exc.connection_invalidated:
                         session.rollback()
                         continue
-                    with _database_errors(what, key, name, owned=False):
+                    with _database_errors(what, key, self.name, owned=False):
                         raise
             raise AssertionError("unreachable")
         for attempt in (1, 2):
@@ -696,9 +698,9 @@ class SyncStore(_StoreBase):
                 except sa_exc.DBAPIError as exc:
                     if attempt == 1 and exc.connection_invalidated:
                         continue
-                    with _database_errors(what, key, name):
+                    with _database_errors(what, key, self.name):
                         raise
-                with _database_errors(what, key, name):
+                with _database_errors(what, key, self.name):
                     try:
                         session.commit()
                     except sa_exc.DBAPIError:
@@ -725,7 +727,7 @@ class SyncStore(_StoreBase):
         if newest is not None:
             params["newest"] = newest
             statement = self.head_and_rows_statement(op)
-            with _readable_row(op.key, self.name(op.key)):
+            with _readable_row(op.key, self.name):
                 found = Session.execute(session, statement, params).all()
             snap, missing = self.snapshot_and_rows(op, found, newest)
             if missing is None:
@@ -733,7 +735,7 @@ class SyncStore(_StoreBase):
             assert snap.rows is not None
             older = Session.execute(session, *self.rows_between(op, snap, *missing)).all()
             return replace(snap, rows=(*older, *snap.rows))
-        with _readable_row(op.key, self.name(op.key)):
+        with _readable_row(op.key, self.name):
             if op.where:
                 instance = session.scalars(self.row_statement(op.where), params).first()
             else:
@@ -833,7 +835,7 @@ class AsyncStore(_StoreBase):
     async def _run(
         self, fn: Callable[[AsyncSession, Any], Any], op: Any, key: Any, what: str
     ) -> Any:
-        name = self.name(key)  # see SyncStore._run for the retry
+        # See SyncStore._run for the retry.
         if self.maker is None:
             assert self.session is not None
             session = self.session
@@ -845,7 +847,7 @@ class AsyncStore(_StoreBase):
                     if fresh and attempt == 1 and exc.connection_invalidated:
                         await session.rollback()
                         continue
-                    with _database_errors(what, key, name, owned=False):
+                    with _database_errors(what, key, self.name, owned=False):
                         raise
             raise AssertionError("unreachable")
         for attempt in (1, 2):
@@ -855,9 +857,9 @@ class AsyncStore(_StoreBase):
                 except sa_exc.DBAPIError as exc:
                     if attempt == 1 and exc.connection_invalidated:
                         continue
-                    with _database_errors(what, key, name):
+                    with _database_errors(what, key, self.name):
                         raise
-                with _database_errors(what, key, name):
+                with _database_errors(what, key, self.name):
                     try:
                         await session.commit()
                     except sa_exc.DBAPIError:
@@ -879,7 +881,7 @@ class AsyncStore(_StoreBase):
         if newest is not None:
             params["newest"] = newest
             statement = self.head_and_rows_statement(op)
-            with _readable_row(op.key, self.name(op.key)):
+            with _readable_row(op.key, self.name):
                 found = (await self.execute(session, statement, params)).all()
             snap, missing = self.snapshot_and_rows(op, found, newest)
             if missing is None:
@@ -888,7 +890,7 @@ class AsyncStore(_StoreBase):
             between = self.rows_between(op, snap, *missing)
             older = (await self.execute(session, *between)).all()
             return replace(snap, rows=(*older, *snap.rows))
-        with _readable_row(op.key, self.name(op.key)):
+        with _readable_row(op.key, self.name):
             if op.where:
                 instance = (await session.scalars(self.row_statement(op.where), params)).first()
             else:
