@@ -231,6 +231,8 @@ class _NoTitles(GenerateJsonSchema):
 
 @dataclass(frozen=True)
 class _Param:
+    """A parameter of a tool's function and the field of the arguments model for it."""
+
     name: str
     field: str
     positional_only: bool
