@@ -145,9 +145,9 @@ def test_a_lazy_pattern_compiles_on_first_use_and_matches_like_the_pattern() -> 
 def test_error_and_tool_patterns_are_compiled_on_first_use() -> None:
     code = (
         "import sys; from agent_session import Agent, AgentSessionMixin; "
-        "from agent_session import _secrets, history, llm, tools; "
+        "from agent_session import _secrets, _tooling, history, llm, tools; "
         "print(*(type(p).__name__ for p in (llm._CONTEXT_WINDOW_PHRASES, llm._KEY_VARIABLE, "
-        "history._STATED_LIMIT, tools._SECTION, tools.NAME_PATTERN, _secrets._TOKEN)), "
+        "history._STATED_LIMIT, _tooling._SECTION, tools.NAME_PATTERN, _secrets._TOKEN)), "
         "tools.NAME_PATTERN.match('ok_name') is not None, "
         "llm._CONTEXT_WINDOW_PHRASES.search('Prompt is too long') is not None)"
     )
