@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
 from pydantic import BaseModel
 
-from ._lazy import LazyModule, lazy_compile
+from ._lazy import lazy_compile
 from ._secrets import get_logger, mask, secret_values
 from .context import Usage
 from .errors import (
@@ -80,11 +80,7 @@ from .errors import (
 from .tools import ToolCall
 
 if TYPE_CHECKING:
-    from . import _chunks
-    from ._chunks import StreamChunk, StreamEnd, TextChunk, ToolCallChunk
     from .history import TokenBudget, TokenCounter
-else:
-    _chunks = LazyModule("agent_session._chunks")  # imported by the first stream
 
 __all__ = [
     "CallBounds",
@@ -165,6 +161,37 @@ class ModelResponse:
     """The calls the model asked for, arguments as the raw text it sent."""
 
 
+@dataclass(frozen=True)
+class TextChunk:
+    """A piece of the reply's text, as it arrived."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallChunk:
+    """A piece of tool call number ``index`` of the reply.
+
+    The first piece of a call carries its ``id`` and ``name``; ``arguments_delta`` is
+    the next part of its raw argument text (possibly empty).
+    """
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments_delta: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The last item of a stream: the whole reply, as ``complete`` returns it."""
+
+    response: ModelResponse
+
+
+StreamChunk = TextChunk | ToolCallChunk | StreamEnd
+"""What a model stream yields; ``StreamEnd`` comes last, once."""
+
 _WORDS = lazy_compile(r"\s*\S+\s*|\s+")
 
 
@@ -175,13 +202,13 @@ def response_chunks(response: ModelResponse, *, split: bool = True) -> Iterator[
     if response.text:
         pieces = _WORDS.findall(response.text) if split else [response.text]
         for piece in pieces:
-            yield _chunks.TextChunk(piece)
+            yield TextChunk(piece)
     for index, call in enumerate(response.tool_calls):
-        yield _chunks.ToolCallChunk(index, call.id, call.name, "")
+        yield ToolCallChunk(index, call.id, call.name, "")
         arguments = _WORDS.findall(call.arguments) if split else [call.arguments]
         for piece in arguments:
-            yield _chunks.ToolCallChunk(index, None, None, piece)
-    yield _chunks.StreamEnd(response)
+            yield ToolCallChunk(index, None, None, piece)
+    yield StreamEnd(response)
 
 
 class Model(ABC):
@@ -494,7 +521,7 @@ class LiteLLMModel(Model):
                 yield from assembly.feed(piece)
         finally:
             _close_stream(raw)
-        yield _chunks.StreamEnd(assembly.response(litellm))
+        yield StreamEnd(assembly.response(litellm))
 
     async def astream(self, request: ModelRequest) -> AsyncGenerator[StreamChunk, None]:
         """Async twin of ``stream``: ``aclose()`` (or cancelling the task) closes the
@@ -518,7 +545,7 @@ class LiteLLMModel(Model):
                     yield chunk
         finally:
             await _aclose_stream(raw)
-        yield _chunks.StreamEnd(assembly.response(litellm))
+        yield StreamEnd(assembly.response(litellm))
 
 
 # -- bounded calls -----------------------------------------------------------------
@@ -573,9 +600,9 @@ class _Bounds:
         a size limit."""
         if self.timed_out(now):
             raise self.timeout_error("the stream")
-        if isinstance(chunk, _chunks.TextChunk):
+        if isinstance(chunk, TextChunk):
             piece = chunk.text
-        elif isinstance(chunk, _chunks.ToolCallChunk):
+        elif isinstance(chunk, ToolCallChunk):
             piece = chunk.arguments_delta
         else:
             piece = ""
@@ -726,7 +753,7 @@ class _Assembly:
             content = delta.content
             if content:
                 self.text.append(content)
-                out.append(_chunks.TextChunk(content))
+                out.append(TextChunk(content))
             tool_calls = getattr(delta, "tool_calls", None)
             if tool_calls:
                 for position, call in enumerate(tool_calls):
@@ -757,7 +784,7 @@ class _Assembly:
         if name and entry[1] is None:
             entry[1] = name
         entry[2].append(arguments)
-        return _chunks.ToolCallChunk(index, call.id or None, name, arguments)
+        return ToolCallChunk(index, call.id or None, name, arguments)
 
     def response(self, litellm: ModuleType) -> ModelResponse:
         usage = _usage(self.usage)
@@ -1016,14 +1043,3 @@ def _model_call_error(exc: Exception, request: ModelRequest) -> ModelCallError |
     return ModelCallError(
         text, model=model, status_code=status, retryable=retryable, retry_after=retry_after
     )
-
-
-_CHUNKS = frozenset({"StreamChunk", "StreamEnd", "TextChunk", "ToolCallChunk"})
-
-
-def __getattr__(name: str) -> Any:
-    # The stream chunks are defined in ``_chunks``, imported by the first stream (or
-    # the first import of one of these names).
-    if name in _CHUNKS:
-        return getattr(_chunks, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
