@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import GenerateJsonSchema
 
+from . import tools as _tools  # noqa: F401 - loaded first: the classes here name it as their module
 from ._lazy import lazy_compile
 from .errors import ConfigurationError
 
