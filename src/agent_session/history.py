@@ -31,6 +31,10 @@ Windows. ``LastTurns(n)``, ``TokenBudget(max_tokens, reserve_output=0)``, any
 callable over the stored messages, or ``None`` (everything); ``select_messages``
 applies one and returns a ``Selection``. Every request it returns passes
 ``check_request``.
+
+Compaction (``Summarize``, ``plan_compaction``, ``summary_request_messages``,
+``apply_summary``) is defined in ``_compaction`` and read here by name: a turn
+without compaction does not import it.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ runs an async tool to completion on an event loop of its own. ``arun_calls`` (as
 code) runs the calls of one reply concurrently: async tools on the running loop,
 sync tools in worker threads (``asyncio.to_thread``) so a blocking tool does not
 stall the loop. Results come back in call order either way.
+
+Building a tool's arguments model, ``ToolContext`` and ``PreparedCall`` are defined in
+``_tooling`` (read here by name), imported by the first tool: an agent without tools
+does not load them.
 """
 
 from __future__ import annotations
