@@ -217,6 +217,38 @@ def test_the_agent_alone_does_not_load_the_orm() -> None:
     assert run.stdout.split() == ["False", "False", "True", "False"]
 
 
+def test_what_a_plain_turn_does_not_use_is_imported_on_first_use() -> None:
+    rare = [
+        "_compaction",
+        "_observing",
+        "_streaming",
+        "_tooling",
+        "_upgrades",
+        "events",
+        "http",
+        "listing",
+    ]
+    code = (
+        "import sys; from agent_session import Agent, AgentSessionMixin; "
+        "agent = Agent('openai/gpt-4o-mini'); "
+        f"print(*[m for m in {rare!r} if 'agent_session.' + m in sys.modules] or ['none']); "
+        "from agent_session import Summarize, ToolContext, SessionPage; "
+        "from agent_session.tools import PreparedCall; "
+        "print(Summarize.__module__, ToolContext.__module__, PreparedCall.__module__, "
+        "SessionPage.__module__)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert run.stdout.split() == [
+        "none",
+        "agent_session.history",
+        "agent_session.tools",
+        "agent_session.tools",
+        "agent_session.listing",
+    ]
+
+
 def test_invalid_input_never_imports_litellm(tmp_path: Path) -> None:
     code = f"""
 import sys
