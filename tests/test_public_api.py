@@ -249,6 +249,18 @@ def test_what_a_plain_turn_does_not_use_is_imported_on_first_use() -> None:
     ]
 
 
+def test_a_sync_agent_does_not_import_asyncio() -> None:
+    code = (
+        "import sys; from agent_session import Agent, Tool; "
+        "agent = Agent('openai/gpt-4o-mini', tools=[Tool(lambda: 'ok', name='ok')]); "
+        "print('asyncio' in sys.modules, 'concurrent.futures' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert run.stdout.split() == ["False", "False"]
+
+
 def test_invalid_input_never_imports_litellm(tmp_path: Path) -> None:
     code = f"""
 import sys

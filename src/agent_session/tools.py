@@ -35,8 +35,6 @@ does not load them.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import inspect
 import json
 import logging
@@ -55,6 +53,8 @@ from ._text import clean_json, clean_text, encodable
 from .errors import ConfigurationError, ToolExecutionError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from . import _tooling
     from ._tooling import PreparedCall, ToolContext
     from .agent import Agent
@@ -62,6 +62,7 @@ else:
     # Defining and running a tool: imported by the first tool (or the first import of
     # ``ToolContext``). An agent without tools does not load it.
     _tooling = LazyModule("agent_session._tooling")
+    asyncio = LazyModule("asyncio")  # imported by the first async call: a sync app never is
 
 __all__ = [
     "Denied",
@@ -666,7 +667,9 @@ def run_awaitable(awaitable: Awaitable[T]) -> T:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coroutine)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
 
 
