@@ -113,7 +113,7 @@ def _import_breakdown(runs: int) -> list[tuple[int, str, float]]:
             entries.append((depth, int(micros) / 1e6, name.strip()))
         start = max(i for i, (_, _, name) in enumerate(entries) if name == "agent_session")
         for depth, cumulative, name in entries[start:]:
-            if depth <= 2:
+            if depth <= 4:
                 per_module.setdefault((depth, name), []).append(cumulative)
             if depth == 0 and name == "agent_session.mixin":
                 break
@@ -195,7 +195,7 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
     result.add_table(
         "What `import agent_session.agent, agent_session.mixin` adds after the dependencies "
         "as used (`python -X importtime`, cumulative ms, median of runs, modules of 2 ms or "
-        "more down to depth 2; children are listed before their parent)",
+        "more down to depth 4; children are listed before their parent)",
         ["depth", "module", "cumulative ms"],
         [[depth, f"`{name}`", fmt_ms(t, 1)] for depth, name, t in breakdown],
     )
