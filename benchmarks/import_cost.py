@@ -12,12 +12,17 @@ submodules agent-session actually needs (``sqlalchemy.orm``, ``pydantic.BaseMode
 Bytecode is cached, as in an installed application: a warm-up round writes it
 (whatever ``PYTHONDONTWRITEBYTECODE`` the run has), and the timed rounds read it.
 
-``import agent_session`` loads only the package and its errors; the other public
-names are imported on first use. So the target's ratio is small by construction,
-and the table also shows what an application really pays:
-``from agent_session import Agent`` (no SQLAlchemy ORM) and
-``from agent_session import Agent, AgentSessionMixin`` (everything), the latter
-against "dependencies as used".
+The target is what an application pays for the whole library:
+``from agent_session import Agent, AgentSessionMixin`` (everything a stored turn
+needs) against "dependencies as used", paired round by round. ``import agent_session``
+alone loads only the package and its errors (the other public names are imported on
+first use), and ``from agent_session import Agent`` leaves out the SQLAlchemy ORM:
+their rows are information. So is "dependencies with a model and the MySQL types":
+what any application that defines a Pydantic model pays as well (``pydantic.fields``
+and the entry-point scan of Pydantic's plugins, both on the first model), plus the
+MySQL column types the mixin's columns name; against it, what is left is this
+library's own code. The breakdown lists what the library's own modules cost once the
+dependencies as used are imported.
 """
 
 from __future__ import annotations
@@ -43,13 +48,17 @@ from ._harness import (
 
 NAME = "imports"
 TITLE = "Import cost"
-TARGET_RATIO = 1.3
+TARGET_RATIO = 1.15
 
 VARIANTS = {
     "python -c pass": "pass",  # interpreter start-up
     "import sqlalchemy, pydantic, jinja2 (baseline)": "import sqlalchemy, pydantic, jinja2",
     "dependencies as used": (
         "import sqlalchemy.orm, jinja2.sandbox; from pydantic import BaseModel"
+    ),
+    "dependencies with a model and the MySQL types": (
+        "import sqlalchemy.orm, sqlalchemy.dialects.mysql, jinja2.sandbox; "
+        "from pydantic import Field, create_model; create_model('M', x=(int, Field(0)))"
     ),
     "import agent_session": "import agent_session",
     "from agent_session import Agent": "from agent_session import Agent",
@@ -60,6 +69,7 @@ BASELINE = "import sqlalchemy, pydantic, jinja2 (baseline)"
 SUBJECT = "import agent_session"
 FULL = "Agent and AgentSessionMixin"
 USED = "dependencies as used"
+MODELS = "dependencies with a model and the MySQL types"
 STARTUP = "python -c pass"
 SLOW = "import litellm"
 
@@ -80,17 +90,15 @@ def _spawn(statement: str) -> float:
 
 
 def _import_breakdown(runs: int) -> list[tuple[int, str, float]]:
-    """What ``import agent_session`` adds once the baseline is imported (``-X importtime``)."""
+    """What the library's modules add once the dependencies as used are imported
+    (``-X importtime``). They are imported with ``import`` statements, not through
+    the package's lazy names, whose ``importlib`` import ``-X importtime`` does not
+    list."""
     per_module: dict[tuple[int, str], list[float]] = {}
+    statement = f"{VARIANTS[USED]}; import agent_session.agent, agent_session.mixin"
     for _ in range(runs):
         out = subprocess.run(
-            [
-                sys.executable,
-                "-X",
-                "importtime",
-                "-c",
-                "import sqlalchemy, pydantic, jinja2; import agent_session",
-            ],
+            [sys.executable, "-X", "importtime", "-c", statement],
             check=True,
             capture_output=True,
             text=True,
@@ -103,11 +111,11 @@ def _import_breakdown(runs: int) -> list[tuple[int, str, float]]:
             _, micros, name = line.split("|")
             depth = (len(name) - len(name.lstrip()) - 1) // 2
             entries.append((depth, int(micros) / 1e6, name.strip()))
-        start = max(i for i, (_, _, name) in enumerate(entries) if name == "jinja2")
-        for depth, cumulative, name in entries[start + 1 :]:
-            if depth <= 2:
+        start = max(i for i, (_, _, name) in enumerate(entries) if name == "agent_session")
+        for depth, cumulative, name in entries[start:]:
+            if depth <= 4:
                 per_module.setdefault((depth, name), []).append(cumulative)
-            if depth == 0 and name == "agent_session":
+            if depth == 0 and name == "agent_session.mixin":
                 break
     rows = [(depth, name, statistics.median(v)) for (depth, name), v in per_module.items()]
     return [row for row in rows if row[2] >= 0.002 or row[0] == 0]
@@ -117,7 +125,10 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
     result = BenchResult(
         name=NAME,
         title=TITLE,
-        target=f"`import agent_session` <= {TARGET_RATIO}x `import sqlalchemy, pydantic, jinja2`",
+        target=(
+            f"`from agent_session import Agent, AgentSessionMixin` <= {TARGET_RATIO}x "
+            f"its dependencies as used (`{VARIANTS[USED]}`)"
+        ),
         description=__doc__ or "",
     )
     rounds = opts.rounds(15, 1)
@@ -146,13 +157,19 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
             [v for v, b in zip(paired[name], paired[BASELINE], strict=True) if v == v],
             [b for v, b in zip(paired[name], paired[BASELINE], strict=True) if v == v],
         )
+        as_used = paired_ratios(
+            [v for v, u in zip(paired[name], paired[USED], strict=True) if v == v],
+            [u for v, u in zip(paired[name], paired[USED], strict=True) if v == v],
+        )
         own = (s.median - startup) / (base.median - startup) if name != STARTUP else float("nan")
+        label = {BASELINE: " (baseline)", USED: " (dependencies as used)", FULL: " (target)"}
         rows.append(
             [
-                f"`python -c '{VARIANTS[name]}'`" + (" (baseline)" if name == BASELINE else ""),
+                f"`python -c '{VARIANTS[name]}'`" + label.get(name, ""),
                 s.n,
                 *fmt_stats_ms(s, 0),
                 *fmt_ratio_stats(ratio),
+                *fmt_ratio_stats(as_used),
                 fmt_ms(s.median - startup, 0) if name != STARTUP else "",
                 fmt_ratio(own) if name != STARTUP else "",
             ]
@@ -166,6 +183,8 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
             "p25–p75",
             "vs baseline",
             "ratio p25–p75",
+            "vs dependencies as used",
+            "ratio p25–p75",
             "import only ms",
             "import only vs baseline",
         ],
@@ -174,9 +193,9 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
 
     breakdown = _import_breakdown(1 if opts.quick else 3)
     result.add_table(
-        "What `import agent_session` adds after `import sqlalchemy, pydantic, jinja2` "
-        "(`python -X importtime`, cumulative ms, median of runs, modules of 2 ms or more "
-        "down to depth 2; children are listed before their parent)",
+        "What `import agent_session.agent, agent_session.mixin` adds after the dependencies "
+        "as used (`python -X importtime`, cumulative ms, median of runs, modules of 2 ms or "
+        "more down to depth 4; children are listed before their parent)",
         ["depth", "module", "cumulative ms"],
         [[depth, f"`{name}`", fmt_ms(t, 1)] for depth, name, t in breakdown],
     )
@@ -199,15 +218,16 @@ def run(opts: Options, dbs: Databases) -> BenchResult:
     )
     full = paired_ratios(samples[FULL], samples[BASELINE]).median
     full_vs_used = paired_ratios(samples[FULL], samples[USED]).median
+    full_vs_models = paired_ratios(samples[FULL], samples[MODELS]).median
+    full_ms = fmt_ms(stats(samples[FULL]).median, 0)
+    used_ms = fmt_ms(stats(samples[USED]).median, 0)
     result.measured = (
-        f"{fmt_ratio(subject)} ({fmt_ms(stats(samples[SUBJECT]).median, 0)} ms vs "
-        f"{fmt_ms(base.median, 0)} ms{litellm}); importing `Agent, AgentSessionMixin` "
-        f"{fmt_ratio(full)} of the baseline, {fmt_ratio(full_vs_used)} of its "
-        "dependencies as used"
+        f"{fmt_ratio(full_vs_used)} ({full_ms} ms vs {used_ms} ms, paired); "
+        f"{fmt_ratio(full_vs_models)} of the dependencies with a model built and the MySQL "
+        f"types; {fmt_ratio(full)} of `import sqlalchemy, pydantic, jinja2`; "
+        f"`import agent_session` {fmt_ratio(subject)} of it "
+        f"({fmt_ms(stats(samples[SUBJECT]).median, 0)} ms{litellm})"
     )
-    result.headline = (
-        f"{fmt_ratio(subject)} ({fmt_ms(stats(samples[SUBJECT]).median, 0)} vs "
-        f"{fmt_ms(base.median, 0)} ms)"
-    )
-    result.met = subject <= TARGET_RATIO
+    result.headline = f"{fmt_ratio(full_vs_used)} ({full_ms} vs {used_ms} ms)"
+    result.met = full_vs_used <= TARGET_RATIO
     return result

@@ -145,9 +145,9 @@ def test_a_lazy_pattern_compiles_on_first_use_and_matches_like_the_pattern() -> 
 def test_error_and_tool_patterns_are_compiled_on_first_use() -> None:
     code = (
         "import sys; from agent_session import Agent, AgentSessionMixin; "
-        "from agent_session import _secrets, history, llm, tools; "
+        "from agent_session import _secrets, _tooling, history, llm, tools; "
         "print(*(type(p).__name__ for p in (llm._CONTEXT_WINDOW_PHRASES, llm._KEY_VARIABLE, "
-        "history._STATED_LIMIT, tools._SECTION, tools.NAME_PATTERN, _secrets._TOKEN)), "
+        "history._STATED_LIMIT, _tooling._SECTION, tools.NAME_PATTERN, _secrets._TOKEN)), "
         "tools.NAME_PATTERN.match('ok_name') is not None, "
         "llm._CONTEXT_WINDOW_PHRASES.search('Prompt is too long') is not None)"
     )
@@ -215,6 +215,50 @@ def test_the_agent_alone_does_not_load_the_orm() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert run.stdout.split() == ["False", "False", "True", "False"]
+
+
+def test_what_a_plain_turn_does_not_use_is_imported_on_first_use() -> None:
+    rare = [
+        "_compaction",
+        "_observing",
+        "_streaming",
+        "_tooling",
+        "_upgrades",
+        "events",
+        "http",
+        "listing",
+    ]
+    code = (
+        "import sys; from agent_session import Agent, AgentSessionMixin; "
+        "agent = Agent('openai/gpt-4o-mini'); "
+        f"print(*[m for m in {rare!r} if 'agent_session.' + m in sys.modules] or ['none']); "
+        "from agent_session import Summarize, ToolContext, SessionPage; "
+        "from agent_session.tools import PreparedCall; "
+        "print(Summarize.__module__, ToolContext.__module__, PreparedCall.__module__, "
+        "SessionPage.__module__)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert run.stdout.split() == [
+        "none",
+        "agent_session.history",
+        "agent_session.tools",
+        "agent_session.tools",
+        "agent_session.listing",
+    ]
+
+
+def test_a_sync_agent_does_not_import_asyncio() -> None:
+    code = (
+        "import sys; from agent_session import Agent, Tool; "
+        "agent = Agent('openai/gpt-4o-mini', tools=[Tool(lambda: 'ok', name='ok')]); "
+        "print('asyncio' in sys.modules, 'concurrent.futures' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert run.stdout.split() == ["False", "False"]
 
 
 def test_invalid_input_never_imports_litellm(tmp_path: Path) -> None:

@@ -12,18 +12,22 @@ they call and wait.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._lazy import LazyModule
 from ._operations import RunTools, Sleep
 from .llm import Model, ModelRequest, acomplete_within, complete_within
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .agent import Agent
     from .tools import ToolCallResult, Toolset
+else:
+    asyncio = LazyModule("asyncio")  # imported by the first async call: a sync app never is
 
 __all__ = ["ToolScope", "adrive", "amodel_handler", "drive", "model_handler"]
 

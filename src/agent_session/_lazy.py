@@ -1,12 +1,14 @@
-"""What a plain turn does not need, made on its first use: a module, a regular expression."""
+"""What a plain turn does not need, made on its first use: a module, a function of a
+module, a regular expression."""
 
 from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
 from typing import Any, cast
 
-__all__ = ["LazyModule", "lazy_compile"]
+__all__ = ["LazyModule", "lazy_compile", "lazy_function"]
 
 
 class LazyModule:
@@ -29,6 +31,19 @@ class LazyModule:
 
     def __repr__(self) -> str:
         return f"<lazy module {self._name!r}>"
+
+
+def lazy_function(module: str, name: str) -> Callable[..., Any]:
+    """The function ``name`` of ``module``, the module imported on the first call. Type
+    checkers see the real function: import it under ``TYPE_CHECKING`` and bind this
+    only at run time."""
+    lazy = LazyModule(module)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(lazy, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 class _LazyPattern:

@@ -51,6 +51,9 @@ summary's anchor, ``"path"`` the whole active path (and the summaries on it),
 
 @dataclass(frozen=True)
 class Load:
+    """Read the row of ``key`` and the ``history`` rows with it (``instance``: the one
+    this library last wrote, whose document is used when the row is unchanged)."""
+
     key: Any
     instance: Any = None
     where: tuple[Any, ...] = ()
@@ -78,6 +81,8 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Insert:
+    """Insert a new row: ``instance``, with its first history rows."""
+
     instance: Any
     rows: tuple[Any, ...] = ()
     """History rows ``(seq, parent, data)`` inserted with the new row."""
@@ -87,6 +92,9 @@ class Insert:
 
 @dataclass(frozen=True)
 class Swap:
+    """Write ``values`` to the row of ``key`` only if its revision is still
+    ``seen_revision`` (compare-and-swap)."""
+
     instance: Any
     key: Any
     seen_revision: int

@@ -62,15 +62,12 @@ from .history import (
     Selection,
     TokenBudget,
     Window,
-    apply_summary,
     check_budget,
     fitted_window,
     is_summary,
     output_tokens,
-    plan_compaction,
     select_messages,
     stated_window,
-    summary_request_messages,
 )
 from .llm import (
     CallBounds,
@@ -1308,6 +1305,8 @@ def compaction_flow(
     summarize = agent.compaction
     if summarize is None or result.paused_turn is not None:
         return document, result
+    from ._compaction import apply_summary, plan_compaction, summary_request_messages
+
     messages = document["messages"]
     window = agent.history
     count = summarize.counter

@@ -26,7 +26,7 @@ from . import _drivers, _observe, _turn
 from ._observe import AfterModelCall, BeforeModelCall, OnError, OnToolCall
 from ._secrets import remember
 from .errors import ConfigurationError, InputValidationError
-from .history import BudgetLimits, LastTurns, Summarize, TokenBudget, Window, output_tokens
+from .history import BudgetLimits, LastTurns, TokenBudget, Window, output_tokens
 from .llm import (
     LiteLLMModel,
     Model,
@@ -41,6 +41,7 @@ from .tools import Denied, Tool, Toolset
 if TYPE_CHECKING:
     from typing import Required, TypedDict, Unpack
 
+    from ._compaction import Summarize
     from .streams import AsyncTurnStream, TurnStream
 
     class _AgentOptions(TypedDict, total=False):
@@ -325,10 +326,13 @@ class Agent(Generic[OutputT]):
                 "history must be None, LastTurns(n), TokenBudget(max_tokens, ...) or a "
                 f"function over the stored messages; got {history!r}"
             )
-        if compaction is not None and not isinstance(compaction, Summarize):
-            raise ConfigurationError(
-                f"compaction must be None or Summarize(...), got {compaction!r}"
-            )
+        if compaction is not None:
+            from ._compaction import Summarize  # imported by whoever built a Summarize
+
+            if not isinstance(compaction, Summarize):
+                raise ConfigurationError(
+                    f"compaction must be None or Summarize(...), got {compaction!r}"
+                )
         self.history: Window | None = history
         """What a request sends of the stored history (``None``: the model's window)."""
         self.context_window: int | None = _checked_context_window(context_window, settings)

@@ -583,110 +583,22 @@ def chat_messages(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # -- earlier versions --------------------------------------------------------------
-# Read only to upgrade an old document: their schemas are built on first use.
-
-
-class _MessageMetaV1(BaseModel):
-    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", defer_build=True)
-
-    created_at: datetime
-    input: dict[str, Any] | None = None
-    output: Any = None
-    model: str | None = None
-    usage: Usage | None = None
-    cost: float | None = None
-    finish_reason: str | None = None
-    attempts: int | None = None
-
-
-class _MessageV1(BaseModel):
-    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", defer_build=True)
-
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str | list[Any] | None = None
-    name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
-    meta: _MessageMetaV1
-
-
-class _ContextV1(BaseModel):
-    """Version 1: every message has a full ``meta``; user messages repeat their input
-    in ``meta.input`` and assistant messages their parsed output in ``meta.output``."""
-
-    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", defer_build=True)
-
-    version: Literal[1]
-    messages: list[_MessageV1]
-    instruction_args: dict[str, Any] | None = None
-    usage: Usage = Field(default_factory=Usage)
-    cost: float | None = None
-    turns: int = 0
-    created_at: datetime
-    updated_at: datetime
-
-
-def _input_is_derived(content: Any, stored: dict[str, Any] | None) -> bool:
-    """Whether ``input_document`` gives ``stored`` back from ``content``, for the agent
-    that wrote it (one input field exactly when the input has one key)."""
-    if stored is None:
-        return True
-    if not isinstance(content, str):
-        return False
-    if len(stored) == 1:
-        return bool(next(iter(stored.values())) == content)
-    try:
-        return bool(json.loads(content) == stored)
-    except ValueError:
-        return False
+# The models of versions 1 and 2 are read only to upgrade an old document: they live in
+# ``_upgrades``, imported by the first such document.
 
 
 def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
     """Version 1 -> 2: drop ``meta.output`` and derivable ``meta.input``; compact."""
-    old = _ContextV1.model_validate(raw)
-    messages = []
-    for message in old.messages:
-        meta = message.meta.model_dump(exclude={"output"})
-        if _input_is_derived(message.content, message.meta.input):
-            meta["input"] = None
-        fields = message.model_dump(exclude={"meta"})
-        messages.append(Message(**fields, meta=MessageMeta(**meta)))
-    context = Context(messages=messages, **old.model_dump(exclude={"version", "messages"}))
-    # Version 2 exactly, even once ``Context`` is a later version: the next upgrade
-    # in the chain takes it from there.
-    upgraded = context.to_document()
-    del upgraded["path"], upgraded["next"]
-    return {**upgraded, "version": 2}
+    from ._upgrades import upgrade_v1
 
-
-class _MessageMetaV2(MessageMeta):
-    model_config = ConfigDict(defer_build=True)
-
-    raw_arguments: None = None
-    interrupted: None = None
-    summary: None = None
-
-
-class _MessageV2(Message):
-    model_config = ConfigDict(defer_build=True)
-
-    meta: _MessageMetaV2
-
-
-class _ContextV2(Context):
-    """Version 2: version 3 without a pending part (and without ``meta.raw_arguments``)."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    version: Literal[2] = 2  # type: ignore[assignment]
-    messages: list[_MessageV2]  # type: ignore[assignment]
-    pending: None = None
+    return upgrade_v1(raw)
 
 
 def _upgrade_v2(raw: dict[str, Any]) -> dict[str, Any]:
     """Version 2 -> 3: the same document, with nothing pending."""
-    _ContextV2.model_validate(raw)
-    return {**raw, "version": 3}
+    from ._upgrades import upgrade_v2
+
+    return upgrade_v2(raw)
 
 
 def _upgrade_v3(raw: dict[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,6 @@ retried.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import functools
 import json
@@ -66,7 +65,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
 from pydantic import BaseModel
 
-from ._lazy import lazy_compile
+from ._lazy import LazyModule, lazy_compile
 from ._secrets import get_logger, mask, secret_values
 from .context import Usage
 from .errors import (
@@ -80,7 +79,11 @@ from .errors import (
 from .tools import ToolCall
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .history import TokenBudget, TokenCounter
+else:
+    asyncio = LazyModule("asyncio")  # imported by the first async call: a sync app never is
 
 __all__ = [
     "CallBounds",

@@ -63,14 +63,13 @@ from . import _drivers, _flows, _observe
 from ._flows import Listing, SessionSpec, SessionStatus
 from ._idempotency import checked_key
 from ._keys import identity as _identity
-from ._lazy import LazyModule
+from ._lazy import LazyModule, lazy_function
 from ._store import AsyncStore, SyncStore
 from ._text import encodable
 from .agent import Agent
 from .context import Context, Message, Usage, stored_usage
 from .errors import ConfigurationError, InputValidationError, show_key
 from .history import BudgetLimits
-from .listing import SessionPage, list_flow
 from .llm import Model
 from .tools import Denied, PendingApproval
 
@@ -84,6 +83,7 @@ if TYPE_CHECKING:
 
     from . import _streaming
     from .agent import _RunOptions
+    from .listing import SessionPage, list_flow
     from .result import Result
     from .streams import AsyncTurnStream, OnCancel, TurnStream
 
@@ -119,6 +119,7 @@ __all__ = ["AgentSessionMixin", "SessionStatus"]
 
 if not TYPE_CHECKING:
     _streaming = LazyModule("agent_session._streaming")  # imported by the first stream
+    list_flow = lazy_function("agent_session.listing", "list_flow")  # by the first listing
 
 if TYPE_CHECKING:
     # Unparameterized ``AgentSessionMixin`` means ``AgentSessionMixin[Any]``, also

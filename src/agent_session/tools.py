@@ -27,35 +27,42 @@ runs an async tool to completion on an event loop of its own. ``arun_calls`` (as
 code) runs the calls of one reply concurrently: async tools on the running loop,
 sync tools in worker threads (``asyncio.to_thread``) so a blocking tool does not
 stall the loop. Results come back in call order either way.
+
+Building a tool's arguments model, ``ToolContext`` and ``PreparedCall`` are defined in
+``_tooling`` (read here by name), imported by the first tool: an agent without tools
+does not load them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import inspect
 import json
 import logging
-import re
 import time
-import typing
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
-from pydantic.fields import FieldInfo
-from pydantic.json_schema import GenerateJsonSchema
+from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from ._lazy import lazy_compile
+from ._lazy import LazyModule, lazy_compile
 from ._secrets import get_logger
 from ._text import clean_json, clean_text, encodable
 from .errors import ConfigurationError, ToolExecutionError
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from . import _tooling
+    from ._tooling import PreparedCall, ToolContext
     from .agent import Agent
+else:
+    # Defining and running a tool: imported by the first tool (or the first import of
+    # ``ToolContext``). An agent without tools does not load it.
+    _tooling = LazyModule("agent_session._tooling")
+    asyncio = LazyModule("asyncio")  # imported by the first async call: a sync app never is
 
 __all__ = [
     "Denied",
@@ -86,22 +93,6 @@ MAX_LISTED_ERRORS = 10
 
 
 # -- the public value types ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ToolContext(Generic[DepsT]):
-    """What a tool whose first parameter is typed ``ToolContext`` receives.
-
-    ``deps`` is what the caller passed as ``deps=`` (never stored or logged);
-    ``tool_call_id`` is the model's id for this call, stable when a turn is re-run,
-    so it makes a good idempotency key; ``session_key`` is the session's primary key
-    (``None`` outside a session); ``agent`` is the agent running the turn.
-    """
-
-    deps: DepsT
-    tool_call_id: str
-    session_key: Any = None
-    agent: Agent[Any] | None = None
 
 
 def _new_call_id() -> str:
@@ -217,25 +208,6 @@ def replay_arguments(raw: str) -> tuple[str, str | None]:
 # -- building a tool ----------------------------------------------------------------
 
 
-class _NoTitles(GenerateJsonSchema):
-    """Pydantic's schema without the generated ``title`` keys (noise in a tool schema)."""
-
-    def field_title_should_be_set(self, schema: Any) -> bool:
-        return False
-
-    def generate(self, schema: Any, mode: Any = "validation") -> Any:
-        result = super().generate(schema, mode)
-        result.pop("title", None)
-        return result
-
-
-@dataclass(frozen=True)
-class _Param:
-    name: str
-    field: str
-    positional_only: bool
-
-
 class Tool(Generic[DepsT]):
     """A function the model may call.
 
@@ -287,13 +259,15 @@ class Tool(Generic[DepsT]):
         self.on_error = on_error
         self.is_async = _is_async_callable(fn)
 
-        summary, param_docs = _parse_docstring(inspect.getdoc(fn))
+        summary, param_docs = _tooling.parse_docstring(inspect.getdoc(fn))
         self.description = description if description is not None else summary
-        self.takes_context, self._params, self.arguments_model = _arguments_model(
+        self.takes_context, self._params, self.arguments_model = _tooling.arguments_model(
             fn, tool_name, param_docs
         )
         try:
-            self.parameters = self.arguments_model.model_json_schema(schema_generator=_NoTitles)
+            self.parameters = self.arguments_model.model_json_schema(
+                schema_generator=_tooling.NoTitles
+            )
         except Exception as exc:
             raise ConfigurationError(
                 f"tool {tool_name!r}: its parameters have no JSON schema: {exc}"
@@ -358,179 +332,7 @@ def _is_async_callable(fn: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def _is_context_annotation(annotation: Any) -> bool:
-    if annotation is ToolContext or typing.get_origin(annotation) is ToolContext:
-        return True
-    if typing.get_origin(annotation) is Annotated:
-        return _is_context_annotation(typing.get_args(annotation)[0])
-    return False
-
-
-def _has_description(annotation: Any) -> bool:
-    if typing.get_origin(annotation) is not Annotated:
-        return False
-    return any(isinstance(meta, FieldInfo) and meta.description for meta in annotation.__metadata__)
-
-
-def _arguments_model(
-    fn: Callable[..., Any], tool_name: str, param_docs: Mapping[str, str]
-) -> tuple[bool, tuple[_Param, ...], type[BaseModel]]:
-    """Whether ``fn`` takes a context, its parameters, and the model of its arguments."""
-    try:
-        signature = inspect.signature(fn, eval_str=True)
-    except (TypeError, ValueError, NameError) as exc:
-        raise ConfigurationError(f"tool {tool_name!r}: cannot read its signature: {exc}") from exc
-
-    takes_context = False
-    params: list[_Param] = []
-    fields: dict[str, Any] = {}
-    for index, parameter in enumerate(signature.parameters.values()):
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            raise ConfigurationError(
-                f"tool {tool_name!r}: *args and **kwargs have no schema"
-                f" (parameter {parameter.name!r})"
-            )
-        annotation = parameter.annotation
-        if _is_context_annotation(annotation):
-            if index != 0:
-                raise ConfigurationError(
-                    f"tool {tool_name!r}: a ToolContext parameter must come first"
-                    f" ({parameter.name!r} is number {index + 1})"
-                )
-            if parameter.kind == parameter.KEYWORD_ONLY:
-                raise ConfigurationError(
-                    f"tool {tool_name!r}: the ToolContext parameter must be positional"
-                )
-            takes_context = True
-            continue
-        if annotation is parameter.empty:
-            annotation = Any
-        if parameter.name in param_docs and not _has_description(annotation):
-            annotation = Annotated[annotation, Field(description=param_docs[parameter.name])]
-        default = ... if parameter.default is parameter.empty else parameter.default
-        # Fields get neutral names and the parameter name as alias, so that a parameter
-        # called ``json``, ``model_config`` or ``_x`` cannot collide with BaseModel.
-        field_name = f"p{len(params)}"
-        fields[field_name] = (annotation, Field(default, alias=parameter.name))
-        params.append(
-            _Param(parameter.name, field_name, parameter.kind == parameter.POSITIONAL_ONLY)
-        )
-
-    try:
-        model = create_model(
-            f"{tool_name}_arguments",
-            __config__=ConfigDict(extra="forbid", populate_by_name=False),
-            **fields,
-        )
-    except Exception as exc:
-        raise ConfigurationError(
-            f"tool {tool_name!r}: its parameters cannot be validated: {exc}"
-        ) from exc
-    return takes_context, tuple(params), model
-
-
-_SECTION = lazy_compile(
-    r"^(args|arguments|parameters|params|returns?|yields?|raises?|examples?|notes?"
-    r"|see also|attributes|keyword args|keyword arguments|other parameters):?\s*$",
-    re.IGNORECASE,
-)
-_SPHINX_PARAM = lazy_compile(r"^:param\s+(?:[^:]*\s)?(\w+):\s*(.*)$")
-_GOOGLE_PARAM = lazy_compile(r"^(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
-_NUMPY_PARAM = lazy_compile(r"^(\w+)\s*(?::.*)?$")
-
-
-def _parse_docstring(doc: str | None) -> tuple[str | None, dict[str, str]]:
-    """The first paragraph, and per-parameter descriptions from an arguments section."""
-    if not doc:
-        return None, {}
-    lines = doc.splitlines()
-    summary_lines: list[str] = []
-    for line in lines:
-        stripped = line.strip()
-        if not stripped or _SECTION.match(stripped) or stripped.startswith(":"):
-            break
-        summary_lines.append(stripped)
-    summary = " ".join(summary_lines) or None
-    return summary, _param_docs(lines)
-
-
-def _param_docs(lines: list[str]) -> dict[str, str]:
-    docs: dict[str, str] = {}
-    current: str | None = None
-    in_section = False
-    numpy = False
-    base_indent = 0
-    for index, line in enumerate(lines):
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        sphinx = _SPHINX_PARAM.match(stripped)
-        if sphinx:
-            current = sphinx.group(1)
-            docs[current] = sphinx.group(2).strip()
-            in_section = False
-            continue
-        if stripped.startswith(":"):
-            current = None
-            continue
-        section = _SECTION.match(stripped)
-        if section:
-            name = section.group(1).lower()
-            in_section = name in {"args", "arguments", "parameters", "params"}
-            following = lines[index + 1].strip() if index + 1 < len(lines) else ""
-            numpy = bool(following) and set(following) == {"-"}
-            base_indent = indent
-            current = None
-            continue
-        if not in_section:
-            if current is not None and stripped and indent > 0:
-                docs[current] = f"{docs[current]} {stripped}".strip()  # Sphinx continuation
-            elif not stripped:
-                current = None
-            continue
-        if not stripped or set(stripped) == {"-"}:
-            continue
-        if numpy:
-            if indent <= base_indent:
-                match = _NUMPY_PARAM.match(stripped)
-                current = match.group(1) if match else None
-                if current is not None:
-                    docs[current] = ""
-            elif current is not None:
-                docs[current] = f"{docs[current]} {stripped}".strip()
-            continue
-        if indent <= base_indent:
-            in_section = False  # dedented: the section is over
-            current = None
-            continue
-        match = _GOOGLE_PARAM.match(stripped)
-        if match and (current is None or indent <= _param_indent(lines, current)):
-            current = match.group(1).lstrip("*")
-            docs[current] = match.group(2).strip()
-        elif current is not None:
-            docs[current] = f"{docs[current]} {stripped}".strip()
-    return {name: text for name, text in docs.items() if text}
-
-
-def _param_indent(lines: list[str], name: str) -> int:
-    for line in lines:
-        stripped = line.lstrip()
-        if re.match(rf"^\*{{0,2}}{re.escape(name)}\s*(\([^)]*\))?\s*:", stripped):
-            return len(line) - len(stripped)
-    return 0
-
-
 # -- a set of tools and running calls ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PreparedCall:
-    """A call checked before it runs: the tool and its arguments, or the error result."""
-
-    call: ToolCall
-    tool: Tool[Any] | None
-    arguments: dict[str, Any]
-    raw_arguments: str | None
-    error: ToolCallResult | None
 
 
 class Toolset:
@@ -567,6 +369,8 @@ class Toolset:
 
     def prepare(self, call: ToolCall) -> PreparedCall:
         """Parse and validate a call's arguments; errors become the call's result."""
+        from ._tooling import PreparedCall
+
         tool = self.tools.get(call.name)
         parsed: Any = {}
         invalid: ValueError | None = None
@@ -689,7 +493,7 @@ class Toolset:
         if prepared.error is not None or prepared.tool is None:
             return _checked_error(prepared)
         tool = prepared.tool
-        context = ToolContext(deps, call.id, session_key, agent)
+        context = _tooling.ToolContext(deps, call.id, session_key, agent)
         started = time.perf_counter()
         try:
             value = tool._invoke(prepared.arguments, context)
@@ -712,7 +516,7 @@ class Toolset:
         if prepared.error is not None or prepared.tool is None:
             return _checked_error(prepared)
         tool = prepared.tool
-        context = ToolContext(deps, call.id, session_key, agent)
+        context = _tooling.ToolContext(deps, call.id, session_key, agent)
         started = time.perf_counter()
         try:
             if tool.is_async:
@@ -863,5 +667,13 @@ def run_awaitable(awaitable: Awaitable[T]) -> T:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coroutine)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("PreparedCall", "ToolContext"):
+        return getattr(_tooling, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
