@@ -13,6 +13,7 @@ loses.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, ClassVar
 
 import pytest
@@ -78,6 +79,21 @@ class LoadKind(AgentSessionMixin, Base):
 
 class LoadSupport(LoadKind):
     __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "support"}
+
+
+class LoadComposite(AgentSessionMixin, Base):
+    """A composite primary key: the history table's key is two columns."""
+
+    __tablename__ = "load_composite"
+    __agent__ = whole
+    tenant: Mapped[str] = mapped_column(sa.String(8), primary_key=True)
+    number: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+
+class LoadUuid(AgentSessionMixin, Base):
+    __tablename__ = "load_uuid"
+    __agent__ = whole
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid(), primary_key=True, default=uuid.uuid4)
 
 
 def _history_reads(api: Api) -> tuple[list[str], Any]:
@@ -245,3 +261,24 @@ async def test_on_postgresql_the_swap_and_its_rows_are_one_statement(
         sa.event.remove(engine, "before_cursor_execute", record)
     assert writes == (["WITH"] if database.dialect == "postgresql" else ["UPDATE", "INSERT"])
     assert await _path_texts(api, chat.id) == ["turn 0", "fine", "turn 1", "fine"]
+
+
+@pytest.mark.parametrize("cls", [LoadComposite, LoadUuid], ids=["composite", "uuid"])
+async def test_keys_of_several_columns_and_of_other_types_load_in_one_statement(
+    database: Database, cls: Any
+) -> None:
+    database.create_all(Base.metadata)
+    api = Api(database, cls, maker=True)
+    values = {"tenant": "t", "number": 7} if cls is LoadComposite else {}
+    chat = await api.start(None, "turn 0", **values)
+    key = ("t", 7) if cls is LoadComposite else chat.id
+    chat = await api.cont(None, key, "turn 1")
+    seen, stop = _history_reads(api)
+    try:
+        chat = await api.cont(None, key, "turn 2")
+    finally:
+        stop()
+    assert len(seen) == 1 and "UNION ALL" in seen[0].upper()
+    sent = [m["content"] for m in _requests(cls)[-1].messages[1:]]
+    assert sent == ["turn 0", "fine", "turn 1", "fine", "turn 2"]
+    assert await _path_texts(api, key) == [*sent, "fine"]
