@@ -131,6 +131,31 @@ def test_tool_names_are_loaded_lazily() -> None:
     assert run.stdout.split() == ["False", "agent_session.tools", "False"]
 
 
+def test_names_defined_in_modules_imported_on_first_use_look_as_before() -> None:
+    """``dir()``, ``__module__`` and run-time type hints of the names ``history`` and
+    ``tools`` import on first use are those of the module that exports them."""
+    code = (
+        "import typing, agent_session.history as h, agent_session.tools as t; "
+        "names = ['Summarize', 'CompactionPlan', 'apply_summary', 'plan_compaction', "
+        "'summary_request_messages']; "
+        "print(all(n in dir(h) for n in names), all(n in dir(t) for n in "
+        "['ToolContext', 'PreparedCall']), h.CompactionPlan.__module__, "
+        "h.Summarize.__module__, t.ToolContext.__module__, "
+        "typing.get_type_hints(t.Toolset.prepare)['return'].__name__)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert run.stdout.split() == [
+        "True",
+        "True",
+        "agent_session.history",
+        "agent_session.history",
+        "agent_session.tools",
+        "PreparedCall",
+    ]
+
+
 def test_a_lazy_pattern_compiles_on_first_use_and_matches_like_the_pattern() -> None:
     from agent_session._lazy import lazy_compile
 

@@ -18,13 +18,22 @@ from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+    with_loader_criteria,
+)
 
 from agent_session import Agent, AgentSessionMixin, _store
 from agent_session.history import LastTurns
 from agent_session.testing import TestModel
 from support.databases import Database
-from support.sessions import Api
+from support.sessions import Api, stored_rows
 
 whole = Agent(TestModel(text="fine"), instruction="You help.")
 windowed = Agent(TestModel(text="fine"), instruction="You help.", history=LastTurns(2))
@@ -79,6 +88,28 @@ class LoadKind(AgentSessionMixin, Base):
 
 class LoadSupport(LoadKind):
     __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "support"}
+
+
+class LoadSoft(AgentSessionMixin, Base):
+    """Soft-deleted rows, hidden by the application's loader criteria."""
+
+    __tablename__ = "load_soft"
+    __agent__ = whole
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    deleted: Mapped[bool] = mapped_column(default=False)
+    notes: Mapped[str | None] = mapped_column(sa.Text(), deferred=True)
+
+
+class SoftSession(Session):
+    """A session whose queries leave out soft-deleted ``LoadSoft`` rows."""
+
+
+@sa.event.listens_for(SoftSession, "do_orm_execute")
+def _hide_deleted(state: Any) -> None:
+    if state.is_select and not state.is_column_load and not state.is_relationship_load:
+        state.statement = state.statement.options(
+            with_loader_criteria(LoadSoft, LoadSoft.deleted.is_(False), include_aliases=True)
+        )
 
 
 class LoadComposite(AgentSessionMixin, Base):
@@ -282,3 +313,47 @@ async def test_keys_of_several_columns_and_of_other_types_load_in_one_statement(
     sent = [m["content"] for m in _requests(cls)[-1].messages[1:]]
     assert sent == ["turn 0", "fine", "turn 1", "fine", "turn 2"]
     assert await _path_texts(api, key) == [*sent, "fine"]
+
+
+async def test_the_applications_loader_criteria_still_hide_a_row(database: Database) -> None:
+    """A ``do_orm_execute`` listener's ``with_loader_criteria`` (a soft delete): the row
+    it hides is not found by a turn or a read, as with ``Session.get``."""
+    from agent_session import SessionNotFoundError
+
+    database.create_all(Base.metadata)
+    api = Api(database, LoadSoft, maker=True)
+    engine = api.engine
+    maker: Any = (
+        async_sessionmaker(engine, sync_session_class=SoftSession)
+        if api.is_async
+        else sessionmaker(engine, class_=SoftSession)
+    )
+    api.maker = maker
+    shown = await api.start(None, "turn 0")
+    hidden = await api.start(None, "turn 0")
+    with database.sync_engine().begin() as conn:
+        conn.execute(
+            sa.update(LoadSoft.__table__).where(LoadSoft.id == hidden.id).values(deleted=True)
+        )
+    before = [r for r in stored_rows(database, LoadSoft.__table__)]
+    with pytest.raises(SessionNotFoundError):
+        await api.cont(None, hidden.id, "turn 1")
+    with pytest.raises(SessionNotFoundError):
+        await api.context(None, hidden.id)
+    assert [r for r in stored_rows(database, LoadSoft.__table__)] == before
+    chat = await api.cont(None, shown.id, "turn 1")
+    assert await _path_texts(api, chat.id) == ["turn 0", "fine", "turn 1", "fine"]
+
+
+async def test_deferred_columns_are_not_read_with_the_row(database: Database) -> None:
+    database.create_all(Base.metadata)
+    api = Api(database, LoadSoft, maker=True)
+    chat = await api.start(None, "turn 0", notes="x" * 1000)
+    seen, stop = _history_reads(api)
+    try:
+        chat = await api.cont(None, chat.id, "turn 1")
+    finally:
+        stop()
+    assert len(seen) == 1 and "UNION ALL" in seen[0].upper()
+    assert "notes" not in seen[0]
+    assert await _path_texts(api, chat.id) == ["turn 0", "fine", "turn 1", "fine"]

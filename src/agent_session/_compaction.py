@@ -79,6 +79,8 @@ class CompactionPlan:
     was made for, so it is never applied to another list.
     """
 
+    __module__ = "agent_session.history"
+
     start: int
     end: int
     length: int

@@ -296,11 +296,17 @@ class _StoreBase:
         params["first"], params["last"] = first, last
         return statement, params
 
-    def newest_rows(self, op: Load) -> int | None:
+    def newest_rows(self, op: Load, session: Session) -> int | None:
         """How many of the newest rows to read with the head in one statement, for
-        ``op`` (``None``: read the head alone, then the rows it names)."""
+        ``op`` (``None``: read the head alone, then the rows it names). Not when the
+        session has ``do_orm_execute`` listeners: options they add to a query (such as
+        ``with_loader_criteria``, a soft delete or a tenant filter) do not apply to a
+        statement given as SQL, so the row is then read by ``Session.get``, which they
+        see."""
         history = op.history
         if self.spec.history_table is None or not self._one_statement_load():
+            return None
+        if session.dispatch.do_orm_execute:
             return None
         if history == "path":
             return NEWEST_ROWS
@@ -341,7 +347,12 @@ class _StoreBase:
             cached = self.spec.statements.get("head_and_rows")
             if cached is not None:
                 return cached
-        table = sa.inspect(self.cls).local_table
+        mapper = sa.inspect(self.cls)
+        # The columns the ORM loads with the row (deferred ones are read when used).
+        loaded = {
+            column for prop in mapper.column_attrs if not prop.deferred for column in prop.columns
+        }
+        columns = [column for column in mapper.local_table.c if column in loaded]
         history = self.spec.history_table
         keys = [
             column == sa.bindparam(f"pk{i}", type_=column.type)
@@ -353,13 +364,13 @@ class _StoreBase:
             .scalar_subquery()
         )
         head = sa.select(
-            *table.c,
+            *columns,
             sa.type_coerce(sa.null(), sa.Integer()).label(_SEQ),
             sa.type_coerce(sa.null(), sa.Integer()).label(_PARENT),
             sa.type_coerce(sa.null(), history.c.data.type).label(_DATA),
         ).where(*self._key_criteria(), *op.where)
         rows = sa.select(
-            *(sa.type_coerce(sa.null(), column.type).label(column.name) for column in table.c),
+            *(sa.type_coerce(sa.null(), column.type).label(column.name) for column in columns),
             history.c.seq.label(_SEQ),
             history.c.parent.label(_PARENT),
             history.c.data.label(_DATA),
@@ -508,6 +519,9 @@ class _StoreBase:
         count = len(op.rows)
         if dialect != "postgresql" or not count or op.fresh or count > SWAP_WITH_ROWS:
             return None
+        mapper = sa.inspect(self.cls)
+        if mapper.persist_selectable is not mapper.local_table:
+            return None  # joined-table inheritance: the UPDATE spans two tables
         update, params = self.swap_statement(op)
         cache_key = ("swap_rows", tuple(sorted(op.values)), count)
         statement = None if op.where else self.spec.statements.get(cache_key)
@@ -723,7 +737,7 @@ class SyncStore(_StoreBase):
             snap = self.snapshot_from_revision(op, written, row)
             if snap is not None:
                 return snap
-        newest = self.newest_rows(op)
+        newest = self.newest_rows(op, session)
         if newest is not None:
             params["newest"] = newest
             statement = self.head_and_rows_statement(op)
@@ -877,7 +891,7 @@ class AsyncStore(_StoreBase):
             snap = self.snapshot_from_revision(op, written, result.first())
             if snap is not None:
                 return snap
-        newest = self.newest_rows(op)
+        newest = self.newest_rows(op, session.sync_session)
         if newest is not None:
             params["newest"] = newest
             statement = self.head_and_rows_statement(op)

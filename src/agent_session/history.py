@@ -712,3 +712,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(llm, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_COMPACTION, "default_window", "litellm_token_counter"})

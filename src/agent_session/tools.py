@@ -367,7 +367,7 @@ class Toolset:
 
     # -- checking calls (pure) --------------------------------------------------
 
-    def prepare(self, call: ToolCall) -> PreparedCall:
+    def prepare(self, call: ToolCall) -> _tooling.PreparedCall:
         """Parse and validate a call's arguments; errors become the call's result."""
         from ._tooling import PreparedCall
 
@@ -677,3 +677,7 @@ def __getattr__(name: str) -> Any:
     if name in ("PreparedCall", "ToolContext"):
         return getattr(_tooling, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "PreparedCall", "ToolContext"})
