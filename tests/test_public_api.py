@@ -30,6 +30,14 @@ def _error_classes() -> dict[str, type[BaseException]]:
     }
 
 
+def _printed(code: str) -> list[str]:
+    """What ``python -c code`` prints in a fresh interpreter, split into words."""
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return run.stdout.split()
+
+
 def test_all_lists_exactly_the_public_names() -> None:
     public = {
         name
@@ -113,10 +121,7 @@ def test_history_names_are_loaded_lazily() -> None:
         "print(a, LastTurns.__module__, TokenBudget.__module__, Summarize.__module__, "
         "'litellm' in sys.modules)"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert run.stdout.split() == ["False", *["agent_session.history"] * 3, "False"]
+    assert _printed(code) == ["False", *["agent_session.history"] * 3, "False"]
 
 
 def test_tool_names_are_loaded_lazily() -> None:
@@ -125,10 +130,7 @@ def test_tool_names_are_loaded_lazily() -> None:
         "from agent_session import Tool, ToolContext, ToolCall, PendingApproval, Denied; "
         "print(a, Tool.__module__, 'litellm' in sys.modules)"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert run.stdout.split() == ["False", "agent_session.tools", "False"]
+    assert _printed(code) == ["False", "agent_session.tools", "False"]
 
 
 def test_names_defined_in_modules_imported_on_first_use_look_as_before() -> None:
@@ -143,10 +145,7 @@ def test_names_defined_in_modules_imported_on_first_use_look_as_before() -> None
         "h.Summarize.__module__, t.ToolContext.__module__, "
         "typing.get_type_hints(t.Toolset.prepare)['return'].__name__)"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert run.stdout.split() == [
+    assert _printed(code) == [
         "True",
         "True",
         "agent_session.history",
@@ -176,10 +175,7 @@ def test_error_and_tool_patterns_are_compiled_on_first_use() -> None:
         "tools.NAME_PATTERN.match('ok_name') is not None, "
         "llm._CONTEXT_WINDOW_PHRASES.search('Prompt is too long') is not None)"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert run.stdout.split() == ["_LazyPattern"] * 6 + ["True", "True"]
+    assert _printed(code) == ["_LazyPattern"] * 6 + ["True", "True"]
 
 
 def test_the_docstring_tree_names_every_error_class() -> None:
@@ -236,10 +232,7 @@ def test_the_agent_alone_does_not_load_the_orm() -> None:
         "from agent_session import AgentSessionMixin; c = 'sqlalchemy.orm' in sys.modules; "
         "print(a, b, c, 'litellm' in sys.modules)"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert run.stdout.split() == ["False", "False", "True", "False"]
+    assert _printed(code) == ["False", "False", "True", "False"]
 
 
 def test_what_a_plain_turn_does_not_use_is_imported_on_first_use() -> None:
@@ -262,10 +255,7 @@ def test_what_a_plain_turn_does_not_use_is_imported_on_first_use() -> None:
         "print(Summarize.__module__, ToolContext.__module__, PreparedCall.__module__, "
         "SessionPage.__module__)"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert run.stdout.split() == [
+    assert _printed(code) == [
         "none",
         "agent_session.history",
         "agent_session.tools",
@@ -280,10 +270,7 @@ def test_a_sync_agent_does_not_import_asyncio() -> None:
         "agent = Agent('openai/gpt-4o-mini', tools=[Tool(lambda: 'ok', name='ok')]); "
         "print('asyncio' in sys.modules, 'concurrent.futures' in sys.modules)"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert run.stdout.split() == ["False", "False"]
+    assert _printed(code) == ["False", "False"]
 
 
 def test_invalid_input_never_imports_litellm(tmp_path: Path) -> None:
