@@ -258,43 +258,47 @@ class _StoreBase:
         table = self.spec.history_table
         return [column for column in table.primary_key.columns if column.name != "seq"]
 
-    def rows_statement(self, op: Load, snap: Snapshot) -> tuple[Any, dict[str, Any]] | None:
-        """``SELECT seq, parent, data WHERE <key> AND seq BETWEEN a AND b ORDER BY
-        seq``: the rows ``op.history`` needs with the head just read (``None``: none)."""
-        table = self.spec.history_table
-        if table is None or op.history is None:
-            return None
-        head = snap.document
-        seqs = seq_range(head, op.history)
-        if seqs is None:
-            return None
+    def _history_key_criteria(self) -> list[sa.ColumnElement[bool]]:
+        """``<history key column> = :pk<i>`` for each column naming the session row."""
+        return [
+            column == sa.bindparam(f"pk{i}", type_=column.type)
+            for i, column in enumerate(self._history_keys())
+        ]
+
+    def _rows_select(self) -> Any:
+        """``SELECT seq, parent, data WHERE <key> AND seq BETWEEN :first AND :last ORDER
+        BY seq``, built once per class."""
         statement = self.spec.statements.get("rows")
         if statement is None:
-            keys = self._history_keys()
+            table = self.spec.history_table
             statement = (
                 sa.select(table.c.seq, table.c.parent, table.c.data)
                 .where(
-                    *(
-                        column == sa.bindparam(f"pk{i}", type_=column.type)
-                        for i, column in enumerate(keys)
-                    ),
+                    *self._history_key_criteria(),
                     table.c.seq >= sa.bindparam("first", type_=sa.Integer()),
                     table.c.seq <= sa.bindparam("last", type_=sa.Integer()),
                 )
                 .order_by(table.c.seq)
             )
             self.spec.statements["rows"] = statement
-        params = self._key_params(snap_key(self, snap, op.key))
-        params["first"], params["last"] = seqs
-        return statement, params
+        return statement
 
-    def rows_between(self, op: Load, snap: Snapshot, first: int, last: int) -> tuple[Any, Any]:
-        """``rows_statement`` for the seqs ``first..last``."""
-        read = self.rows_statement(op, snap)
-        assert read is not None
-        statement, params = read
+    def rows_statement(self, op: Load, snap: Snapshot) -> tuple[Any, dict[str, Any]] | None:
+        """The rows ``op.history`` needs with the head just read (``None``: none)."""
+        if self.spec.history_table is None or op.history is None:
+            return None
+        seqs = seq_range(snap.document, op.history)
+        if seqs is None:
+            return None
+        return self.rows_between(op, snap, *seqs)
+
+    def rows_between(
+        self, op: Load, snap: Snapshot, first: int, last: int
+    ) -> tuple[Any, dict[str, Any]]:
+        """The rows of the loaded session with seqs ``first..last``."""
+        params = self._key_params(snap_key(self, snap, op.key))
         params["first"], params["last"] = first, last
-        return statement, params
+        return self._rows_select(), params
 
     def newest_rows(self, op: Load, session: Session) -> int | None:
         """How many of the newest rows to read with the head in one statement, for
@@ -354,10 +358,7 @@ class _StoreBase:
         }
         columns = [column for column in mapper.local_table.c if column in loaded]
         history = self.spec.history_table
-        keys = [
-            column == sa.bindparam(f"pk{i}", type_=column.type)
-            for i, column in enumerate(self._history_keys())
-        ]
+        keys = self._history_key_criteria()
         newest = (
             sa.select(sa.func.coalesce(sa.func.max(history.c.seq), 0))
             .where(*keys)
@@ -451,12 +452,7 @@ class _StoreBase:
         table = self.spec.history_table
         statement = self.spec.statements.get("delete_rows")
         if statement is None:
-            statement = sa.delete(table).where(
-                *(
-                    column == sa.bindparam(f"pk{i}", type_=column.type)
-                    for i, column in enumerate(self._history_keys())
-                )
-            )
+            statement = sa.delete(table).where(*self._history_key_criteria())
             self.spec.statements["delete_rows"] = statement
         return statement, self._key_params(key)
 
@@ -527,8 +523,7 @@ class _StoreBase:
         statement = None if op.where else self.spec.statements.get(cache_key)
         if statement is None:
             history = self.spec.history_table
-            keys = list(sa.inspect(self.cls).primary_key)
-            won = update.returning(*keys).cte("agent_session_won")
+            won = update.returning(*mapper.primary_key).cte("agent_session_won")
             selects = [
                 sa.select(
                     *won.c,
