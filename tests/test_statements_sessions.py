@@ -14,6 +14,8 @@ loses.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import pytest
@@ -127,17 +129,25 @@ class LoadUuid(AgentSessionMixin, Base):
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid(), primary_key=True, default=uuid.uuid4)
 
 
-def _history_reads(api: Api) -> tuple[list[str], Any]:
-    """The SELECTs that read a history table, recorded until the returned remover runs."""
+@contextmanager
+def _statements(api: Api) -> Iterator[list[str]]:
+    """Every statement the engine runs inside the block, as sent."""
     seen: list[str] = []
     engine = api.engine.sync_engine if api.is_async else api.engine
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "_history" in statement:
-            seen.append(statement)
+        seen.append(statement.lstrip())
 
     sa.event.listen(engine, "before_cursor_execute", record)
-    return seen, lambda: sa.event.remove(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def _history_reads(seen: list[str]) -> list[str]:
+    """The SELECTs among ``seen`` that read a history table."""
+    return [s for s in seen if s.upper().startswith("SELECT") and "_history" in s]
 
 
 async def _call(api: Api, name: str, *args: Any, **kw: Any) -> Any:
@@ -166,17 +176,15 @@ async def test_a_path_longer_than_the_newest_rows_reads_the_rest(
         chat = await api.cont(None, chat.id, f"turn {turn}")
     monkeypatch.setattr(_store, "NEWEST_ROWS", 3)
     expected = await _path_texts(api, chat.id)
-    seen, stop = _history_reads(api)
-    try:
+    with _statements(api) as ran:
         if maker:
             chat = await api.cont(None, chat.id, "turn 7")
         else:
             async with api.session() as db:
                 chat = await api.cont(db, chat.id, "turn 7")
                 await api.commit(db)
-    finally:
-        stop()
     # The union read the newest 3 rows with the head; a second SELECT the 4 before.
+    seen = _history_reads(ran)
     assert len(seen) == 2 and "UNION ALL" in seen[0].upper()
     sent = [m["content"] for m in _requests(LoadChat)[-1].messages[1:]]
     assert sent == [*expected, "turn 7"]
@@ -190,11 +198,9 @@ async def test_a_short_path_is_read_in_one_statement(database: Database) -> None
     for turn in range(1, 4):
         chat = await api.cont(None, chat.id, f"turn {turn}")
     expected = await _path_texts(api, chat.id)
-    seen, stop = _history_reads(api)
-    try:
+    with _statements(api) as ran:
         chat = await api.cont(None, chat.id, "turn 4")
-    finally:
-        stop()
+    seen = _history_reads(ran)
     assert len(seen) == 1 and "UNION ALL" in seen[0].upper()
     sent = [m["content"] for m in _requests(LoadChat)[-1].messages[1:]]
     assert sent == [*expected, "turn 4"]
@@ -226,11 +232,9 @@ async def test_a_window_over_an_edited_path_reads_the_rows_it_needs(
     chat = await _call(api, "edit_session", chat.id, "4.0", "turn 3, edited")
     # Rewind to turn 2 (row 3) and branch again: the path is rows 1, 2, 3, 6.
     chat = await _call(api, "rewind_session", chat.id, "3.1")
-    seen, stop = _history_reads(api)
-    try:
+    with _statements(api) as ran:
         chat = await api.cont(None, chat.id, "turn 3, again")
-    finally:
-        stop()
+    seen = _history_reads(ran)
     assert len(seen) == 2
     sent = [m["content"] for m in _requests(LoadWindowed)[-1].messages[1:]]
     assert sent == ["turn 1", "fine", "turn 2", "fine", "turn 3, again"]
@@ -244,11 +248,9 @@ async def test_models_the_union_cannot_load_read_the_row_then_its_rows(
     api = Api(database, cls, maker=True)
     chat = await api.start(None, "turn 0")
     chat = await api.cont(None, chat.id, "turn 1")
-    seen, stop = _history_reads(api)
-    try:
+    with _statements(api) as ran:
         chat = await api.cont(None, chat.id, "turn 2")
-    finally:
-        stop()
+    seen = _history_reads(ran)
     assert len(seen) == 1 and "UNION" not in seen[0].upper()
     sent = [m["content"] for m in _requests(cls)[-1].messages[1:]]
     assert sent == ["turn 0", "fine", "turn 1", "fine", "turn 2"]
@@ -278,18 +280,9 @@ async def test_on_postgresql_the_swap_and_its_rows_are_one_statement(
     database.create_all(Base.metadata)
     api = Api(database, LoadChat, maker=True)
     chat = await api.start(None, "turn 0")
-    engine = api.engine.sync_engine if api.is_async else api.engine
-    writes: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if not statement.lstrip().upper().startswith("SELECT"):
-            writes.append(statement.lstrip().split()[0].upper())
-
-    sa.event.listen(engine, "before_cursor_execute", record)
-    try:
+    with _statements(api) as ran:
         chat = await api.cont(None, chat.id, "turn 1")
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", record)
+    writes = [s.split()[0].upper() for s in ran if not s.upper().startswith("SELECT")]
     assert writes == (["WITH"] if database.dialect == "postgresql" else ["UPDATE", "INSERT"])
     assert await _path_texts(api, chat.id) == ["turn 0", "fine", "turn 1", "fine"]
 
@@ -304,11 +297,9 @@ async def test_keys_of_several_columns_and_of_other_types_load_in_one_statement(
     chat = await api.start(None, "turn 0", **values)
     key = ("t", 7) if cls is LoadComposite else chat.id
     chat = await api.cont(None, key, "turn 1")
-    seen, stop = _history_reads(api)
-    try:
+    with _statements(api) as ran:
         chat = await api.cont(None, key, "turn 2")
-    finally:
-        stop()
+    seen = _history_reads(ran)
     assert len(seen) == 1 and "UNION ALL" in seen[0].upper()
     sent = [m["content"] for m in _requests(cls)[-1].messages[1:]]
     assert sent == ["turn 0", "fine", "turn 1", "fine", "turn 2"]
@@ -349,11 +340,9 @@ async def test_deferred_columns_are_not_read_with_the_row(database: Database) ->
     database.create_all(Base.metadata)
     api = Api(database, LoadSoft, maker=True)
     chat = await api.start(None, "turn 0", notes="x" * 1000)
-    seen, stop = _history_reads(api)
-    try:
+    with _statements(api) as ran:
         chat = await api.cont(None, chat.id, "turn 1")
-    finally:
-        stop()
+    seen = _history_reads(ran)
     assert len(seen) == 1 and "UNION ALL" in seen[0].upper()
     assert "notes" not in seen[0]
     assert await _path_texts(api, chat.id) == ["turn 0", "fine", "turn 1", "fine"]
